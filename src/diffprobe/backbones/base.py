@@ -1,0 +1,38 @@
+"""The one interface every probed model implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+
+
+def clip_generator(noise_seed: int, clip_id: int, device: torch.device) -> torch.Generator:
+    """The generator for one clip's feature noise: a pure function of (noise seed, clip id), so features do
+    not depend on batch size or order."""
+    g = torch.Generator(device=device)
+    g.manual_seed((noise_seed * 1_000_003 + clip_id) % (2**63 - 1))
+    return g
+
+
+class Backbone(ABC):
+    """A frozen model that turns clips into token grids at chosen blocks and noise levels.
+
+    ``identity`` names the model and its weights (it keys the feature cache); ``num_blocks`` is the number of
+    blocks that can be read (blocks are numbered 0..num_blocks, 0 = the input tokens).
+    """
+
+    identity: str
+    num_blocks: int
+    device: torch.device
+
+    @abstractmethod
+    def features(self, video: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int], t: float,
+                 noise_seed: int, ensemble: int = 1) -> dict[int, torch.Tensor]:
+        """Features of ``video`` uint8 (B, T, H, W, 3) at each block: ``{block: (B, T_f, H_f, W_f, C)}``.
+
+        The input is noised to level ``t`` (0 = clean, up to 1000) with noise drawn from
+        :func:`clip_generator` (noise_seed, clip id); ``ensemble`` > 1 averages features over that many noise
+        draws (as DIFT does).
+        """

@@ -1,0 +1,138 @@
+"""The on-disk feature cache: extract once, train many probes.
+
+Layout (one folder per cache key, see :class:`FeatureKey`)::
+
+    ROOT/<backbone>/<dataset>/<split>/<view>/block<L>_t<t>_seed<S>[_ens<E>]/
+        shard-00000.safetensors   # "features" (n, T_f, H_f, W_f, C), "index" (n,) int64 clip indices
+        shard-00001.safetensors
+        complete.json             # written last: number of clips, shard size, feature shape and dtype
+
+Shards are written atomically and independently, so an interrupted extraction resumes at the first missing shard;
+``complete.json`` marks a key as finished. Reads are streamed shard by shard, so no more than one shard is in memory.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from diffprobe.utils.io import atomic_write_json, load_tensors, read_json, save_tensors
+
+_SAFE = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def _slug(text: str) -> str:
+    return _SAFE.sub("-", text)
+
+
+@dataclass(frozen=True)
+class FeatureKey:
+    """Everything that determines a set of features.
+
+    ``backbone`` is the backbone's identity (name + checkpoint hash), ``dataset`` the dataset's identity
+    (name + config hash); ``view`` is the input given to the backbone ("clip", or "frame0" for single images).
+    """
+
+    backbone: str
+    dataset: str
+    split: str
+    view: str
+    block: int
+    t: float
+    noise_seed: int
+    ensemble: int = 1
+
+    def relpath(self) -> Path:
+        leaf = f"block{self.block}_t{self.t:g}_seed{self.noise_seed}" + (
+            f"_ens{self.ensemble}" if self.ensemble > 1 else "")
+        return Path(_slug(self.backbone), _slug(self.dataset), self.split, self.view, leaf)
+
+
+class FeatureCache:
+    """A folder of cached features, one sub-folder per :class:`FeatureKey`."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, key: FeatureKey) -> Path:
+        return self.root / key.relpath()
+
+    def is_complete(self, key: FeatureKey) -> bool:
+        return (self.path(key) / "complete.json").is_file()
+
+    def shard_path(self, key: FeatureKey, shard: int) -> Path:
+        return self.path(key) / f"shard-{shard:05d}.safetensors"
+
+    def has_shard(self, key: FeatureKey, shard: int) -> bool:
+        return self.shard_path(key, shard).is_file()
+
+    def write_shard(self, key: FeatureKey, shard: int, index: torch.Tensor, features: torch.Tensor) -> None:
+        """Write one shard atomically: ``index`` (n,) clip indices, ``features`` (n, T_f, H_f, W_f, C)."""
+        if features.ndim != 5 or index.shape != features.shape[:1]:
+            raise ValueError(f"shard {shard} of {key}: expected index (n,) and features (n,T,H,W,C), "
+                             f"got {tuple(index.shape)} and {tuple(features.shape)}")
+        save_tensors(self.shard_path(key, shard), {"index": index.long(), "features": features},
+                     metadata={"key": str(asdict(key))})
+
+    def read_shard(self, key: FeatureKey, shard: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(index (n,), features (n, T_f, H_f, W_f, C))`` of one written shard; errors name the file."""
+        return read_shard(self.shard_path(key, shard))
+
+    def mark_complete(self, key: FeatureKey, num_clips: int, shard_size: int, shape: tuple[int, ...],
+                      dtype: str) -> None:
+        atomic_write_json(self.path(key) / "complete.json", {
+            "key": asdict(key), "num_clips": num_clips, "shard_size": shard_size,
+            "feature_shape": list(shape), "dtype": dtype,
+        })
+
+    def open(self, key: FeatureKey) -> FeatureSet:
+        """The finished feature set for ``key``; an unfinished one is an error naming the folder."""
+        if not self.is_complete(key):
+            raise FileNotFoundError(f"{self.path(key)}: no complete features for {key} (run `diffprobe extract`)")
+        return FeatureSet(self.path(key))
+
+
+def read_shard(file: Path, feature_shape: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read one feature shard, checking its keys (and feature shape when given); errors name the file."""
+    data = load_tensors(file)
+    shape_ok = feature_shape is None or tuple(data["features"].shape[1:]) == feature_shape
+    if set(data) != {"index", "features"} or not shape_ok:
+        raise ValueError(f"{file}: not a feature shard of shape (n, {feature_shape}); "
+                         f"holds {[(k, tuple(v.shape)) for k, v in data.items()]}")
+    return data["index"], data["features"]
+
+
+class FeatureSet:
+    """Read access to one finished cache folder, streamed shard by shard."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        meta = read_json(self.path / "complete.json")
+        self.num_clips: int = meta["num_clips"]
+        self.shard_size: int = meta["shard_size"]
+        self.feature_shape: tuple[int, ...] = tuple(meta["feature_shape"])  # (T_f, H_f, W_f, C)
+        self.num_shards = -(-self.num_clips // self.shard_size)
+
+    def __len__(self) -> int:
+        return self.num_clips
+
+    def load_shard(self, shard: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(index (n,), features (n, T_f, H_f, W_f, C))`` of one shard; errors name the file."""
+        return read_shard(self.path / f"shard-{shard:05d}.safetensors", self.feature_shape)
+
+    def iter_shards(self, order: list[int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield shards in ``order`` (default: on-disk order)."""
+        for shard in order if order is not None else range(self.num_shards):
+            yield self.load_shard(shard)
+
+    def load_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every clip's features, sorted by clip index (only for sets known to fit in memory, e.g. in tests)."""
+        parts = list(self.iter_shards())
+        index = torch.cat([p[0] for p in parts])
+        feats = torch.cat([p[1] for p in parts])
+        order = torch.argsort(index)
+        return index[order], feats[order]

@@ -1,0 +1,117 @@
+"""The results store: one SQLite file, one row per measured number, queryable and exportable to CSV.
+
+A *cell* is one trained probe: (study, backbone, mode, checkpoint step, block, t, noise seed, task, probe seed,
+config hash). A cell's metric rows are written in one transaction, so a cell is either fully in the store or
+absent, and a cell already present is never recomputed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from diffprobe.utils.io import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The coordinates of one probe result."""
+
+    study: str
+    backbone: str
+    mode: str
+    checkpoint_step: int
+    block: int
+    t: float
+    noise_seed: int
+    task: str
+    probe_seed: int
+    config_hash: str
+
+
+CELL_COLUMNS = [f.name for f in fields(Cell)]
+COLUMNS = CELL_COLUMNS + ["metric", "value", "time"]
+_SQL_TYPES = {int: "INTEGER", float: "REAL", str: "TEXT"}
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS results ("
+    + ", ".join(f"{name} {_SQL_TYPES[tp]} NOT NULL" for name, tp in get_type_hints(Cell).items())
+    + ", metric TEXT NOT NULL, value REAL NOT NULL, time TEXT NOT NULL, "
+    + f"UNIQUE ({', '.join(CELL_COLUMNS)}, metric))"
+)
+
+
+class ResultsStore:
+    """Append-only results in SQLite (standard library); safe against a kill between cells."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path)
+            self._db.execute(_SCHEMA)
+            self._db.commit()
+        except sqlite3.DatabaseError as e:
+            raise ValueError(f"{self.path}: not a diffprobe results store: {e}") from e
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def has(self, cell: Cell) -> bool:
+        """Whether this cell's results are already stored."""
+        where = " AND ".join(f"{c} = ?" for c in CELL_COLUMNS)
+        row = self._db.execute(f"SELECT 1 FROM results WHERE {where} LIMIT 1", astuple_cell(cell)).fetchone()
+        return row is not None
+
+    def add(self, cell: Cell, metrics: Mapping[str, float]) -> None:
+        """Store every metric of ``cell`` in one transaction (all or nothing)."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        rows = [(*astuple_cell(cell), name, float(value), stamp) for name, value in metrics.items()]
+        with self._db:  # one transaction
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO results ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                rows)
+
+    def query(self, **filters: Any) -> list[dict[str, Any]]:
+        """Rows matching ``column=value`` filters (a list/tuple value means "any of")."""
+        unknown = sorted(set(filters) - set(COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown result column(s) {unknown}; columns are {COLUMNS}")
+        clauses, args = [], []
+        for col, val in filters.items():
+            if isinstance(val, (list, tuple)):
+                clauses.append(f"{col} IN ({', '.join('?' * len(val))})")
+                args.extend(val)
+            else:
+                clauses.append(f"{col} = ?")
+                args.append(val)
+        sql = f"SELECT {', '.join(COLUMNS)} FROM results"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY " + ", ".join(CELL_COLUMNS + ["metric"])
+        return [dict(zip(COLUMNS, r, strict=True)) for r in self._db.execute(sql, args)]
+
+    def export_csv(self, path: str | Path, rows: Iterable[Mapping[str, Any]] | None = None) -> None:
+        """Write all rows (or the given ones) as CSV, atomically."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(self.query() if rows is None else rows)
+        atomic_write_text(path, buf.getvalue())
+
+
+def astuple_cell(cell: Cell) -> tuple[Any, ...]:
+    d = asdict(cell)
+    return tuple(d[c] for c in CELL_COLUMNS)
