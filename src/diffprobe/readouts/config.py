@@ -1,0 +1,53 @@
+"""The readout config: one set of sizes shared by every task's probe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from diffprobe.config import Config, ConfigError
+
+
+@dataclass(frozen=True)
+class ReadoutConfig(Config):
+    """Sizes of the cross-attention readout, its query encoders, and how a probe bank trains it.
+
+    ``width`` is the readout width D (keys, values and queries all live in it); ``heads`` splits it for
+    multi-head attention; ``mlp_ratio`` sizes the residual MLP (hidden = ratio * D); ``num_queries`` is the number
+    of learned query tokens for classification-style tasks (their logits are averaged); ``fourier_bands`` is the
+    number of octaves used to encode normalised coordinates; ``dropout`` applies to attention weights and the MLP.
+    ``learning_rates`` are trained side by side by a :class:`~diffprobe.readouts.bank.ProbeBank` (best kept on
+    validation) with AdamW and ``weight_decay``.
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {"width": 64, "heads": 4, "mlp_ratio": 2.0, "num_queries": 1, "fourier_bands": 6},
+        "base": {},
+    }
+
+    width: int = 256
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    num_queries: int = 1
+    fourier_bands: int = 8
+    dropout: float = 0.0
+    learning_rates: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    weight_decay: float = 0.05
+
+    def validate(self) -> None:
+        if self.width <= 0 or self.heads <= 0:
+            raise ConfigError(f"ReadoutConfig.width/heads: must be positive, got {self.width}/{self.heads}")
+        if self.width % self.heads:
+            raise ConfigError(f"ReadoutConfig.heads: width {self.width} is not divisible by heads {self.heads}")
+        if self.mlp_ratio <= 0:
+            raise ConfigError(f"ReadoutConfig.mlp_ratio: must be positive, got {self.mlp_ratio}")
+        if self.num_queries <= 0:
+            raise ConfigError(f"ReadoutConfig.num_queries: must be positive, got {self.num_queries}")
+        if self.fourier_bands < 0:
+            raise ConfigError(f"ReadoutConfig.fourier_bands: must be >= 0, got {self.fourier_bands}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"ReadoutConfig.dropout: must be in [0, 1), got {self.dropout}")
+        if not self.learning_rates or any(lr <= 0 for lr in self.learning_rates):
+            raise ConfigError(f"ReadoutConfig.learning_rates: need positive rates, got {self.learning_rates}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"ReadoutConfig.weight_decay: must be >= 0, got {self.weight_decay}")

@@ -1,0 +1,77 @@
+"""The one cross-attention readout shared by every task (after 4DS's attention readout and V-JEPA's attentive probe).
+
+Frozen features ``(B, T_f, H_f, W_f, C)`` are layer-normed, projected to the readout width D and given a learned,
+factorised space-time position embedding; they are the keys and values. Task queries ``(B, Q, D)`` cross-attend to
+them (multi-head), pass a residual MLP, and a linear head maps each query to the task's output.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from diffprobe.readouts.config import ReadoutConfig
+
+
+class SpaceTimePosEmbed(nn.Module):
+    """Learned factorised position embedding: ``t_table[t] + h_table[y] + w_table[x]`` for a fixed token grid."""
+
+    def __init__(self, grid: tuple[int, int, int], dim: int) -> None:
+        super().__init__()
+        t, h, w = grid
+        self.t_table = nn.Parameter(torch.randn(t, dim) * 0.02)
+        self.h_table = nn.Parameter(torch.randn(h, dim) * 0.02)
+        self.w_table = nn.Parameter(torch.randn(w, dim) * 0.02)
+
+    def forward(self) -> Tensor:
+        """The embedding of every grid cell, ``(T_f, H_f, W_f, D)``."""
+        return self.t_table[:, None, None] + self.h_table[None, :, None] + self.w_table[None, None, :]
+
+
+class AttentionReadout(nn.Module):
+    """Queries cross-attend to frozen feature tokens; a residual MLP and a linear head give ``out_dim`` per query.
+
+    Args:
+        cfg: readout sizes (width D, heads, MLP ratio, dropout).
+        feature_dim: channel count C of the frozen features.
+        feature_grid: ``(T_f, H_f, W_f)``, the token grid the features come on; sizes the position embedding.
+        out_dim: numbers the head outputs per query.
+    """
+
+    def __init__(self, cfg: ReadoutConfig, feature_dim: int, feature_grid: tuple[int, int, int], out_dim: int) -> None:
+        super().__init__()
+        d = cfg.width
+        self.feature_grid = tuple(feature_grid)
+        self.heads = cfg.heads
+        self.dropout = cfg.dropout
+        self.feature_norm = nn.LayerNorm(feature_dim)
+        self.feature_proj = nn.Linear(feature_dim, d)
+        self.pos = SpaceTimePosEmbed(self.feature_grid, d)
+        self.query_norm = nn.LayerNorm(d)
+        self.kv_norm = nn.LayerNorm(d)
+        self.to_q = nn.Linear(d, d)
+        self.to_kv = nn.Linear(d, 2 * d)
+        self.attn_out = nn.Linear(d, d)
+        hidden = max(1, round(cfg.mlp_ratio * d))
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(d), nn.Linear(d, hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(hidden, d)
+        )
+        self.head_norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, out_dim)
+
+    def forward(self, features: Tensor, queries: Tensor) -> Tensor:
+        """``features (B, T_f, H_f, W_f, C)``, ``queries (B, Q, D)`` -> ``(B, Q, out_dim)``."""
+        if tuple(features.shape[1:4]) != self.feature_grid:
+            raise ValueError(f"features grid {tuple(features.shape[1:4])} != readout grid {self.feature_grid}")
+        tokens = self.feature_proj(self.feature_norm(features)) + self.pos()  # (B, T_f, H_f, W_f, D)
+        tokens = rearrange(tokens, "b t h w d -> b (t h w) d")  # (B, N, D)
+        q = self.to_q(self.query_norm(queries))  # (B, Q, D)
+        k, v = self.to_kv(self.kv_norm(tokens)).chunk(2, dim=-1)  # (B, N, D) each
+        q, k, v = (rearrange(x, "b n (h e) -> b h n e", h=self.heads) for x in (q, k, v))
+        p = self.dropout if self.training else 0.0
+        attn = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, heads, Q, D/heads)
+        x = queries + self.attn_out(rearrange(attn, "b h n e -> b n (h e)"))  # (B, Q, D)
+        x = x + self.mlp(x)  # (B, Q, D)
+        return self.head(self.head_norm(x))  # (B, Q, out_dim)
