@@ -14,7 +14,7 @@ Shards are written atomically and independently, so an interrupted extraction re
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -116,6 +116,7 @@ class FeatureSet:
         self.shard_size: int = meta["shard_size"]
         self.feature_shape: tuple[int, ...] = tuple(meta["feature_shape"])  # (T_f, H_f, W_f, C)
         self.num_shards = -(-self.num_clips // self.shard_size)
+        self._last: tuple[int, torch.Tensor] | None = None  # the most recently read shard, for sequential take()
 
     def __len__(self) -> int:
         return self.num_clips
@@ -123,6 +124,19 @@ class FeatureSet:
     def load_shard(self, shard: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(index (n,), features (n, T_f, H_f, W_f, C))`` of one shard; errors name the file."""
         return read_shard(self.path / f"shard-{shard:05d}.safetensors", self.feature_shape)
+
+    def take(self, indices: Sequence[int]) -> torch.Tensor:
+        """Features ``(n, T_f, H_f, W_f, C)`` of clips ``indices``; the last shard read stays in memory, so a
+        sequential pass reads every shard once."""
+        rows = []
+        for i in indices:
+            if not 0 <= i < self.num_clips:
+                raise IndexError(f"{self.path}: clip {i} out of range 0..{self.num_clips - 1}")
+            shard = i // self.shard_size
+            if self._last is None or self._last[0] != shard:
+                self._last = (shard, self.load_shard(shard)[1])
+            rows.append(self._last[1][i - shard * self.shard_size])
+        return torch.stack(rows)
 
     def iter_shards(self, order: list[int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield shards in ``order`` (default: on-disk order)."""

@@ -61,13 +61,17 @@ class ProbeBank(nn.Module):
         """Every probe's output on the same batch, in learning-rate order."""
         return [probe(features, *query_inputs) for probe in self.probes]
 
-    def step(self, loss_fn: Callable[[Tensor], Tensor], features: Tensor, *query_inputs: Tensor) -> list[float]:
+    def step(self, loss_fn: Callable[[Tensor], Tensor], features: Tensor, *query_inputs: Tensor,
+             grad_clip: float = 0.0) -> list[float]:
         """One optimisation step of every probe on one batch; ``loss_fn`` maps a probe's output to its scalar loss.
-        Returns each probe's loss before the step."""
+        ``grad_clip`` > 0 clips each probe's gradient norm separately. Returns each probe's loss before the step."""
         self.train()
         losses = [loss_fn(out) for out in self(features, *query_inputs)]
         self.optimizer.zero_grad(set_to_none=True)
         torch.stack(losses).sum().backward()
+        if grad_clip > 0:
+            for probe in self.probes:
+                torch.nn.utils.clip_grad_norm_(probe.parameters(), grad_clip)
         self.optimizer.step()
         return [loss.item() for loss in losses]
 

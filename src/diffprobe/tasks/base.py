@@ -1,0 +1,66 @@
+"""A task = the targets it reads from a clip + the probe's queries + a loss + a metric.
+
+Tasks are defined in the world's output space (video frames T, pixels H x W), whatever the backbone's token grid.
+Targets are fixed-shape numpy arrays per clip (padding is always paired with a validity mask), so a split's
+targets stack into one array per field and are computed once per split (see :mod:`diffprobe.tasks.targets`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+from torch import Tensor
+
+from diffprobe.readouts import Probe, ReadoutConfig
+
+Clip = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a task needs to know about the dataset: clip size and label spaces."""
+
+    frames: int
+    height: int
+    width: int
+    num_categories: int
+    num_motions: int
+    max_objects: int
+
+
+class Task(ABC):
+    """One probing task. Subclasses set the class attributes and implement the five methods."""
+
+    name: str
+    view: str  #: the backbone input: "clip" (the whole clip) or "frame0" (the first frame as an image)
+    primary_metric: str
+    higher_is_better: bool
+
+    def __init__(self, ctx: TaskContext) -> None:
+        self.ctx = ctx
+
+    @abstractmethod
+    def targets(self, clip: Clip) -> dict[str, np.ndarray]:
+        """Fixed-shape target arrays of one clip."""
+
+    @abstractmethod
+    def make_probe(self, cfg: ReadoutConfig, feature_dim: int, feature_grid: tuple[int, int, int]) -> Probe:
+        """A fresh probe (query encoder + readout) for features of this channel count and grid."""
+
+    def query_inputs(self, targets: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        """The query encoder's inputs for a batch (none for learned / patch / frame queries)."""
+        return ()
+
+    @abstractmethod
+    def loss(self, out: Tensor, targets: dict[str, Tensor]) -> Tensor:
+        """Scalar training loss of the probe output ``(B, Q, out_dim)``."""
+
+    @abstractmethod
+    def predict(self, out: Tensor, targets: dict[str, Tensor]) -> dict[str, np.ndarray]:
+        """Task predictions (numpy, in pixels / classes / poses) of a batch."""
+
+    @abstractmethod
+    def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
+        """Metrics over a whole split, from stacked predictions and targets."""

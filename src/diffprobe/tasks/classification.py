@@ -1,0 +1,61 @@
+"""Image classification (category of the main object, from the first frame alone) and action recognition (its
+motion class, from the whole clip): learned queries, cross-entropy, top-1."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffprobe.metrics import top1_accuracy
+from diffprobe.readouts import LearnedQueries, Probe, ReadoutConfig, class_logits, classification_loss
+from diffprobe.tasks.base import Clip, Task
+
+
+class ClassificationTask(Task):
+    """Predict the integer clip field ``field`` among ``num_classes`` classes."""
+
+    field: str
+    primary_metric = "top1"
+    higher_is_better = True
+
+    @abstractmethod
+    def num_classes(self) -> int:
+        """Size of the label space."""
+
+    def targets(self, clip: Clip) -> dict[str, np.ndarray]:
+        return {"label": np.asarray(clip[self.field], dtype=np.int64)}
+
+    def make_probe(self, cfg: ReadoutConfig, feature_dim: int, feature_grid: tuple[int, int, int]) -> Probe:
+        return Probe(cfg, LearnedQueries(cfg, self.num_classes()), feature_dim, feature_grid)
+
+    def loss(self, out: Tensor, targets: dict[str, Tensor]) -> Tensor:
+        return classification_loss(class_logits(out), targets["label"])
+
+    def predict(self, out: Tensor, targets: dict[str, Tensor]) -> dict[str, np.ndarray]:
+        return {"logits": class_logits(out).detach().float().cpu().numpy()}  # (B, K)
+
+    def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
+        logits, labels = preds["logits"], targets["label"]  # (N, K), (N,)
+        ce = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
+        return {"top1": top1_accuracy(logits, labels), "cross_entropy": float(ce)}
+
+
+class ImageClassification(ClassificationTask):
+    name = "image_cls"
+    view = "frame0"
+    field = "label"
+
+    def num_classes(self) -> int:
+        return self.ctx.num_categories
+
+
+class ActionRecognition(ClassificationTask):
+    name = "action"
+    view = "clip"
+    field = "action"
+
+    def num_classes(self) -> int:
+        return self.ctx.num_motions

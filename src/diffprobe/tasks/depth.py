@@ -1,0 +1,47 @@
+"""Depth estimation: one query per output patch of every frame, log-depth patches, scale-invariant log loss,
+AbsRel and delta<1.25 against the exact z-depth."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffprobe.metrics import depth_metrics
+from diffprobe.readouts import PatchQueries, Probe, ReadoutConfig, depth_loss, patches_to_map
+from diffprobe.tasks.base import Clip, Task, TaskContext
+
+
+class DepthEstimation(Task):
+    name = "depth"
+    view = "clip"
+    primary_metric = "abs_rel"
+    higher_is_better = False
+
+    def __init__(self, ctx: TaskContext, patch: int = 4) -> None:
+        super().__init__(ctx)
+        self.patch = patch
+
+    def targets(self, clip: Clip) -> dict[str, np.ndarray]:
+        return {"depth": clip["depth"].astype(np.float32)}  # (T, H, W)
+
+    def make_probe(self, cfg: ReadoutConfig, feature_dim: int, feature_grid: tuple[int, int, int]) -> Probe:
+        c = self.ctx
+        return Probe(cfg, PatchQueries(cfg, c.frames, c.height, c.width, self.patch), feature_dim, feature_grid)
+
+    def _log_depth(self, out: Tensor) -> Tensor:
+        c = self.ctx
+        return patches_to_map(out, c.frames, c.height, c.width, self.patch)  # (B, T, H, W)
+
+    def loss(self, out: Tensor, targets: dict[str, Tensor]) -> Tensor:
+        return depth_loss(self._log_depth(out), targets["depth"])
+
+    def predict(self, out: Tensor, targets: dict[str, Tensor]) -> dict[str, np.ndarray]:
+        return {"depth": torch.exp(self._log_depth(out)).detach().float().cpu().numpy()}  # (B, T, H, W)
+
+    def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
+        pred, gt = preds["depth"], targets["depth"]  # (N, T, H, W)
+        plain = depth_metrics(pred, gt)  # averaged over every frame of every clip
+        aligned = depth_metrics(pred, gt, align="scale")
+        return {"abs_rel": plain["abs_rel"], "delta1": plain["delta1"], "rmse": plain["rmse"],
+                "abs_rel_scale_aligned": aligned["abs_rel"], "delta1_scale_aligned": aligned["delta1"]}

@@ -1,0 +1,135 @@
+"""Training a task's probes on cached frozen features, selecting on validation, scoring on test.
+
+Several probes (one per learning rate, :class:`~diffprobe.readouts.ProbeBank`) train on the same stream of feature
+batches with AdamW, linear warm-up + cosine decay and per-probe gradient clipping. The probe with the best
+validation score on the task's primary metric is the one whose test metrics are reported; test data never
+influences training or selection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffprobe.config import Config, ConfigError
+from diffprobe.features.cache import FeatureSet
+from diffprobe.readouts import ProbeBank, ReadoutConfig
+from diffprobe.tasks.base import Task
+from diffprobe.tasks.targets import Targets
+from diffprobe.train.optim import lr_at
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig(Config):
+    """How every probe is trained (the readout's size and learning rates live in ``readout``)."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {"readout": ReadoutConfig.PRESETS["tiny"], "steps": 500, "batch_size": 32, "warmup_steps": 50},
+        "base": {"readout": ReadoutConfig.PRESETS["base"], "steps": 20_000, "batch_size": 128,
+                 "warmup_steps": 1000},
+    }
+
+    readout: ReadoutConfig = dataclasses.field(default_factory=ReadoutConfig)
+    steps: int = 500  #: optimiser steps of every probe
+    batch_size: int = 32
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.01  #: the cosine schedule ends at this fraction of each probe's rate
+    grad_clip: float = 1.0  #: per-probe gradient-norm clip; 0 disables
+    eval_batch_size: int = 64
+    seed: int = 0  #: probe seed: initialisation and batch order
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ProbeConfig.{name}: must be >= 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass
+class ProbeResult:
+    """Test metrics of the validation-selected probe, with what selected it."""
+
+    test: dict[str, float]
+    val: list[dict[str, float]]  #: validation metrics of every probe, in learning-rate order
+    chosen_lr: float
+    final_losses: list[float]  #: each probe's training loss over the last steps
+
+
+def _batch_targets(targets: Targets, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    idx = index.numpy()
+    return {k: torch.from_numpy(v[idx]).to(device) for k, v in targets.items()}
+
+
+def _train_batches(features: FeatureSet, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless ``(index, features)`` batches: each epoch visits the shards in a seeded random order and each shard's
+    clips in a seeded random order, so no more than one shard is in memory."""
+    epoch = 0
+    while True:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        for shard in torch.randperm(features.num_shards, generator=g).tolist():
+            index, feats = features.load_shard(shard)
+            order = torch.randperm(len(index), generator=g)
+            for lo in range(0, len(order), batch_size):
+                pick = order[lo:lo + batch_size]
+                yield index[pick], feats[pick]
+        epoch += 1
+
+
+@torch.no_grad()
+def predict_split(task: Task, bank: ProbeBank, features: FeatureSet, targets: Targets, batch_size: int,
+                  device: torch.device) -> list[dict[str, np.ndarray]]:
+    """Every probe's predictions on a whole split, stacked in clip-index order."""
+    bank.eval()
+    parts: list[list[tuple[np.ndarray, dict[str, np.ndarray]]]] = [[] for _ in range(len(bank))]
+    for index, feats in features.iter_shards():
+        for lo in range(0, len(index), batch_size):
+            idx = index[lo:lo + batch_size]
+            tgt = _batch_targets(targets, idx, device)
+            outs = bank(feats[lo:lo + batch_size].to(device, torch.float32), *task.query_inputs(tgt))
+            for p, out in enumerate(outs):
+                parts[p].append((idx.numpy(), task.predict(out, tgt)))
+    preds = []
+    for chunks in parts:
+        order = np.argsort(np.concatenate([c[0] for c in chunks]))
+        preds.append({k: np.concatenate([c[1][k] for c in chunks])[order] for k in chunks[0][1]})
+    return preds
+
+
+def _check_sizes(targets: Targets, features: FeatureSet) -> Targets:
+    if len(features) != len(next(iter(targets.values()))):
+        raise ValueError(f"{features.path}: {len(features)} clips of features but "
+                         f"{len(next(iter(targets.values())))} clips of targets")
+    return targets
+
+
+def train_probe(task: Task, cfg: ProbeConfig, train: tuple[FeatureSet, Targets], val: tuple[FeatureSet, Targets],
+                test: tuple[FeatureSet, Targets], device: torch.device, progress: bool = True) -> ProbeResult:
+    """Train ``task``'s probe bank on ``train``, select on ``val`` by the primary metric, report ``test``."""
+    for feats, tgts in (train, val, test):
+        _check_sizes(tgts, feats)
+    torch.manual_seed(cfg.seed)
+    t_f, h_f, w_f, c = train[0].feature_shape
+    bank = ProbeBank.from_config(cfg.readout, lambda: task.make_probe(cfg.readout, c, (t_f, h_f, w_f))).to(device)
+    batches = _train_batches(train[0], cfg.batch_size, cfg.seed)
+    recent: list[list[float]] = []
+    bar = tqdm(range(cfg.steps), desc=f"probe {task.name}", unit="step", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        bank.set_lr_scale(lr_at(step, base_lr=1.0, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
+                                min_lr_ratio=cfg.min_lr_ratio))
+        index, feats = next(batches)
+        tgt = _batch_targets(train[1], index, device)
+        losses = bank.step(lambda out, tgt=tgt: task.loss(out, tgt), feats.to(device, torch.float32),
+                           *task.query_inputs(tgt), grad_clip=cfg.grad_clip)
+        recent = (recent + [losses])[-20:]
+        bar.set_postfix(loss=f"{min(losses):.4f}")
+    val_metrics = [task.metrics(p, val[1]) for p in predict_split(task, bank, *val, cfg.eval_batch_size, device)]
+    scores = [m[task.primary_metric] for m in val_metrics]
+    scores = [s if np.isfinite(s) else (-np.inf if task.higher_is_better else np.inf) for s in scores]
+    best, _ = bank.best(scores, higher_is_better=task.higher_is_better)
+    test_preds = predict_split(task, bank, *test, cfg.eval_batch_size, device)[best]
+    return ProbeResult(test=task.metrics(test_preds, test[1]), val=val_metrics,
+                       chosen_lr=bank.learning_rates[best], final_losses=list(np.mean(recent, axis=0)))

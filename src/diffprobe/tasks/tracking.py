@@ -1,0 +1,123 @@
+"""Point tracking (TAP-Vid style, 'first' query mode) and box tracking (from the first-frame box).
+
+Both read a fixed number of query slots per clip; slots with nothing to track are padded and masked by ``valid``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffprobe.metrics import mean_box_iou, rescale_query_points, rescale_tracks, sample_queries, tapvid_metrics
+from diffprobe.readouts import (
+    BoxQueries,
+    PointQueries,
+    Probe,
+    ReadoutConfig,
+    box_loss,
+    denormalise_boxes,
+    denormalise_xy,
+    head_to_boxes,
+    head_to_tracks,
+    normalise_boxes,
+    normalise_query_points,
+    normalise_xy,
+    tracking_loss,
+)
+from diffprobe.tasks.base import Clip, Task
+
+
+class PointTracking(Task):
+    """Each track is queried at its first visible frame; the probe predicts (x, y) and visibility in every frame."""
+
+    name = "point_tracking"
+    view = "clip"
+    primary_metric = "average_jaccard"
+    higher_is_better = True
+
+    def targets(self, clip: Clip) -> dict[str, np.ndarray]:
+        tracks, visible = clip["tracks"].astype(np.float32), clip["visible"].astype(bool)  # (N, T, 2), (N, T)
+        points, index = sample_queries(tracks, visible, "first")  # (Q, 3), (Q,)
+        query = np.zeros((tracks.shape[0], 3), np.float32)
+        valid = np.zeros(tracks.shape[0], bool)
+        query[index], valid[index] = points, True
+        return {"query": query, "tracks": tracks, "visible": visible, "valid": valid}
+
+    def make_probe(self, cfg: ReadoutConfig, feature_dim: int, feature_grid: tuple[int, int, int]) -> Probe:
+        return Probe(cfg, PointQueries(cfg, self.ctx.frames), feature_dim, feature_grid)
+
+    def query_inputs(self, targets: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        c = self.ctx
+        return (normalise_query_points(targets["query"], c.frames, c.height, c.width),)  # (B, N, 3)
+
+    def loss(self, out: Tensor, targets: dict[str, Tensor]) -> Tensor:
+        c = self.ctx
+        xy, vis_logits = head_to_tracks(out, c.frames)  # (B, N, T, 2), (B, N, T)
+        valid = targets["valid"]  # (B, N)
+        return tracking_loss(xy[valid], vis_logits[valid], normalise_xy(targets["tracks"], c.height, c.width)[valid],
+                             targets["visible"][valid])
+
+    def predict(self, out: Tensor, targets: dict[str, Tensor]) -> dict[str, np.ndarray]:
+        c = self.ctx
+        xy, vis_logits = head_to_tracks(out, c.frames)
+        return {"tracks": denormalise_xy(xy, c.height, c.width).detach().float().cpu().numpy(),  # (B, N, T, 2)
+                "visible": (vis_logits > 0).cpu().numpy()}  # (B, N, T)
+
+    def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
+        hw = (self.ctx.height, self.ctx.width)
+        per_video: dict[str, list[float]] = {}
+        for i, valid in enumerate(targets["valid"]):  # one video at a time: only its valid queries
+            if not valid.any():
+                continue
+            m = tapvid_metrics(
+                rescale_query_points(targets["query"][i][valid], hw)[None],
+                ~targets["visible"][i][valid][None], rescale_tracks(targets["tracks"][i][valid], hw)[None],
+                ~preds["visible"][i][valid][None], rescale_tracks(preds["tracks"][i][valid], hw)[None], "first")
+            for k in ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy"):
+                per_video.setdefault(k, []).append(float(m[k][0]))
+        return {k: float(np.nanmean(v)) for k, v in per_video.items()}
+
+
+class BoxTracking(Task):
+    """Each object visible in frame 0 is queried by its frame-0 box; the probe predicts its box in every frame."""
+
+    name = "box_tracking"
+    view = "clip"
+    primary_metric = "mean_iou"
+    higher_is_better = True
+
+    def targets(self, clip: Clip) -> dict[str, np.ndarray]:
+        k_max, frames = self.ctx.max_objects, self.ctx.frames
+        boxes, visible = clip["boxes"].astype(np.float32), clip["box_visible"].astype(bool)  # (K, T, 4), (K, T)
+        k = boxes.shape[0]
+        if k > k_max:
+            raise ValueError(f"clip has {k} boxes but the task was built for at most {k_max}")
+        out_boxes = np.zeros((k_max, frames, 4), np.float32)
+        out_visible = np.zeros((k_max, frames), bool)
+        out_boxes[:k], out_visible[:k] = boxes, visible
+        return {"boxes": out_boxes, "visible": out_visible, "valid": out_visible[:, 0].copy()}
+
+    def make_probe(self, cfg: ReadoutConfig, feature_dim: int, feature_grid: tuple[int, int, int]) -> Probe:
+        return Probe(cfg, BoxQueries(cfg, self.ctx.frames), feature_dim, feature_grid)
+
+    def query_inputs(self, targets: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        c = self.ctx
+        first = normalise_boxes(targets["boxes"][:, :, 0], c.height, c.width)  # (B, K, 4)
+        return first, torch.zeros(first.shape[:2], dtype=first.dtype, device=first.device)  # given at frame 0
+
+    def loss(self, out: Tensor, targets: dict[str, Tensor]) -> Tensor:
+        c = self.ctx
+        pred = head_to_boxes(out, c.frames)  # (B, K, T, 4) normalised
+        scored = targets["visible"] & targets["valid"][..., None]  # (B, K, T)
+        return box_loss(pred, normalise_boxes(targets["boxes"], c.height, c.width), scored)
+
+    def predict(self, out: Tensor, targets: dict[str, Tensor]) -> dict[str, np.ndarray]:
+        c = self.ctx
+        boxes = denormalise_boxes(head_to_boxes(out, c.frames), c.height, c.width)
+        return {"boxes": boxes.detach().float().cpu().numpy()}  # (B, K, T, 4)
+
+    def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
+        valid = targets["valid"]  # (N, K)
+        iou = mean_box_iou(preds["boxes"][valid], targets["boxes"][valid], targets["visible"][valid])
+        return {"mean_iou": iou}

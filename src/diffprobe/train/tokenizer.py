@@ -1,0 +1,73 @@
+"""Training the causal video tokenizer on Probe World, then fixing its latent scale."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from diffprobe.config import Config
+from diffprobe.data import ProbeWorldConfig
+from diffprobe.features.cache import FeatureCache
+from diffprobe.features.sources import ensure_videos
+from diffprobe.models import CausalAutoencoder, CausalAutoencoderConfig, frames_to_input
+from diffprobe.train.batching import make_batch_fn
+from diffprobe.train.config import TrainConfig
+from diffprobe.train.distributed import setup_distributed
+from diffprobe.train.export import export_model
+from diffprobe.train.loop import fit
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerRunConfig(Config):
+    """One tokenizer training run: the world it learns from, the autoencoder, the optimisation."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {"world": ProbeWorldConfig.PRESETS["tiny"], "model": CausalAutoencoderConfig.PRESETS["tiny"],
+                 "train": {"steps": 1200, "batch_size": 16, "lr": 2e-3, "warmup_steps": 50, "ema_decay": 0.0,
+                           "log_every": 20, "ckpt_every": 200, "min_lr_ratio": 0.05}},
+        "small": {"world": ProbeWorldConfig.PRESETS["small"], "model": CausalAutoencoderConfig.PRESETS["small"],
+                  "train": {"steps": 20_000, "batch_size": 32, "lr": 1e-3, "warmup_steps": 500, "log_every": 50,
+                            "ckpt_every": 1000}},
+    }
+
+    world: ProbeWorldConfig = dataclasses.field(default_factory=ProbeWorldConfig)
+    model: CausalAutoencoderConfig = dataclasses.field(default_factory=CausalAutoencoderConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    stats_clips: int = 512  #: training clips used to measure the latent scale after training
+
+
+def _loss(model: nn.Module, batch: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    out = model(frames_to_input(batch), generator)  # the autoencoder's forward is its training loss
+    return out["loss"], {"recon": out["recon"], "kl": out["kl"]}
+
+
+def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, cache: FeatureCache, resume: bool = True,
+                    progress: bool = True) -> Path:
+    """Train (or finish training) a tokenizer in ``run_dir``; returns the exported model file.
+
+    After the last step the latent scale and shift are measured on ``stats_clips`` training clips so that
+    latents have zero mean and unit standard deviation, and the weights are exported to ``run_dir/model.safetensors``
+    with ``run_dir/model.json``.
+    """
+    run_dir = Path(run_dir)
+    ctx = setup_distributed(cfg.train.device)
+    videos = ensure_videos(cfg.world, "train", cache, progress=progress).load_all()[1]  # (N, T, H, W, 3) uint8
+    model = CausalAutoencoder(cfg.model)
+    batches = make_batch_fn(videos, cfg.train.batch_size, cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size)
+    result = fit(model, _loss, batches, cfg.train, run_dir, cfg, resume=resume, progress=progress)
+    model = result.ema_model().eval()
+    n = min(cfg.stats_clips, len(videos))
+    chunks = [frames_to_input(videos[i:i + 32].to(ctx.device)) for i in range(0, n, 32)]
+    scale, shift = model.measure_latent_stats(chunks, progress=progress)
+    model.set_latent_stats(scale, shift)
+    with torch.no_grad():
+        x = chunks[0]
+        mse = float((model.decode(model.encode(x)) - x).square().mean())
+    psnr = 10 * math.log10(4.0 / mse)  # pixels span [-1, 1]: peak-to-peak 2
+    return export_model(run_dir, model, cfg, kind="tokenizer", step=result.step,
+                        extra={"latent_scale": scale, "latent_shift": shift, "train_psnr_db": psnr})
