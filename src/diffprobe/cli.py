@@ -12,6 +12,10 @@ import click
 
 #: command name -> "module:attribute" of a ``click.Command``. One line per command, in pipeline order.
 COMMANDS: dict[str, str] = {
+    "world": "diffprobe.data.cli:world",
+    "train-tokenizer": "diffprobe.train.cli:train_tokenizer_cmd",
+    "train": "diffprobe.train.cli:train_cmd",
+    "sample": "diffprobe.train.cli:sample_cmd",
 }
 
 
