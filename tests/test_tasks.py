@@ -1,0 +1,101 @@
+"""Tasks read the right targets from Probe World clips, score perfect predictions perfectly, and their probes learn
+from features that carry the answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffprobe.data import CATEGORIES, MOTIONS, ProbeWorld, ProbeWorldConfig
+from diffprobe.features.cache import FeatureCache, FeatureKey
+from diffprobe.tasks import TASKS, TaskContext, make_task
+from diffprobe.tasks.probing import ProbeConfig, train_probe
+from diffprobe.tasks.targets import compute_targets, load_targets, save_targets
+
+CFG = ProbeWorldConfig.preset("tiny").replace(num_tracks=16, train_size=48, val_size=16, test_size=16)
+CTX = TaskContext(frames=CFG.frames, height=CFG.height, width=CFG.width, num_categories=len(CATEGORIES),
+                  num_motions=len(MOTIONS), max_objects=CFG.max_objects)
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[dict]:
+    return ProbeWorld(CFG, "val").batch(list(range(8)))
+
+
+def _perfect(task_name: str, targets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The predictions a perfect probe would make, in each task's prediction format."""
+    if task_name in ("image_cls", "action"):
+        n = CTX.num_categories if task_name == "image_cls" else CTX.num_motions
+        return {"logits": np.eye(n, dtype=np.float32)[targets["label"]] * 10}
+    if task_name == "depth":
+        return {"depth": targets["depth"]}
+    if task_name == "camera_pose":
+        return {"rotation": targets["rotation"], "translation": targets["translation"]}
+    if task_name == "point_tracking":
+        return {"tracks": targets["tracks"], "visible": targets["visible"]}
+    return {"boxes": targets["boxes"]}
+
+
+def test_targets_and_perfect_scores(clips, tmp_path) -> None:
+    tasks = [make_task(n, CTX) for n in TASKS]
+    targets = compute_targets(tasks, lambda i: clips[i], len(clips), progress=False)
+    save_targets(tmp_path / "t.safetensors", targets)
+    for task in tasks:
+        tgt = load_targets(tmp_path / "t.safetensors", task.name)
+        assert all(np.array_equal(tgt[k], targets[task.name][k]) for k in tgt)
+        m = task.metrics(_perfect(task.name, tgt), tgt)
+        # (metric, ideal value, tolerance): rotations are float32, whose arccos near 1 resolves ~0.01 degree
+        ideal = {"image_cls": ("top1", 1.0, 0), "action": ("top1", 1.0, 0), "depth": ("abs_rel", 0.0, 1e-6),
+                 "camera_pose": ("rotation_error_deg", 0.0, 0.05), "point_tracking": ("average_jaccard", 1.0, 0),
+                 "box_tracking": ("mean_iou", 1.0, 1e-6)}[task.name]
+        assert m[ideal[0]] == pytest.approx(ideal[1], abs=ideal[2]), (task.name, m)
+    pt = targets["point_tracking"]
+    assert pt["query"].shape == (8, 16, 3) and pt["tracks"].shape == (8, 16, CFG.frames, 2)
+    # each valid query sits on its track at its first visible frame
+    for i in range(8):
+        for n in np.flatnonzero(pt["valid"][i]):
+            t = int(pt["query"][i, n, 0])
+            assert pt["visible"][i, n, t] and not pt["visible"][i, n, :t].any()
+            assert np.allclose(pt["query"][i, n, 1:], pt["tracks"][i, n, t, ::-1])
+    bt = targets["box_tracking"]
+    assert bt["boxes"].shape == (8, CFG.max_objects, CFG.frames, 4)
+    assert np.array_equal(bt["valid"][:, 0], [c["box_visible"][0, 0] for c in clips])  # main object first
+    assert targets["action"]["label"].tolist() == [c["action"] for c in clips]
+    pose = targets["camera_pose"]
+    assert np.allclose(pose["rotation"][:, 0], np.eye(3), atol=1e-5) and np.allclose(pose["translation"][:, 0], 0,
+                                                                                      atol=1e-5)
+
+
+def test_wrong_predictions_score_worse(clips) -> None:
+    task = make_task("box_tracking", CTX)
+    tgt = compute_targets([task], lambda i: clips[i], len(clips), progress=False)["box_tracking"]
+    shifted = {"boxes": tgt["boxes"] + np.array([4, 0, 4, 0], np.float32)}
+    assert task.metrics(shifted, tgt)["mean_iou"] < 0.9
+
+
+def test_probe_learns_from_features_that_carry_the_answer(tmp_path) -> None:
+    """Features = a fixed random embedding of the action label: the probe must reach high accuracy; features of
+    pure noise must stay near chance. Both go through the cache and the validation-selected probe."""
+    world = {s: ProbeWorld(CFG.replace(train_size=96, val_size=32, test_size=32), s) for s in ("train", "val", "test")}
+    task = make_task("action", CTX)
+    cache = FeatureCache(tmp_path)
+    emb = torch.randn(len(MOTIONS), 8, generator=torch.Generator().manual_seed(0))
+    splits = {}
+    for split, w in world.items():
+        labels = torch.tensor([w.scene(i).motion[0] for i in range(len(w))])
+        tgt = {"label": labels.numpy()}
+        for name, feats in (("signal", emb[labels]), ("noise", torch.randn(len(w), 8))):
+            grid = feats[:, None, None, None, :].expand(-1, 2, 2, 2, -1).contiguous()  # (N, 2, 2, 2, 8)
+            key = FeatureKey(name, "toy", split, "clip", 0, 0.0, 0)
+            cache.write_shard(key, 0, torch.arange(len(w)), grid)
+            cache.mark_complete(key, len(w), len(w), (2, 2, 2, 8), "float32")
+            splits[name, split] = (cache.open(key), tgt)
+    cfg = ProbeConfig.preset("tiny").override(["steps=100", "readout.width=32", "readout.heads=2",
+                                               "readout.learning_rates=[0.001,0.003]"])
+    good = train_probe(task, cfg, *(splits["signal", s] for s in ("train", "val", "test")), torch.device("cpu"),
+                       progress=False)
+    bad = train_probe(task, cfg, *(splits["noise", s] for s in ("train", "val", "test")), torch.device("cpu"),
+                      progress=False)
+    assert good.test["top1"] >= 0.9 and bad.test["top1"] <= 0.4
+    assert good.chosen_lr in (0.001, 0.003) and len(good.val) == 2
