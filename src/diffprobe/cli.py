@@ -16,6 +16,9 @@ COMMANDS: dict[str, str] = {
     "train-tokenizer": "diffprobe.train.cli:train_tokenizer_cmd",
     "train": "diffprobe.train.cli:train_cmd",
     "sample": "diffprobe.train.cli:sample_cmd",
+    "extract": "diffprobe.features.cli:extract_cmd",
+    "probe": "diffprobe.tasks.cli:probe_cmd",
+    "report": "diffprobe.study.report:report",
 }
 
 

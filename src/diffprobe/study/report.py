@@ -1,0 +1,246 @@
+"""``diffprobe report RUN_DIR``: one self-contained HTML page (plus its PNG figures) from a study's run directory.
+
+Reads ``RUN_DIR/results.sqlite`` and, when present, ``RUN_DIR/generation.json``, ``RUN_DIR/pca/*.npz`` and
+``RUN_DIR/study_config.json``; writes ``RUN_DIR/report/report.html`` and ``RUN_DIR/report/fig_*.png``.
+Sections and formulas are described in docs/report.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import click
+
+from diffprobe.study import figures, pca
+from diffprobe.study.report_data import (
+    StudyData,
+    fmt_num,
+    fmt_pct,
+    headlines,
+    load_study,
+    read_generation,
+    relative_bars,
+    scale_points,
+    summary_sentences,
+    sweep_curves,
+    table_rows,
+)
+from diffprobe.study.report_html import esc, img, note, page, table
+from diffprobe.study.report_tasks import IMAGE, VIDEO
+from diffprobe.utils.io import atomic_write_bytes, atomic_write_text, read_json
+
+Heads = Mapping[str, tuple[int, float]]
+
+FORMULA = (
+    "Relative value of a backbone with mean <i>v</i> against the image twin's mean <i>i</i> (same task, primary "
+    "metric, each at its headline block and t and final checkpoint): <b>100&middot;v/i</b> when higher is better, "
+    "<b>100&middot;i/v</b> when lower is better (errors), so above 100% is always better and 200% means double the "
+    "accuracy or half the error. Means are over replicates (noise seed &times; probe seed); whiskers span the "
+    "backbone's worst to best replicate, each divided the same way by <i>i</i>."
+)
+
+
+def _mean_std(stat_mean: float, stat_std: float, n: int) -> str:
+    """Mean (4 significant digits) ± std (2 significant digits); the mean alone for a single replicate."""
+    return fmt_num(stat_mean) if n == 1 else f"{fmt_num(stat_mean)} ± {stat_std:.2g}"
+
+
+def _header(run_dir: Path, data: StudyData, heads: Heads) -> str:
+    rows = []
+    for b in data.backbones:
+        steps = data.steps(b)
+        tasks = sorted({k.task for k in data.stats if k.backbone == b})
+        rows.append([esc(b), esc(data.mode(b)), esc(", ".join(str(s) for s in steps)), esc(heads[b][0]),
+                     esc(fmt_num(heads[b][1])), esc(len(tasks))])
+    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    meta = (f'<table class="meta"><tr><td>run directory</td><td><code>{esc(run_dir)}</code></td></tr>'
+            f"<tr><td>report written</td><td>{esc(now)}</td></tr>"
+            f"<tr><td>results</td><td>{data.n_rows} metric rows, {len(data.stats)} cells, "
+            f"from {esc(data.first_time)} to {esc(data.last_time)}</td></tr>"
+            f"<tr><td>config hashes</td><td>{esc(', '.join(data.config_hashes))}</td></tr></table>")
+    out = [f"<h1>diffprobe study: {esc(data.study)}</h1>", meta,
+           '<nav><a href="#summary">summary</a><a href="#fig1">video vs image</a><a href="#fig5">noise &amp; block'
+           '</a><a href="#scaling">size &amp; budget</a><a href="#pca">PCA</a><a href="#table">full table</a></nav>',
+           table(["backbone", "mode", "checkpoint steps", "headline block", "headline t", "tasks"], rows,
+                 [False, False, False, True, True, True])]
+    cfg_path = run_dir / "study_config.json"
+    if cfg_path.is_file():
+        cfg = json.dumps(read_json(cfg_path), indent=2, sort_keys=True)
+        out.append(f"<details><summary>study config (<code>study_config.json</code>)</summary><pre>{esc(cfg)}</pre>"
+                   "</details>")
+    else:
+        out.append(note(f"{cfg_path.name} not found in the run directory: no config shown."))
+    out.append("<p class=\"meta\">Headline (block, t) per backbone: the centre of its sweep at its final checkpoint "
+               "(the pair whose block was measured at the most noise levels plus whose t was measured at the most "
+               "blocks), unless given with <code>--block/--t</code>. Highlighted rows in the full table.</p>")
+    return "\n".join(out)
+
+
+def _summary(bars: list, notes: list[str]) -> str:
+    sentences = summary_sentences(bars, VIDEO, IMAGE)
+    items = "".join(f"<li>{esc(s)}</li>" for s in sentences)
+    body = f'<ul>{items}</ul>' if sentences else f"<p>No task has both {VIDEO} and {IMAGE} results.</p>"
+    return (f'<h2 id="summary">Summary</h2><div class="summary">{body}</div>'
+            + "".join(note(n) for n in notes))
+
+
+def _fig1(bars: list, notes: list[str], figs: dict[str, bytes]) -> str:
+    out = ['<h2 id="fig1">1. Video vs image per task (paper Fig. 1)</h2>']
+    if not bars:
+        return "".join(out) + "".join(note(n) for n in notes)
+    figs["fig_video_vs_image.png"] = figures.png_bytes(figures.relative_bars_figure(bars, IMAGE))
+    out.append(img(figs["fig_video_vs_image.png"], "video vs image per task", FORMULA))
+    rows = [[esc(b.task), esc(b.metric), esc(b.backbone), esc(b.block), esc(fmt_num(b.t)),
+             esc(_mean_std(b.stat.mean, b.stat.std, b.stat.n)), esc(b.stat.n), esc(fmt_pct(b.percent)),
+             esc(f"{fmt_pct(b.lo)} – {fmt_pct(b.hi)}" if b.stat.n > 1 else "")] for b in bars]
+    out.append("<details><summary>numbers behind the figure</summary>"
+               + table(["task", "metric", "backbone", "block", "t", "mean ± std", "n", "relative to image",
+                        "replicate range"], rows, [False, False, False, True, True, True, True, True, True])
+               + "</details>")
+    return "".join(out) + "".join(note(n) for n in notes)
+
+
+def _fig5(data: StudyData, heads: Heads, figs: dict[str, bytes]) -> str:
+    out = ['<h2 id="fig5">2. Noise level and block (paper Fig. 5)</h2>']
+    curves, notes = sweep_curves(data, heads)
+    if not any(len(c.xs) > 1 for c in curves):
+        return "".join(out) + note("No backbone was measured at more than one noise level or block: nothing to "
+                                   "sweep.") + "".join(note(n) for n in notes)
+    figs["fig_sweeps.png"] = figures.png_bytes(figures.sweeps_figure(curves))
+    figs["fig_relative_change.png"] = figures.png_bytes(figures.relative_change_figure(curves))
+    out.append(img(figs["fig_relative_change.png"], "relative change vs noise level and block",
+                   "Relative change of each task's primary metric from the curve's own value at its headline point "
+                   "(0%): <b>100&middot;(v/h &minus; 1)</b> when higher is better, <b>100&middot;(h/v &minus; 1)</b> "
+                   "when lower is better (<i>v</i> the value, <i>h</i> the headline value); positive = better. "
+                   "Left: vs noise level t at the headline block; right: vs block at the headline t."))
+    out.append(img(figs["fig_sweeps.png"], "metric vs noise level and block",
+                   "Absolute primary metric (mean over replicates, band = ±1 std) vs t at the headline block (left) "
+                   "and vs block at the headline t (right); circles mark the headline point. A backbone measured at "
+                   "a single point on an axis is drawn as a dashed horizontal line."))
+    return "".join(out) + "".join(note(n) for n in notes)
+
+
+def _scaling(run_dir: Path, data: StudyData, heads: Heads, figs: dict[str, bytes]) -> str:
+    out = ['<h2 id="scaling">3. Model size and training budget</h2>']
+    gen_path = run_dir / "generation.json"
+    generation = read_generation(read_json(gen_path), gen_path) if gen_path.is_file() else []
+    points, notes = scale_points(data, heads, generation, IMAGE)
+    multi_step = any(len(data.steps(b)) > 1 for b in data.backbones)
+    sizes = any("@" in b for b in data.backbones)
+    if not points or not (generation or multi_step or sizes):
+        missing = [] if gen_path.is_file() else ["generation.json is absent"]
+        if not multi_step:
+            missing.append("every backbone has a single checkpoint step")
+        if not sizes:
+            missing.append("there are no model-size variants (backbone@size)")
+        reason = "; ".join(missing) if missing else "no point has every task at its headline"
+        return "".join(out) + note(f"Section skipped: {reason}.") + "".join(note(n) for n in notes)
+    if not gen_path.is_file():
+        notes.insert(0, "generation.json is absent: generation quality is not plotted.")
+    figs["fig_scaling.png"] = figures.png_bytes(figures.scaling_figure(points, IMAGE))
+    out.append(img(figs["fig_scaling.png"], "representation vs generation quality",
+                   f"Representation quality of a (backbone, checkpoint) = mean over tasks of its primary metric "
+                   f"relative to {IMAGE} at its final checkpoint (100&middot;v/i, or 100&middot;i/v for errors), "
+                   f"each at the backbone's headline block and t. Fréchet distance from "
+                   f"<code>generation.json</code> (lower is better)."))
+    tasks = sorted({t for p in points for t in p.per_task}, key=data.tasks.index)
+    rows = [[esc(p.backbone), esc(p.mode), esc(p.model if p.model is not None else ""), esc(p.step),
+             esc(fmt_num(p.frechet) if p.frechet is not None else ""), f"<b>{esc(fmt_pct(p.quality))}</b>"]
+            + [esc(fmt_pct(p.per_task[t])) for t in tasks] for p in points]
+    out.append(table(["backbone", "mode", "model", "step", "Fréchet distance", "quality", *tasks], rows,
+                     [False, False, False, True, True, True] + [True] * len(tasks)))
+    return "".join(out) + "".join(note(n) for n in notes)
+
+
+def _safe_name(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem)
+
+
+def _pca(run_dir: Path, figs: dict[str, bytes]) -> str:
+    out = ['<h2 id="pca">4. PCA of features (paper Figs. 3-4)</h2>']
+    files = sorted((run_dir / "pca").glob("*.npz"))
+    if not files:
+        return "".join(out) + note(f"No {run_dir / 'pca'}/*.npz files: no PCA pictures.")
+    for path in files:
+        frames, tokens = pca.load_pca_npz(path)
+        name = f"fig_pca_{_safe_name(path.stem)}.png"
+        figs[name] = figures.png_bytes(pca.pca_figure(frames, tokens, title=path.stem), dpi=100)
+        out.append(f"<h3>{esc(path.stem)}</h3>")
+        out.append(img(figs[name], f"PCA of features, clip {path.stem}",
+                       "Top row: input frames. Per backbone: the first three principal components of its tokens as "
+                       "RGB, then the first component alone (inferno colour map). Each backbone's PCA is fitted on "
+                       "all its tokens of this clip; each axis is signed so its projections have positive skew "
+                       "(the salient minority is bright) and scaled from its 1st to 99th percentile."))
+    return "".join(out)
+
+
+def _full_table(data: StudyData, heads: Heads) -> str:
+    out = ['<h2 id="table">5. Full table</h2>',
+           "<p class=\"meta\">Mean ± sample std over replicates (noise seed &times; probe seed), n replicates. "
+           "<b>Bold</b>: best mean of its task and metric in the study. Highlighted: the backbone's headline "
+           "(block, t) at its final checkpoint.</p>"]
+    rows = table_rows(data, heads)
+    for task in data.tasks:
+        mine = [r for r in rows if r.key.task == task]
+        cells = []
+        for r in mine:
+            ms = esc(_mean_std(r.stat.mean, r.stat.std, r.stat.n))
+            cells.append([esc(r.key.metric), esc(r.key.backbone), esc(r.key.mode), esc(r.key.step),
+                          esc(r.key.block), esc(fmt_num(r.key.t)), f"<b>{ms}</b>" if r.best else ms,
+                          esc(r.stat.n)])
+        out.append(f"<h3>{esc(task)}</h3>")
+        out.append(table(["metric", "backbone", "mode", "step", "block", "t", "mean ± std", "n"], cells,
+                         [False, False, False, True, True, True, True, True],
+                         ["headline" if r.headline else "" for r in mine]))
+    return "".join(out)
+
+
+def write_report(run_dir: Path, study: str | None = None, headline: tuple[int, float] | None = None) -> Path:
+    """Write ``run_dir/report/report.html`` and its ``fig_*.png`` figures; return the HTML path.
+
+    ``study`` selects a study when the store holds several; ``headline=(block, t)`` overrides the headline point
+    of every backbone measured there. Raises ``ValueError`` naming the file when the store is missing or empty.
+    """
+    run_dir = Path(run_dir)
+    data = load_study(run_dir / "results.sqlite", study)
+    heads, head_notes = headlines(data, headline)
+    bars, bar_notes = relative_bars(data, heads, IMAGE)
+    figs: dict[str, bytes] = {}
+    body = "\n".join([
+        _header(run_dir, data, heads),
+        _summary(bars, data.notes + head_notes),
+        _fig1(bars, bar_notes, figs),
+        _fig5(data, heads, figs),
+        _scaling(run_dir, data, heads, figs),
+        _pca(run_dir, figs),
+        _full_table(data, heads),
+    ])
+    out_dir = run_dir / "report"
+    for name, png in figs.items():
+        atomic_write_bytes(out_dir / name, png)
+    for stale in out_dir.glob("fig_*.png"):  # figures of an earlier report that this one no longer has
+        if stale.name not in figs:
+            stale.unlink()
+    html_path = out_dir / "report.html"
+    atomic_write_text(html_path, page(f"diffprobe report: {data.study}", body))
+    return html_path
+
+
+@click.command("report")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--study", default=None, help="Study to report when the store holds several.")
+@click.option("--block", type=int, default=None, help="Headline block (with --t); default: centre of the sweep.")
+@click.option("--t", "t", type=float, default=None, help="Headline noise level 0..1000 (with --block).")
+def report(run_dir: Path, study: str | None, block: int | None, t: float | None) -> None:
+    """Write RUN_DIR/report/report.html (self-contained) and its PNG figures from RUN_DIR/results.sqlite."""
+    if (block is None) != (t is None):
+        raise click.UsageError("give both --block and --t, or neither")
+    try:
+        path = write_report(run_dir, study, None if block is None else (block, t))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"report: {path}")

@@ -1,0 +1,441 @@
+"""The report's data: results-store rows averaged over seeds, each backbone's headline (block, t), and the derived
+series every figure draws (relative bars, sweeps, model-size / training-budget points).
+
+A *replicate* is one (noise seed, probe seed) pair; every statistic is over the replicates of one
+(backbone, mode, checkpoint step, block, t, task, metric) cell.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffprobe.study.report_tasks import (
+    CONTROLS,
+    HIGHER_IS_BETTER,
+    IMAGE,
+    TASK_METRICS,
+    backbone_order,
+    higher_is_better,
+    primary_metric,
+    relative_change,
+    relative_percent,
+    task_order,
+)
+from diffprobe.study.store import ResultsStore
+
+
+@dataclass(frozen=True)
+class Key:
+    """One aggregated cell: everything but the seeds (and the config hash)."""
+
+    backbone: str
+    mode: str
+    step: int
+    block: int
+    t: float
+    task: str
+    metric: str
+
+
+@dataclass(frozen=True)
+class Stat:
+    """The replicate values of one cell and their summary (std is the sample std, 0 for one value)."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if self.n > 1 else 0.0
+
+    @property
+    def lo(self) -> float:
+        return min(self.values)
+
+    @property
+    def hi(self) -> float:
+        return max(self.values)
+
+
+@dataclass
+class StudyData:
+    """All of one study's results, averaged over replicates."""
+
+    study: str
+    stats: dict[Key, Stat]
+    config_hashes: list[str]
+    first_time: str
+    last_time: str
+    n_rows: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def backbones(self) -> list[str]:
+        return backbone_order({k.backbone for k in self.stats})
+
+    @property
+    def tasks(self) -> list[str]:
+        return task_order({k.task for k in self.stats})
+
+    def mode(self, backbone: str) -> str:
+        modes = {k.mode for k in self.stats if k.backbone == backbone}
+        if len(modes) != 1:
+            raise ValueError(f"backbone {backbone!r} has modes {sorted(modes)}; expected exactly one")
+        return modes.pop()
+
+    def steps(self, backbone: str) -> list[int]:
+        return sorted({k.step for k in self.stats if k.backbone == backbone})
+
+    def final_step(self, backbone: str) -> int:
+        """The backbone's last checkpoint step (its fully trained model)."""
+        return self.steps(backbone)[-1]
+
+    def get(self, backbone: str, step: int, block: int, t: float, task: str, metric: str) -> Stat | None:
+        """The cell's statistic, or None when it was not measured."""
+        return self.stats.get(Key(backbone, self.mode(backbone), step, block, t, task, metric))
+
+
+def load_study(store_path: Path, study: str | None = None) -> StudyData:
+    """Read ``store_path`` and average one study's rows over replicates.
+
+    ``study`` may be omitted when the store holds a single study. A missing or empty store, or an ambiguous or
+    absent study, raises ``ValueError`` naming the file.
+    """
+    if not store_path.is_file():
+        raise ValueError(f"{store_path}: no results store (run the study first)")
+    with ResultsStore(store_path) as store:
+        rows = store.query()
+    if not rows:
+        raise ValueError(f"{store_path}: the results store holds no results")
+    studies = sorted({r["study"] for r in rows})
+    if study is None:
+        if len(studies) > 1:
+            raise ValueError(f"{store_path}: holds several studies {studies}; choose one")
+        study = studies[0]
+    elif study not in studies:
+        raise ValueError(f"{store_path}: no study {study!r}; it holds {studies}")
+    rows = [r for r in rows if r["study"] == study]
+    return aggregate(study, rows)
+
+
+def aggregate(study: str, rows: Iterable[Mapping[str, Any]]) -> StudyData:
+    """Group store rows by :class:`Key` (a backbone probed in several modes is labelled ``backbone[mode]``)."""
+    rows = list(rows)
+    modes: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        modes[r["backbone"]].add(r["mode"])
+    notes = [f"backbone {b!r} was probed in modes {sorted(m)}; shown as {b}[mode]"
+             for b, m in sorted(modes.items()) if len(m) > 1]
+    groups: dict[Key, list[float]] = defaultdict(list)
+    for r in rows:
+        label = r["backbone"] if len(modes[r["backbone"]]) == 1 else f"{r['backbone']}[{r['mode']}]"
+        key = Key(label, r["mode"], int(r["checkpoint_step"]), int(r["block"]), float(r["t"]), r["task"], r["metric"])
+        groups[key].append(float(r["value"]))
+    times = sorted(r["time"] for r in rows)
+    return StudyData(study=study, stats={k: Stat(tuple(v)) for k, v in groups.items()},
+                     config_hashes=sorted({r["config_hash"] for r in rows}), first_time=times[0],
+                     last_time=times[-1], n_rows=len(rows), notes=notes)
+
+
+# --- headline (block, t) -------------------------------------------------------------------------------------------
+
+def default_headline(data: StudyData, backbone: str) -> tuple[int, float]:
+    """The (block, t) at the centre of the backbone's sweep, at its final checkpoint.
+
+    Each measured pair (b, t) scores (#distinct t measured at block b) + (#distinct blocks measured at t); the
+    highest score wins, so for a cross-shaped sweep (all t at one block, all blocks at one t) the crossing point
+    wins, and a backbone measured at a single pair gets that pair. Ties: more result rows, then lower t, then
+    lower block.
+    """
+    step = data.final_step(backbone)
+    keys = [k for k in data.stats if k.backbone == backbone and k.step == step]
+    rows = Counter((k.block, k.t) for k in keys for _ in range(data.stats[k].n))
+    ts_at_block: dict[int, set[float]] = defaultdict(set)
+    blocks_at_t: dict[float, set[int]] = defaultdict(set)
+    for b, t in rows:
+        ts_at_block[b].add(t)
+        blocks_at_t[t].add(b)
+    return min(rows, key=lambda p: (-(len(ts_at_block[p[0]]) + len(blocks_at_t[p[1]])), -rows[p], p[1], p[0]))
+
+
+def headlines(data: StudyData, override: tuple[int, float] | None = None) -> tuple[dict[str, tuple[int, float]],
+                                                                                 list[str]]:
+    """Headline (block, t) per backbone, and notes; ``override`` applies to every backbone that measured it."""
+    out, notes = {}, []
+    for b in data.backbones:
+        own = default_headline(data, b)
+        if override is not None:
+            step = data.final_step(b)
+            measured = {(k.block, k.t) for k in data.stats if k.backbone == b and k.step == step}
+            if (override[0], float(override[1])) in measured:
+                own = (override[0], float(override[1]))
+            else:
+                notes.append(f"{b} was not measured at block {override[0]}, t {fmt_num(override[1])}; "
+                             f"its own headline (block {own[0]}, t {fmt_num(own[1])}) is used")
+        out[b] = own
+    return out, notes
+
+
+# --- Figure 1: video vs image ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Bar:
+    """One backbone's primary metric on one task, relative to the reference (image twin) in percent."""
+
+    task: str
+    metric: str
+    backbone: str
+    block: int
+    t: float
+    stat: Stat
+    reference: Stat
+    percent: float  # relative_percent(stat.mean, reference.mean)
+    lo: float  # the worst replicate, relative to reference.mean
+    hi: float  # the best replicate, relative to reference.mean
+
+
+def main_backbones(data: StudyData) -> list[str]:
+    """Backbones of the main comparison: all but the model-size variants (names with ``@``)."""
+    return [b for b in data.backbones if "@" not in b]
+
+
+def relative_bars(data: StudyData, heads: Mapping[str, tuple[int, float]],
+                  reference: str = IMAGE) -> tuple[list[Bar], list[str]]:
+    """Figure 1: each main backbone's primary metric per task at its headline and final checkpoint, relative to
+    ``reference`` (also at its headline and final checkpoint). Returns the bars and notes on what is missing."""
+    if reference not in data.backbones:
+        return [], [f"no {reference} results: the video-vs-image comparison needs the image twin as reference "
+                    f"(backbones present: {', '.join(data.backbones)})"]
+    bars, notes = [], []
+    for task in data.tasks:
+        if task not in TASK_METRICS:
+            notes.append(f"task {task!r} has no known primary metric; it appears only in the full table")
+            continue
+        metric = primary_metric(task)
+        hib = higher_is_better(metric)
+        rb, rt = heads[reference]
+        ref = data.get(reference, data.final_step(reference), rb, rt, task, metric)
+        if ref is None:
+            notes.append(f"{task}: {reference} has no {metric} at its headline (block {rb}, t {fmt_num(rt)})")
+            continue
+        for b in main_backbones(data):
+            blk, t = heads[b]
+            st = data.get(b, data.final_step(b), blk, t, task, metric)
+            if st is None:
+                if any(k.backbone == b and k.task == task for k in data.stats):
+                    notes.append(f"{task}: {b} has no {metric} at its headline (block {blk}, t {fmt_num(t)})")
+                continue
+            ends = [relative_percent(v, ref.mean, hib) for v in (st.lo, st.hi)]
+            bars.append(Bar(task, metric, b, blk, t, st, ref, relative_percent(st.mean, ref.mean, hib),
+                            min(ends), max(ends)))
+    return bars, notes
+
+
+def summary_sentences(bars: Iterable[Bar], video: str, image: str = IMAGE) -> list[str]:
+    """One sentence per task comparing ``video`` with ``image`` (and the controls), computed from the bars."""
+    by_task: dict[str, dict[str, Bar]] = defaultdict(dict)
+    for bar in bars:
+        by_task[bar.task][bar.backbone] = bar
+    out = []
+    for task, bs in by_task.items():
+        if video not in bs or image not in bs:
+            continue
+        v, i = bs[video], bs[image]
+        direction = "higher" if higher_is_better(v.metric) else "lower"
+        if math.isnan(v.percent):
+            verdict = f"{video} vs {image} on {task}: undefined ratio"
+        elif v.percent > 100:
+            verdict = f"video beats image on {task} by {v.percent - 100:+.1f}%"
+        elif v.percent < 100:
+            verdict = f"image beats video on {task}: video reaches {v.percent:.1f}% of image"
+        else:
+            verdict = f"video and image tie on {task}"
+        detail = (f"{v.metric} {fmt_num(v.stat.mean)} vs {fmt_num(i.stat.mean)}, {direction} is better; "
+                  f"n = {v.stat.n} vs {i.stat.n}")
+        controls = [f"{c} {fmt_pct(bs[c].percent)}" for c in CONTROLS if c in bs]
+        tail = f"; controls relative to image: {', '.join(controls)}" if controls else ""
+        out.append(f"{verdict} ({detail}){tail}.")
+    return out
+
+
+# --- Figure 5: sweeps ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Curve:
+    """A backbone's primary metric on one task along one axis (``t`` or ``block``), the other fixed at its
+    headline value."""
+
+    task: str
+    metric: str
+    backbone: str
+    axis: str  # "t" or "block"
+    fixed: float  # the other coordinate's headline value
+    xs: tuple[float, ...]
+    stats: tuple[Stat, ...]
+    headline_x: float
+
+    @property
+    def headline_stat(self) -> Stat:
+        return self.stats[self.xs.index(self.headline_x)]
+
+    def relative_changes(self) -> list[float]:
+        """Each point's relative change (%) from the curve's own headline value; positive = better."""
+        hib = higher_is_better(self.metric)
+        h = self.headline_stat.mean
+        return [relative_change(s.mean, h, hib) for s in self.stats]
+
+
+def sweep_curves(data: StudyData, heads: Mapping[str, tuple[int, float]]) -> tuple[list[Curve], list[str]]:
+    """Figure 5: for every known task and main backbone, the primary metric vs t (at the headline block) and vs
+    block (at the headline t), at the final checkpoint. A curve that lacks its headline point is left out (it has
+    nothing to be relative to) and named in the returned notes."""
+    curves, notes = [], []
+    for task in data.tasks:
+        if task not in TASK_METRICS:
+            continue
+        metric = primary_metric(task)
+        for b in main_backbones(data):
+            blk, t = heads[b]
+            step = data.final_step(b)
+            keys = [k for k in data.stats if k.backbone == b and k.step == step and k.task == task
+                    and k.metric == metric]
+            for axis, fixed, head_x in (("t", blk, t), ("block", t, blk)):
+                on = sorted((k for k in keys if (k.block if axis == "t" else k.t) == fixed),
+                            key=lambda k: k.t if axis == "t" else k.block)
+                if not on:
+                    continue
+                xs = tuple(float(k.t if axis == "t" else k.block) for k in on)
+                if float(head_x) not in xs:
+                    notes.append(f"{task}: {b} vs {axis} left out, no {metric} at its headline (block {blk}, "
+                                 f"t {fmt_num(t)})")
+                    continue
+                curves.append(Curve(task, metric, b, axis, float(fixed), xs, tuple(data.stats[k] for k in on),
+                                    float(head_x)))
+    return curves, notes
+
+
+# --- model size and training budget ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ScalePoint:
+    """Representation quality of one (backbone, checkpoint step), with its generation quality when known."""
+
+    backbone: str
+    mode: str
+    step: int
+    model: str | None  # generation.json's "model" field
+    frechet: float | None  # Fréchet distance (lower is better)
+    quality: float  # mean over tasks of relative_percent(primary metric, image twin at its final checkpoint)
+    per_task: dict[str, float]
+
+
+def read_generation(rows: Any, source: Path) -> list[dict[str, Any]]:
+    """Validate generation.json rows ({"backbone", "mode", "model", "checkpoint_step", "frechet_distance"})."""
+    need = {"backbone", "mode", "model", "checkpoint_step", "frechet_distance"}
+    if not isinstance(rows, list):
+        raise ValueError(f"{source}: expected a list of rows, got {type(rows).__name__}")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or need - set(r):
+            missing = sorted(need - set(r)) if isinstance(r, dict) else sorted(need)
+            raise ValueError(f"{source}: row {i} lacks {missing}")
+    return rows
+
+
+def scale_points(data: StudyData, heads: Mapping[str, tuple[int, float]], generation: list[dict[str, Any]],
+                 reference: str = IMAGE) -> tuple[list[ScalePoint], list[str]]:
+    """One point per (backbone, checkpoint step) that has every task the reference has at its final checkpoint.
+
+    Each task's primary metric (at the backbone's headline (block, t)) is taken relative to the reference at its
+    final checkpoint and headline; the point's quality is the mean over tasks. Returns the points and notes.
+    """
+    if reference not in data.backbones:
+        return [], [f"no {reference} results to normalise against"]
+    rb, rt = heads[reference]
+    rstep = data.final_step(reference)
+    ref = {task: data.get(reference, rstep, rb, rt, task, primary_metric(task))
+           for task in data.tasks if task in TASK_METRICS}
+    ref = {task: s for task, s in ref.items() if s is not None}
+    gen = {(r["backbone"], int(r["checkpoint_step"])): r for r in generation}
+    points, notes = [], []
+    for b in data.backbones:
+        blk, t = heads[b]
+        for step in data.steps(b):
+            per_task = {}
+            for task, rs in ref.items():
+                st = data.get(b, step, blk, t, task, primary_metric(task))
+                if st is not None:
+                    per_task[task] = relative_percent(st.mean, rs.mean, higher_is_better(primary_metric(task)))
+            if set(per_task) != set(ref):
+                missing = sorted(set(ref) - set(per_task))
+                notes.append(f"{b} step {step}: left out, no headline result for {', '.join(missing)}")
+                continue
+            g = gen.get((b, step))
+            points.append(ScalePoint(b, data.mode(b), step, None if g is None else str(g["model"]),
+                                     None if g is None else float(g["frechet_distance"]),
+                                     statistics.fmean(per_task.values()), per_task))
+    matched = {(p.backbone, p.step) for p in points}
+    for key in sorted(set(gen) - matched):
+        notes.append(f"generation.json row {key[0]} step {key[1]} has no matching probe results")
+    return points, notes
+
+
+# --- full table ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TableRow:
+    key: Key
+    stat: Stat
+    best: bool  # best mean of its (task, metric) over the whole study
+    headline: bool  # at its backbone's headline (block, t) and final checkpoint
+
+
+def table_rows(data: StudyData, heads: Mapping[str, tuple[int, float]]) -> list[TableRow]:
+    """Every cell, ordered by task, metric, backbone, step, block, t; best per (task, metric) flagged."""
+    border = {b: i for i, b in enumerate(data.backbones)}
+    torder = {t: i for i, t in enumerate(data.tasks)}
+
+    def metric_rank(k: Key) -> tuple[int, str]:
+        known = TASK_METRICS.get(k.task, ())
+        return (known.index(k.metric), "") if k.metric in known else (len(known), k.metric)
+
+    keys = sorted(data.stats, key=lambda k: (torder[k.task], metric_rank(k), border[k.backbone], k.step, k.block,
+                                             k.t))
+    best: dict[tuple[str, str], float] = {}
+    for k in keys:
+        if k.metric not in HIGHER_IS_BETTER:  # no known direction: no best is marked for this metric
+            continue
+        hib = HIGHER_IS_BETTER[k.metric]
+        m = data.stats[k].mean
+        cur = best.get((k.task, k.metric))
+        if cur is None or (m > cur if hib else m < cur):
+            best[(k.task, k.metric)] = m
+    return [TableRow(k, data.stats[k], best.get((k.task, k.metric)) == data.stats[k].mean,
+                     (k.block, k.t) == heads[k.backbone] and k.step == data.final_step(k.backbone)) for k in keys]
+
+
+# --- formatting ------------------------------------------------------------------------------------------------------
+
+def fmt_num(x: float) -> str:
+    """Four significant digits, integers without a decimal point."""
+    if math.isnan(x):
+        return "n/a"
+    if float(x).is_integer() and abs(x) < 1e6:
+        return str(int(x))
+    return f"{x:.4g}"
+
+
+def fmt_pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.1f}%"

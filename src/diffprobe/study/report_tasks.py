@@ -1,0 +1,91 @@
+"""What the report knows about tasks and metrics: the primary metric of each task, metric directions, and the
+normalisation formulas used by every figure.
+
+Formulas (stated once, here and in docs/report.md):
+
+- ``relative_percent(v, r)`` = ``100 * v / r`` for a higher-is-better metric and ``100 * r / v`` for a
+  lower-is-better one, so "better than the reference" is always above 100% and twice as good (double the accuracy
+  or half the error) is 200%.
+- ``relative_change(v, h)`` = ``relative_percent(v, h) - 100``: the change relative to a curve's own value at
+  the headline point, 0% there.
+"""
+
+from __future__ import annotations
+
+import math
+
+#: task -> its metrics, primary first (the one Figure 1 and Figure 5 use).
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "image_cls": ("top1",),
+    "action": ("top1",),
+    "depth": ("abs_rel", "delta1"),
+    "camera_pose": ("rotation_error_deg", "translation_error"),
+    "point_tracking": ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy"),
+    "box_tracking": ("mean_iou",),
+}
+
+#: metric -> True when higher is better. Metrics not listed have no known direction (no "best" is marked).
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "top1": True,
+    "abs_rel": False,
+    "rmse": False,
+    "delta1": True,
+    "delta2": True,
+    "delta3": True,
+    "rotation_error_deg": False,
+    "translation_error": False,
+    "translation_angle_deg": False,
+    "average_jaccard": True,
+    "average_pts_within_thresh": True,
+    "occlusion_accuracy": True,
+    "mean_iou": True,
+    "loss": False,
+}
+
+#: the twins and controls, in the order the report shows them.
+IMAGE, VIDEO, UNTRAINED, LATENTS = "walt-image", "walt-video", "walt-untrained", "latents"
+BACKBONE_ORDER = (IMAGE, VIDEO, UNTRAINED, LATENTS)
+CONTROLS = (UNTRAINED, LATENTS)
+
+
+def task_order(tasks: set[str] | list[str]) -> list[str]:
+    """Known tasks in the paper's order, then unknown ones alphabetically."""
+    known = [t for t in TASK_METRICS if t in tasks]
+    return known + sorted(set(tasks) - set(TASK_METRICS))
+
+
+def backbone_order(backbones: set[str] | list[str]) -> list[str]:
+    """Twins and controls first (image, video, untrained, latents), then others alphabetically."""
+    known = [b for b in BACKBONE_ORDER if b in backbones]
+    return known + sorted(set(backbones) - set(BACKBONE_ORDER))
+
+
+def primary_metric(task: str) -> str:
+    """The metric that stands for ``task`` in the figures; ``KeyError`` naming the task if it is unknown."""
+    if task not in TASK_METRICS:
+        raise KeyError(f"task {task!r} has no known primary metric; known tasks: {sorted(TASK_METRICS)}")
+    return TASK_METRICS[task][0]
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction of ``metric``; ``KeyError`` naming it if unknown."""
+    if metric not in HIGHER_IS_BETTER:
+        raise KeyError(f"metric {metric!r} has no known direction; known: {sorted(HIGHER_IS_BETTER)}")
+    return HIGHER_IS_BETTER[metric]
+
+
+def relative_percent(value: float, reference: float, higher_better: bool) -> float:
+    """``value`` relative to ``reference`` in percent, oriented so that better is above 100.
+
+    ``100 * value / reference`` if higher is better, else ``100 * reference / value``. NaN when either input is NaN
+    or the divisor is not positive (the ratio is then undefined).
+    """
+    num, den = (value, reference) if higher_better else (reference, value)
+    if math.isnan(num) or math.isnan(den) or den <= 0:
+        return math.nan
+    return 100.0 * num / den
+
+
+def relative_change(value: float, at_headline: float, higher_better: bool) -> float:
+    """Relative change in percent from a curve's headline value (0 at the headline, positive = better)."""
+    return relative_percent(value, at_headline, higher_better) - 100.0

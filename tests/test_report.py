@@ -1,0 +1,256 @@
+"""The study report: normalisation formulas against hand-computed values, the headline choice, a self-contained
+HTML page with every section and its PNG figures, skipped optional inputs, and the PCA pictures."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from matplotlib.image import imread
+
+from diffprobe.study.pca import frame_to_feature_index, pca_figure, pca_rgb, upsample_nearest
+from diffprobe.study.report import report, write_report
+from diffprobe.study.report_data import (
+    Bar,
+    Stat,
+    default_headline,
+    headlines,
+    load_study,
+    read_generation,
+    relative_bars,
+    scale_points,
+    summary_sentences,
+    sweep_curves,
+    table_rows,
+)
+from diffprobe.study.report_tasks import TASK_METRICS, higher_is_better, relative_change, relative_percent
+from diffprobe.study.store import Cell, ResultsStore
+from diffprobe.utils.io import atomic_write_json
+
+# Headline values (probe seed 0, probe seed 1) of each task's metrics, per backbone.
+HEAD = {
+    "walt-image": {"top1@image_cls": (0.8, 0.6), "top1@action": (0.3, 0.3), "abs_rel": (0.24, 0.26),
+                   "delta1": (0.6, 0.6), "rotation_error_deg": (30.0, 30.0), "translation_error": (1.0, 1.0),
+                   "average_jaccard": (0.25, 0.25), "average_pts_within_thresh": (0.4, 0.4),
+                   "occlusion_accuracy": (0.8, 0.8), "mean_iou": (0.5, 0.5)},
+    "walt-video": {"top1@image_cls": (0.7, 0.7), "top1@action": (0.6, 0.5), "abs_rel": (0.2, 0.2),
+                   "delta1": (0.7, 0.7), "rotation_error_deg": (10.0, 20.0), "translation_error": (0.5, 0.5),
+                   "average_jaccard": (0.3, 0.5), "average_pts_within_thresh": (0.6, 0.6),
+                   "occlusion_accuracy": (0.85, 0.85), "mean_iou": (0.6, 0.6)},
+    "walt-untrained": {"top1@image_cls": (0.2, 0.2), "top1@action": (0.1, 0.1), "abs_rel": (0.5, 0.5),
+                       "delta1": (0.3, 0.3), "rotation_error_deg": (60.0, 60.0), "translation_error": (2.0, 2.0),
+                       "average_jaccard": (0.05, 0.05), "average_pts_within_thresh": (0.1, 0.1),
+                       "occlusion_accuracy": (0.5, 0.5), "mean_iou": (0.2, 0.2)},
+    "latents": {"top1@image_cls": (0.3, 0.3), "top1@action": (0.15, 0.15), "abs_rel": (0.4, 0.4),
+                "delta1": (0.4, 0.4), "rotation_error_deg": (45.0, 45.0), "translation_error": (1.5, 1.5),
+                "average_jaccard": (0.1, 0.1), "average_pts_within_thresh": (0.2, 0.2),
+                "occlusion_accuracy": (0.6, 0.6), "mean_iou": (0.3, 0.3)},
+}
+MODES = {"walt-image": "image", "walt-video": "video", "walt-untrained": "video", "latents": "video"}
+# Video twin relative to image twin on each task's primary metric, by hand (see HEAD):
+EXPECTED_VIDEO_PCT = {"image_cls": 100 * 0.7 / 0.7, "action": 100 * 0.55 / 0.3, "depth": 100 * 0.25 / 0.2,
+                      "camera_pose": 100 * 30 / 15, "point_tracking": 100 * 0.4 / 0.25, "box_tracking": 100 * 0.6 / 0.5}
+SWEEP = [(2, 0.0), (2, 200.0), (2, 500.0), (1, 200.0), (3, 200.0)]  # a cross centred on block 2, t 200
+
+
+def _head(backbone: str, task: str, metric: str) -> tuple[float, float]:
+    return HEAD[backbone][f"{metric}@{task}" if metric == "top1" else metric]
+
+
+def _factor(block: int, t: float) -> float:
+    """Quality multiplier off the headline: 1 at (2, 200), worse away from it."""
+    return 1.0 - abs(t - 200.0) / 2000.0 - 0.05 * abs(block - 2)
+
+
+def _add(store: ResultsStore, backbone: str, step: int, block: int, t: float, scale: float) -> None:
+    for task, metrics in TASK_METRICS.items():
+        for seed in (0, 1):
+            vals = {}
+            for m in metrics:
+                v = _head(backbone, task, m)[seed]
+                vals[m] = v * scale if higher_is_better(m) else v / scale
+            store.add(Cell("demo", backbone, MODES[backbone], step, block, t, 0, task, seed, "h1"), vals)
+
+
+def make_run(run_dir: Path, full: bool = True) -> Path:
+    """A run dir: twins swept over a cross of (block, t), controls at one point, two probe seeds; with ``full``
+    also a half-trained checkpoint of each twin (every metric half as good), generation.json, a config and a
+    PCA npz."""
+    with ResultsStore(run_dir / "results.sqlite") as store:
+        for b in ("walt-image", "walt-video"):
+            for block, t in SWEEP:
+                _add(store, b, 1000, block, t, _factor(block, t))
+            if full:
+                _add(store, b, 500, 2, 200.0, 0.5)
+        _add(store, "walt-untrained", 0, 2, 200.0, 1.0)
+        _add(store, "latents", 0, 0, 0.0, 1.0)
+    if full:
+        atomic_write_json(run_dir / "generation.json", [
+            {"backbone": b, "mode": MODES[b], "model": "tiny", "checkpoint_step": s, "frechet_distance": fd}
+            for b, s, fd in [("walt-image", 500, 90.0), ("walt-image", 1000, 60.0), ("walt-video", 500, 120.0),
+                             ("walt-video", 1000, 70.0)]])
+        atomic_write_json(run_dir / "study_config.json", {"name": "demo", "blocks": [1, 2, 3], "ts": [0, 200, 500]})
+        rng = np.random.default_rng(0)
+        frames = np.zeros((4, 32, 32, 3), np.uint8)  # (T, H, W, 3): a square moving right
+        for i in range(4):
+            frames[i, 10:20, 4 + 5 * i:14 + 5 * i] = (220, 60, 40)
+        (run_dir / "pca").mkdir()
+        np.savez(run_dir / "pca" / "clip0.npz", frames=frames,
+                 **{"tokens__walt-video": rng.normal(size=(2, 8, 8, 16)).astype(np.float32),
+                    "tokens__walt-image": rng.normal(size=(4, 8, 8, 16)).astype(np.float32)})
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("run"))
+
+
+def test_relative_formulas_by_hand() -> None:
+    assert relative_percent(0.6, 0.4, True) == pytest.approx(150.0)
+    assert relative_percent(0.2, 0.25, False) == pytest.approx(125.0)  # error 0.25 -> 0.2: 100 * 0.25 / 0.2
+    assert math.isnan(relative_percent(0.5, 0.0, True)) and math.isnan(relative_percent(0.0, 0.3, False))
+    assert relative_change(0.45, 0.5, True) == pytest.approx(-10.0)
+    assert relative_change(0.4, 0.5, False) == pytest.approx(25.0)
+
+
+def test_headline_is_the_centre_of_the_sweep(full_run) -> None:
+    data = load_study(full_run / "results.sqlite")
+    assert default_headline(data, "walt-video") == (2, 200.0)
+    assert default_headline(data, "latents") == (0, 0.0)
+    heads, notes = headlines(data, override=(3, 200.0))
+    assert heads["walt-image"] == (3, 200.0) and heads["latents"] == (0, 0.0)
+    assert any("latents was not measured at block 3" in n for n in notes)
+
+
+def test_relative_bars_equal_hand_computed(full_run) -> None:
+    data = load_study(full_run / "results.sqlite")
+    heads, _ = headlines(data)
+    bars, notes = relative_bars(data, heads)
+    assert notes == []
+    video = {b.task: b for b in bars if b.backbone == "walt-video"}
+    for task, pct in EXPECTED_VIDEO_PCT.items():
+        assert video[task].percent == pytest.approx(pct), task
+    assert (video["point_tracking"].lo, video["point_tracking"].hi) == pytest.approx((120.0, 200.0))
+    assert (video["camera_pose"].lo, video["camera_pose"].hi) == pytest.approx((150.0, 300.0))  # 30/20, 30/10
+    image = {b.task: b for b in bars if b.backbone == "walt-image"}
+    assert image["image_cls"].percent == pytest.approx(100.0)
+    assert (image["image_cls"].lo, image["image_cls"].hi) == pytest.approx((100 * 0.6 / 0.7, 100 * 0.8 / 0.7))
+    latents = {b.task: b for b in bars if b.backbone == "latents"}
+    assert latents["depth"].percent == pytest.approx(100 * 0.25 / 0.4)
+    sentences = summary_sentences(bars, "walt-video")
+    assert "video beats image on depth by +25.0% (abs_rel 0.2 vs 0.25, lower is better; n = 2 vs 2)" in sentences[2]
+    assert sentences[0].startswith("video and image tie on image_cls")
+    worse = [Bar("action", "top1", name, 2, 200.0, Stat((v,)), Stat((0.5,)), relative_percent(v, 0.5, True), 0, 0)
+             for name, v in (("walt-image", 0.5), ("walt-video", 0.4))]
+    assert summary_sentences(worse, "walt-video") == [
+        "image beats video on action: video reaches 80.0% of image (top1 0.4 vs 0.5, higher is better; n = 1 vs 1)."]
+
+
+def test_sweeps_scale_points_and_best(full_run) -> None:
+    data = load_study(full_run / "results.sqlite")
+    heads, _ = headlines(data)
+    curves, notes = sweep_curves(data, heads)
+    assert notes == []
+    curves = {(c.backbone, c.task, c.axis): c for c in curves}
+    c = curves[("walt-video", "depth", "t")]
+    assert c.xs == (0.0, 200.0, 500.0)
+    assert c.relative_changes() == pytest.approx([100 * (_factor(2, t) - 1) for t in c.xs])
+    assert curves[("walt-untrained", "depth", "block")].xs == (2.0,)
+    gen = read_generation(json.loads((full_run / "generation.json").read_text()), full_run / "generation.json")
+    points, _ = scale_points(data, heads, gen)
+    by = {(p.backbone, p.step): p for p in points}
+    assert by[("walt-image", 1000)].quality == pytest.approx(100.0)
+    assert by[("walt-image", 500)].quality == pytest.approx(50.0)  # every metric half as good
+    assert by[("walt-video", 1000)].quality == pytest.approx(np.mean(list(EXPECTED_VIDEO_PCT.values())))
+    assert by[("walt-video", 500)].frechet == 120.0 and by[("latents", 0)].frechet is None
+    best = [r for r in table_rows(data, heads) if r.best and r.key.task == "camera_pose"
+            and r.key.metric == "rotation_error_deg"]
+    assert [(r.key.backbone, r.key.block, r.key.t, r.key.step) for r in best] == [("walt-video", 2, 200.0, 1000)]
+
+
+def _png_ok(path: Path) -> None:
+    raw = path.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    px = imread(io.BytesIO(raw))  # (H, W, 3|4) floats
+    assert px.shape[0] > 100 and px.shape[1] > 100
+    assert len(np.unique(px[..., :3].reshape(-1, 3), axis=0)) > 20  # drawn content, not a blank canvas
+
+
+def test_write_report_is_self_contained_and_complete(full_run) -> None:
+    path = write_report(full_run)
+    assert path == full_run / "report" / "report.html"
+    html = path.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
+    assert "<script" not in html.lower()
+    for task in TASK_METRICS:
+        assert f"<h3>{task}</h3>" in html
+    for pct in EXPECTED_VIDEO_PCT.values():
+        assert f"<td class=\"num\">{pct:.1f}%</td>" in html
+    assert "video beats image on camera_pose by +100.0%" in html
+    assert "<b>0.2 ± 0</b>" in html  # walt-video's abs_rel at the headline: the best of depth
+    assert "<details><summary>study config" in html and "&quot;blocks&quot;" in html
+    names = {"fig_video_vs_image.png", "fig_sweeps.png", "fig_relative_change.png", "fig_scaling.png",
+             "fig_pca_clip0.png"}
+    assert {p.name for p in path.parent.glob("fig_*.png")} == names
+    assert html.count('src="data:image/png;base64,') == len(names)
+    for name in names:
+        _png_ok(path.parent / name)
+    assert "120" in html and "Fréchet distance" in html
+
+
+def test_missing_optional_inputs_are_noted(tmp_path) -> None:
+    run = make_run(tmp_path, full=False)
+    (run / "report").mkdir()
+    (run / "report" / "fig_scaling.png").write_bytes(b"stale")
+    html = write_report(run).read_text()
+    assert "Section skipped: generation.json is absent; every backbone has a single checkpoint step" in html
+    assert "pca/*.npz files: no PCA pictures" in html
+    assert "study_config.json not found" in html
+    assert not (run / "report" / "fig_scaling.png").exists()
+    assert {p.name for p in (run / "report").glob("fig_*.png")} == {
+        "fig_video_vs_image.png", "fig_sweeps.png", "fig_relative_change.png"}
+
+
+def test_empty_or_missing_store_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"results\.sqlite: no results store"):
+        write_report(tmp_path)
+    ResultsStore(tmp_path / "results.sqlite").close()
+    with pytest.raises(ValueError, match=r"results\.sqlite: the results store holds no results"):
+        write_report(tmp_path)
+    res = CliRunner().invoke(report, [str(tmp_path)])
+    assert res.exit_code != 0 and "holds no results" in res.output
+
+
+def test_pca_rgb_shape_first_component_and_sign() -> None:
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=16)
+    v /= np.linalg.norm(v)
+    a = rng.exponential(size=(3, 6, 6))  # (T, H, W), skewed so the sign convention is decided by skewness
+    tokens = a[..., None] * 5.0 * v + 0.01 * rng.normal(size=(3, 6, 6, 16))  # (T, H, W, C)
+    rgb = pca_rgb(tokens)
+    assert rgb.shape == (3, 6, 6, 3) and rgb.dtype == np.uint8
+    corr = [np.corrcoef(a.ravel(), rgb[..., i].ravel().astype(float))[0, 1] for i in range(3)]
+    assert corr[0] > 0.97 and abs(corr[1]) < 0.5 and abs(corr[2]) < 0.5
+    np.testing.assert_array_equal(pca_rgb(-tokens), rgb)  # sign convention: flipping all tokens changes nothing
+    both = pca_rgb([tokens, tokens[:1]])  # a shared fit: the same tokens get the same colours
+    np.testing.assert_array_equal(both[1], both[0][:1])
+    with pytest.raises(ValueError, match="3 channels"):
+        pca_rgb(tokens[..., :2])
+
+
+def test_pca_figure_maps_frames_proportionally() -> None:
+    assert frame_to_feature_index(8, 2).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert frame_to_feature_index(3, 3).tolist() == [0, 1, 2]
+    up = upsample_nearest(np.arange(4).reshape(2, 2), 4, 4)
+    assert up.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
+    frames = np.zeros((4, 16, 16, 3), np.uint8)
+    fig = pca_figure(frames, {"a": np.random.default_rng(0).normal(size=(2, 4, 4, 8))})
+    assert len(fig.axes) == 3 * 4  # frames row + PCA row + PC1 row, 4 frames each
+    assert "⌊i·2/4⌋" in fig.axes[4].get_ylabel()
