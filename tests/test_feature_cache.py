@@ -10,7 +10,7 @@ import torch
 
 from diffprobe.backbones.base import Backbone, clip_generator
 from diffprobe.features.cache import FeatureCache, FeatureKey
-from diffprobe.features.extract import extract_features
+from diffprobe.features.extract import VIEWS, extract_features
 
 
 class NoisyMeanBackbone(Backbone):
@@ -35,7 +35,7 @@ class NoisyMeanBackbone(Backbone):
 
 def _videos(ids):
     rng = [np.random.default_rng(i) for i in ids]
-    return np.stack([r.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8) for r in rng])
+    return torch.from_numpy(np.stack([r.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8) for r in rng]))
 
 
 def test_cache_round_trip_and_resume(tmp_path) -> None:
@@ -48,7 +48,7 @@ def test_cache_round_trip_and_resume(tmp_path) -> None:
     idx, feats = cache.open(keys[1]).load_all()
     assert idx.tolist() == list(range(10)) and feats.shape == (10, 3, 2, 2, 3)
     # exactly what the backbone gives for these clips (noise depends only on (seed, clip id), not on batching)
-    expect = bb.features(torch.from_numpy(_videos(range(10))), torch.arange(10), [1], 500.0, 3)[1]
+    expect = bb.features(_videos(range(10)), torch.arange(10), [1], 500.0, 3)[1]
     assert torch.equal(feats, expect)
     # a second call is a no-op; a different noise seed gives different features
     calls = bb.calls
@@ -69,11 +69,12 @@ def test_interrupted_extraction_keeps_finished_shards(tmp_path) -> None:
                 raise KeyboardInterrupt
             return super().features(video, clip_ids, *a, **kw)
 
+    first_frame = lambda ids: VIEWS["frame0"](_videos(ids))  # noqa: E731
     with pytest.raises(KeyboardInterrupt):
-        extract_features(Dies(), _videos, 10, key, [0], cache, batch_size=4, shard_size=4, progress=False)
+        extract_features(Dies(), first_frame, 10, key, [0], cache, batch_size=4, shard_size=4, progress=False)
     assert cache.has_shard(key, 0) and not cache.has_shard(key, 1) and not cache.is_complete(key)
     bb = NoisyMeanBackbone()
-    extract_features(bb, _videos, 10, key, [0], cache, batch_size=4, shard_size=4, dtype=torch.float32,
+    extract_features(bb, first_frame, 10, key, [0], cache, batch_size=4, shard_size=4, dtype=torch.float32,
                      progress=False)
     assert bb.calls == 2  # only shards 1 and 2 were computed
     idx, feats = cache.open(key).load_all()

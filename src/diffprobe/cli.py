@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "sample": "diffprobe.train.cli:sample_cmd",
     "extract": "diffprobe.features.cli:extract_cmd",
     "probe": "diffprobe.tasks.cli:probe_cmd",
+    "study": "diffprobe.study.cli:study_cmd",
     "report": "diffprobe.study.report:report",
 }
 

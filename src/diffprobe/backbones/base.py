@@ -26,6 +26,15 @@ class Backbone(ABC):
     identity: str
     num_blocks: int
     device: torch.device
+    #: a backbone whose block-0 output is this backbone's input (WALT: its tokenizer). When set, extraction caches
+    #: the encoder's output once per split and feeds it to :meth:`features_from_encoded`, so the (costly) encoding
+    #: is not repeated for every noise level and block.
+    encoder: Backbone | None = None
+
+    def features_from_encoded(self, encoded: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int], t: float,
+                              noise_seed: int, ensemble: int = 1) -> dict[int, torch.Tensor]:
+        """As :meth:`features`, from the ``encoder``'s block-0 output instead of pixels."""
+        raise TypeError(f"{type(self).__name__} has no encoder; call features() with pixels")
 
     @abstractmethod
     def features(self, video: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int], t: float,

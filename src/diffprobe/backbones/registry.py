@@ -19,7 +19,7 @@ from diffprobe.backbones.walt import LatentBackbone, WALTBackbone
 from diffprobe.data import ProbeWorldConfig
 from diffprobe.models import WALT
 from diffprobe.train.checkpoint import checkpoint_dir, load_model_weights
-from diffprobe.train.denoiser import load_denoiser, load_tokenizer
+from diffprobe.train.denoiser import latents_identity, load_denoiser, load_tokenizer
 from diffprobe.train.export import META_FILE, read_export
 from diffprobe.utils.io import read_json
 
@@ -54,7 +54,7 @@ def load_backbone(spec: str, device: torch.device) -> ResolvedBackbone:
         tok_run = _tokenizer_run(run)
         tokenizer, meta = load_tokenizer(tok_run)
         world = ProbeWorldConfig.from_dict(meta["config"]["world"])
-        return ResolvedBackbone(LatentBackbone(tokenizer, f"latents-{meta['sha256'][:12]}", device), world,
+        return ResolvedBackbone(LatentBackbone(tokenizer, latents_identity(meta["sha256"], "video"), device), world,
                                 "video", 0)
     if base not in ("walt", "walt-untrained"):
         raise ValueError(f"backbone spec {spec!r}: unknown kind {base!r}; known: walt, walt@STEP, walt-untrained, "
@@ -75,4 +75,6 @@ def load_backbone(spec: str, device: torch.device) -> ResolvedBackbone:
         identity = f"walt-{cfg.mode}-{meta['sha256'][:12]}-step{step}"
     else:
         identity = f"walt-{cfg.mode}-{meta['sha256'][:12]}"
-    return ResolvedBackbone(WALTBackbone(tokenizer, denoiser, cfg.mode, identity, device), cfg.world, cfg.mode, step)
+    backbone = WALTBackbone(tokenizer, denoiser, cfg.mode, identity, device,
+                            encoder_identity=latents_identity(tok_meta["sha256"], cfg.mode))
+    return ResolvedBackbone(backbone, cfg.world, cfg.mode, step)

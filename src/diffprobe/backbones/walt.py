@@ -29,14 +29,15 @@ class WALTBackbone(Backbone):
 
     ``mode="video"``: the clip is encoded and denoised as one video (features ``(B, T', H', W', D)`` over latent
     frames). ``mode="image"``: every frame is its own 1-frame image, encoded and denoised alone, so the features are
-    ``(B, T, H', W', D)`` over all T frames. Class-conditional denoisers are run with the null class.
+    ``(B, T, H', W', D)`` over all T frames. Class-conditional denoisers are run with the null class. The tokenizer
+    is this backbone's ``encoder`` (a :class:`LatentBackbone` of the same mode).
     """
 
     def __init__(self, tokenizer: CausalAutoencoder, denoiser: WALT, mode: str, identity: str,
-                 device: torch.device) -> None:
+                 device: torch.device, encoder_identity: str) -> None:
         if mode not in ("video", "image"):
             raise ValueError(f"WALTBackbone: mode must be 'video' or 'image', got {mode!r}")
-        self.tokenizer = tokenizer.to(device).eval()
+        self.encoder = LatentBackbone(tokenizer, encoder_identity, device, mode=mode)
         self.denoiser = denoiser.to(device).eval()
         self.mode = mode
         self.identity = identity
@@ -44,20 +45,22 @@ class WALTBackbone(Backbone):
         self.device = device
 
     @torch.no_grad()
-    def latents(self, video: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(B, T, H, W, 3)`` -> latents ``(B, C, T', H', W')`` (image mode: ``(B*T, C, 1, H', W')``)."""
-        if self.mode == "image":
-            video = rearrange(video, "b t h w c -> (b t) 1 h w c")
-        return self.tokenizer.encode(frames_to_input(video))
-
-    @torch.no_grad()
     def features(self, video: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int], t: float,
                  noise_seed: int, ensemble: int = 1) -> dict[int, torch.Tensor]:
-        b, frames = video.shape[:2]
-        z = self.latents(video)  # (B', C, T', H', W')
-        ids = clip_ids
-        if self.mode == "image":  # each frame is its own sample: ids (clip, frame) -> distinct noise streams
+        z = self.encoder.features(video, clip_ids, [0], 0.0, noise_seed)[0]  # (B, T_f, H', W', C)
+        return self.features_from_encoded(z, clip_ids, blocks, t, noise_seed, ensemble)
+
+    @torch.no_grad()
+    def features_from_encoded(self, encoded: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int],
+                              t: float, noise_seed: int, ensemble: int = 1) -> dict[int, torch.Tensor]:
+        b, frames = encoded.shape[:2]
+        if self.mode == "image":  # every frame its own sample, with its own noise stream (clip, frame)
+            z = rearrange(encoded, "b t h w c -> (b t) c 1 h w")  # (B*T, C, 1, H', W')
             ids = (clip_ids[:, None] * frames + torch.arange(frames)[None]).reshape(-1)
+        else:
+            z = rearrange(encoded, "b t h w c -> b c t h w")  # (B, C, T', H', W')
+            ids = clip_ids
+        z = z.float()
         tt = torch.full((z.shape[0],), float(t), device=z.device)
         acc: dict[int, torch.Tensor] = {}
         for draw in range(ensemble):

@@ -28,7 +28,7 @@ def extract_cmd(spec: str, blocks: tuple[int, ...], t: float, noise_seed: int, e
     """Extract features at (blocks, t, noise seed) for each split; finished shards are never recomputed."""
     from diffprobe.backbones.registry import load_backbone
     from diffprobe.features.cache import FeatureCache
-    from diffprobe.tasks.runner import ensure_features
+    from diffprobe.features.sources import ensure_features
     from diffprobe.utils.runtime import resolve_device
 
     resolved = load_backbone(spec, resolve_device(device))

@@ -5,23 +5,29 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from diffprobe.backbones.base import Backbone
-from diffprobe.features.cache import FeatureCache, FeatureKey
+from diffprobe.features.cache import FeatureCache, FeatureKey, FeatureSet
 
-#: view name -> function from a clip's video (T, H, W, 3) to the backbone's input
-VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+#: view name -> function from videos (n, T, H, W, 3) to the backbone's input
+VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "clip": lambda video: video,
-    "frame0": lambda video: video[:1],
+    "frame0": lambda video: video[:, :1],
 }
+
+
+def video_loader(videos: FeatureSet, view: str) -> Callable[[Sequence[int]], torch.Tensor]:
+    """``ids -> uint8 videos`` of a cached pixel set, cut to ``view`` (see :data:`VIEWS`)."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; known views are {sorted(VIEWS)}")
+    return lambda ids: VIEWS[view](videos.take(ids))
 
 
 def extract_features(
     backbone: Backbone,
-    load_videos: Callable[[Sequence[int]], np.ndarray],
+    load_inputs: Callable[[Sequence[int]], torch.Tensor],
     num_clips: int,
     key: FeatureKey,
     blocks: Sequence[int],
@@ -29,17 +35,17 @@ def extract_features(
     batch_size: int = 32,
     shard_size: int = 256,
     dtype: torch.dtype = torch.float16,
+    encoded: bool = False,
     progress: bool = True,
 ) -> list[FeatureKey]:
     """Extract ``backbone`` features of clips ``0..num_clips-1`` at every block in ``blocks`` into ``cache``.
 
-    ``load_videos(indices)`` returns uint8 videos (n, T, H, W, 3); ``key`` gives everything but the block (its
-    ``block`` field is ignored), and ``key.view`` selects the input (see :data:`VIEWS`). Shards that are already
-    on disk for every block are skipped, so an interrupted run resumes where it stopped. Returns the keys.
+    ``load_inputs(indices)`` gives the backbone's input for those clips: uint8 videos (n, T, H, W, 3), or, with
+    ``encoded``, the output of ``backbone.encoder`` (fed to ``backbone.features_from_encoded``). ``key`` gives
+    everything but the block (its ``block`` field is ignored). Shards already on disk for every block are skipped,
+    so an interrupted run resumes where it stopped. Returns the keys.
     """
-    if key.view not in VIEWS:
-        raise ValueError(f"unknown view {key.view!r}; known views are {sorted(VIEWS)}")
-    view = VIEWS[key.view]
+    forward = backbone.features_from_encoded if encoded else backbone.features
     keys = [replace(key, block=b) for b in blocks]
     todo = [k for k in keys if not cache.is_complete(k)]
     if not todo:
@@ -55,20 +61,18 @@ def extract_features(
         outs: dict[int, list[torch.Tensor]] = {k.block: [] for k in todo}
         for start in range(lo, hi, batch_size):
             ids = list(range(start, min(hi, start + batch_size)))
-            video = torch.from_numpy(np.stack([view(v) for v in load_videos(ids)]))  # (b, T, H, W, 3)
+            inputs = load_inputs(ids).to(backbone.device)
             with torch.no_grad():
-                feats = backbone.features(video.to(backbone.device), torch.tensor(ids), [k.block for k in todo],
-                                          key.t, key.noise_seed, key.ensemble)
+                feats = forward(inputs, torch.tensor(ids), [k.block for k in todo], key.t, key.noise_seed,
+                                key.ensemble)
             for b, f in feats.items():
                 outs[b].append(f.to("cpu", dtype))  # (b, T_f, H_f, W_f, C)
             bar.update(len(ids))
         index = torch.arange(lo, hi)
         for k in todo:
-            feats_k = torch.cat(outs[k.block])
-            cache.write_shard(k, shard, index, feats_k)
+            cache.write_shard(k, shard, index, torch.cat(outs[k.block]))
     bar.close()
     for k in todo:
         shape = tuple(cache.read_shard(k, 0)[1].shape[1:])
         cache.mark_complete(k, num_clips, shard_size, shape, str(dtype).removeprefix("torch."))
     return keys
-

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from diffprobe.backbones.base import Backbone
 from diffprobe.backbones.walt import PixelBackbone
 from diffprobe.data import ProbeWorld, ProbeWorldConfig
 from diffprobe.features.cache import FeatureCache, FeatureKey, FeatureSet
-from diffprobe.features.extract import extract_features
+from diffprobe.features.extract import extract_features, video_loader
 
 
 def world_identity(config: ProbeWorldConfig) -> str:
@@ -27,9 +29,9 @@ class WorldVideos:
     def __len__(self) -> int:
         return len(self.world)
 
-    def __call__(self, indices: Sequence[int]) -> np.ndarray:
+    def __call__(self, indices: Sequence[int]) -> torch.Tensor:
         """uint8 videos ``(n, T, H, W, 3)``."""
-        return np.stack([c["video"] for c in self.world.batch(list(indices))])
+        return torch.from_numpy(np.stack([c["video"] for c in self.world.batch(list(indices))]))
 
 
 def pixel_key(config: ProbeWorldConfig, split: str) -> FeatureKey:
@@ -43,3 +45,29 @@ def ensure_videos(config: ProbeWorldConfig, split: str, cache: FeatureCache, pro
     extract_features(PixelBackbone(), WorldVideos(world), len(world), key, [0], cache, batch_size=64,
                      shard_size=1024, dtype=torch.uint8, progress=progress)
     return cache.open(key)
+
+
+def ensure_features(backbone: Backbone, world: ProbeWorldConfig, split: str, view: str, blocks: Sequence[int],
+                    t: float, noise_seed: int, cache: FeatureCache, ensemble: int = 1, limit: int | None = None,
+                    batch_size: int = 32, dtype: torch.dtype = torch.float16,
+                    progress: bool = True) -> dict[int, FeatureSet]:
+    """``backbone``'s features of one split (its first ``limit`` clips, or all) at every block, extracted once.
+
+    A backbone with an ``encoder`` reads the encoder's output, itself cached once per split in float32 (for WALT:
+    the tokenizer latents, shared with twin training), so encoding is not repeated per noise level or block.
+    """
+    num = len(ProbeWorld(world, split)) if limit is None else min(limit, world.split_size(split))
+    dataset = world_identity(world) + ("" if limit is None else f"-first{num}")
+    key = FeatureKey(backbone.identity, dataset, split, view, 0, float(t), noise_seed, ensemble)
+    keys = [dataclasses.replace(key, block=b) for b in blocks]
+    if not all(cache.is_complete(k) for k in keys):
+        if backbone.encoder is not None:
+            enc = ensure_features(backbone.encoder, world, split, view, [0], 0.0, 0, cache, dtype=torch.float32,
+                                  batch_size=batch_size, progress=progress)[0]
+            extract_features(backbone, enc.take, num, key, blocks, cache, batch_size=batch_size, dtype=dtype,
+                             encoded=True, progress=progress)
+        else:
+            videos = ensure_videos(world, split, cache, progress=progress)
+            extract_features(backbone, video_loader(videos, view), num, key, blocks, cache, batch_size=batch_size,
+                             dtype=dtype, progress=progress)
+    return {k.block: cache.open(k) for k in keys}

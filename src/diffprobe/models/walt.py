@@ -57,6 +57,10 @@ class WALTConfig(Config):
         "tiny": {"hidden_size": 128, "depth": 6, "num_heads": 4, "patch_size": 2,
                  "spatial_window": [4, 4], "spatiotemporal_window": [5, 2, 2],
                  "max_latent_frames": 5, "max_latent_size": [8, 8]},
+        # the tiny layout at half the width (~0.5M parameters): the second model size of the CPU study.
+        "micro": {"hidden_size": 64, "depth": 6, "num_heads": 2, "patch_size": 2,
+                  "spatial_window": [4, 4], "spatiotemporal_window": [5, 2, 2],
+                  "max_latent_frames": 5, "max_latent_size": [8, 8]},
         # latents 8 x 5 x 16 x 16 (128 px clips) -> 5 x 8 x 8 tokens.
         "S": {"hidden_size": 384, "depth": 12, "num_heads": 6, "patch_size": 2,
               "spatial_window": [8, 8], "spatiotemporal_window": [5, 4, 4],

@@ -47,7 +47,7 @@ class ProbeBank(nn.Module):
             {"params": list(p.parameters()), "lr": lr, "base_lr": lr}
             for p, lr in zip(self.probes, self.learning_rates, strict=True)
         ]
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay, foreach=True)
 
     @classmethod
     def from_config(cls, cfg: ReadoutConfig, make_probe: Callable[[], Probe]) -> ProbeBank:
@@ -71,7 +71,7 @@ class ProbeBank(nn.Module):
         torch.stack(losses).sum().backward()
         if grad_clip > 0:
             for probe in self.probes:
-                torch.nn.utils.clip_grad_norm_(probe.parameters(), grad_clip)
+                torch.nn.utils.clip_grad_norm_(probe.parameters(), grad_clip, foreach=True)
         self.optimizer.step()
         return [loss.item() for loss in losses]
 

@@ -18,9 +18,11 @@ class DepthEstimation(Task):
     primary_metric = "abs_rel"
     higher_is_better = False
 
-    def __init__(self, ctx: TaskContext, patch: int = 4) -> None:
+    def __init__(self, ctx: TaskContext, patch: int | None = None) -> None:
+        """``patch``: side of the square of depth values each query predicts (default: a 4x4 grid of patches per
+        frame, so the query count does not grow with the resolution)."""
         super().__init__(ctx)
-        self.patch = patch
+        self.patch = patch or max(1, min(ctx.height, ctx.width) // 4)
 
     def targets(self, clip: Clip) -> dict[str, np.ndarray]:
         return {"depth": clip["depth"].astype(np.float32)}  # (T, H, W)

@@ -29,7 +29,9 @@ class ProbeConfig(Config):
     """How every probe is trained (the readout's size and learning rates live in ``readout``)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"readout": ReadoutConfig.PRESETS["tiny"], "steps": 500, "batch_size": 32, "warmup_steps": 50},
+        # CPU-sized: one learning rate (selection on validation is then trivial), a few epochs of 1k clips.
+        "tiny": {"readout": {**ReadoutConfig.PRESETS["tiny"], "learning_rates": [2e-3]}, "steps": 150,
+                 "batch_size": 32, "warmup_steps": 15},
         "base": {"readout": ReadoutConfig.PRESETS["base"], "steps": 20_000, "batch_size": 128,
                  "warmup_steps": 1000},
     }

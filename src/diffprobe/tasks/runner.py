@@ -3,20 +3,18 @@ once, cached), the probe bank trained and selected, the test metrics returned.""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
+import functools
 from pathlib import Path
 
 import torch
 
 from diffprobe.backbones.base import Backbone
 from diffprobe.data import CATEGORIES, MOTIONS, ProbeWorld, ProbeWorldConfig
-from diffprobe.features.cache import FeatureCache, FeatureKey, FeatureSet
-from diffprobe.features.extract import extract_features
-from diffprobe.features.sources import ensure_videos, world_identity
+from diffprobe.features.cache import FeatureCache
+from diffprobe.features.sources import ensure_features, world_identity
 from diffprobe.tasks import TASKS, TaskContext, make_task
 from diffprobe.tasks.probing import ProbeConfig, ProbeResult, train_probe
-from diffprobe.tasks.targets import compute_targets, load_targets, save_targets
+from diffprobe.tasks.targets import Targets, compute_targets, load_targets, save_targets
 
 SPLITS = ("train", "val", "test")
 
@@ -46,27 +44,23 @@ def ensure_targets(world: ProbeWorldConfig, split: str, cache: FeatureCache, pro
     return path
 
 
-def ensure_features(backbone: Backbone, world: ProbeWorldConfig, split: str, view: str, blocks: Sequence[int],
-                    t: float, noise_seed: int, cache: FeatureCache, ensemble: int = 1, batch_size: int = 32,
-                    progress: bool = True) -> dict[int, FeatureSet]:
-    """``backbone``'s features of one split at every block, extracted once into the cache."""
-    key = FeatureKey(backbone.identity, world_identity(world), split, view, 0, float(t), noise_seed, ensemble)
-    keys = [dataclasses.replace(key, block=b) for b in blocks]
-    if not all(cache.is_complete(k) for k in keys):
-        videos = ensure_videos(world, split, cache, progress=progress)
-        extract_features(backbone, lambda ids: videos.take(ids).numpy(), len(videos), key, blocks, cache,
-                         batch_size=batch_size, progress=progress)
-    return {k.block: cache.open(k) for k in keys}
+@functools.lru_cache(maxsize=8)
+def _load_targets(path: str, task: str) -> Targets:
+    """Targets read once per process (the study probes many cells on the same splits)."""
+    return load_targets(path, task)
 
 
 def run_probe(backbone: Backbone, world: ProbeWorldConfig, task_name: str, block: int, t: float, noise_seed: int,
               cfg: ProbeConfig, cache: FeatureCache, device: torch.device, ensemble: int = 1,
-              progress: bool = True) -> ProbeResult:
-    """Train and score ``task_name``'s probe on ``backbone``'s features at (block, t, noise seed)."""
+              limits: dict[str, int] | None = None, progress: bool = True) -> ProbeResult:
+    """Train and score ``task_name``'s probe on ``backbone``'s features at (block, t, noise seed); ``limits`` caps
+    the clips used from each split (the first N)."""
     task = make_task(task_name, task_context(world))
     data = {}
     for split in SPLITS:
-        feats = ensure_features(backbone, world, split, task.view, [block], t, noise_seed, cache, ensemble,
+        limit = None if limits is None else limits[split]
+        feats = ensure_features(backbone, world, split, task.view, [block], t, noise_seed, cache, ensemble, limit,
                                 progress=progress)[block]
-        data[split] = (feats, load_targets(ensure_targets(world, split, cache, progress), task.name))
+        targets = _load_targets(str(ensure_targets(world, split, cache, progress)), task.name)
+        data[split] = (feats, {k: v[:len(feats)] for k, v in targets.items()})
     return train_probe(task, cfg, data["train"], data["val"], data["test"], device, progress=progress)

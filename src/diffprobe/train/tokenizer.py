@@ -28,8 +28,8 @@ class TokenizerRunConfig(Config):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"world": ProbeWorldConfig.PRESETS["tiny"], "model": CausalAutoencoderConfig.PRESETS["tiny"],
-                 "train": {"steps": 1200, "batch_size": 16, "lr": 2e-3, "warmup_steps": 50, "ema_decay": 0.0,
-                           "log_every": 20, "ckpt_every": 200, "min_lr_ratio": 0.05}},
+                 "train": {"steps": 300, "batch_size": 8, "lr": 2e-3, "warmup_steps": 30, "ema_decay": 0.0,
+                           "log_every": 10, "ckpt_every": 100, "min_lr_ratio": 0.05}},
         "small": {"world": ProbeWorldConfig.PRESETS["small"], "model": CausalAutoencoderConfig.PRESETS["small"],
                   "train": {"steps": 20_000, "batch_size": 32, "lr": 1e-3, "warmup_steps": 500, "log_every": 50,
                             "ckpt_every": 1000}},

@@ -1,0 +1,30 @@
+"""`diffprobe study`: the main job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from diffprobe.utils.cliopts import overrides_option, quiet_option
+
+
+@click.command("study")
+@click.option("--preset", default="tiny", show_default=True, help="StudyConfig preset.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/study-tiny"),
+              show_default=True, help="Run directory; running again resumes and redoes only unfinished work.")
+@overrides_option
+@click.option("--no-report", is_flag=True, help="Do not write report/report.html at the end.")
+@quiet_option
+def study_cmd(preset: str, out_dir: Path, assignments: tuple[str, ...], no_report: bool, quiet: bool) -> None:
+    """Train the tokenizer and the image and video twins, probe every task, print the table, write the report."""
+    from diffprobe.study.config import StudyConfig
+    from diffprobe.study.run import headline_table, run_study
+
+    cfg = StudyConfig.preset(preset).override(assignments)
+    store = run_study(cfg, out_dir, progress=not quiet)
+    click.echo(headline_table(cfg, store))
+    if not no_report:
+        from diffprobe.study.report import write_report
+
+        click.echo(f"report: {write_report(out_dir, study=cfg.name)}")

@@ -1,0 +1,114 @@
+"""The study's config: which models to train, which cells to probe, how hard to train each probe."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from diffprobe.config import Config, ConfigError
+from diffprobe.data import ProbeWorldConfig
+from diffprobe.models import WALTConfig
+from diffprobe.tasks import TASKS
+from diffprobe.tasks.probing import ProbeConfig
+from diffprobe.train.denoiser import DenoiserRunConfig
+from diffprobe.train.feature_net import FeatureNetRunConfig
+from diffprobe.train.tokenizer import TokenizerRunConfig
+
+_TINY_WORLD = {**ProbeWorldConfig.PRESETS["tiny"], "train_size": 2048, "val_size": 256, "test_size": 512}
+# The CPU study (about 10 minutes on 2 cores): every task at the headline cell for the twins and both controls;
+# noise and block sweeps, a second model size (micro) and two earlier checkpoints on two tasks.
+_TINY: dict[str, Any] = {
+    "name": "probeworld-tiny",
+    "world": _TINY_WORLD,
+    "tokenizer": {**TokenizerRunConfig.PRESETS["tiny"], "world": _TINY_WORLD},
+    "twin": {**DenoiserRunConfig.PRESETS["walt-tiny"], "world": _TINY_WORLD},
+    "feature_net": {**FeatureNetRunConfig.PRESETS["tiny"], "world": _TINY_WORLD},
+    "probe": ProbeConfig.PRESETS["tiny"],
+    "noise_sweep": [0.0, 100.0, 200.0, 400.0, 700.0],
+    "sweep_tasks": ["action", "point_tracking"],
+    "sizes": {"micro": WALTConfig.PRESETS["micro"]},
+    "budget_steps": [100, 200],
+    "generation_samples": 128,
+    "sampling_steps": 20,
+}
+
+
+_RUNS = ("tokenizer", "twin", "feature_net")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig(Config):
+    """One image-vs-video study. The twins share ``twin`` (mode aside); every probe shares ``probe``.
+
+    The headline cell of each twin is (``block``, ``t``). The noise sweep varies t at ``block``, the block sweep
+    varies the block at ``t`` (the paper's Figure 5), both on ``sweep_tasks``. ``sizes`` adds twins of other widths
+    (model-size analysis) and ``budget_steps`` probes earlier checkpoints (training-budget analysis), both at the
+    headline cell on ``sweep_tasks``, each with the generation Fréchet distance of its samples.
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"tiny": _TINY}
+
+    name: str = "probeworld"
+    world: ProbeWorldConfig = dataclasses.field(default_factory=ProbeWorldConfig)  #: the one world of the study
+    tokenizer: TokenizerRunConfig = dataclasses.field(default_factory=TokenizerRunConfig)
+    twin: DenoiserRunConfig = dataclasses.field(default_factory=DenoiserRunConfig)
+    feature_net: FeatureNetRunConfig = dataclasses.field(default_factory=FeatureNetRunConfig)
+    probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
+    tasks: tuple[str, ...] = tuple(TASKS)
+    block: int = 4  #: headline block (1..depth)
+    t: float = 200.0  #: headline noise level (0..1000)
+    noise_sweep: tuple[float, ...] = (0.0, 50.0, 100.0, 200.0, 400.0, 700.0)
+    block_sweep: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    sweep_tasks: tuple[str, ...] = ("action", "depth", "point_tracking")
+    sizes: dict[str, WALTConfig] = dataclasses.field(default_factory=dict)  #: extra model sizes: name -> WALT
+    budget_steps: tuple[int, ...] = ()  #: earlier checkpoints to probe (must be kept by twin.train.keep_steps)
+    probe_clips: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"train": 1024, "val": 256, "test": 512})  #: first N clips of each split for probes
+    probe_seeds: tuple[int, ...] = (0,)
+    noise_seeds: tuple[int, ...] = (0,)
+    generation_samples: int = 256  #: samples per model for the Fréchet distance
+    sampling_steps: int = 25  #: DDIM steps for those samples
+    pca_clips: int = 3  #: test clips whose PCA maps go into the report
+    device: str = "auto"
+
+    def override(self, assignments: Iterable[str]) -> StudyConfig:
+        """As :meth:`Config.override`; a ``world.KEY=VALUE`` assignment also reaches the world of every sub-run
+        (tokenizer, twins, feature net), which must all train on the study's one world."""
+        expanded = []
+        for item in assignments:
+            expanded.append(item)
+            if item.startswith("world."):
+                expanded += [f"{run}.{item}" for run in _RUNS]
+        return super().override(expanded)
+
+    def validate(self) -> None:
+        if set(self.probe_clips) != {"train", "val", "test"} or min(self.probe_clips.values()) < 1:
+            raise ConfigError(f"StudyConfig.probe_clips: need positive train, val and test counts, "
+                              f"got {self.probe_clips}")
+        for run in _RUNS:
+            if getattr(self, run).world != self.world:
+                raise ConfigError(f"StudyConfig.{run}.world differs from StudyConfig.world: every run of a study "
+                                  f"uses the study's world (set it with world.KEY=VALUE, which reaches them all)")
+        unknown = [t for t in (*self.tasks, *self.sweep_tasks) if t not in TASKS]
+        if unknown:
+            raise ConfigError(f"StudyConfig.tasks/sweep_tasks: unknown task(s) {unknown}; known: {list(TASKS)}")
+        depth = self.twin.model.depth
+        bad = [b for b in (self.block, *self.block_sweep) if not 1 <= b <= depth]
+        if bad:
+            raise ConfigError(f"StudyConfig.block/block_sweep: {bad} not in 1..{depth} (the twin's depth)")
+        if any(not 0 <= t <= 1000 for t in (self.t, *self.noise_sweep)):
+            raise ConfigError("StudyConfig.t/noise_sweep: noise levels are on 0..1000")
+        kept = set(self.twin.train.keep_steps)
+        every = self.twin.train.keep_every
+        lost = [s for s in self.budget_steps if s not in kept and not (every and s % every == 0)]
+        if lost:
+            raise ConfigError(f"StudyConfig.budget_steps: checkpoints {lost} are not kept by twin.train.keep_steps "
+                              f"{sorted(kept)} / keep_every {every}")
+        unsaved = [s for s in self.budget_steps if s % self.twin.train.ckpt_every or s >= self.twin.train.steps]
+        if unsaved:
+            raise ConfigError(f"StudyConfig.budget_steps: {unsaved} must be multiples of twin.train.ckpt_every "
+                              f"({self.twin.train.ckpt_every}) below twin.train.steps ({self.twin.train.steps})")
+        for name, size in self.sizes.items():
+            if size.depth < self.block:
+                raise ConfigError(f"StudyConfig.sizes[{name!r}]: depth {size.depth} < headline block {self.block}")

@@ -1,0 +1,280 @@
+"""`diffprobe study`: the whole image-vs-video study, resumable stage by stage and cell by cell.
+
+Run directory::
+
+    RUN/study_config.json            the StudyConfig (a different config in the same RUN is an error)
+    RUN/tokenizer/  RUN/feature_net/  RUN/twins/<size>-<mode>/     training runs (resumable)
+    RUN/cache/                       rendered clips, latents, features, targets (resumable shards)
+    RUN/results.sqlite  results.csv  every probe result (a cell already stored is never recomputed)
+    RUN/generation.json              Fréchet distances of samples of every twin / checkpoint
+    RUN/pca/clip-*.npz               frames + tokens of a few test clips for the PCA figures
+    RUN/timings.json                 wall time of each stage of the last run
+    RUN/report/report.html           written by `diffprobe report RUN`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffprobe.backbones.registry import ResolvedBackbone, load_backbone
+from diffprobe.config import ConfigError
+from diffprobe.features.cache import FeatureCache
+from diffprobe.features.sources import ensure_features, ensure_videos
+from diffprobe.study.config import StudyConfig
+from diffprobe.study.report_tasks import HIGHER_IS_BETTER, TASK_METRICS, relative_percent
+from diffprobe.study.store import Cell, ResultsStore
+from diffprobe.tasks import TASKS
+from diffprobe.tasks.runner import run_probe
+from diffprobe.train.denoiser import load_tokenizer, train_denoiser
+from diffprobe.train.export import META_FILE
+from diffprobe.train.feature_net import FrechetEvaluator, load_feature_net, train_feature_net
+from diffprobe.train.sample import generate
+from diffprobe.train.tokenizer import train_tokenizer
+from diffprobe.utils.io import atomic_path, atomic_write_json, read_json
+from diffprobe.utils.runtime import resolve_device
+
+MAIN = "main"  #: size name of the headline twins
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One probe cell of the study."""
+
+    backbone: str  #: name in the results store (walt-video, walt-image, walt-untrained, latents, walt-video@S)
+    spec: str  #: backbone spec for diffprobe.backbones.registry
+    block: int
+    t: float
+    task: str
+    noise_seed: int
+    probe_seed: int
+
+
+def _exported(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether ``run_dir`` holds a finished export of exactly this run config."""
+    meta = run_dir / META_FILE
+    return meta.is_file() and read_json(meta)["config"] == config
+
+
+class Timings:
+    """Wall time per stage, saved to ``timings.json`` after every stage (so a killed run keeps what it measured)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        out = fn()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
+        atomic_write_json(self.path, self.seconds)
+        return out
+
+
+def twin_dirs(cfg: StudyConfig, run_dir: Path) -> dict[tuple[str, str], Path]:
+    """(size name, mode) -> run directory of every twin the study trains."""
+    sizes = [MAIN, *cfg.sizes]
+    return {(s, m): run_dir / "twins" / f"{s}-{m}" for s in sizes for m in ("video", "image")}
+
+
+def _twin_config(cfg: StudyConfig, run_dir: Path, size: str, mode: str):
+    model = cfg.twin.model if size == MAIN else cfg.sizes[size]
+    return cfg.twin.replace(mode=mode, tokenizer=str(run_dir / "tokenizer"), model=model)
+
+
+def plan_jobs(cfg: StudyConfig, run_dir: Path) -> list[tuple[Job, str, int]]:
+    """Every probe cell of the study as (job, mode, checkpoint step), headline cells first, in a stable order."""
+    dirs = twin_dirs(cfg, run_dir)
+    final = cfg.twin.train.steps
+    jobs: list[tuple[Job, str, int]] = []
+
+    def add(name: str, spec: str, mode: str, step: int, block: int, t: float, tasks: tuple[str, ...]) -> None:
+        for task in tasks:
+            for ns in cfg.noise_seeds:
+                for ps in cfg.probe_seeds:
+                    jobs.append((Job(name, spec, block, t, task, ns, ps), mode, step))
+
+    video, image = dirs[MAIN, "video"], dirs[MAIN, "image"]
+    for name, spec, mode, step in (("walt-video", f"walt:{video}", "video", final),
+                                   ("walt-image", f"walt:{image}", "image", final),
+                                   ("walt-untrained", f"walt-untrained:{video}", "video", 0)):
+        add(name, spec, mode, step, cfg.block, cfg.t, cfg.tasks)
+    add("latents", f"latents:{run_dir / 'tokenizer'}", "video", 0, 0, 0.0, cfg.tasks)
+    for mode, d in (("video", video), ("image", image)):
+        for t in cfg.noise_sweep:
+            add(f"walt-{mode}", f"walt:{d}", mode, final, cfg.block, t, cfg.sweep_tasks)
+        for block in cfg.block_sweep:
+            add(f"walt-{mode}", f"walt:{d}", mode, final, block, cfg.t, cfg.sweep_tasks)
+        for step in cfg.budget_steps:
+            add(f"walt-{mode}", f"walt@{step}:{d}", mode, step, cfg.block, cfg.t, cfg.sweep_tasks)
+        for size in cfg.sizes:
+            add(f"walt-{mode}@{size}", f"walt:{dirs[size, mode]}", mode, final, cfg.block, cfg.t, cfg.sweep_tasks)
+    seen, unique = set(), []
+    for job, mode, step in jobs:  # the sweeps cross at the headline cell: keep each cell once
+        if (job, step) not in seen:
+            seen.add((job, step))
+            unique.append((job, mode, step))
+    return unique
+
+
+def _train_models(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, timed: Timings,
+                  progress: bool) -> None:
+    tok_dir = run_dir / "tokenizer"
+    if not _exported(tok_dir, cfg.tokenizer.to_dict()):
+        timed("tokenizer", lambda: train_tokenizer(cfg.tokenizer, tok_dir, cache, resume=True,
+                                                              progress=progress))
+    for (size, mode), d in twin_dirs(cfg, run_dir).items():
+        tcfg = _twin_config(cfg, run_dir, size, mode)
+        if not _exported(d, tcfg.to_dict()):
+            timed(f"twin {size}-{mode}", lambda tcfg=tcfg, d=d: train_denoiser(
+                tcfg, d, cache, resume=True, progress=progress))
+    fn_dir = run_dir / "feature_net"
+    if not _exported(fn_dir, cfg.feature_net.to_dict()):
+        timed("feature net", lambda: train_feature_net(cfg.feature_net, fn_dir, cache, resume=True,
+                                                                  progress=progress))
+
+
+def _prefetch(cfg: StudyConfig, rb: ResolvedBackbone, job: Job, todo: list[tuple[Job, Cell]], cache: FeatureCache,
+              timed: Timings) -> None:
+    """Extract, in one pass per split, every block that the remaining cells need at this job's (backbone, t,
+    noise seed, view): one denoiser forward serves the whole block sweep."""
+    view = TASKS[job.task].view
+    blocks = sorted({j.block for j, _ in todo if j.spec == job.spec and j.t == job.t
+                     and j.noise_seed == job.noise_seed and TASKS[j.task].view == view})
+    for split, limit in cfg.probe_clips.items():
+        timed("extract", lambda split=split, limit=limit: ensure_features(
+            rb.backbone, rb.world, split, view, blocks, job.t, job.noise_seed, cache, limit=limit, progress=False))
+
+
+def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: torch.device,
+                timed: Timings, progress: bool) -> None:
+    jobs = plan_jobs(cfg, run_dir)
+    backbones: dict[str, ResolvedBackbone] = {}
+    with ResultsStore(run_dir / "results.sqlite") as store:
+        todo = []
+        for job, mode, step in jobs:
+            cell = Cell(cfg.name, job.backbone, mode, step, job.block, job.t, job.noise_seed, job.task,
+                        job.probe_seed, cfg.probe.hash())
+            if not store.has(cell):
+                todo.append((job, cell))
+        bar = tqdm(todo, desc="probes", unit="cell", disable=not progress, dynamic_ncols=True)
+        for job, cell in bar:
+            bar.set_postfix_str(f"{job.backbone} {job.task} block={job.block} t={job.t:g}")
+            if job.spec not in backbones:
+                backbones[job.spec] = load_backbone(job.spec, device)
+            rb = backbones[job.spec]
+            probe_cfg = cfg.probe.replace(seed=job.probe_seed)
+            _prefetch(cfg, rb, job, todo, cache, timed)
+            res = timed("probes", lambda rb=rb, job=job, probe_cfg=probe_cfg: run_probe(
+                rb.backbone, rb.world, job.task, job.block, job.t, job.noise_seed, probe_cfg, cache, device,
+                limits=cfg.probe_clips, progress=False))
+            store.add(cell, res.test)
+        store.export_csv(run_dir / "results.csv")
+
+
+def _generation(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: torch.device,
+                timed: Timings, progress: bool) -> None:
+    """Fréchet distances of samples of every twin, size and kept checkpoint (and the untrained control)."""
+    path = run_dir / "generation.json"
+    rows: list[dict[str, Any]] = read_json(path) if path.is_file() else []
+    done = {(r["backbone"], r["checkpoint_step"]) for r in rows}
+    dirs = twin_dirs(cfg, run_dir)
+    wanted = []
+    for (size, mode), d in dirs.items():
+        name = f"walt-{mode}" if size == MAIN else f"walt-{mode}@{size}"
+        wanted.append((name, mode, size, cfg.twin.train.steps, f"walt:{d}"))
+        if size == MAIN:
+            wanted += [(name, mode, size, s, f"walt@{s}:{d}") for s in cfg.budget_steps]
+    wanted.append(("walt-untrained", "video", MAIN, 0, f"walt-untrained:{dirs[MAIN, 'video']}"))
+    wanted = [w for w in wanted if (w[0], w[3]) not in done]
+    if not wanted:
+        return
+    world = cfg.tokenizer.world
+    real = ensure_videos(world, "test", cache, progress=progress).load_all()[1].numpy()  # (N, T, H, W, 3)
+    evaluator = FrechetEvaluator(load_feature_net(run_dir / "feature_net"), real)
+    tokenizer, _ = load_tokenizer(run_dir / "tokenizer")
+    for name, mode, size, step, spec in tqdm(wanted, desc="generation FD", disable=not progress):
+        rb = load_backbone(spec, device)
+        samples = timed("generation", lambda rb=rb, mode=mode: generate(
+            rb.backbone.denoiser, tokenizer, mode, world, cfg.generation_samples, cfg.sampling_steps, seed=0,
+            device=device, batch_size=64, progress=False))
+        fd = evaluator(samples)
+        rows.append({"backbone": name, "mode": mode, "model": size, "checkpoint_step": step,
+                     "frechet_distance": fd["frame_fd"], **fd})
+        atomic_write_json(path, rows)
+
+
+def _pca(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: torch.device, progress: bool) -> None:
+    """Frames and headline tokens of a few test clips under each WALT backbone, for the report's PCA figures."""
+    dirs = twin_dirs(cfg, run_dir)
+    specs = {"walt-video": f"walt:{dirs[MAIN, 'video']}", "walt-image": f"walt:{dirs[MAIN, 'image']}",
+             "walt-untrained": f"walt-untrained:{dirs[MAIN, 'video']}"}
+    files = [run_dir / "pca" / f"clip-{i:03d}.npz" for i in range(cfg.pca_clips)]
+    if all(f.is_file() for f in files):
+        return
+    world = cfg.tokenizer.world
+    videos = ensure_videos(world, "test", cache, progress=progress)
+    tokens = {}
+    for name, spec in specs.items():
+        rb = load_backbone(spec, device)
+        feats = ensure_features(rb.backbone, world, "test", "clip", [cfg.block], cfg.t, 0, cache,
+                                limit=cfg.probe_clips["test"], progress=False)[cfg.block]
+        tokens[name] = feats.take(range(cfg.pca_clips)).float().numpy()  # (n, T_f, H_f, W_f, C)
+    frames = videos.take(range(cfg.pca_clips)).numpy()
+    for i, f in enumerate(files):
+        arrays = {"frames": frames[i], **{f"tokens__{k}": v[i] for k, v in tokens.items()}}
+        with atomic_path(f) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def run_study(cfg: StudyConfig, run_dir: str | Path, progress: bool = True) -> Path:
+    """Run (or finish) the study in ``run_dir``; returns the results store's path."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "study_config.json"
+    if cfg_path.is_file() and read_json(cfg_path) != cfg.to_dict():
+        raise ConfigError(f"{cfg_path}: this run directory holds a study with a different config; "
+                          f"use another --out (or the same settings) to resume")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(cfg_path)
+    device = resolve_device(cfg.device)
+    cache = FeatureCache(run_dir / "cache")
+    timed = Timings(run_dir / "timings.json")
+    start = time.perf_counter()
+    _train_models(cfg, run_dir, cache, timed, progress)
+    _run_probes(cfg, run_dir, cache, device, timed, progress)
+    _generation(cfg, run_dir, cache, device, timed, progress)
+    timed("pca", lambda: _pca(cfg, run_dir, cache, device, progress))
+    timed.seconds["total"] = round(time.perf_counter() - start, 2)
+    atomic_write_json(timed.path, timed.seconds)
+    return run_dir / "results.sqlite"
+
+
+def headline_table(cfg: StudyConfig, store_path: Path) -> str:
+    """The results table: each task's metrics at the headline cell for every backbone, and video vs image."""
+    with ResultsStore(store_path) as store:
+        rows = store.query(study=cfg.name)
+    names = ["walt-video", "walt-image", "walt-untrained", "latents"]
+    final = cfg.twin.train.steps
+
+    def value(backbone: str, task: str, metric: str) -> float:
+        block, t = (0, 0.0) if backbone == "latents" else (cfg.block, cfg.t)
+        step = {"walt-video": final, "walt-image": final}.get(backbone, 0)
+        vals = [r["value"] for r in rows if r["backbone"] == backbone and r["task"] == task and r["metric"] == metric
+                and r["block"] == block and r["t"] == t and r["checkpoint_step"] == step]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    head = f"{'task':<16}{'metric':<28}" + "".join(f"{n:>16}" for n in names) + f"{'video/image':>14}"
+    lines = [head, "-" * len(head)]
+    for task in (t for t in TASKS if t in cfg.tasks):
+        for metric in TASK_METRICS[task]:
+            vals = [value(n, task, metric) for n in names]
+            rel = relative_percent(vals[0], vals[1], HIGHER_IS_BETTER[metric])
+            lines.append(f"{task:<16}{metric:<28}" + "".join(f"{v:>16.4f}" for v in vals) + f"{rel:>13.1f}%")
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""The study end to end on a miniature config: every stage runs, results land in the store, a rerun recomputes
+nothing, a lost cell is recomputed alone, and the report renders. (The real `tiny` study is `-m slow`.)"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+from diffprobe.study import run as study_run
+from diffprobe.study.config import StudyConfig
+from diffprobe.study.run import headline_table, plan_jobs, run_study
+from diffprobe.study.store import ResultsStore
+from diffprobe.tasks import TASKS
+
+MINI = [
+    "world.train_size=48", "world.val_size=16", "world.test_size=16", "world.num_tracks=16",
+    "tokenizer.train.steps=3", "tokenizer.stats_clips=16",
+    "twin.train.steps=4", "twin.train.ckpt_every=2", "twin.train.keep_steps=[2]", "budget_steps=[2]",
+    "twin.model.depth=2", "block=2", "block_sweep=[1,2]", "noise_sweep=[0,200]",
+    "sizes.micro.depth=2",
+    "feature_net.train.steps=2", "probe.steps=3", "probe.eval_batch_size=16",
+    'probe_clips={"train": 32, "val": 16, "test": 16}',
+    "generation_samples=8", "sampling_steps=2", "pca_clips=1",
+]
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    cfg = StudyConfig.preset("tiny").override(MINI)
+    run_dir = tmp_path_factory.mktemp("study")
+    run_study(cfg, run_dir, progress=False)
+    return cfg, run_dir
+
+
+def test_study_fills_the_store_and_artifacts(mini) -> None:
+    cfg, run_dir = mini
+    with ResultsStore(run_dir / "results.sqlite") as store:
+        rows = store.query(study=cfg.name)
+    cells = {(r["backbone"], r["checkpoint_step"], r["block"], r["t"], r["task"]) for r in rows}
+    assert len(cells) == len(plan_jobs(cfg, run_dir))
+    for backbone in ("walt-video", "walt-image", "walt-untrained", "latents"):
+        assert {c[4] for c in cells if c[0] == backbone} == set(TASKS)
+    assert {(c[1], c[3]) for c in cells if c[0] == "walt-video" and c[4] == "action"} >= {(4, 0.0), (4, 200.0),
+                                                                                         (2, 200.0)}
+    assert all(np.isfinite(r["value"]) for r in rows if r["metric"] in ("top1", "abs_rel", "mean_iou"))
+    gen = json.loads((run_dir / "generation.json").read_text())
+    assert {(g["backbone"], g["checkpoint_step"]) for g in gen} == {
+        ("walt-video", 4), ("walt-image", 4), ("walt-video", 2), ("walt-image", 2), ("walt-video@micro", 4),
+        ("walt-image@micro", 4), ("walt-untrained", 0)}
+    assert all(g["frechet_distance"] >= 0 for g in gen) and all("clip_fd" in g for g in gen if g["mode"] == "video")
+    pca = np.load(run_dir / "pca" / "clip-000.npz")
+    assert pca["frames"].shape == (cfg.world.frames, 32, 32, 3)
+    assert pca["tokens__walt-image"].shape[0] == cfg.world.frames  # image twin: one token grid per frame
+    assert pca["tokens__walt-video"].shape[0] == 5  # video twin: one per latent frame
+    table = headline_table(cfg, run_dir / "results.sqlite")
+    assert all(task in table for task in TASKS) and "video/image" in table
+    assert json.loads((run_dir / "study_config.json").read_text()) == cfg.to_dict()
+
+
+def test_rerun_recomputes_only_lost_cells(mini, monkeypatch) -> None:
+    cfg, run_dir = mini
+    calls = []
+    real = study_run.run_probe
+    monkeypatch.setattr(study_run, "run_probe", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
+    run_study(cfg, run_dir, progress=False)
+    assert calls == []  # everything was done: no training, no probe
+    with sqlite3.connect(run_dir / "results.sqlite") as db:  # as if the study had been killed before this cell
+        db.execute("DELETE FROM results WHERE backbone = 'latents' AND task = 'depth'")
+    run_study(cfg, run_dir, progress=False)
+    assert calls == ["depth"]
+
+
+def test_different_config_in_same_run_dir_is_refused(mini) -> None:
+    cfg, run_dir = mini
+    with pytest.raises(ValueError, match="different config"):
+        run_study(cfg.replace(t=100.0), run_dir, progress=False)
+
+
+def test_report_renders(mini) -> None:
+    from diffprobe.study.report import write_report
+
+    cfg, run_dir = mini
+    html = write_report(run_dir, study=cfg.name).read_text()
+    assert "walt-video" in html and "point_tracking" in html and "data:image/png;base64" in html
