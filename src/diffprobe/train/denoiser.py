@@ -106,6 +106,7 @@ def train_denoiser(cfg: DenoiserRunConfig, run_dir: str | Path, cache: FeatureCa
     frames = tokenizer.latent_shape(cfg.world.frames, cfg.world.height, cfg.world.width)[1]
     batch_size = cfg.train.batch_size * (frames if cfg.mode == "image" else 1)  # same tokens per batch
     batches = make_batch_fn(latents, batch_size, cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size)
+    torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same model
     model = WALT(cfg.model)
     train_cfg = cfg.train.replace(batch_size=batch_size)
     result = fit(model, _loss(cfg.per_frame_t), batches, train_cfg, run_dir, cfg, resume=resume,

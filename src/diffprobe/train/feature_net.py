@@ -91,6 +91,7 @@ def train_feature_net(cfg: FeatureNetRunConfig, run_dir: str | Path, cache: Feat
     videos = ensure_videos(cfg.world, "train", cache, progress=progress).load_all()[1]  # (N, T, H, W, 3)
     data = _LabelledVideos(videos, ProbeWorld(cfg.world, "train"))
     batches = make_batch_fn(data, cfg.train.batch_size, cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size)
+    torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same model
     result = fit(I3D(cfg.net), _loss, batches, cfg.train, run_dir, cfg, resume=resume, progress=progress)
     net = result.ema_model()
     recalibrate_batchnorm(net, videos[:cfg.calibration_clips], ctx.device)

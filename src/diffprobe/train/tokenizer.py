@@ -57,12 +57,13 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, cache: Feature
     run_dir = Path(run_dir)
     ctx = setup_distributed(cfg.train.device)
     videos = ensure_videos(cfg.world, "train", cache, progress=progress).load_all()[1]  # (N, T, H, W, 3) uint8
+    torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same model
     model = CausalAutoencoder(cfg.model)
     batches = make_batch_fn(videos, cfg.train.batch_size, cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size)
     result = fit(model, _loss, batches, cfg.train, run_dir, cfg, resume=resume, progress=progress)
     model = result.ema_model().eval()
     n = min(cfg.stats_clips, len(videos))
-    chunks = [frames_to_input(videos[i:i + 32].to(ctx.device)) for i in range(0, n, 32)]
+    chunks = [frames_to_input(videos[i:min(i + 32, n)].to(ctx.device)) for i in range(0, n, 32)]
     scale, shift = model.measure_latent_stats(chunks, progress=progress)
     model.set_latent_stats(scale, shift)
     with torch.no_grad():
