@@ -10,6 +10,7 @@ from tqdm import tqdm
 from diffprobe.data.preview import contact_sheet, save_gif
 from diffprobe.data.shards import write_shards
 from diffprobe.data.world import CATEGORIES, MOTIONS, SPLITS, ProbeWorld, ProbeWorldConfig
+from diffprobe.utils.cliopts import overrides_option
 
 
 @click.command("world")
@@ -17,7 +18,7 @@ from diffprobe.data.world import CATEGORIES, MOTIONS, SPLITS, ProbeWorld, ProbeW
 @click.option("--num", type=int, default=16, show_default=True, help="clips to write (the first NUM of the split)")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--split", type=click.Choice(list(SPLITS)), default="train", show_default=True)
-@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="config override, repeatable")
+@overrides_option
 @click.option("--shard-size", type=int, default=256, show_default=True, help="clips per shard file")
 @click.option("--preview", "num_preview", type=int, default=8, show_default=True,
               help="clips shown in the GIFs and the contact sheet (0: none)")

@@ -56,7 +56,7 @@ def ensure_features(backbone: Backbone, world: ProbeWorldConfig, split: str, vie
     A backbone with an ``encoder`` reads the encoder's output, itself cached once per split in float32 (for WALT:
     the tokenizer latents, shared with twin training), so encoding is not repeated per noise level or block.
     """
-    num = len(ProbeWorld(world, split)) if limit is None else min(limit, world.split_size(split))
+    num = world.split_size(split) if limit is None else min(limit, world.split_size(split))
     dataset = world_identity(world) + ("" if limit is None else f"-first{num}")
     key = FeatureKey(backbone.identity, dataset, split, view, 0, float(t), noise_seed, ensemble)
     keys = [dataclasses.replace(key, block=b) for b in blocks]

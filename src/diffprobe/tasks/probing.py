@@ -83,17 +83,18 @@ def _train_batches(features: FeatureSet, batch_size: int, seed: int) -> Iterator
 
 @torch.no_grad()
 def predict_split(task: Task, bank: ProbeBank, features: FeatureSet, targets: Targets, batch_size: int,
-                  device: torch.device) -> list[dict[str, np.ndarray]]:
-    """Every probe's predictions on a whole split, stacked in clip-index order."""
+                  device: torch.device, only: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Every probe's predictions on a whole split (or just probe ``only``'s), stacked in clip-index order."""
     bank.eval()
-    parts: list[list[tuple[np.ndarray, dict[str, np.ndarray]]]] = [[] for _ in range(len(bank))]
+    probes = list(bank.probes) if only is None else [bank.probes[only]]
+    parts: list[list[tuple[np.ndarray, dict[str, np.ndarray]]]] = [[] for _ in probes]
     for index, feats in features.iter_shards():
         for lo in range(0, len(index), batch_size):
             idx = index[lo:lo + batch_size]
             tgt = _batch_targets(targets, idx, device)
-            outs = bank(feats[lo:lo + batch_size].to(device, torch.float32), *task.query_inputs(tgt))
-            for p, out in enumerate(outs):
-                parts[p].append((idx.numpy(), task.predict(out, tgt)))
+            x = feats[lo:lo + batch_size].to(device, torch.float32)
+            for p, probe in enumerate(probes):
+                parts[p].append((idx.numpy(), task.predict(probe(x, *task.query_inputs(tgt)), tgt)))
     preds = []
     for chunks in parts:
         order = np.argsort(np.concatenate([c[0] for c in chunks]))
@@ -132,6 +133,6 @@ def train_probe(task: Task, cfg: ProbeConfig, train: tuple[FeatureSet, Targets],
     scores = [m[task.primary_metric] for m in val_metrics]
     scores = [s if np.isfinite(s) else (-np.inf if task.higher_is_better else np.inf) for s in scores]
     best, _ = bank.best(scores, higher_is_better=task.higher_is_better)
-    test_preds = predict_split(task, bank, *test, cfg.eval_batch_size, device)[best]
+    test_preds = predict_split(task, bank, *test, cfg.eval_batch_size, device, only=best)[0]
     return ProbeResult(test=task.metrics(test_preds, test[1]), val=val_metrics,
                        chosen_lr=bank.learning_rates[best], final_losses=list(np.mean(recent, axis=0)))
