@@ -148,3 +148,18 @@ def test_top1_accuracy() -> None:
         top1_accuracy(np.array([1.0, 0.0]), np.array([1, 0]))
     with pytest.raises(ValueError, match="empty"):
         top1_accuracy(np.zeros((0, 3)), np.zeros(0, dtype=int))
+
+
+def test_relative_poses_map_camera0_to_camera_t() -> None:
+    def rot_z(angle: float) -> np.ndarray:
+        c, s = np.cos(angle), np.sin(angle)
+        return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+    w2c = np.tile(np.eye(4), (2, 1, 1))  # (T=2, 4, 4)
+    w2c[0, :3, :3], w2c[0, :3, 3] = rot_z(0.3), [1.0, 0.0, 0.0]
+    w2c[1, :3, :3], w2c[1, :3, 3] = rot_z(0.8), [1.0, 2.0, 0.0]
+    rel = relative_poses(w2c)
+    assert np.allclose(rel[0], np.eye(4), atol=1e-9)
+    assert np.allclose(rel[1, :3, :3], rot_z(0.5), atol=1e-9)
+    point_world = np.array([0.2, -0.4, 1.5, 1.0])
+    assert np.allclose(rel[1] @ (w2c[0] @ point_world), w2c[1] @ point_world, atol=1e-9)

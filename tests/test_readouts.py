@@ -35,7 +35,6 @@ from diffprobe.readouts import (
     patch_centres,
     patches_to_map,
     pose_loss,
-    relative_poses,
     rotation_6d_to_matrix,
     silog_loss,
     tracking_loss,
@@ -167,18 +166,6 @@ def test_6d_gives_proper_rotations_and_round_trips() -> None:
     skewed = torch.cat([2.5 * a1, 0.5 * a2 + 3.0 * a1])  # same span, not orthonormal: Gram-Schmidt recovers it
     assert torch.allclose(rotation_6d_to_matrix(skewed), known, atol=1e-5)
     assert geodesic_angle(known, known @ _rot_z(0.4)).item() == pytest.approx(0.4, abs=1e-3)
-
-
-def test_relative_poses_start_at_identity() -> None:
-    w2c = torch.eye(4).repeat(2, 1, 1)  # (T=2, 4, 4)
-    w2c[0, :3, :3], w2c[0, :3, 3] = _rot_z(0.3), torch.tensor([1.0, 0.0, 0.0])
-    w2c[1, :3, :3], w2c[1, :3, 3] = _rot_z(0.8), torch.tensor([1.0, 2.0, 0.0])
-    rot, trans = relative_poses(w2c)
-    assert torch.allclose(rot[0], torch.eye(3), atol=1e-6) and torch.allclose(trans[0], torch.zeros(3), atol=1e-6)
-    assert torch.allclose(rot[1], _rot_z(0.5), atol=1e-6)
-    point_world = torch.tensor([0.2, -0.4, 1.5, 1.0])
-    in_cam0, in_cam1 = w2c[0] @ point_world, w2c[1] @ point_world
-    assert torch.allclose(rot[1] @ in_cam0[:3] + trans[1], in_cam1[:3], atol=1e-5)
 
 
 # ---- losses against hand-computed values ------------------------------------------------------------------------

@@ -32,6 +32,12 @@ from diffprobe.config import Config, ConfigError
 from diffprobe.models.attention import WindowAttention
 from diffprobe.models.embeddings import LabelEmbedder, SpaceTimePosEmbed, TimestepEmbedder
 
+#: patching, windows and position tables of the presets, per latent grid (8 x 5 x 8 x 8 or 8 x 5 x 16 x 16)
+_LAYOUT_32PX: dict[str, Any] = {"patch_size": 2, "spatial_window": [4, 4], "spatiotemporal_window": [5, 2, 2],
+                                "max_latent_frames": 5, "max_latent_size": [8, 8]}
+_LAYOUT_128PX: dict[str, Any] = {"patch_size": 2, "spatial_window": [8, 8], "spatiotemporal_window": [5, 4, 4],
+                                 "max_latent_frames": 5, "max_latent_size": [16, 16]}
+
 
 @dataclass(frozen=True)
 class WALTConfig(Config):
@@ -54,24 +60,14 @@ class WALTConfig(Config):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         # latents 8 x 5 x 8 x 8 -> 5 x 4 x 4 tokens; spatial window = a whole frame, spatiotemporal = all frames x 2x2.
-        "tiny": {"hidden_size": 128, "depth": 6, "num_heads": 4, "patch_size": 2,
-                 "spatial_window": [4, 4], "spatiotemporal_window": [5, 2, 2],
-                 "max_latent_frames": 5, "max_latent_size": [8, 8]},
+        "tiny": {**_LAYOUT_32PX, "hidden_size": 128, "depth": 6, "num_heads": 4},
         # the tiny layout at half the width (~0.5M parameters): the second model size of the CPU study.
-        "micro": {"hidden_size": 64, "depth": 6, "num_heads": 2, "patch_size": 2,
-                  "spatial_window": [4, 4], "spatiotemporal_window": [5, 2, 2],
-                  "max_latent_frames": 5, "max_latent_size": [8, 8]},
+        "micro": {**_LAYOUT_32PX, "hidden_size": 64, "depth": 6, "num_heads": 2},
         # latents 8 x 5 x 16 x 16 (128 px clips) -> 5 x 8 x 8 tokens.
-        "S": {"hidden_size": 384, "depth": 12, "num_heads": 6, "patch_size": 2,
-              "spatial_window": [8, 8], "spatiotemporal_window": [5, 4, 4],
-              "max_latent_frames": 5, "max_latent_size": [16, 16]},
-        "B": {"hidden_size": 768, "depth": 12, "num_heads": 12, "patch_size": 2,
-              "spatial_window": [8, 8], "spatiotemporal_window": [5, 4, 4],
-              "max_latent_frames": 5, "max_latent_size": [16, 16]},
+        "S": {**_LAYOUT_128PX, "hidden_size": 384, "depth": 12, "num_heads": 6},
+        "B": {**_LAYOUT_128PX, "hidden_size": 768, "depth": 12, "num_heads": 12},
         # ~300M parameters with WALT's AdaLN-LoRA (a full adaLN per block would add ~150M).
-        "L": {"hidden_size": 1024, "depth": 24, "num_heads": 16, "patch_size": 2,
-              "spatial_window": [8, 8], "spatiotemporal_window": [5, 4, 4],
-              "max_latent_frames": 5, "max_latent_size": [16, 16], "adaln_lora_rank": 64},
+        "L": {**_LAYOUT_128PX, "hidden_size": 1024, "depth": 24, "num_heads": 16, "adaln_lora_rank": 64},
     }
 
     def validate(self) -> None:

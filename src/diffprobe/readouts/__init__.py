@@ -18,7 +18,7 @@ from diffprobe.readouts.decode import (
     logits_to_classes,
     patches_to_map,
 )
-from diffprobe.readouts.geometry import geodesic_angle, matrix_to_rotation_6d, relative_poses, rotation_6d_to_matrix
+from diffprobe.readouts.geometry import geodesic_angle, matrix_to_rotation_6d, rotation_6d_to_matrix
 from diffprobe.readouts.losses import (
     box_loss,
     classification_loss,
@@ -77,7 +77,6 @@ __all__ = [
     "patch_centres",
     "patches_to_map",
     "pose_loss",
-    "relative_poses",
     "rotation_6d_to_matrix",
     "silog_loss",
     "tracking_loss",

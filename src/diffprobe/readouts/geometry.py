@@ -26,9 +26,3 @@ def geodesic_angle(r1: Tensor, r2: Tensor, eps: float = 1e-6) -> Tensor:
     cos = ((r1 * r2).sum((-2, -1)) - 1.0) / 2.0  # trace(r1^T r2) = sum of elementwise products
     return torch.acos(cos.clamp(-1.0 + eps, 1.0 - eps))
 
-
-def relative_poses(world_to_camera: Tensor) -> tuple[Tensor, Tensor]:
-    """Poses relative to frame 0: ``(..., T, 4, 4)`` world-to-camera -> rotation ``(..., T, 3, 3)``, translation
-    ``(..., T, 3)`` of the map from camera-0 coordinates to camera-t coordinates (frame 0 is the identity)."""
-    rel = world_to_camera @ torch.linalg.inv(world_to_camera[..., :1, :, :])  # (..., T, 4, 4)
-    return rel[..., :3, :3], rel[..., :3, 3]

@@ -157,7 +157,7 @@ def save_checkpoint(
     return final
 
 
-def _load_into_module(module: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+def load_into_module(module: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
     """Strict load; missing/unexpected keys and shape mismatches raise :class:`CheckpointError` naming ``path``."""
     expected = module.state_dict()
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
@@ -226,7 +226,7 @@ def load_checkpoint(
     if match and int(match.group(1)) != state["step"]:
         raise CheckpointError(f"{state_path}: holds step {state['step']}, but the directory is {ckpt_dir.name}")
     model_path = ckpt_dir / MODEL_FILE
-    _load_into_module(unwrap_model(model), _read_tensors(model_path), model_path)
+    load_into_module(unwrap_model(model), _read_tensors(model_path), model_path)
     ema_path = ckpt_dir / EMA_FILE
     if ema is not None:
         if not state["has_ema"]:
@@ -257,7 +257,7 @@ def load_model_weights(ckpt_dir: str | Path, model: nn.Module, ema: bool = True)
     if not path.is_file():
         hint = " (this run kept no EMA; pass ema=False)" if ema and (Path(ckpt_dir) / MODEL_FILE).is_file() else ""
         raise CheckpointError(f"{path}: no such file{hint}")
-    _load_into_module(unwrap_model(model), _read_tensors(path), path)
+    load_into_module(unwrap_model(model), _read_tensors(path), path)
     return model
 
 

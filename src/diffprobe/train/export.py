@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from diffprobe.config import Config
+from diffprobe.train.checkpoint import load_into_module
 from diffprobe.utils.io import atomic_write_json, file_sha256, load_tensors, read_json, save_tensors
 
 MODEL_FILE = "model.safetensors"
@@ -42,9 +43,5 @@ def read_export(run_dir: str | Path, kind: str) -> dict[str, Any]:
 def load_export(run_dir: str | Path, model: nn.Module) -> nn.Module:
     """Load exported weights into ``model`` strictly; mismatches raise an error naming the file and the keys."""
     path = Path(run_dir) / MODEL_FILE
-    state = load_tensors(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit {type(model).__name__}: missing {list(missing)}, "
-                         f"unexpected {list(unexpected)}")
+    load_into_module(model, load_tensors(path), path)
     return model
