@@ -36,6 +36,7 @@ from diffprobe.readouts import (
     patches_to_map,
     pose_loss,
     rotation_6d_to_matrix,
+    sample_tokens,
     silog_loss,
     tracking_loss,
 )
@@ -80,11 +81,13 @@ def test_every_query_type_gives_task_shapes() -> None:
         (LearnedQueries(CFG, num_classes=7), (), (B, 2, 7)),
         (PatchQueries(CFG, T, H, W, P), (), (B, T * (H // P) * (W // P), P * P)),
         (FrameQueries(CFG, T), (), (B, T, 9)),
-        (PointQueries(CFG, T), (torch.rand(B, 5, 3),), (B, 5, 3 * T)),
-        (BoxQueries(CFG, T), (torch.rand(B, 2, 4), torch.zeros(B, 2)), (B, 2, 4 * T)),
+        (PointQueries(CFG, T), (torch.rand(B, 5, 3),), (B, 5 * T, 3)),
+        (BoxQueries(CFG, T), (torch.rand(B, 2, 4), torch.zeros(B, 2)), (B, 2 * T, 4)),
     ]
+    tokens = torch.randn(B, *GRID, CFG.width)
     for enc, inputs, shape in cases:
-        q = enc(*inputs) if inputs else enc(B)
+        reads = getattr(enc, "reads_features", False)
+        q = enc(tokens, *inputs) if reads else enc(*inputs) if inputs else enc(B)
         assert q.shape == (B, shape[1], CFG.width)
         out = Probe(CFG, enc, C, GRID)(feats, *inputs)
         assert out.shape == shape, type(enc).__name__
@@ -95,11 +98,48 @@ def test_every_query_type_gives_task_shapes() -> None:
     assert depth.shape == (B, T, H, W)
     rot, trans = head_to_pose(torch.randn(B, T, 9))
     assert rot.shape == (B, T, 3, 3) and trans.shape == (B, T, 3)
-    xy, vis = head_to_tracks(torch.randn(B, 5, 3 * T), T)
+    out = torch.randn(B, 5 * T, 3)
+    xy, vis = head_to_tracks(out, T)
     assert xy.shape == (B, 5, T, 2) and vis.shape == (B, 5, T)
-    boxes = head_to_boxes(torch.randn(B, 2, 4 * T), T)
+    assert torch.equal(xy[:, 1, 2], out[:, T + 2, :2])  # point-major: query n * T + t answers point n in frame t
+    boxes = head_to_boxes(torch.randn(B, 2 * T, 4), T)
     assert boxes.shape == (B, 2, T, 4)
     assert (boxes[..., 2:] >= boxes[..., :2]).all()
+
+
+def test_sample_tokens_reads_the_grid_at_token_centres_and_interpolates() -> None:
+    t_f, h_f, w_f = GRID
+    tokens = torch.randn(1, t_f, h_f, w_f, 6)
+    # token (j, i, k) sits at time j / (T_f - 1) and at the centre ((i + 0.5) / H_f, (k + 0.5) / W_f) of its cell
+    coords = torch.tensor([[[0.0, 0.5 / h_f, 0.5 / w_f], [1.0, (h_f - 0.5) / h_f, 1.5 / w_f]]])
+    got = sample_tokens(tokens, coords)
+    assert torch.allclose(got[0, 0], tokens[0, 0, 0, 0], atol=1e-6)
+    assert torch.allclose(got[0, 1], tokens[0, -1, -1, 1], atol=1e-6)
+    # halfway between two token frames and two columns: the mean of the four tokens
+    mid = torch.tensor([[[0.5 / (t_f - 1), 0.5 / h_f, 1.0 / w_f]]])
+    want = tokens[0, 0:2, 0, 0:2].mean(dim=(0, 1))
+    assert torch.allclose(sample_tokens(tokens, mid)[0, 0], want, atol=1e-6)
+
+
+def test_point_queries_carry_the_feature_at_the_query_point() -> None:
+    torch.manual_seed(0)
+    enc = PointQueries(CFG, T)
+    tokens = torch.randn(1, *GRID, CFG.width)
+    points = torch.rand(1, 2, 3)
+    changed = tokens.clone()
+    changed[0, :, :, :] += 1.0  # a different appearance everywhere changes every query
+    assert not torch.allclose(enc(changed, points), enc(tokens, points))
+
+
+def test_batch_feature_norm_standardises_each_channel() -> None:
+    torch.manual_seed(0)
+    cfg = CFG.replace(feature_norm="batch")
+    readout = AttentionReadout(cfg, C, GRID, out_dim=3).train()
+    feats = _features() * torch.linspace(0.1, 10, C) + 5.0  # channels on very different scales
+    normed = readout.feature_norm(feats.reshape(B, -1, C).transpose(1, 2))  # (B, C, N)
+    assert torch.allclose(normed.mean(dim=(0, 2)), torch.zeros(C), atol=1e-5)
+    assert torch.allclose(normed.std(dim=(0, 2), unbiased=False), torch.ones(C), atol=1e-3)
+    assert readout(feats, torch.randn(B, 2, cfg.width)).shape == (B, 2, 3)
 
 
 def test_wrong_feature_grid_is_an_error() -> None:

@@ -99,3 +99,40 @@ def test_probe_learns_from_features_that_carry_the_answer(tmp_path) -> None:
                       progress=False)
     assert good.test["top1"] >= 0.9 and bad.test["top1"] <= 0.4
     assert good.chosen_lr in (0.001, 0.003) and len(good.val) == 2
+
+
+def test_point_tracking_trains_on_a_random_subset_of_valid_tracks(clips) -> None:
+    task = make_task("point_tracking", CTX)
+    tgt = compute_targets([task], lambda i: clips[i], len(clips), progress=False)["point_tracking"]
+    batch = {k: torch.from_numpy(v) for k, v in tgt.items()}
+    gen = torch.Generator().manual_seed(0)
+    sub = task.training_batch(batch, 4, gen)
+    assert sub["query"].shape == (len(clips), 4, 3) and sub["tracks"].shape == (len(clips), 4, CFG.frames, 2)
+    assert sub["valid"].all()  # every clip has >= 4 valid tracks, and valid ones are drawn first
+    for i in range(len(clips)):  # every field of a picked track comes from the same track
+        for q, tr in zip(sub["query"][i], sub["tracks"][i], strict=True):
+            j = int((batch["query"][i] == q).all(-1).logical_and((batch["tracks"][i] == tr).all((-1, -2))).nonzero()[0])
+            assert batch["valid"][i, j]
+    assert task.training_batch(batch, 0, gen) is batch  # 0: all tracks
+    assert make_task("depth", CTX).training_batch(batch, 4, gen) is batch  # other tasks use every target
+
+
+def test_validation_selects_the_best_state_along_training(tmp_path) -> None:
+    """With evaluation every few steps, the reported probe is the best validation state, not the last one."""
+    world = {s: ProbeWorld(CFG.replace(train_size=64, val_size=32, test_size=32), s) for s in ("train", "val", "test")}
+    task = make_task("action", CTX)
+    cache = FeatureCache(tmp_path)
+    splits = []
+    for split, w in world.items():
+        labels = torch.tensor([w.scene(i).motion[0] for i in range(len(w))])
+        grid = torch.randn(len(w), 2, 2, 2, 8, generator=torch.Generator().manual_seed(len(split)))  # noise
+        key = FeatureKey("noise", "toy", split, "clip", 0, 0.0, 0)
+        cache.write_shard(key, 0, torch.arange(len(w)), grid)
+        cache.mark_complete(key, len(w), len(w), (2, 2, 2, 8), "float32")
+        splits.append((cache.open(key), {"label": labels.numpy()}))
+    cfg = ProbeConfig.preset("tiny").override(["steps=60", "eval_every=10", "readout.width=32", "readout.heads=2"])
+    res = train_probe(task, cfg, *splits, torch.device("cpu"), progress=False)
+    assert res.chosen_step % 10 == 0 and 10 <= res.chosen_step <= 60
+    final = train_probe(task, cfg.replace(eval_every=0), *splits, torch.device("cpu"), progress=False)
+    assert final.chosen_step == 60
+    assert res.val[0]["top1"] >= final.val[0]["top1"]  # the selected state is at least as good on validation

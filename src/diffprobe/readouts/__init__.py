@@ -39,6 +39,7 @@ from diffprobe.readouts.queries import (
     PatchQueries,
     PointQueries,
     fourier_encode,
+    sample_tokens,
 )
 from diffprobe.readouts.readout import AttentionReadout, SpaceTimePosEmbed
 
@@ -68,6 +69,7 @@ __all__ = [
     "head_to_boxes",
     "head_to_pose",
     "head_to_tracks",
+    "sample_tokens",
     "logits_to_classes",
     "matrix_to_rotation_6d",
     "normalise_boxes",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from diffprobe.config import Config, ConfigError
 
@@ -31,6 +31,7 @@ class ReadoutConfig(Config):
     num_queries: int = 1
     fourier_bands: int = 8
     dropout: float = 0.0
+    feature_norm: Literal["layer", "batch"] = "layer"
     learning_rates: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     weight_decay: float = 0.05
 
@@ -45,6 +46,8 @@ class ReadoutConfig(Config):
             raise ConfigError(f"ReadoutConfig.num_queries: must be positive, got {self.num_queries}")
         if self.fourier_bands < 0:
             raise ConfigError(f"ReadoutConfig.fourier_bands: must be >= 0, got {self.fourier_bands}")
+        if self.feature_norm not in ("layer", "batch"):
+            raise ConfigError(f"ReadoutConfig.feature_norm: 'layer' or 'batch', got {self.feature_norm!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"ReadoutConfig.dropout: must be in [0, 1), got {self.dropout}")
         if not self.learning_rates or any(lr <= 0 for lr in self.learning_rates):

@@ -34,15 +34,16 @@ def head_to_pose(out: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def head_to_tracks(out: Tensor, frames: int) -> tuple[Tensor, Tensor]:
-    """Point-query outputs ``(B, N, T * 3)`` -> normalised ``(x, y)`` tracks ``(B, N, T, 2)`` and visibility logits
-    ``(B, N, T)``."""
-    out = rearrange(out, "b n (t c) -> b n t c", t=frames, c=3)
+    """Point-query outputs ``(B, N * T, 3)`` (point-major) -> normalised ``(x, y)`` tracks ``(B, N, T, 2)`` and
+    visibility logits ``(B, N, T)``."""
+    out = rearrange(out, "b (n t) c -> b n t c", t=frames, c=3)
     return out[..., :2], out[..., 2]
 
 
 def head_to_boxes(out: Tensor, frames: int) -> Tensor:
-    """Box-query outputs ``(B, K, T * 4)`` -> normalised boxes ``(B, K, T, 4)`` with ``x0 <= x1`` and ``y0 <= y1``."""
-    out = rearrange(out, "b k (t c) -> b k t c", t=frames, c=4)
+    """Box-query outputs ``(B, K * T, 4)`` (object-major) -> normalised boxes ``(B, K, T, 4)`` with ``x0 <= x1`` and
+    ``y0 <= y1``."""
+    out = rearrange(out, "b (k t) c -> b k t c", t=frames, c=4)
     lo = torch.minimum(out[..., :2], out[..., 2:])  # (B, K, T, 2)
     hi = torch.maximum(out[..., :2], out[..., 2:])
     return torch.cat([lo, hi], dim=-1)

@@ -23,9 +23,14 @@ class Probe(nn.Module):
 
     def forward(self, features: Tensor, *query_inputs: Tensor) -> Tensor:
         """``features (B, T_f, H_f, W_f, C)`` and the encoder's inputs (none for learned, patch and frame queries;
-        points; box and its frame) -> ``(B, Q, out_dim)``."""
-        queries = self.queries(*query_inputs) if query_inputs else self.queries(features.shape[0])  # (B, Q, D)
-        return self.readout(features, queries)
+        points; box and its frame) -> ``(B, Q, out_dim)``. Encoders with ``reads_features`` also get the embedded
+        token grid, to sample what they are asked to follow."""
+        tokens = self.readout.embed(features)  # (B, T_f, H_f, W_f, D)
+        if getattr(self.queries, "reads_features", False):
+            queries = self.queries(tokens, *query_inputs)
+        else:
+            queries = self.queries(*query_inputs) if query_inputs else self.queries(features.shape[0])
+        return self.readout.attend(tokens, queries)  # (B, Q, out_dim)
 
 
 class ProbeBank(nn.Module):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from diffprobe.readouts.config import ReadoutConfig
@@ -70,7 +72,8 @@ class PatchQueries(nn.Module):
 
 
 class FrameQueries(nn.Module):
-    """One query per frame, encoded by its normalised frame index; the head outputs a 6D rotation and a translation."""
+    """One query per frame, encoded by its normalised frame index; the head outputs a 6D rotation and a translation
+    (camera pose), and the tracking encoders add it to say which frame each query asks about."""
 
     def __init__(self, cfg: ReadoutConfig, frames: int) -> None:
         super().__init__()
@@ -84,28 +87,62 @@ class FrameQueries(nn.Module):
         return self.encoder(self.times).expand(batch, -1, -1)
 
 
+def sample_tokens(tokens: Tensor, coords: Tensor) -> Tensor:
+    """Trilinear samples of a token grid ``(B, T_f, H_f, W_f, D)`` at normalised ``(t, y, x)`` ``coords (B, N, 3)``
+    -> ``(B, N, D)``. Space spans the frame (token centres at (i + 0.5) / H_f); time maps the first and last frame to
+    the first and last token frame. Points outside the grid take the nearest border value."""
+    _, t_f, _, _, _ = tokens.shape
+    t, y, x = coords.unbind(-1)  # (B, N) each
+    gt = (2 * t * (t_f - 1) + 1) / t_f - 1  # token-frame index t * (T_f - 1) in align_corners=False units
+    grid = torch.stack([2 * x - 1, 2 * y - 1, gt], dim=-1)[:, :, None, None]  # (B, N, 1, 1, 3) as (x, y, t)
+    volume = rearrange(tokens, "b t h w d -> b d t h w")
+    out = F.grid_sample(volume, grid.to(volume.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    return rearrange(out, "b d n 1 1 -> b n d")
+
+
 class PointQueries(nn.Module):
-    """One query per query point ``(t, y, x)``; the head outputs ``(x, y, visibility logit)`` for each of ``frames``."""
+    """One query per (query point, frame): the point's ``(t, y, x)`` encoding, the feature sampled there (what to
+    follow) and the target frame's encoding; the head outputs ``(x, y, visibility logit)`` in that frame."""
+
+    reads_features = True
 
     def __init__(self, cfg: ReadoutConfig, frames: int) -> None:
         super().__init__()
         self.encoder = CoordEncoder(3, cfg)
-        self.out_dim = 3 * frames
+        self.frames = FrameQueries(cfg, frames)
+        self.appearance = nn.Linear(cfg.width, cfg.width)
+        self.out_dim = 3
 
-    def forward(self, points: Tensor) -> Tensor:
-        """``points (B, N, 3)`` normalised ``(t, y, x)`` -> ``(B, N, D)``."""
-        return self.encoder(points)
+    def forward(self, tokens: Tensor, points: Tensor) -> Tensor:
+        """``tokens (B, T_f, H_f, W_f, D)``, ``points (B, N, 3)`` normalised ``(t, y, x)`` -> ``(B, N * T, D)``,
+        ordered point-major."""
+        point = self.encoder(points) + self.appearance(sample_tokens(tokens, points))  # (B, N, D)
+        frame = self.frames(points.shape[0])  # (B, T, D)
+        return rearrange(point[:, :, None] + frame[:, None], "b n t d -> b (n t) d")
 
 
 class BoxQueries(nn.Module):
-    """One query per object, encoded from its box ``(x0, y0, x1, y1)`` on the frame ``t`` where it is given;
-    the head outputs a box for each of ``frames``."""
+    """One query per (object, frame): its box ``(x0, y0, x1, y1)`` on the frame ``t`` where it is given, the mean
+    feature of a 3 x 3 lattice inside that box, and the target frame's encoding; the head outputs the box there."""
+
+    reads_features = True
 
     def __init__(self, cfg: ReadoutConfig, frames: int) -> None:
         super().__init__()
         self.encoder = CoordEncoder(5, cfg)
-        self.out_dim = 4 * frames
+        self.frames = FrameQueries(cfg, frames)
+        self.appearance = nn.Linear(cfg.width, cfg.width)
+        self.out_dim = 4
 
-    def forward(self, boxes: Tensor, t: Tensor) -> Tensor:
-        """``boxes (B, K, 4)`` normalised, ``t (B, K)`` normalised frame of the box -> ``(B, K, D)``."""
-        return self.encoder(torch.cat([t[..., None], boxes], dim=-1))  # (B, K, D)
+    def forward(self, tokens: Tensor, boxes: Tensor, t: Tensor) -> Tensor:
+        """``tokens (B, T_f, H_f, W_f, D)``, ``boxes (B, K, 4)`` normalised, ``t (B, K)`` normalised frame of the
+        box -> ``(B, K * T, D)``, ordered object-major."""
+        b, k, _ = boxes.shape
+        frac = (torch.arange(3, dtype=boxes.dtype, device=boxes.device) + 0.5) / 3  # (3,)
+        ys = boxes[..., 1, None] + frac * (boxes[..., 3, None] - boxes[..., 1, None])  # (B, K, 3)
+        xs = boxes[..., 0, None] + frac * (boxes[..., 2, None] - boxes[..., 0, None])  # (B, K, 3)
+        lattice = torch.stack(torch.broadcast_tensors(t[..., None, None], ys[..., :, None], xs[..., None, :]), -1)
+        feats = sample_tokens(tokens, lattice.reshape(b, k * 9, 3)).reshape(b, k, 9, -1).mean(2)  # (B, K, D)
+        obj = self.encoder(torch.cat([t[..., None], boxes], dim=-1)) + self.appearance(feats)  # (B, K, D)
+        frame = self.frames(b)  # (B, T, D)
+        return rearrange(obj[:, :, None] + frame[:, None], "b k t d -> b (k t) d")

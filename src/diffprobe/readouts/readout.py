@@ -46,7 +46,10 @@ class AttentionReadout(nn.Module):
         self.feature_grid = tuple(feature_grid)
         self.heads = cfg.heads
         self.dropout = cfg.dropout
-        self.feature_norm = nn.LayerNorm(feature_dim)
+        # "layer": each token normalised over its channels (V-JEPA, 4DS); "batch": each channel standardised over
+        # the batch's tokens (running statistics at evaluation, as MAE's linear probe), an invertible affine map.
+        self.feature_norm = (nn.LayerNorm(feature_dim) if cfg.feature_norm == "layer"
+                             else nn.BatchNorm1d(feature_dim, affine=False))
         self.feature_proj = nn.Linear(feature_dim, d)
         self.pos = SpaceTimePosEmbed(self.feature_grid, d)
         self.query_norm = nn.LayerNorm(d)
@@ -61,12 +64,22 @@ class AttentionReadout(nn.Module):
         self.head_norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, out_dim)
 
-    def forward(self, features: Tensor, queries: Tensor) -> Tensor:
-        """``features (B, T_f, H_f, W_f, C)``, ``queries (B, Q, D)`` -> ``(B, Q, out_dim)``."""
+    def embed(self, features: Tensor) -> Tensor:
+        """``features (B, T_f, H_f, W_f, C)`` -> normalised, projected tokens ``(B, T_f, H_f, W_f, D)`` (no position
+        embedding yet); query encoders that read features sample this grid."""
         if tuple(features.shape[1:4]) != self.feature_grid:
             raise ValueError(f"features grid {tuple(features.shape[1:4])} != readout grid {self.feature_grid}")
-        tokens = self.feature_proj(self.feature_norm(features)) + self.pos()  # (B, T_f, H_f, W_f, D)
-        tokens = rearrange(tokens, "b t h w d -> b (t h w) d")  # (B, N, D)
+        b, t, h, w, _ = features.shape
+        tokens = rearrange(features, "b t h w c -> b (t h w) c")  # (B, N, C)
+        if isinstance(self.feature_norm, nn.BatchNorm1d):
+            tokens = self.feature_norm(tokens.transpose(1, 2)).transpose(1, 2)  # statistics over (B, N) per channel
+        else:
+            tokens = self.feature_norm(tokens)
+        return rearrange(self.feature_proj(tokens), "b (t h w) d -> b t h w d", t=t, h=h, w=w)
+
+    def attend(self, tokens: Tensor, queries: Tensor) -> Tensor:
+        """Embedded ``tokens (B, T_f, H_f, W_f, D)`` (see :meth:`embed`), ``queries (B, Q, D)`` -> ``(B, Q, out)``."""
+        tokens = rearrange(tokens + self.pos(), "b t h w d -> b (t h w) d")  # (B, N, D)
         q = self.to_q(self.query_norm(queries))  # (B, Q, D)
         k, v = self.to_kv(self.kv_norm(tokens)).chunk(2, dim=-1)  # (B, N, D) each
         q, k, v = (rearrange(x, "b n (h e) -> b h n e", h=self.heads) for x in (q, k, v))
@@ -75,3 +88,7 @@ class AttentionReadout(nn.Module):
         x = queries + self.attn_out(rearrange(attn, "b h n e -> b n (h e)"))  # (B, Q, D)
         x = x + self.mlp(x)  # (B, Q, D)
         return self.head(self.head_norm(x))  # (B, Q, out_dim)
+
+    def forward(self, features: Tensor, queries: Tensor) -> Tensor:
+        """``features (B, T_f, H_f, W_f, C)``, ``queries (B, Q, D)`` -> ``(B, Q, out_dim)``."""
+        return self.attend(self.embed(features), queries)

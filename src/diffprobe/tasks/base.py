@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from diffprobe.readouts import Probe, ReadoutConfig
@@ -52,6 +53,12 @@ class Task(ABC):
     def query_inputs(self, targets: dict[str, Tensor]) -> tuple[Tensor, ...]:
         """The query encoder's inputs for a batch (none for learned / patch / frame queries)."""
         return ()
+
+    def training_batch(self, targets: dict[str, Tensor], queries: int, generator: torch.Generator
+                       ) -> dict[str, Tensor]:
+        """The targets one training step uses: all of them, unless the task asks many queries per clip, in which
+        case at most ``queries`` of them (0: all) drawn at random (evaluation always uses all)."""
+        return targets
 
     @abstractmethod
     def loss(self, out: Tensor, targets: dict[str, Tensor]) -> Tensor:

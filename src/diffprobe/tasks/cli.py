@@ -49,5 +49,6 @@ def probe_cmd(task_name: str, spec: str, block: int, t: float, noise_seed: int, 
         res = run_probe(resolved.backbone, resolved.world, task_name, block, t, noise_seed, cfg,
                         FeatureCache(cache_dir), dev, ensemble, progress=not quiet)
         results.add(cell, res.test)
-    click.echo(f"{task_name} on {resolved.backbone.identity} block {block} t={t:g} (lr {res.chosen_lr:g}): "
+    click.echo(f"{task_name} on {resolved.backbone.identity} block {block} t={t:g} (lr {res.chosen_lr:g}, "
+               f"step {res.chosen_step}): "
                + ", ".join(f"{k}={v:.4f}" for k, v in res.test.items()))

@@ -29,11 +29,12 @@ class ProbeConfig(Config):
     """How every probe is trained (the readout's size and learning rates live in ``readout``)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        # CPU-sized: one learning rate (selection on validation is then trivial), a few epochs of 1k clips.
-        "tiny": {"readout": {**ReadoutConfig.PRESETS["tiny"], "learning_rates": [2e-3]}, "steps": 150,
-                 "batch_size": 32, "warmup_steps": 15},
+        # CPU-sized: one learning rate, about 6 epochs of 1k clips; validation every 100 steps keeps each probe's
+        # best state (tiny probes overfit 1k clips of trained-WALT features within a few hundred steps).
+        "tiny": {"readout": {**ReadoutConfig.PRESETS["tiny"], "learning_rates": [2e-3]}, "steps": 200,
+                 "batch_size": 32, "warmup_steps": 20, "eval_every": 100},
         "base": {"readout": ReadoutConfig.PRESETS["base"], "steps": 20_000, "batch_size": 128,
-                 "warmup_steps": 1000},
+                 "warmup_steps": 1000, "eval_every": 2000},
     }
 
     readout: ReadoutConfig = dataclasses.field(default_factory=ReadoutConfig)
@@ -44,11 +45,17 @@ class ProbeConfig(Config):
     grad_clip: float = 1.0  #: per-probe gradient-norm clip; 0 disables
     eval_batch_size: int = 64
     seed: int = 0  #: probe seed: initialisation and batch order
+    train_queries: int = 16  #: point tracking: random tracks per clip in a training step (0: all)
+    eval_every: int = 0  #: score validation every N steps and keep each probe's best state (0: the final state)
 
     def validate(self) -> None:
+        if self.train_queries < 0:
+            raise ConfigError(f"ProbeConfig.train_queries: must be >= 0, got {self.train_queries}")
         for name in ("steps", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ProbeConfig.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ConfigError(f"ProbeConfig.eval_every: must be >= 0, got {self.eval_every}")
 
 
 @dataclasses.dataclass
@@ -56,8 +63,9 @@ class ProbeResult:
     """Test metrics of the validation-selected probe, with what selected it."""
 
     test: dict[str, float]
-    val: list[dict[str, float]]  #: validation metrics of every probe, in learning-rate order
+    val: list[dict[str, float]]  #: validation metrics of every probe's selected state, in learning-rate order
     chosen_lr: float
+    chosen_step: int  #: training steps of the reported probe's state
     final_losses: list[float]  #: each probe's training loss over the last steps
 
 
@@ -81,6 +89,7 @@ def _train_batches(features: FeatureSet, batch_size: int, seed: int) -> Iterator
         epoch += 1
 
 
+@torch.no_grad()
 @torch.no_grad()
 def predict_split(task: Task, bank: ProbeBank, features: FeatureSet, targets: Targets, batch_size: int,
                   device: torch.device, only: int | None = None) -> list[dict[str, np.ndarray]]:
@@ -118,21 +127,40 @@ def train_probe(task: Task, cfg: ProbeConfig, train: tuple[FeatureSet, Targets],
     t_f, h_f, w_f, c = train[0].feature_shape
     bank = ProbeBank.from_config(cfg.readout, lambda: task.make_probe(cfg.readout, c, (t_f, h_f, w_f))).to(device)
     batches = _train_batches(train[0], cfg.batch_size, cfg.seed)
+    query_gen = torch.Generator().manual_seed(cfg.seed)
     recent: list[list[float]] = []
+    sign = 1.0 if task.higher_is_better else -1.0
+    best: list[tuple[float, int, dict[str, float], dict[str, torch.Tensor]]] = []  # per probe: score, step, val, state
+
+    def validate(step: int) -> None:
+        """Score every probe on validation; keep each one's best state so far (ties keep the later state)."""
+        for p, m in enumerate(predict_split(task, bank, *val, cfg.eval_batch_size, device)):
+            m = task.metrics(m, val[1])
+            score = sign * m[task.primary_metric] if np.isfinite(m[task.primary_metric]) else -np.inf
+            if p == len(best) or score >= best[p][0]:
+                state = {k: v.detach().clone() for k, v in bank.probes[p].state_dict().items()}
+                if p == len(best):
+                    best.append((score, step, m, state))
+                else:
+                    best[p] = (score, step, m, state)
+
     bar = tqdm(range(cfg.steps), desc=f"probe {task.name}", unit="step", disable=not progress, dynamic_ncols=True)
     for step in bar:
         bank.set_lr_scale(lr_at(step, base_lr=1.0, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                                 min_lr_ratio=cfg.min_lr_ratio))
         index, feats = next(batches)
-        tgt = _batch_targets(train[1], index, device)
+        tgt = task.training_batch(_batch_targets(train[1], index, device), cfg.train_queries, query_gen)
         losses = bank.step(lambda out, tgt=tgt: task.loss(out, tgt), feats.to(device, torch.float32),
                            *task.query_inputs(tgt), grad_clip=cfg.grad_clip)
         recent = (recent + [losses])[-20:]
         bar.set_postfix(loss=f"{min(losses):.4f}")
-    val_metrics = [task.metrics(p, val[1]) for p in predict_split(task, bank, *val, cfg.eval_batch_size, device)]
-    scores = [m[task.primary_metric] for m in val_metrics]
-    scores = [s if np.isfinite(s) else (-np.inf if task.higher_is_better else np.inf) for s in scores]
-    best, _ = bank.best(scores, higher_is_better=task.higher_is_better)
-    test_preds = predict_split(task, bank, *test, cfg.eval_batch_size, device, only=best)[0]
-    return ProbeResult(test=task.metrics(test_preds, test[1]), val=val_metrics,
-                       chosen_lr=bank.learning_rates[best], final_losses=list(np.mean(recent, axis=0)))
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            validate(step + 1)
+    validate(cfg.steps)
+    chosen, _ = bank.best([b[0] for b in best])
+    score, step, _, state = best[chosen]
+    bank.probes[chosen].load_state_dict(state)
+    test_preds = predict_split(task, bank, *test, cfg.eval_batch_size, device, only=chosen)[0]
+    return ProbeResult(test=task.metrics(test_preds, test[1]), val=[b[2] for b in best],
+                       chosen_lr=bank.learning_rates[chosen], chosen_step=step,
+                       final_losses=list(np.mean(recent, axis=0)))

@@ -51,6 +51,16 @@ class PointTracking(Task):
         c = self.ctx
         return (normalise_query_points(targets["query"], c.frames, c.height, c.width),)  # (B, N, 3)
 
+    def training_batch(self, targets: dict[str, Tensor], queries: int, generator: torch.Generator
+                       ) -> dict[str, Tensor]:
+        """``queries`` random tracks of each clip, valid ones first (each (track, frame) is a readout query)."""
+        n = targets["valid"].shape[1]
+        if not queries or queries >= n:
+            return targets
+        priority = torch.rand(targets["valid"].shape, generator=generator).to(targets["valid"].device)
+        pick = (priority + targets["valid"].float()).topk(queries, dim=1).indices  # (B, K)
+        return {k: v[torch.arange(len(v), device=v.device)[:, None], pick] for k, v in targets.items()}
+
     def loss(self, out: Tensor, targets: dict[str, Tensor]) -> Tensor:
         c = self.ctx
         xy, vis_logits = head_to_tracks(out, c.frames)  # (B, N, T, 2), (B, N, T)
