@@ -63,6 +63,10 @@ class AttentionReadout(nn.Module):
         )
         self.head_norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, out_dim)
+        # zero-initialised head (as DiT's final layer): an untrained probe outputs zeros, which every task decodes to
+        # its no-information baseline (uniform logits, static points, copied boxes, no camera motion).
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def embed(self, features: Tensor) -> Tensor:
         """``features (B, T_f, H_f, W_f, C)`` -> normalised, projected tokens ``(B, T_f, H_f, W_f, D)`` (no position

@@ -61,16 +61,21 @@ class PointTracking(Task):
         pick = (priority + targets["valid"].float()).topk(queries, dim=1).indices  # (B, K)
         return {k: v[torch.arange(len(v), device=v.device)[:, None], pick] for k, v in targets.items()}
 
+    def _origin(self, targets: dict[str, Tensor]) -> Tensor:
+        """Normalised ``(x, y)`` of the query points, ``(B, N, 2)``: the head predicts displacements from them."""
+        c = self.ctx
+        return normalise_query_points(targets["query"], c.frames, c.height, c.width)[..., [2, 1]]
+
     def loss(self, out: Tensor, targets: dict[str, Tensor]) -> Tensor:
         c = self.ctx
-        xy, vis_logits = head_to_tracks(out, c.frames)  # (B, N, T, 2), (B, N, T)
+        xy, vis_logits = head_to_tracks(out, c.frames, self._origin(targets))  # (B, N, T, 2), (B, N, T)
         valid = targets["valid"]  # (B, N)
         return tracking_loss(xy[valid], vis_logits[valid], normalise_xy(targets["tracks"], c.height, c.width)[valid],
                              targets["visible"][valid])
 
     def predict(self, out: Tensor, targets: dict[str, Tensor]) -> dict[str, np.ndarray]:
         c = self.ctx
-        xy, vis_logits = head_to_tracks(out, c.frames)
+        xy, vis_logits = head_to_tracks(out, c.frames, self._origin(targets))
         return {"tracks": denormalise_xy(xy, c.height, c.width).detach().float().cpu().numpy(),  # (B, N, T, 2)
                 "visible": (vis_logits > 0).cpu().numpy()}  # (B, N, T)
 
@@ -111,20 +116,23 @@ class BoxTracking(Task):
     def make_probe(self, cfg: ReadoutConfig, feature_dim: int, feature_grid: tuple[int, int, int]) -> Probe:
         return Probe(cfg, BoxQueries(cfg, self.ctx.frames), feature_dim, feature_grid)
 
+    def _origin(self, targets: dict[str, Tensor]) -> Tensor:
+        """The frame-0 boxes, normalised, ``(B, K, 4)``: the head predicts offsets from them."""
+        return normalise_boxes(targets["boxes"][:, :, 0], self.ctx.height, self.ctx.width)
+
     def query_inputs(self, targets: dict[str, Tensor]) -> tuple[Tensor, ...]:
-        c = self.ctx
-        first = normalise_boxes(targets["boxes"][:, :, 0], c.height, c.width)  # (B, K, 4)
+        first = self._origin(targets)  # (B, K, 4)
         return first, torch.zeros(first.shape[:2], dtype=first.dtype, device=first.device)  # given at frame 0
 
     def loss(self, out: Tensor, targets: dict[str, Tensor]) -> Tensor:
         c = self.ctx
-        pred = head_to_boxes(out, c.frames)  # (B, K, T, 4) normalised
+        pred = head_to_boxes(out, c.frames, self._origin(targets))  # (B, K, T, 4) normalised
         scored = targets["visible"] & targets["valid"][..., None]  # (B, K, T)
         return box_loss(pred, normalise_boxes(targets["boxes"], c.height, c.width), scored)
 
     def predict(self, out: Tensor, targets: dict[str, Tensor]) -> dict[str, np.ndarray]:
         c = self.ctx
-        boxes = denormalise_boxes(head_to_boxes(out, c.frames), c.height, c.width)
+        boxes = denormalise_boxes(head_to_boxes(out, c.frames, self._origin(targets)), c.height, c.width)
         return {"boxes": boxes.detach().float().cpu().numpy()}  # (B, K, T, 4)
 
     def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:

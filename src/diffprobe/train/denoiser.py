@@ -30,9 +30,9 @@ from diffprobe.train.distributed import setup_distributed
 from diffprobe.train.export import export_model, load_export, read_export
 from diffprobe.train.loop import CheckpointHook, fit
 
-# CPU-sized (about 2 minutes a twin on 2 cores): batch 16 runs 4.8 steps/s here against 3.0 at batch 32, and early in
+# CPU-sized (under 2 minutes a twin on 2 cores): batch 16 runs 4.8 steps/s here against 3.0 at batch 32, and early in
 # training more, smaller steps learn more; checkpoints 200 and 400 are kept for the training-budget analysis.
-_TINY_TRAIN = {"steps": 600, "batch_size": 16, "lr": 2e-3, "warmup_steps": 40, "ema_decay": 0.99,
+_TINY_TRAIN = {"steps": 500, "batch_size": 16, "lr": 2e-3, "warmup_steps": 40, "ema_decay": 0.99,
                "ema_start": 40, "log_every": 10, "ckpt_every": 200, "keep_steps": [200, 400],
                "min_lr_ratio": 0.1}
 
