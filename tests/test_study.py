@@ -40,8 +40,8 @@ def test_study_fills_the_store_and_artifacts(mini) -> None:
     with ResultsStore(run_dir / "results.sqlite") as store:
         rows = store.query(study=cfg.name)
     cells = {(r["backbone"], r["checkpoint_step"], r["block"], r["t"], r["task"]) for r in rows}
-    assert len(cells) == len(plan_jobs(cfg, run_dir))
-    for backbone in ("walt-video", "walt-image", "walt-untrained", "latents"):
+    assert len(cells) == len(plan_jobs(cfg, run_dir)) + len(TASKS)  # every probe cell and each task's prior
+    for backbone in ("walt-video", "walt-image", "walt-untrained", "latents", "prior"):
         assert {c[4] for c in cells if c[0] == backbone} == set(TASKS)
     assert {(c[1], c[3]) for c in cells if c[0] == "walt-video" and c[4] == "action"} >= {(4, 0.0), (4, 200.0),
                                                                                          (2, 200.0)}
@@ -56,7 +56,7 @@ def test_study_fills_the_store_and_artifacts(mini) -> None:
     assert pca["tokens__walt-image"].shape[0] == cfg.world.frames  # image twin: one token grid per frame
     assert pca["tokens__walt-video"].shape[0] == 5  # video twin: one per latent frame
     table = headline_table(cfg, run_dir / "results.sqlite")
-    assert all(task in table for task in TASKS) and "video/image" in table
+    assert all(task in table for task in TASKS) and "video/image" in table and "prior" in table
     assert json.loads((run_dir / "study_config.json").read_text()) == cfg.to_dict()
 
 

@@ -136,3 +136,32 @@ def test_validation_selects_the_best_state_along_training(tmp_path) -> None:
     final = train_probe(task, cfg.replace(eval_every=0), *splits, torch.device("cpu"), progress=False)
     assert final.chosen_step == 60
     assert res.val[0]["top1"] >= final.val[0]["top1"]  # the selected state is at least as good on validation
+
+
+def test_priors_are_the_no_information_baselines(clips) -> None:
+    """Each task's prior uses only training targets and the query: hand-checkable predictions and scores."""
+    tgt = compute_targets([make_task(n, CTX) for n in TASKS], lambda i: clips[i], len(clips), progress=False)
+    cls = make_task("image_cls", CTX)
+    train, test = {"label": np.array([3, 3, 1])}, {"label": np.array([3, 1, 1, 5])}
+    assert cls.metrics(cls.prior(train, test), test)["top1"] == 0.25  # always the majority class 3
+    depth = make_task("depth", CTX)
+    d = tgt["depth"]["depth"]
+    pred = depth.prior({"depth": d[:4]}, {"depth": d[4:]})["depth"]
+    assert pred.shape == d[4:].shape and np.allclose(pred[0], np.exp(np.log(d[:4]).mean(0)), rtol=1e-5)
+    pose = make_task("camera_pose", CTX)
+    p = tgt["camera_pose"]
+    pred = pose.prior({k: v[:4] for k, v in p.items()}, {k: v[4:] for k, v in p.items()})
+    assert np.array_equal(pred["rotation"][2, 5], np.eye(3)) and np.allclose(pred["translation"][1],
+                                                                              p["translation"][:4].mean(0))
+    pts = make_task("point_tracking", CTX)
+    t = tgt["point_tracking"]
+    pred = pts.prior(t, t)
+    i, n = np.argwhere(t["valid"])[0]
+    frame = int(t["query"][i, n, 0])
+    assert np.allclose(pred["tracks"][i, n, frame], t["tracks"][i, n, frame], atol=1e-4)  # the query point itself
+    assert pred["visible"].all()
+    boxes = make_task("box_tracking", CTX)
+    b = tgt["box_tracking"]
+    pred = boxes.prior(b, b)["boxes"]
+    assert np.array_equal(pred[:, :, 0], b["boxes"][:, :, 0]) and np.array_equal(pred[:, :, -1], b["boxes"][:, :, 0])
+    assert boxes.metrics({"boxes": pred}, b)["mean_iou"] < 1.0  # objects move: copying the box is not perfect

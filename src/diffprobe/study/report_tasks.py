@@ -44,8 +44,9 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 
 #: the twins and controls, in the order the report shows them.
 IMAGE, VIDEO, UNTRAINED, LATENTS = "walt-image", "walt-video", "walt-untrained", "latents"
-BACKBONE_ORDER = (IMAGE, VIDEO, UNTRAINED, LATENTS)
-CONTROLS = (UNTRAINED, LATENTS)
+PRIOR = "prior"  #: each task's no-information baseline (Task.prior), stored beside the backbones
+BACKBONE_ORDER = (IMAGE, VIDEO, UNTRAINED, LATENTS, PRIOR)
+CONTROLS = (UNTRAINED, LATENTS, PRIOR)
 
 
 def task_order(tasks: set[str] | list[str]) -> list[str]:

@@ -32,7 +32,7 @@ from diffprobe.study.config import StudyConfig
 from diffprobe.study.report_tasks import HIGHER_IS_BETTER, TASK_METRICS, relative_percent
 from diffprobe.study.store import Cell, ResultsStore
 from diffprobe.tasks import TASKS
-from diffprobe.tasks.runner import run_probe
+from diffprobe.tasks.runner import prior_metrics, run_probe
 from diffprobe.train.denoiser import load_tokenizer, train_denoiser
 from diffprobe.train.export import META_FILE
 from diffprobe.train.feature_net import FrechetEvaluator, load_feature_net, train_feature_net
@@ -64,11 +64,12 @@ def _exported(run_dir: Path, config: dict[str, Any]) -> bool:
 
 
 class Timings:
-    """Wall time per stage, saved to ``timings.json`` after every stage (so a killed run keeps what it measured)."""
+    """Wall time per stage, saved to ``timings.json`` after every stage (so a killed run keeps what it measured);
+    a resumed run adds to the times already recorded there."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.seconds: dict[str, float] = {}
+        self.seconds: dict[str, float] = read_json(path) if path.is_file() else {}
 
     def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()
@@ -176,6 +177,10 @@ def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: to
                 rb.backbone, rb.world, job.task, job.block, job.t, job.noise_seed, probe_cfg, cache, device,
                 limits=cfg.probe_clips, progress=False))
             store.add(cell, res.test)
+        for task in cfg.tasks:  # each task's no-information baseline, for reference
+            cell = Cell(cfg.name, "prior", "none", 0, 0, 0.0, 0, task, 0, cfg.probe.hash())
+            if not store.has(cell):
+                store.add(cell, prior_metrics(cfg.world, task, cache, cfg.probe_clips, progress=False))
         store.export_csv(run_dir / "results.csv")
 
 
@@ -251,20 +256,21 @@ def run_study(cfg: StudyConfig, run_dir: str | Path, progress: bool = True) -> P
     _run_probes(cfg, run_dir, cache, device, timed, progress)
     _generation(cfg, run_dir, cache, device, timed, progress)
     timed("pca", lambda: _pca(cfg, run_dir, cache, device, progress))
-    timed.seconds["total"] = round(time.perf_counter() - start, 2)
+    timed.seconds["total"] = round(timed.seconds.get("total", 0.0) + time.perf_counter() - start, 2)
     atomic_write_json(timed.path, timed.seconds)
     return run_dir / "results.sqlite"
 
 
 def headline_table(cfg: StudyConfig, store_path: Path) -> str:
-    """The results table: each task's metrics at the headline cell for every backbone, and video vs image."""
+    """The results table: each task's metrics at the headline cell for every backbone and the no-information prior,
+    and video vs image."""
     with ResultsStore(store_path) as store:
         rows = store.query(study=cfg.name)
-    names = ["walt-video", "walt-image", "walt-untrained", "latents"]
+    names = ["walt-video", "walt-image", "walt-untrained", "latents", "prior"]
     final = cfg.twin.train.steps
 
     def value(backbone: str, task: str, metric: str) -> float:
-        block, t = (0, 0.0) if backbone == "latents" else (cfg.block, cfg.t)
+        block, t = (0, 0.0) if backbone in ("latents", "prior") else (cfg.block, cfg.t)
         step = {"walt-video": final, "walt-image": final}.get(backbone, 0)
         vals = [r["value"] for r in rows if r["backbone"] == backbone and r["task"] == task and r["metric"] == metric
                 and r["block"] == block and r["t"] == t and r["checkpoint_step"] == step]

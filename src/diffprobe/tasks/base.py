@@ -69,5 +69,10 @@ class Task(ABC):
         """Task predictions (numpy, in pixels / classes / poses) of a batch."""
 
     @abstractmethod
+    def prior(self, train: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Predictions for ``test`` that never look at a clip's pixels: statistics of ``train``'s targets and the
+        query itself (the no-information baseline a probe has to beat)."""
+
+    @abstractmethod
     def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
         """Metrics over a whole split, from stacked predictions and targets."""

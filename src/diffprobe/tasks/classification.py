@@ -37,6 +37,12 @@ class ClassificationTask(Task):
     def predict(self, out: Tensor, targets: dict[str, Tensor]) -> dict[str, np.ndarray]:
         return {"logits": class_logits(out).detach().float().cpu().numpy()}  # (B, K)
 
+    def prior(self, train: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The training label frequencies as logits: the majority class, with the prior's cross-entropy."""
+        freq = np.bincount(train["label"], minlength=self.num_classes()) / len(train["label"])  # (K,)
+        logits = np.log(np.maximum(freq, 1e-6)).astype(np.float32)
+        return {"logits": np.repeat(logits[None], len(test["label"]), axis=0)}  # (N, K)
+
     def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
         logits, labels = preds["logits"], targets["label"]  # (N, K), (N,)
         ce = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))

@@ -32,6 +32,13 @@ class CameraPose(Task):
         rot, trans = head_to_pose(out)
         return {"rotation": rot.detach().float().cpu().numpy(), "translation": trans.detach().float().cpu().numpy()}
 
+    def prior(self, train: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """No rotation, and each frame's mean training translation."""
+        n = len(test["rotation"])
+        rotation = np.broadcast_to(np.eye(3, dtype=np.float32), test["rotation"].shape).copy()  # (N, T, 3, 3)
+        translation = np.repeat(train["translation"].mean(axis=0)[None], n, axis=0)  # (N, T, 3)
+        return {"rotation": rotation, "translation": translation}
+
     def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
         rows = [pose_errors(_pose(pr, pt), _pose(gr, gt)) for pr, pt, gr, gt in zip(
             preds["rotation"], preds["translation"], targets["rotation"], targets["translation"], strict=True)]

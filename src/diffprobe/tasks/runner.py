@@ -64,3 +64,15 @@ def run_probe(backbone: Backbone, world: ProbeWorldConfig, task_name: str, block
         targets = _load_targets(str(ensure_targets(world, split, cache, progress)), task.name)
         data[split] = (feats, {k: v[:len(feats)] for k, v in targets.items()})
     return train_probe(task, cfg, data["train"], data["val"], data["test"], device, progress=progress)
+
+
+def prior_metrics(world: ProbeWorldConfig, task_name: str, cache: FeatureCache, limits: dict[str, int] | None = None,
+                  progress: bool = True) -> dict[str, float]:
+    """Test metrics of ``task_name``'s no-information baseline (:meth:`Task.prior`, from the training targets)."""
+    task = make_task(task_name, task_context(world))
+    split_targets = {}
+    for split in ("train", "test"):
+        targets = _load_targets(str(ensure_targets(world, split, cache, progress)), task.name)
+        n = None if limits is None else limits[split]
+        split_targets[split] = {k: v[:n] for k, v in targets.items()}
+    return task.metrics(task.prior(split_targets["train"], split_targets["test"]), split_targets["test"])

@@ -79,6 +79,12 @@ class PointTracking(Task):
         return {"tracks": denormalise_xy(xy, c.height, c.width).detach().float().cpu().numpy(),  # (B, N, T, 2)
                 "visible": (vis_logits > 0).cpu().numpy()}  # (B, N, T)
 
+    def prior(self, train: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Static points: every track stays visible at its query point."""
+        xy = test["query"][..., [2, 1]]  # (N, Q, 2) as (x, y)
+        return {"tracks": np.repeat(xy[:, :, None], self.ctx.frames, axis=2),  # (N, Q, T, 2)
+                "visible": np.ones(test["visible"].shape, bool)}
+
     def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
         hw = (self.ctx.height, self.ctx.width)
         per_video: dict[str, list[float]] = {}
@@ -134,6 +140,10 @@ class BoxTracking(Task):
         c = self.ctx
         boxes = denormalise_boxes(head_to_boxes(out, c.frames, self._origin(targets)), c.height, c.width)
         return {"boxes": boxes.detach().float().cpu().numpy()}  # (B, K, T, 4)
+
+    def prior(self, train: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Still boxes: the frame-0 box copied to every frame."""
+        return {"boxes": np.repeat(test["boxes"][:, :, :1], self.ctx.frames, axis=2)}  # (N, K, T, 4)
 
     def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
         valid = targets["valid"]  # (N, K)
