@@ -151,6 +151,12 @@ def test_relative_bars_equal_hand_computed(full_run) -> None:
              for name, v in (("walt-image", 0.5), ("walt-video", 0.4))]
     assert summary_sentences(worse, "walt-video") == [
         "image beats video on action: video reaches 80.0% of image (top1 0.4 vs 0.5, higher is better; n = 1 vs 1)."]
+    prior = Bar("action", "top1", "prior", 0, 0.0, Stat((0.5,)), Stat((0.5,)), 100.0, 0, 0)
+    [sentence] = summary_sentences([*worse, prior], "walt-video")
+    assert sentence.endswith("Neither twin beats the no-information prior on action (top1 0.5): "
+                             "this difference measures nothing.")
+    better = [*worse, prior.__class__(**{**prior.__dict__, "percent": 90.0})]
+    assert "Neither" not in summary_sentences(better, "walt-video")[0]  # the image twin (100%) beats a 90% prior
 
 
 def test_sweeps_scale_points_and_best(full_run) -> None:

@@ -19,6 +19,7 @@ from diffprobe.study.report_tasks import (
     CONTROLS,
     HIGHER_IS_BETTER,
     IMAGE,
+    PRIOR,
     TASK_METRICS,
     backbone_order,
     higher_is_better,
@@ -267,7 +268,11 @@ def summary_sentences(bars: Iterable[Bar], video: str, image: str = IMAGE) -> li
                   f"n = {v.stat.n} vs {i.stat.n}")
         controls = [f"{c} {fmt_pct(bs[c].percent)}" for c in CONTROLS if c in bs]
         tail = f"; controls relative to image: {', '.join(controls)}" if controls else ""
-        out.append(f"{verdict} ({detail}){tail}.")
+        warn = ""
+        if PRIOR in bs and not any(bs[b].percent > bs[PRIOR].percent for b in (video, image)):
+            warn = (f" Neither twin beats the no-information prior on {task} ({v.metric} "
+                    f"{fmt_num(bs[PRIOR].stat.mean)}): this difference measures nothing.")
+        out.append(f"{verdict} ({detail}){tail}.{warn}")
     return out
 
 
