@@ -100,39 +100,44 @@ def sample_tokens(tokens: Tensor, coords: Tensor) -> Tensor:
     return rearrange(out, "b d n 1 1 -> b n d")
 
 
-class PointQueries(nn.Module):
-    """One query per (query point, frame): the point's ``(t, y, x)`` encoding, the feature sampled there (what to
-    follow) and the target frame's encoding; the head outputs ``(x, y, visibility logit)`` in that frame."""
+class _FollowQueries(nn.Module):
+    """Shared by the tracking encoders: what to follow (coordinates + sampled appearance), asked once per frame."""
 
     reads_features = True
 
-    def __init__(self, cfg: ReadoutConfig, frames: int) -> None:
+    def __init__(self, cfg: ReadoutConfig, frames: int, num_coords: int, out_dim: int) -> None:
         super().__init__()
-        self.encoder = CoordEncoder(3, cfg)
+        self.encoder = CoordEncoder(num_coords, cfg)
         self.frames = FrameQueries(cfg, frames)
         self.appearance = nn.Linear(cfg.width, cfg.width)
-        self.out_dim = 3
+        self.out_dim = out_dim
+
+    def _every_frame(self, coords: Tensor, appearance: Tensor) -> Tensor:
+        """``coords (B, K, num_coords)``, sampled ``appearance (B, K, D)`` -> ``(B, K * T, D)``, ordered item-major."""
+        item = self.encoder(coords) + self.appearance(appearance)  # (B, K, D)
+        frame = self.frames(coords.shape[0])  # (B, T, D)
+        return rearrange(item[:, :, None] + frame[:, None], "b k t d -> b (k t) d")
+
+
+class PointQueries(_FollowQueries):
+    """One query per (query point, frame): the point's ``(t, y, x)`` encoding, the feature sampled there (what to
+    follow) and the target frame's encoding; the head outputs ``(x, y, visibility logit)`` in that frame."""
+
+    def __init__(self, cfg: ReadoutConfig, frames: int) -> None:
+        super().__init__(cfg, frames, num_coords=3, out_dim=3)
 
     def forward(self, tokens: Tensor, points: Tensor) -> Tensor:
         """``tokens (B, T_f, H_f, W_f, D)``, ``points (B, N, 3)`` normalised ``(t, y, x)`` -> ``(B, N * T, D)``,
         ordered point-major."""
-        point = self.encoder(points) + self.appearance(sample_tokens(tokens, points))  # (B, N, D)
-        frame = self.frames(points.shape[0])  # (B, T, D)
-        return rearrange(point[:, :, None] + frame[:, None], "b n t d -> b (n t) d")
+        return self._every_frame(points, sample_tokens(tokens, points))
 
 
-class BoxQueries(nn.Module):
+class BoxQueries(_FollowQueries):
     """One query per (object, frame): its box ``(x0, y0, x1, y1)`` on the frame ``t`` where it is given, the mean
     feature of a 3 x 3 lattice inside that box, and the target frame's encoding; the head outputs the box there."""
 
-    reads_features = True
-
     def __init__(self, cfg: ReadoutConfig, frames: int) -> None:
-        super().__init__()
-        self.encoder = CoordEncoder(5, cfg)
-        self.frames = FrameQueries(cfg, frames)
-        self.appearance = nn.Linear(cfg.width, cfg.width)
-        self.out_dim = 4
+        super().__init__(cfg, frames, num_coords=5, out_dim=4)
 
     def forward(self, tokens: Tensor, boxes: Tensor, t: Tensor) -> Tensor:
         """``tokens (B, T_f, H_f, W_f, D)``, ``boxes (B, K, 4)`` normalised, ``t (B, K)`` normalised frame of the
@@ -143,6 +148,4 @@ class BoxQueries(nn.Module):
         xs = boxes[..., 0, None] + frac * (boxes[..., 2, None] - boxes[..., 0, None])  # (B, K, 3)
         lattice = torch.stack(torch.broadcast_tensors(t[..., None, None], ys[..., :, None], xs[..., None, :]), -1)
         feats = sample_tokens(tokens, lattice.reshape(b, k * 9, 3)).reshape(b, k, 9, -1).mean(2)  # (B, K, D)
-        obj = self.encoder(torch.cat([t[..., None], boxes], dim=-1)) + self.appearance(feats)  # (B, K, D)
-        frame = self.frames(b)  # (B, T, D)
-        return rearrange(obj[:, :, None] + frame[:, None], "b k t d -> b (k t) d")
+        return self._every_frame(torch.cat([t[..., None], boxes], dim=-1), feats)
