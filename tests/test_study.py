@@ -85,3 +85,20 @@ def test_report_renders(mini) -> None:
     cfg, run_dir = mini
     html = write_report(run_dir, study=cfg.name).read_text()
     assert "walt-video" in html and "point_tracking" in html and "data:image/png;base64" in html
+
+
+def test_a_moved_study_finds_its_tokenizer_from_any_directory(mini, tmp_path, monkeypatch) -> None:
+    import shutil
+
+    from diffprobe.backbones.registry import _tokenizer_run
+    from diffprobe.train.denoiser import load_denoiser
+
+    _, run_dir = mini
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir / "twins", moved / "twins")
+    shutil.copytree(run_dir / "tokenizer", moved / "tokenizer")
+    monkeypatch.chdir(tmp_path / "moved" / "twins")  # neither the study's directory nor its parent
+    twin = moved / "twins" / "main-video"
+    _, cfg, _ = load_denoiser(twin)
+    assert cfg.tokenizer == "../../tokenizer"
+    assert _tokenizer_run(twin).resolve() == (moved / "tokenizer").resolve()

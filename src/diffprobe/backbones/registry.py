@@ -19,7 +19,7 @@ from diffprobe.backbones.walt import LatentBackbone, WALTBackbone
 from diffprobe.data import ProbeWorldConfig
 from diffprobe.models import WALT
 from diffprobe.train.checkpoint import checkpoint_dir, load_model_weights
-from diffprobe.train.denoiser import latents_identity, load_denoiser, load_tokenizer
+from diffprobe.train.denoiser import DenoiserRunConfig, latents_identity, load_denoiser, load_tokenizer
 from diffprobe.train.export import META_FILE, read_export
 from diffprobe.utils.io import read_json
 
@@ -40,7 +40,7 @@ def _tokenizer_run(run: Path) -> Path:
     kind = read_json(meta_path)["kind"]
     if kind == "tokenizer":
         return run
-    return Path(read_export(run, "denoiser")["config"]["tokenizer"])
+    return DenoiserRunConfig.from_dict(read_export(run, "denoiser")["config"]).tokenizer_dir(run)
 
 
 def load_backbone(spec: str, device: torch.device) -> ResolvedBackbone:
@@ -60,7 +60,7 @@ def load_backbone(spec: str, device: torch.device) -> ResolvedBackbone:
         raise ValueError(f"backbone spec {spec!r}: unknown kind {base!r}; known: walt, walt@STEP, walt-untrained, "
                          f"latents")
     denoiser, cfg, meta = load_denoiser(run)
-    tokenizer, tok_meta = load_tokenizer(cfg.tokenizer)
+    tokenizer, tok_meta = load_tokenizer(cfg.tokenizer_dir(run))
     step = meta["step"]
     if base == "walt-untrained":
         torch.manual_seed(0)

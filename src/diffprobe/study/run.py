@@ -15,6 +15,7 @@ Run directory::
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -87,7 +88,9 @@ def twin_dirs(cfg: StudyConfig, run_dir: Path) -> dict[tuple[str, str], Path]:
 
 def _twin_config(cfg: StudyConfig, run_dir: Path, size: str, mode: str):
     model = cfg.twin.model if size == MAIN else cfg.sizes[size]
-    return cfg.twin.replace(mode=mode, tokenizer=str(run_dir / "tokenizer"), model=model)
+    twin_dir = twin_dirs(cfg, run_dir)[size, mode]
+    tokenizer = os.path.relpath(run_dir / "tokenizer", twin_dir)  # "../../tokenizer": the study dir can move
+    return cfg.twin.replace(mode=mode, tokenizer=tokenizer, model=model)
 
 
 def plan_jobs(cfg: StudyConfig, run_dir: Path) -> list[tuple[Job, str, int]]:

@@ -73,7 +73,7 @@ def sample_cmd(run_dir: Path, num: int, steps: int, seed: int, fmt: str, out_dir
     from diffprobe.utils.runtime import resolve_device
 
     denoiser, cfg, _ = load_denoiser(run_dir)
-    tokenizer, _ = load_tokenizer(cfg.tokenizer)
+    tokenizer, _ = load_tokenizer(cfg.tokenizer_dir(run_dir))
     samples = generate(denoiser, tokenizer, cfg.mode, cfg.world, num, steps, seed, resolve_device(device),
                        progress=not quiet)
     grid = write_samples(samples, out_dir or run_dir / "samples", fmt,

@@ -10,6 +10,7 @@ number of tokens per batch and train for the same number of steps.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -57,6 +58,14 @@ class DenoiserRunConfig(Config):
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     per_frame_t: bool = False  #: independent noise levels per latent frame (FVDM-style) in video mode
 
+    def tokenizer_dir(self, run_dir: str | Path) -> Path:
+        """The tokenizer run of the twin in ``run_dir``. A relative ``tokenizer`` is looked up relative to the twin's
+        run directory first (a study stores ``../../tokenizer``, so its runs work from any directory and can be
+        moved), then relative to the working directory (``diffprobe train --tokenizer runs/tok``)."""
+        path = Path(self.tokenizer)
+        beside = Path(os.path.normpath(Path(run_dir) / path))  # lexical: the twin's own directory may not exist yet
+        return beside if not path.is_absolute() and beside.is_dir() else path
+
     def validate(self) -> None:
         if self.model.num_classes != 0:
             raise ConfigError("DenoiserRunConfig.model.num_classes: the Probe World twins are trained "
@@ -102,7 +111,7 @@ def train_denoiser(cfg: DenoiserRunConfig, run_dir: str | Path, cache: FeatureCa
     if not cfg.tokenizer:
         raise ConfigError("DenoiserRunConfig.tokenizer: give the run directory of a trained tokenizer")
     ctx = setup_distributed(cfg.train.device)
-    tokenizer, meta = load_tokenizer(cfg.tokenizer)
+    tokenizer, meta = load_tokenizer(cfg.tokenizer_dir(run_dir))
     latents = ensure_latents(cfg.world, tokenizer, meta["sha256"], cfg.mode, "train", cache, ctx.device, progress)
     frames = tokenizer.latent_shape(cfg.world.frames, cfg.world.height, cfg.world.width)[1]
     batch_size = cfg.train.batch_size * (frames if cfg.mode == "image" else 1)  # same tokens per batch
