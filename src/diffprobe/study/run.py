@@ -30,7 +30,16 @@ from diffprobe.config import ConfigError
 from diffprobe.features.cache import FeatureCache
 from diffprobe.features.sources import ensure_features, ensure_videos
 from diffprobe.study.config import StudyConfig
-from diffprobe.study.report_tasks import HIGHER_IS_BETTER, TASK_METRICS, relative_percent
+from diffprobe.study.report_tasks import (
+    HIGHER_IS_BETTER,
+    IMAGE,
+    LATENTS,
+    PRIOR,
+    TASK_METRICS,
+    UNTRAINED,
+    VIDEO,
+    relative_percent,
+)
 from diffprobe.study.store import Cell, ResultsStore
 from diffprobe.tasks import TASKS
 from diffprobe.tasks.runner import prior_metrics, run_probe
@@ -106,11 +115,11 @@ def plan_jobs(cfg: StudyConfig, run_dir: Path) -> list[tuple[Job, str, int]]:
                     jobs.append((Job(name, spec, block, t, task, ns, ps), mode, step))
 
     video, image = dirs[MAIN, "video"], dirs[MAIN, "image"]
-    for name, spec, mode, step in (("walt-video", f"walt:{video}", "video", final),
-                                   ("walt-image", f"walt:{image}", "image", final),
-                                   ("walt-untrained", f"walt-untrained:{video}", "video", 0)):
+    for name, spec, mode, step in ((VIDEO, f"walt:{video}", "video", final),
+                                   (IMAGE, f"walt:{image}", "image", final),
+                                   (UNTRAINED, f"walt-untrained:{video}", "video", 0)):
         add(name, spec, mode, step, cfg.block, cfg.t, cfg.tasks)
-    add("latents", f"latents:{run_dir / 'tokenizer'}", "video", 0, 0, 0.0, cfg.tasks)
+    add(LATENTS, f"latents:{run_dir / 'tokenizer'}", "video", 0, 0, 0.0, cfg.tasks)
     for mode, d in (("video", video), ("image", image)):
         for t in cfg.noise_sweep:
             add(f"walt-{mode}", f"walt:{d}", mode, final, cfg.block, t, cfg.sweep_tasks)
@@ -181,7 +190,7 @@ def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: to
                 limits=cfg.probe_clips, progress=False))
             store.add(cell, res.test)
         for task in cfg.tasks:  # each task's no-information baseline, for reference
-            cell = Cell(cfg.name, "prior", "none", 0, 0, 0.0, 0, task, 0, cfg.probe.hash())
+            cell = Cell(cfg.name, PRIOR, "none", 0, 0, 0.0, 0, task, 0, cfg.probe.hash())
             if not store.has(cell):
                 store.add(cell, prior_metrics(cfg.world, task, cache, cfg.probe_clips, progress=False))
         store.export_csv(run_dir / "results.csv")
@@ -200,7 +209,7 @@ def _generation(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: to
         wanted.append((name, mode, size, cfg.twin.train.steps, f"walt:{d}"))
         if size == MAIN:
             wanted += [(name, mode, size, s, f"walt@{s}:{d}") for s in cfg.budget_steps]
-    wanted.append(("walt-untrained", "video", MAIN, 0, f"walt-untrained:{dirs[MAIN, 'video']}"))
+    wanted.append((UNTRAINED, "video", MAIN, 0, f"walt-untrained:{dirs[MAIN, 'video']}"))
     wanted = [w for w in wanted if (w[0], w[3]) not in done]
     if not wanted:
         return
@@ -222,8 +231,8 @@ def _generation(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: to
 def _pca(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: torch.device, progress: bool) -> None:
     """Frames and headline tokens of a few test clips under each WALT backbone, for the report's PCA figures."""
     dirs = twin_dirs(cfg, run_dir)
-    specs = {"walt-video": f"walt:{dirs[MAIN, 'video']}", "walt-image": f"walt:{dirs[MAIN, 'image']}",
-             "walt-untrained": f"walt-untrained:{dirs[MAIN, 'video']}"}
+    specs = {VIDEO: f"walt:{dirs[MAIN, 'video']}", IMAGE: f"walt:{dirs[MAIN, 'image']}",
+             UNTRAINED: f"walt-untrained:{dirs[MAIN, 'video']}"}
     files = [run_dir / "pca" / f"clip-{i:03d}.npz" for i in range(cfg.pca_clips)]
     if all(f.is_file() for f in files):
         return
@@ -269,12 +278,12 @@ def headline_table(cfg: StudyConfig, store_path: Path) -> str:
     and video vs image."""
     with ResultsStore(store_path) as store:
         rows = store.query(study=cfg.name)
-    names = ["walt-video", "walt-image", "walt-untrained", "latents", "prior"]
+    names = [VIDEO, IMAGE, UNTRAINED, LATENTS, PRIOR]
     final = cfg.twin.train.steps
 
     def value(backbone: str, task: str, metric: str) -> float:
-        block, t = (0, 0.0) if backbone in ("latents", "prior") else (cfg.block, cfg.t)
-        step = {"walt-video": final, "walt-image": final}.get(backbone, 0)
+        block, t = (0, 0.0) if backbone in (LATENTS, PRIOR) else (cfg.block, cfg.t)  # no blocks, no noise
+        step = final if backbone in (VIDEO, IMAGE) else 0
         vals = [r["value"] for r in rows if r["backbone"] == backbone and r["task"] == task and r["metric"] == metric
                 and r["block"] == block and r["t"] == t and r["checkpoint_step"] == step]
         return float(np.mean(vals)) if vals else float("nan")

@@ -158,7 +158,7 @@ def train_probe(task: Task, cfg: ProbeConfig, train: tuple[FeatureSet, Targets],
             validate(step + 1)
     validate(cfg.steps)
     chosen, _ = bank.best([b[0] for b in best])
-    score, step, _, state = best[chosen]
+    _, step, _, state = best[chosen]
     bank.probes[chosen].load_state_dict(state)
     test_preds = predict_split(task, bank, *test, cfg.eval_batch_size, device, only=chosen)[0]
     return ProbeResult(test=task.metrics(test_preds, test[1]), val=[b[2] for b in best],
