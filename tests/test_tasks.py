@@ -165,3 +165,31 @@ def test_priors_are_the_no_information_baselines(clips) -> None:
     pred = boxes.prior(b, b)["boxes"]
     assert np.array_equal(pred[:, :, 0], b["boxes"][:, :, 0]) and np.array_equal(pred[:, :, -1], b["boxes"][:, :, 0])
     assert boxes.metrics({"boxes": pred}, b)["mean_iou"] < 1.0  # objects move: copying the box is not perfect
+
+
+def test_an_untrained_probe_predicts_its_task_prior(clips) -> None:
+    """Zero-initialised head + the task's baseline from training targets = exactly ``Task.prior`` on any features."""
+    from diffprobe.readouts import ReadoutConfig
+
+    tgt = compute_targets([make_task(n, CTX) for n in TASKS], lambda i: clips[i], len(clips), progress=False)
+    feats = torch.randn(4, 2, 2, 2, 8, generator=torch.Generator().manual_seed(0))  # (B, T_f, H_f, W_f, C)
+    cfg = ReadoutConfig.preset("tiny")
+    for name in TASKS:
+        task = make_task(name, CTX)
+        train = {k: v[:4] for k, v in tgt[name].items()}
+        test = {k: v[4:] for k, v in tgt[name].items()}
+        baseline = task.baseline(train)
+        probe = task.make_probe(cfg, 8, (2, 2, 2)).set_baseline(
+            None if baseline is None else torch.from_numpy(baseline))
+        batch = {k: torch.from_numpy(v) for k, v in test.items()}
+        with torch.no_grad():
+            preds = task.predict(probe(feats, *task.query_inputs(batch)), batch)
+        prior = task.prior(train, test)
+        assert preds.keys() == prior.keys(), name
+        for key in prior:
+            assert preds[key].shape == prior[key].shape, (name, key)
+            assert np.allclose(preds[key], prior[key], rtol=1e-5, atol=1e-5), (name, key)
+        if name == "depth":  # the baseline is not trivial: it decodes to the per-pixel geometric mean
+            assert np.allclose(preds["depth"][0], np.exp(np.log(train["depth"]).mean(0)), rtol=1e-5)
+    with pytest.raises(ValueError, match="does not fit a head"):
+        make_task("action", CTX).make_probe(cfg, 8, (2, 2, 2)).set_baseline(torch.zeros(1, 3))

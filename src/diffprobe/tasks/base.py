@@ -68,10 +68,17 @@ class Task(ABC):
     def predict(self, out: Tensor, targets: dict[str, Tensor]) -> dict[str, np.ndarray]:
         """Task predictions (numpy, in pixels / classes / poses) of a batch."""
 
+    def baseline(self, train: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The head output ``(Q or 1, out_dim)`` that decodes to :meth:`prior`, from training targets alone.
+
+        A probe adds it to its zero-initialised head, so it starts at the prior and learns only what the features
+        add to it. ``None``: a zero output already decodes to the prior (offsets from the query)."""
+        return None
+
     @abstractmethod
     def prior(self, train: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Predictions for ``test`` that never look at a clip's pixels: statistics of ``train``'s targets and the
-        query itself (the no-information baseline a probe has to beat)."""
+        query itself (the no-information baseline a probe has to beat, and where an untrained probe starts)."""
 
     @abstractmethod
     def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:

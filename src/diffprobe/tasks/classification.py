@@ -37,11 +37,14 @@ class ClassificationTask(Task):
     def predict(self, out: Tensor, targets: dict[str, Tensor]) -> dict[str, np.ndarray]:
         return {"logits": class_logits(out).detach().float().cpu().numpy()}  # (B, K)
 
+    def baseline(self, train: dict[str, np.ndarray]) -> np.ndarray:
+        """The training label frequencies as logits ``(1, K)``, shared by every learned query."""
+        freq = np.bincount(train["label"], minlength=self.num_classes()) / len(train["label"])  # (K,)
+        return np.log(np.maximum(freq, 1e-6)).astype(np.float32)[None]
+
     def prior(self, train: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The training label frequencies as logits: the majority class, with the prior's cross-entropy."""
-        freq = np.bincount(train["label"], minlength=self.num_classes()) / len(train["label"])  # (K,)
-        logits = np.log(np.maximum(freq, 1e-6)).astype(np.float32)
-        return {"logits": np.repeat(logits[None], len(test["label"]), axis=0)}  # (N, K)
+        return {"logits": np.repeat(self.baseline(train), len(test["label"]), axis=0)}  # (N, K)
 
     def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
         logits, labels = preds["logits"], targets["label"]  # (N, K), (N,)

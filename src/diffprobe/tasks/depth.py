@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from diffprobe.metrics import depth_metrics
@@ -41,10 +42,16 @@ class DepthEstimation(Task):
     def predict(self, out: Tensor, targets: dict[str, Tensor]) -> dict[str, np.ndarray]:
         return {"depth": torch.exp(self._log_depth(out)).detach().float().cpu().numpy()}  # (B, T, H, W)
 
+    def baseline(self, train: dict[str, np.ndarray]) -> np.ndarray:
+        """Each pixel's mean training log-depth per frame, as patch-query outputs ``(T * H/p * W/p, p * p)``."""
+        c, p = self.ctx, self.patch
+        mean_log = np.log(train["depth"].astype(np.float64)).mean(axis=0).astype(np.float32)  # (T, H, W)
+        return rearrange(mean_log, "t (h p) (w q) -> (t h w) (p q)", h=c.height // p, w=c.width // p, p=p, q=p)
+
     def prior(self, train: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The scene prior: each pixel's geometric-mean training depth, per frame."""
-        mean_log = np.log(train["depth"].astype(np.float64)).mean(axis=0)  # (T, H, W)
-        return {"depth": np.repeat(np.exp(mean_log).astype(np.float32)[None], len(test["depth"]), axis=0)}
+        mean_log = self._log_depth(torch.from_numpy(self.baseline(train))[None])  # (1, T, H, W)
+        return {"depth": np.repeat(torch.exp(mean_log).numpy(), len(test["depth"]), axis=0)}
 
     def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
         pred, gt = preds["depth"], targets["depth"]  # (N, T, H, W)

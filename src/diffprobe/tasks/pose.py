@@ -4,6 +4,7 @@ camera-0), geodesic + L2 loss, rotation error in degrees and translation error i
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from diffprobe.metrics import pose_errors, relative_poses
@@ -32,12 +33,15 @@ class CameraPose(Task):
         rot, trans = head_to_pose(out)
         return {"rotation": rot.detach().float().cpu().numpy(), "translation": trans.detach().float().cpu().numpy()}
 
+    def baseline(self, train: dict[str, np.ndarray]) -> np.ndarray:
+        """No rotation offset and each frame's mean training translation, ``(T, 9)``."""
+        mean = train["translation"].astype(np.float64).mean(axis=0).astype(np.float32)  # (T, 3)
+        return np.concatenate([np.zeros((len(mean), 6), np.float32), mean], axis=1)
+
     def prior(self, train: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """No rotation, and each frame's mean training translation."""
-        n = len(test["rotation"])
-        rotation = np.broadcast_to(np.eye(3, dtype=np.float32), test["rotation"].shape).copy()  # (N, T, 3, 3)
-        translation = np.repeat(train["translation"].mean(axis=0)[None], n, axis=0)  # (N, T, 3)
-        return {"rotation": rotation, "translation": translation}
+        out = torch.from_numpy(np.repeat(self.baseline(train)[None], len(test["rotation"]), axis=0))  # (N, T, 9)
+        return self.predict(out, {})
 
     def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
         rows = [pose_errors(_pose(pr, pt), _pose(gr, gt)) for pr, pt, gr, gt in zip(

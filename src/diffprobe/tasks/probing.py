@@ -125,7 +125,10 @@ def train_probe(task: Task, cfg: ProbeConfig, train: tuple[FeatureSet, Targets],
         _check_sizes(tgts, feats)
     torch.manual_seed(cfg.seed)
     t_f, h_f, w_f, c = train[0].feature_shape
-    bank = ProbeBank.from_config(cfg.readout, lambda: task.make_probe(cfg.readout, c, (t_f, h_f, w_f))).to(device)
+    baseline = task.baseline(train[1])  # every probe starts at the task's prior (training targets only)
+    baseline = None if baseline is None else torch.from_numpy(baseline)
+    bank = ProbeBank.from_config(
+        cfg.readout, lambda: task.make_probe(cfg.readout, c, (t_f, h_f, w_f)).set_baseline(baseline)).to(device)
     batches = _train_batches(train[0], cfg.batch_size, cfg.seed)
     query_gen = torch.Generator().manual_seed(cfg.seed)
     recent: list[list[float]] = []

@@ -79,11 +79,18 @@ class PointTracking(Task):
         return {"tracks": denormalise_xy(xy, c.height, c.width).detach().float().cpu().numpy(),  # (B, N, T, 2)
                 "visible": (vis_logits > 0).cpu().numpy()}  # (B, N, T)
 
+    def baseline(self, train: dict[str, np.ndarray]) -> np.ndarray:
+        """No displacement, and the log-odds of a valid track being visible in a training frame, ``(1, 3)``."""
+        share = float(train["visible"][train["valid"]].mean())
+        share = min(max(share, 1e-3), 1.0 - 1e-3)
+        return np.array([[0.0, 0.0, np.log(share / (1.0 - share))]], np.float32)
+
     def prior(self, train: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Static points: every track stays visible at its query point."""
+        """Static points: every track stays at its query point, visible in every frame if most training points
+        are (occluded in every frame otherwise)."""
         xy = test["query"][..., [2, 1]]  # (N, Q, 2) as (x, y)
         return {"tracks": np.repeat(xy[:, :, None], self.ctx.frames, axis=2),  # (N, Q, T, 2)
-                "visible": np.ones(test["visible"].shape, bool)}
+                "visible": np.full(test["visible"].shape, bool(self.baseline(train)[0, 2] > 0))}
 
     def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
         hw = (self.ctx.height, self.ctx.width)
