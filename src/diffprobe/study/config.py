@@ -15,8 +15,8 @@ from diffprobe.train.denoiser import DenoiserRunConfig
 from diffprobe.train.feature_net import FeatureNetRunConfig
 from diffprobe.train.tokenizer import TokenizerRunConfig
 
-_TINY_WORLD = {**ProbeWorldConfig.PRESETS["tiny"], "train_size": 2048, "val_size": 128, "test_size": 256}
-# The CPU study (about 12 minutes on 2 cores): every task at the headline cell for the twins and both controls;
+_TINY_WORLD = {**ProbeWorldConfig.PRESETS["tiny"], "train_size": 2048, "val_size": 256, "test_size": 512}
+# The CPU study (about 25 minutes on 2 cores): every task at the headline cell for the twins and both controls;
 # noise and block sweeps, a second model size (micro) and two earlier checkpoints on action recognition.
 _TINY: dict[str, Any] = {
     "name": "probeworld-tiny",
@@ -28,9 +28,9 @@ _TINY: dict[str, Any] = {
     "noise_sweep": [0.0, 100.0, 200.0, 400.0, 700.0],
     "sweep_tasks": ["action"],
     "sizes": {"micro": WALTConfig.PRESETS["micro"]},
-    "budget_steps": [200, 400],
+    "budget_steps": [400, 800],
     "generation_samples": 64,
-    "probe_clips": {"train": 768, "val": 128, "test": 256},
+    "probe_clips": {"train": 2048, "val": 256, "test": 512},
     "sampling_steps": 20,
 }
 

@@ -29,9 +29,9 @@ class ProbeConfig(Config):
     """How every probe is trained (the readout's size and learning rates live in ``readout``)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        # CPU-sized: one learning rate, about 6 epochs of 1k clips; validation every 100 steps keeps each probe's
-        # best state (tiny probes overfit 1k clips of trained-WALT features within a few hundred steps).
-        "tiny": {"readout": {**ReadoutConfig.PRESETS["tiny"], "learning_rates": [2e-3]}, "steps": 200,
+        # CPU-sized: one learning rate, about 6 epochs of 2k clips; validation every 100 steps keeps each probe's
+        # best state (tiny probes overfit trained-WALT features within a few hundred steps).
+        "tiny": {"readout": {**ReadoutConfig.PRESETS["tiny"], "learning_rates": [2e-3]}, "steps": 400,
                  "batch_size": 32, "warmup_steps": 20, "eval_every": 100},
         "base": {"readout": ReadoutConfig.PRESETS["base"], "steps": 20_000, "batch_size": 128,
                  "warmup_steps": 1000, "eval_every": 2000},
