@@ -16,7 +16,7 @@ from diffprobe.train.feature_net import FeatureNetRunConfig
 from diffprobe.train.tokenizer import TokenizerRunConfig
 
 _TINY_WORLD = {**ProbeWorldConfig.PRESETS["tiny"], "train_size": 2048, "val_size": 256, "test_size": 512}
-# The CPU study (about 25 minutes on 2 cores): every task at the headline cell for the twins and both controls;
+# The CPU study (about 23 minutes on 2 cores): every task at the headline cell for the twins and both controls;
 # noise and block sweeps, a second model size (micro) and two earlier checkpoints on action recognition.
 _TINY: dict[str, Any] = {
     "name": "probeworld-tiny",
