@@ -63,8 +63,9 @@ class AttentionReadout(nn.Module):
         )
         self.head_norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, out_dim)
-        # zero-initialised head (as DiT's final layer): an untrained probe outputs zeros, which every task decodes to
-        # its no-information baseline (uniform logits, static points, copied boxes, no camera motion).
+        # zero-initialised head (as DiT's final layer): an untrained readout outputs zeros, which every decoder reads
+        # as "no change" (static points, copied boxes, no camera motion); Probe adds the task's baseline to reach the
+        # task's prior (class frequencies, scene depth, ...).
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
@@ -73,7 +74,7 @@ class AttentionReadout(nn.Module):
         embedding yet); query encoders that read features sample this grid."""
         if tuple(features.shape[1:4]) != self.feature_grid:
             raise ValueError(f"features grid {tuple(features.shape[1:4])} != readout grid {self.feature_grid}")
-        b, t, h, w, _ = features.shape
+        _, t, h, w, _ = features.shape
         tokens = rearrange(features, "b t h w c -> b (t h w) c")  # (B, N, C)
         if isinstance(self.feature_norm, nn.BatchNorm1d):
             tokens = self.feature_norm(tokens.transpose(1, 2)).transpose(1, 2)  # statistics over (B, N) per channel

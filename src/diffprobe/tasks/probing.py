@@ -90,7 +90,6 @@ def _train_batches(features: FeatureSet, batch_size: int, seed: int) -> Iterator
 
 
 @torch.no_grad()
-@torch.no_grad()
 def predict_split(task: Task, bank: ProbeBank, features: FeatureSet, targets: Targets, batch_size: int,
                   device: torch.device, only: int | None = None) -> list[dict[str, np.ndarray]]:
     """Every probe's predictions on a whole split (or just probe ``only``'s), stacked in clip-index order."""

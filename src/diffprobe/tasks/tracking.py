@@ -63,8 +63,7 @@ class PointTracking(Task):
 
     def _origin(self, targets: dict[str, Tensor]) -> Tensor:
         """Normalised ``(x, y)`` of the query points, ``(B, N, 2)``: the head predicts displacements from them."""
-        c = self.ctx
-        return normalise_query_points(targets["query"], c.frames, c.height, c.width)[..., [2, 1]]
+        return self.query_inputs(targets)[0][..., [2, 1]]  # (t, y, x) -> (x, y)
 
     def loss(self, out: Tensor, targets: dict[str, Tensor]) -> Tensor:
         c = self.ctx
