@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from diffprobe.data.preview import contact_sheet, save_gif
 from diffprobe.data.shards import write_shards
-from diffprobe.data.world import CATEGORIES, MOTIONS, SPLITS, ProbeWorld, ProbeWorldConfig
+from diffprobe.data.world import CATEGORIES, MOTIONS, SPLITS, WORLD_VERSION, ProbeWorld, ProbeWorldConfig
 from diffprobe.utils.cliopts import overrides_option
 
 
@@ -32,7 +32,7 @@ def world(preset: str, num: int, out_dir: Path, split: str, assignments: tuple[s
                                  f"(raise {split}_size with --set)", param_hint="--num")
     out_dir.mkdir(parents=True, exist_ok=True)
     config.save(out_dir / "config.json")
-    source = {"generator": "ProbeWorld", "config": config.to_dict(), "split": split}
+    source = {"generator": "ProbeWorld", "version": WORLD_VERSION, "config": config.to_dict(), "split": split}
     paths = write_shards(out_dir, num, dataset.batch, source, shard_size=shard_size)
     click.echo(f"wrote {num} clips in {len(paths)} shard(s) to {out_dir} (read with diffprobe.data.shards."
                f"ShardDataset)")

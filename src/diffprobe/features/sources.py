@@ -11,13 +11,14 @@ import torch
 from diffprobe.backbones.base import Backbone
 from diffprobe.backbones.walt import PixelBackbone
 from diffprobe.data import ProbeWorld, ProbeWorldConfig
+from diffprobe.data.world import WORLD_VERSION
 from diffprobe.features.cache import FeatureCache, FeatureKey, FeatureSet
 from diffprobe.features.extract import extract_features, video_loader
 
 
 def world_identity(config: ProbeWorldConfig) -> str:
-    """Cache name of a Probe World config: readable size plus the config hash."""
-    return f"probeworld-{config.height}x{config.width}x{config.frames}-{config.hash()}"
+    """Cache name of a Probe World config: generator version, readable size and the config hash."""
+    return f"probeworld-v{WORLD_VERSION}-{config.height}x{config.width}x{config.frames}-{config.hash()}"
 
 
 class WorldVideos:

@@ -7,6 +7,11 @@ from typing import Any, ClassVar
 
 from diffprobe.config import Config, ConfigError
 
+#: Version of Probe World's generator, part of every cache key: bump it whenever the same config renders different
+#: bytes. 2: wall and floor colours 0.3-0.55 apart in value (they were at most 0.25 apart, and camera motion was too
+#: faint for a probe, or a pixel CNN, to learn camera pose).
+WORLD_VERSION = 2
+
 #: Camera paths Probe World knows (see :mod:`diffprobe.data.world.camera`).
 CAMERA_PATHS: tuple[str, ...] = ("still", "pan", "tilt", "dolly", "orbit")
 

@@ -54,11 +54,14 @@ def _object_colours(rng: np.random.Generator) -> np.ndarray:
 
 
 def _background_colours(rng: np.random.Generator) -> np.ndarray:
-    """Two desaturated colours (2, 3) of similar hue, so objects stand out from the background."""
-    h, s, v, dh, dv = rng.random(5)
-    c1 = hsv_to_rgb(h, 0.3 * s, 0.35 + 0.4 * v)
-    c2 = hsv_to_rgb(h + 0.2 * (dh - 0.5), 0.3 * s, min(max(0.35 + 0.4 * v + 0.5 * (dv - 0.5), 0.1), 0.95))
-    return np.stack([c1, c2])
+    """Two desaturated colours (2, 3) of similar hue, so objects stand out from the background, 0.3-0.55 apart in
+    value (in random order), so the wall's and floor's textures, the only cue of camera motion that objects moving on
+    their own do not blur, stay visible at 32 px."""
+    h, s, v, dh, dv, order = rng.random(6)
+    lo = 0.2 + 0.25 * v
+    hi = lo + 0.3 + 0.25 * dv
+    c1, c2 = hsv_to_rgb(h, 0.3 * s, lo), hsv_to_rgb(h + 0.2 * (dh - 0.5), 0.3 * s, hi)
+    return np.stack([c1, c2]) if order < 0.5 else np.stack([c2, c1])
 
 
 def _surface_row(rng: np.random.Generator, family: int, colours: np.ndarray, freq: tuple[float, float],
