@@ -57,6 +57,9 @@ def test_study_fills_the_store_and_artifacts(mini) -> None:
     assert pca["tokens__walt-video"].shape[0] == 5  # video twin: one per latent frame
     table = headline_table(cfg, run_dir / "results.sqlite")
     assert all(task in table for task in TASKS) and "video/image" in table and "prior" in table
+    assert table.count("s.e.") == len(TASKS) and "video-untr. z" in table  # a s.e. row under each primary metric
+    assert all(np.isfinite(r["value"]) and r["value"] >= 0 for r in rows if r["metric"].endswith("_se"))
+    assert {r["metric"] for r in rows if r["backbone"] == "prior" and r["task"] == "action"} >= {"top1", "top1_se"}
     assert json.loads((run_dir / "study_config.json").read_text()) == cfg.to_dict()
 
 

@@ -74,6 +74,40 @@ def test_wrong_predictions_score_worse(clips) -> None:
     assert task.metrics(shifted, tgt)["mean_iou"] < 0.9
 
 
+def test_per_clip_scores_average_to_the_split_metric(clips) -> None:
+    """Each clip scored alone: their mean is the split's primary metric (per-clip means for every task but box
+    tracking, which pools (box, frame) pairs), a clip with nothing to score is NaN, and the reported standard error
+    is the spread of those scores over sqrt(N)."""
+    tasks = [make_task(n, CTX) for n in TASKS]
+    targets = compute_targets(tasks, lambda i: clips[i], len(clips), progress=False)
+    for task in tasks:
+        tgt = targets[task.name]
+        prior = task.prior(tgt, tgt)
+        per = task.per_clip(prior, tgt)
+        assert per.shape == (len(clips),)
+        m = task.metrics_with_se(prior, tgt)
+        if task.name != "box_tracking":
+            assert np.nanmean(per) == pytest.approx(m[task.primary_metric], rel=1e-9), task.name
+        finite = per[np.isfinite(per)]
+        assert m[f"{task.primary_metric}_se"] == pytest.approx(np.std(finite, ddof=1) / np.sqrt(finite.size))
+    # classification: a clip's score is whether it is right, so the s.e. is sqrt(p (1 - p) / (N - 1))
+    task = make_task("action", CTX)
+    tgt = targets["action"]
+    logits = np.zeros((len(clips), CTX.num_motions), np.float32)
+    logits[np.arange(len(clips)), tgt["label"]] = 1.0
+    logits[:3] = np.roll(logits[:3], 1, axis=1)  # three clips wrong
+    assert task.per_clip({"logits": logits}, tgt).tolist() == [0.0] * 3 + [1.0] * (len(clips) - 3)
+    p = (len(clips) - 3) / len(clips)
+    assert task.metrics_with_se({"logits": logits}, tgt)["top1_se"] == pytest.approx(
+        np.sqrt(p * (1 - p) / (len(clips) - 1)))
+    # point tracking: a clip without a valid query has no score
+    task = make_task("point_tracking", CTX)
+    tgt = {k: v.copy() for k, v in targets["point_tracking"].items()}
+    tgt["valid"][0] = False
+    per = task.per_clip(task.prior(tgt, tgt), tgt)
+    assert np.isnan(per[0]) and np.isfinite(per[1:]).all()
+
+
 def test_probe_learns_from_features_that_carry_the_answer(tmp_path) -> None:
     """Features = a fixed random embedding of the action label: the probe must reach high accuracy; features of
     pure noise must stay near chance. Both go through the cache and the validation-selected probe."""

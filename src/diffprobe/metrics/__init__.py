@@ -9,6 +9,7 @@ from diffprobe.metrics.classification import top1_accuracy
 from diffprobe.metrics.depth import align_depth, depth_metrics
 from diffprobe.metrics.frechet import feature_statistics, frechet_distance, psd_sqrt
 from diffprobe.metrics.pose import invert_rigid, pose_errors, relative_poses, rotation_angle_deg
+from diffprobe.metrics.stats import standard_error
 from diffprobe.metrics.tapvid import (
     THRESHOLDS,
     rescale_query_points,
@@ -34,6 +35,7 @@ __all__ = [
     "rescale_tracks",
     "rotation_angle_deg",
     "sample_queries",
+    "standard_error",
     "tapvid_metrics",
     "top1_accuracy",
 ]

@@ -15,6 +15,7 @@ Run directory::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable
@@ -275,7 +276,9 @@ def run_study(cfg: StudyConfig, run_dir: str | Path, progress: bool = True) -> P
 
 def headline_table(cfg: StudyConfig, store_path: Path) -> str:
     """The results table: each task's metrics at the headline cell for every backbone and the no-information prior,
-    and video vs image."""
+    with the primary metric's standard error over test clips (``s.e.``); video vs image, and the video twin against
+    the untrained control in standard errors (``z = (video - untrained) / sqrt(se_v^2 + se_u^2)``, positive when the
+    video twin is better; |z| > 2 is a difference larger than test-set noise)."""
     with ResultsStore(store_path) as store:
         rows = store.query(study=cfg.name)
     names = [VIDEO, IMAGE, UNTRAINED, LATENTS, PRIOR]
@@ -288,11 +291,21 @@ def headline_table(cfg: StudyConfig, store_path: Path) -> str:
                 and r["block"] == block and r["t"] == t and r["checkpoint_step"] == step]
         return float(np.mean(vals)) if vals else float("nan")
 
-    head = f"{'task':<16}{'metric':<28}" + "".join(f"{n:>16}" for n in names) + f"{'video/image':>14}"
+    head = (f"{'task':<16}{'metric':<28}" + "".join(f"{n:>16}" for n in names) + f"{'video/image':>14}"
+            + f"{'video-untr. z':>15}")
     lines = [head, "-" * len(head)]
     for task in (t for t in TASKS if t in cfg.tasks):
         for metric in TASK_METRICS[task]:
             vals = [value(n, task, metric) for n in names]
             rel = relative_percent(vals[0], vals[1], HIGHER_IS_BETTER[metric])
-            lines.append(f"{task:<16}{metric:<28}" + "".join(f"{v:>16.4f}" for v in vals) + f"{rel:>13.1f}%")
+            line = f"{task:<16}{metric:<28}" + "".join(f"{v:>16.4f}" for v in vals) + f"{rel:>13.1f}%"
+            if metric != TASK_METRICS[task][0]:
+                lines.append(line)
+                continue
+            se = [value(n, task, f"{metric}_se") for n in names]
+            sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+            noise = math.hypot(se[0], se[2])
+            z = sign * (vals[0] - vals[2]) / noise if noise > 0 else math.nan  # NaN: no spread measured
+            lines.append(line + f"{z:>15.1f}")
+            lines.append(f"{'':<16}{'  s.e.':<28}" + "".join(f"{v:>16.4f}" for v in se))
     return "\n".join(lines)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffprobe.metrics import standard_error
 from diffprobe.readouts import Probe, ReadoutConfig
 
 Clip = dict[str, np.ndarray]
@@ -83,3 +84,19 @@ class Task(ABC):
     @abstractmethod
     def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
         """Metrics over a whole split, from stacked predictions and targets."""
+
+    def per_clip(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> np.ndarray:
+        """The primary metric of every clip scored alone, ``(N,)``; NaN where a clip has nothing to score.
+
+        Their spread gives the split metric's standard error (clips are the independent units of a test set)."""
+        n = len(next(iter(targets.values())))
+        out = np.full(n, np.nan)
+        for i in range(n):
+            one = {k: v[i:i + 1] for k, v in preds.items()}, {k: v[i:i + 1] for k, v in targets.items()}
+            out[i] = self.metrics(*one)[self.primary_metric]
+        return out
+
+    def metrics_with_se(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
+        """:meth:`metrics` plus ``<primary>_se``, the primary metric's standard error over the split's clips."""
+        return {**self.metrics(preds, targets),
+                f"{self.primary_metric}_se": standard_error(self.per_clip(preds, targets))}

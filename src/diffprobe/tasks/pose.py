@@ -46,7 +46,14 @@ class CameraPose(Task):
     def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
         rows = [pose_errors(_pose(pr, pt), _pose(gr, gt)) for pr, pt, gr, gt in zip(
             preds["rotation"], preds["translation"], targets["rotation"], targets["translation"], strict=True)]
-        return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+        return {k: _finite_mean([r[k] for r in rows]) for k in rows[0]}
+
+
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the finite values; NaN when there are none (the translation angle of clips whose camera is still)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
 
 
 def _pose(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:

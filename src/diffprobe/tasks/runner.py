@@ -75,4 +75,4 @@ def prior_metrics(world: ProbeWorldConfig, task_name: str, cache: FeatureCache, 
         targets = _load_targets(str(ensure_targets(world, split, cache, progress)), task.name)
         n = None if limits is None else limits[split]
         split_targets[split] = {k: v[:n] for k, v in targets.items()}
-    return task.metrics(task.prior(split_targets["train"], split_targets["test"]), split_targets["test"])
+    return task.metrics_with_se(task.prior(split_targets["train"], split_targets["test"]), split_targets["test"])

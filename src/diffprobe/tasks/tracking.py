@@ -93,7 +93,8 @@ class PointTracking(Task):
 
     def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
         hw = (self.ctx.height, self.ctx.width)
-        per_video: dict[str, list[float]] = {}
+        names = ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")
+        per_video: dict[str, list[float]] = {k: [] for k in names}  # NaN for a split with no valid query
         for i, valid in enumerate(targets["valid"]):  # one video at a time: only its valid queries
             if not valid.any():
                 continue
@@ -101,9 +102,9 @@ class PointTracking(Task):
                 rescale_query_points(targets["query"][i][valid], hw)[None],
                 ~targets["visible"][i][valid][None], rescale_tracks(targets["tracks"][i][valid], hw)[None],
                 ~preds["visible"][i][valid][None], rescale_tracks(preds["tracks"][i][valid], hw)[None], "first")
-            for k in ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy"):
-                per_video.setdefault(k, []).append(float(m[k][0]))
-        return {k: float(np.nanmean(v)) for k, v in per_video.items()}
+            for k in names:
+                per_video[k].append(float(m[k][0]))
+        return {k: float(np.nanmean(v)) if v else float("nan") for k, v in per_video.items()}
 
 
 class BoxTracking(Task):
