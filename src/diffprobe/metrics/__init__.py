@@ -9,7 +9,7 @@ from diffprobe.metrics.classification import top1_accuracy
 from diffprobe.metrics.depth import align_depth, depth_metrics
 from diffprobe.metrics.frechet import feature_statistics, frechet_distance, psd_sqrt
 from diffprobe.metrics.pose import invert_rigid, pose_errors, relative_poses, rotation_angle_deg
-from diffprobe.metrics.stats import standard_error
+from diffprobe.metrics.stats import finite_mean, standard_error
 from diffprobe.metrics.tapvid import (
     THRESHOLDS,
     rescale_query_points,
@@ -25,6 +25,7 @@ __all__ = [
     "box_iou",
     "depth_metrics",
     "feature_statistics",
+    "finite_mean",
     "frechet_distance",
     "invert_rigid",
     "mean_box_iou",

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffprobe.metrics import pose_errors, relative_poses
+from diffprobe.metrics import finite_mean, pose_errors, relative_poses
 from diffprobe.readouts import FrameQueries, Probe, ReadoutConfig, head_to_pose, pose_loss
 from diffprobe.tasks.base import Clip, Task
 
@@ -46,14 +46,7 @@ class CameraPose(Task):
     def metrics(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
         rows = [pose_errors(_pose(pr, pt), _pose(gr, gt)) for pr, pt, gr, gt in zip(
             preds["rotation"], preds["translation"], targets["rotation"], targets["translation"], strict=True)]
-        return {k: _finite_mean([r[k] for r in rows]) for k in rows[0]}
-
-
-def _finite_mean(values: list[float]) -> float:
-    """Mean of the finite values; NaN when there are none (the translation angle of clips whose camera is still)."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    return float(v.mean()) if v.size else float("nan")
+        return {k: finite_mean([r[k] for r in rows]) for k in rows[0]}
 
 
 def _pose(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
