@@ -3,6 +3,7 @@ HTML page with every section and its PNG figures, skipped optional inputs, and t
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -157,6 +158,11 @@ def test_relative_bars_equal_hand_computed(full_run) -> None:
                              "this difference measures nothing.")
     better = [*worse, prior.__class__(**{**prior.__dict__, "percent": 90.0})]
     assert "Neither" not in summary_sentences(better, "walt-video")[0]  # the image twin (100%) beats a 90% prior
+    # with standard errors stored, the sentence says how many the difference is: (0.4 - 0.5) / hypot(0.032, 0.024)
+    noisy = [dataclasses.replace(b, se=se) for b, se in zip(worse, (0.032, 0.024), strict=True)]
+    assert "; -2.5 test-set standard errors)" in summary_sentences(noisy, "walt-video")[0]
+    noisier = [dataclasses.replace(b, se=0.1) for b in worse]
+    assert "; -0.7 test-set standard errors, within the noise)" in summary_sentences(noisier, "walt-video")[0]
 
 
 def test_sweeps_scale_points_and_best(full_run) -> None:

@@ -206,6 +206,7 @@ class Bar:
     percent: float  # relative_percent(stat.mean, reference.mean)
     lo: float  # the worst replicate, relative to reference.mean
     hi: float  # the best replicate, relative to reference.mean
+    se: float = math.nan  # the metric's standard error over test clips (mean over replicates); NaN: not stored
 
 
 def main_backbones(data: StudyData) -> list[str]:
@@ -240,8 +241,9 @@ def relative_bars(data: StudyData, heads: Mapping[str, tuple[int, float]],
                     notes.append(f"{task}: {b} has no {metric} at its headline (block {blk}, t {fmt_num(t)})")
                 continue
             ends = [relative_percent(v, ref.mean, hib) for v in (st.lo, st.hi)]
+            se = data.get(b, data.final_step(b), blk, t, task, f"{metric}_se")
             bars.append(Bar(task, metric, b, blk, t, st, ref, relative_percent(st.mean, ref.mean, hib),
-                            min(ends), max(ends)))
+                            min(ends), max(ends), math.nan if se is None else se.mean))
     return bars, notes
 
 
@@ -266,6 +268,10 @@ def summary_sentences(bars: Iterable[Bar], video: str, image: str = IMAGE) -> li
             verdict = f"video and image tie on {task}"
         detail = (f"{v.metric} {fmt_num(v.stat.mean)} vs {fmt_num(i.stat.mean)}, {direction} is better; "
                   f"n = {v.stat.n} vs {i.stat.n}")
+        noise = math.hypot(v.se, i.se)
+        if noise > 0:  # False for NaN: no standard errors stored
+            z = (v.stat.mean - i.stat.mean) / noise * (1.0 if higher_is_better(v.metric) else -1.0)
+            detail += f"; {z:+.1f} test-set standard errors" + (", within the noise" if abs(z) < 2 else "")
         controls = [f"{c} {fmt_pct(bs[c].percent)}" for c in CONTROLS if c in bs]
         tail = f"; controls relative to image: {', '.join(controls)}" if controls else ""
         warn = ""
