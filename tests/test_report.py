@@ -30,7 +30,13 @@ from diffprobe.study.report_data import (
     sweep_curves,
     table_rows,
 )
-from diffprobe.study.report_tasks import TASK_METRICS, higher_is_better, relative_change, relative_percent
+from diffprobe.study.report_tasks import (
+    TASK_METRICS,
+    higher_is_better,
+    margin_z,
+    relative_change,
+    relative_percent,
+)
 from diffprobe.study.store import Cell, ResultsStore
 from diffprobe.utils.io import atomic_write_json
 
@@ -119,6 +125,9 @@ def test_relative_formulas_by_hand() -> None:
     assert math.isnan(relative_percent(0.5, 0.0, True)) and math.isnan(relative_percent(0.0, 0.3, False))
     assert relative_change(0.45, 0.5, True) == pytest.approx(-10.0)
     assert relative_change(0.4, 0.5, False) == pytest.approx(25.0)
+    assert margin_z(0.6, 0.5, 0.03, 0.04, True) == pytest.approx(2.0)  # 0.1 / hypot(0.03, 0.04)
+    assert margin_z(0.2, 0.25, 0.03, 0.04, False) == pytest.approx(1.0)  # lower error: positive
+    assert math.isnan(margin_z(0.6, 0.5, 0.0, 0.0, True)) and math.isnan(margin_z(0.6, 0.5, math.nan, 0.1, True))
 
 
 def test_headline_is_the_centre_of_the_sweep(full_run) -> None:

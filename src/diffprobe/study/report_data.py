@@ -23,6 +23,7 @@ from diffprobe.study.report_tasks import (
     TASK_METRICS,
     backbone_order,
     higher_is_better,
+    margin_z,
     primary_metric,
     relative_change,
     relative_percent,
@@ -268,9 +269,8 @@ def summary_sentences(bars: Iterable[Bar], video: str, image: str = IMAGE) -> li
             verdict = f"video and image tie on {task}"
         detail = (f"{v.metric} {fmt_num(v.stat.mean)} vs {fmt_num(i.stat.mean)}, {direction} is better; "
                   f"n = {v.stat.n} vs {i.stat.n}")
-        noise = math.hypot(v.se, i.se)
-        if noise > 0:  # False for NaN: no standard errors stored
-            z = (v.stat.mean - i.stat.mean) / noise * (1.0 if higher_is_better(v.metric) else -1.0)
+        z = margin_z(v.stat.mean, i.stat.mean, v.se, i.se, higher_is_better(v.metric))
+        if not math.isnan(z):  # NaN: no standard errors stored
             detail += f"; {z:+.1f} test-set standard errors" + (", within the noise" if abs(z) < 2 else "")
         controls = [f"{c} {fmt_pct(bs[c].percent)}" for c in CONTROLS if c in bs]
         tail = f"; controls relative to image: {', '.join(controls)}" if controls else ""

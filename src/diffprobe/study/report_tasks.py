@@ -8,6 +8,8 @@ Formulas (stated once, here and in docs/report.md):
   or half the error) is 200%.
 - ``relative_change(v, h)`` = ``relative_percent(v, h) - 100``: the change relative to a curve's own value at
   the headline point, 0% there.
+- ``margin_z(a, b, se_a, se_b)`` = ``(a - b) / sqrt(se_a^2 + se_b^2)``, signed so that positive means ``a`` is
+  better: the difference of two cells in test-set standard errors (|z| < 2 is within the noise).
 """
 
 from __future__ import annotations
@@ -90,3 +92,12 @@ def relative_percent(value: float, reference: float, higher_better: bool) -> flo
 def relative_change(value: float, at_headline: float, higher_better: bool) -> float:
     """Relative change in percent from a curve's headline value (0 at the headline, positive = better)."""
     return relative_percent(value, at_headline, higher_better) - 100.0
+
+
+def margin_z(a: float, b: float, se_a: float, se_b: float, higher_better: bool) -> float:
+    """``a``'s margin over ``b`` in standard errors, positive when ``a`` is better; NaN when neither standard error
+    is known and positive (no spread measured)."""
+    noise = math.hypot(se_a, se_b)
+    if not noise > 0:  # also NaN
+        return math.nan
+    return (a - b) / noise * (1.0 if higher_better else -1.0)

@@ -15,7 +15,6 @@ Run directory::
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from diffprobe.study.report_tasks import (
     TASK_METRICS,
     UNTRAINED,
     VIDEO,
+    margin_z,
     relative_percent,
 )
 from diffprobe.study.store import Cell, ResultsStore
@@ -303,9 +303,7 @@ def headline_table(cfg: StudyConfig, store_path: Path) -> str:
                 lines.append(line)
                 continue
             se = [value(n, task, f"{metric}_se") for n in names]
-            sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-            noise = math.hypot(se[0], se[2])
-            z = sign * (vals[0] - vals[2]) / noise if noise > 0 else math.nan  # NaN: no spread measured
+            z = margin_z(vals[0], vals[2], se[0], se[2], HIGHER_IS_BETTER[metric])
             lines.append(line + f"{z:>15.1f}")
             lines.append(f"{'':<16}{'  s.e.':<28}" + "".join(f"{v:>16.4f}" for v in se))
     return "\n".join(lines)
