@@ -9,7 +9,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffprobe.metrics import mean_box_iou, rescale_query_points, rescale_tracks, sample_queries, tapvid_metrics
+from diffprobe.metrics import (
+    finite_mean,
+    mean_box_iou,
+    rescale_query_points,
+    rescale_tracks,
+    sample_queries,
+    tapvid_metrics,
+)
 from diffprobe.readouts import (
     BoxQueries,
     PointQueries,
@@ -104,7 +111,7 @@ class PointTracking(Task):
                 ~preds["visible"][i][valid][None], rescale_tracks(preds["tracks"][i][valid], hw)[None], "first")
             for k in names:
                 per_video[k].append(float(m[k][0]))
-        return {k: float(np.nanmean(v)) if v else float("nan") for k, v in per_video.items()}
+        return {k: finite_mean(v) for k, v in per_video.items()}
 
 
 class BoxTracking(Task):
