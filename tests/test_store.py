@@ -11,7 +11,7 @@ from diffprobe.study.store import Cell, ResultsStore
 
 def _cell(**kw) -> Cell:
     base = dict(study="s", backbone="walt-video", mode="video", checkpoint_step=100, block=3, t=200.0,
-                noise_seed=0, task="action", probe_seed=0, config_hash="abc")
+                noise_seed=0, task="action", dataset="d0", probe_seed=0, config_hash="abc")
     base.update(kw)
     return Cell(**base)
 

@@ -16,7 +16,7 @@ from diffprobe.study.store import ResultsStore
 from diffprobe.tasks import TASKS
 
 MINI = [
-    "world.train_size=48", "world.val_size=16", "world.test_size=16", "world.num_tracks=16",
+    "dataset=probeworld:tiny@train_size=48,val_size=16,test_size=16,num_tracks=16",
     "tokenizer.train.steps=3", "tokenizer.stats_clips=16",
     "twin.train.steps=4", "twin.train.ckpt_every=2", "twin.train.keep_steps=[2]", "budget_steps=[2]",
     "twin.model.depth=2", "block=2", "block_sweep=[1,2]", "noise_sweep=[0,200]",
@@ -52,8 +52,8 @@ def test_study_fills_the_store_and_artifacts(mini) -> None:
         ("walt-image@micro", 4), ("walt-untrained", 0)}
     assert all(g["frechet_distance"] >= 0 for g in gen) and all("clip_fd" in g for g in gen if g["mode"] == "video")
     pca = np.load(run_dir / "pca" / "clip-000.npz")
-    assert pca["frames"].shape == (cfg.world.frames, 32, 32, 3)
-    assert pca["tokens__walt-image"].shape[0] == cfg.world.frames  # image twin: one token grid per frame
+    assert pca["frames"].shape == (9, 32, 32, 3)
+    assert pca["tokens__walt-image"].shape[0] == 9  # image twin: one token grid per frame
     assert pca["tokens__walt-video"].shape[0] == 5  # video twin: one per latent frame
     table = headline_table(cfg, run_dir / "results.sqlite")
     assert all(task in table for task in TASKS) and "video/image" in table and "prior" in table
@@ -93,7 +93,7 @@ def test_report_renders(mini) -> None:
 def test_a_moved_study_finds_its_tokenizer_from_any_directory(mini, tmp_path, monkeypatch) -> None:
     import shutil
 
-    from diffprobe.backbones.registry import _tokenizer_run
+    from diffprobe.models.exports import read_walt_run
     from diffprobe.train.denoiser import load_denoiser
 
     _, run_dir = mini
@@ -104,4 +104,4 @@ def test_a_moved_study_finds_its_tokenizer_from_any_directory(mini, tmp_path, mo
     twin = moved / "twins" / "main-video"
     _, cfg, _ = load_denoiser(twin)
     assert cfg.tokenizer == "../../tokenizer"
-    assert _tokenizer_run(twin).resolve() == (moved / "tokenizer").resolve()
+    assert read_walt_run(twin).tokenizer_dir.resolve() == (moved / "tokenizer").resolve()

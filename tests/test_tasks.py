@@ -14,8 +14,8 @@ from diffprobe.tasks.probing import ProbeConfig, train_probe
 from diffprobe.tasks.targets import compute_targets, load_targets, save_targets
 
 CFG = ProbeWorldConfig.preset("tiny").replace(num_tracks=16, train_size=48, val_size=16, test_size=16)
-CTX = TaskContext(frames=CFG.frames, height=CFG.height, width=CFG.width, num_categories=len(CATEGORIES),
-                  num_motions=len(MOTIONS), max_objects=CFG.max_objects)
+CTX = TaskContext(frames=CFG.frames, height=CFG.height, width=CFG.width,
+                  label_spaces={"label": tuple(CATEGORIES), "action": tuple(MOTIONS)}, max_objects=CFG.max_objects)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def clips() -> list[dict]:
 def _perfect(task_name: str, targets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The predictions a perfect probe would make, in each task's prediction format."""
     if task_name in ("image_cls", "action"):
-        n = CTX.num_categories if task_name == "image_cls" else CTX.num_motions
+        n = len(CTX.label_spaces["label" if task_name == "image_cls" else "action"])
         return {"logits": np.eye(n, dtype=np.float32)[targets["label"]] * 10}
     if task_name == "depth":
         return {"depth": targets["depth"]}
@@ -39,7 +39,7 @@ def _perfect(task_name: str, targets: dict[str, np.ndarray]) -> dict[str, np.nda
 
 def test_targets_and_perfect_scores(clips, tmp_path) -> None:
     tasks = [make_task(n, CTX) for n in TASKS]
-    targets = compute_targets(tasks, lambda i: clips[i], len(clips), progress=False)
+    targets = compute_targets(tasks, clips, len(clips), progress=False)
     save_targets(tmp_path / "t.safetensors", targets)
     for task in tasks:
         tgt = load_targets(tmp_path / "t.safetensors", task.name)
@@ -69,7 +69,7 @@ def test_targets_and_perfect_scores(clips, tmp_path) -> None:
 
 def test_wrong_predictions_score_worse(clips) -> None:
     task = make_task("box_tracking", CTX)
-    tgt = compute_targets([task], lambda i: clips[i], len(clips), progress=False)["box_tracking"]
+    tgt = compute_targets([task], clips, len(clips), progress=False)["box_tracking"]
     shifted = {"boxes": tgt["boxes"] + np.array([4, 0, 4, 0], np.float32)}
     assert task.metrics(shifted, tgt)["mean_iou"] < 0.9
 
@@ -79,7 +79,7 @@ def test_per_clip_scores_average_to_the_split_metric(clips) -> None:
     tracking, which pools (box, frame) pairs), a clip with nothing to score is NaN, and the reported standard error
     is the spread of those scores over sqrt(N)."""
     tasks = [make_task(n, CTX) for n in TASKS]
-    targets = compute_targets(tasks, lambda i: clips[i], len(clips), progress=False)
+    targets = compute_targets(tasks, clips, len(clips), progress=False)
     for task in tasks:
         tgt = targets[task.name]
         prior = task.prior(tgt, tgt)
@@ -93,7 +93,7 @@ def test_per_clip_scores_average_to_the_split_metric(clips) -> None:
     # classification: a clip's score is whether it is right, so the s.e. is sqrt(p (1 - p) / (N - 1))
     task = make_task("action", CTX)
     tgt = targets["action"]
-    logits = np.zeros((len(clips), CTX.num_motions), np.float32)
+    logits = np.zeros((len(clips), len(MOTIONS)), np.float32)
     logits[np.arange(len(clips)), tgt["label"]] = 1.0
     logits[:3] = np.roll(logits[:3], 1, axis=1)  # three clips wrong
     assert task.per_clip({"logits": logits}, tgt).tolist() == [0.0] * 3 + [1.0] * (len(clips) - 3)
@@ -137,7 +137,7 @@ def test_probe_learns_from_features_that_carry_the_answer(tmp_path) -> None:
 
 def test_point_tracking_trains_on_a_random_subset_of_valid_tracks(clips) -> None:
     task = make_task("point_tracking", CTX)
-    tgt = compute_targets([task], lambda i: clips[i], len(clips), progress=False)["point_tracking"]
+    tgt = compute_targets([task], clips, len(clips), progress=False)["point_tracking"]
     batch = {k: torch.from_numpy(v) for k, v in tgt.items()}
     gen = torch.Generator().manual_seed(0)
     sub = task.training_batch(batch, 4, gen)
@@ -174,7 +174,7 @@ def test_validation_selects_the_best_state_along_training(tmp_path) -> None:
 
 def test_priors_are_the_no_information_baselines(clips) -> None:
     """Each task's prior uses only training targets and the query: hand-checkable predictions and scores."""
-    tgt = compute_targets([make_task(n, CTX) for n in TASKS], lambda i: clips[i], len(clips), progress=False)
+    tgt = compute_targets([make_task(n, CTX) for n in TASKS], clips, len(clips), progress=False)
     cls = make_task("image_cls", CTX)
     train, test = {"label": np.array([3, 3, 1])}, {"label": np.array([3, 1, 1, 5])}
     assert cls.metrics(cls.prior(train, test), test)["top1"] == 0.25  # always the majority class 3
@@ -205,7 +205,7 @@ def test_an_untrained_probe_predicts_its_task_prior(clips) -> None:
     """Zero-initialised head + the task's baseline from training targets = exactly ``Task.prior`` on any features."""
     from diffprobe.readouts import ReadoutConfig
 
-    tgt = compute_targets([make_task(n, CTX) for n in TASKS], lambda i: clips[i], len(clips), progress=False)
+    tgt = compute_targets([make_task(n, CTX) for n in TASKS], clips, len(clips), progress=False)
     feats = torch.randn(4, 2, 2, 2, 8, generator=torch.Generator().manual_seed(0))  # (B, T_f, H_f, W_f, C)
     cfg = ReadoutConfig.preset("tiny")
     for name in TASKS:

@@ -7,15 +7,18 @@ import numpy as np
 import pytest
 import torch
 
+from diffprobe.data.splits import resolve_roles
 from diffprobe.features.cache import FeatureCache
 from diffprobe.features.sources import pixel_key
 from diffprobe.models import frames_to_input
-from diffprobe.train.denoiser import DenoiserRunConfig, load_denoiser, load_tokenizer, train_denoiser
+from diffprobe.models.exports import load_tokenizer
+from diffprobe.train.denoiser import DenoiserRunConfig, load_denoiser, train_denoiser
 from diffprobe.train.logging import read_metrics
 from diffprobe.train.sample import generate, write_samples
 from diffprobe.train.tokenizer import TokenizerRunConfig, train_tokenizer
 
-WORLD = ["world.train_size=32", "world.val_size=8", "world.test_size=8", "world.num_tracks=8"]
+WORLD = ["dataset=probeworld:tiny@train_size=32,val_size=8,test_size=8,num_tracks=8"]
+CLIP = (9, 32, 32)  # frames, height, width of the tiny world
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,8 @@ def test_tokenizer_export_sets_unit_latents(tokenizer_run) -> None:
     tok, meta = load_tokenizer(root / "tok")
     assert meta["step"] == 3 and meta["latent_scale"] > 0
     assert float(tok.latent_scale) == pytest.approx(meta["latent_scale"])
-    videos = FeatureCache(root / "cache").open(pixel_key(cfg.world, "train")).load_all()[1]
+    clips = resolve_roles({"train": cfg.dataset})["train"].clips
+    videos = FeatureCache(root / "cache").open(pixel_key(clips)).load_all()[1]
     with torch.no_grad():
         z = tok.encode(frames_to_input(videos[:16]))
     assert z.shape == (16, 8, 5, 8, 8)
@@ -76,12 +80,12 @@ def test_sampling_is_deterministic(tokenizer_run, tmp_path) -> None:
     model, cfg, _ = load_denoiser(root / "video")
     tok, _ = load_tokenizer(cfg.tokenizer)
     dev = torch.device("cpu")
-    a = generate(model, tok, "video", cfg.world, 3, 4, seed=7, device=dev, progress=False)
-    b = generate(model, tok, "video", cfg.world, 3, 4, seed=7, device=dev, progress=False)
-    c = generate(model, tok, "video", cfg.world, 3, 4, seed=8, device=dev, progress=False)
+    a = generate(model, tok, "video", CLIP, 3, 4, seed=7, device=dev, progress=False)
+    b = generate(model, tok, "video", CLIP, 3, 4, seed=7, device=dev, progress=False)
+    c = generate(model, tok, "video", CLIP, 3, 4, seed=8, device=dev, progress=False)
     assert a.shape == (3, 9, 32, 32, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b) and not np.array_equal(a, c)
-    images = generate(model, tok, "image", cfg.world, 2, 4, seed=7, device=dev, progress=False)
+    images = generate(model, tok, "image", CLIP, 2, 4, seed=7, device=dev, progress=False)
     assert images.shape == (2, 1, 32, 32, 3)
     grid = write_samples(a, tmp_path / "s", fmt="gif")
     assert grid.is_file() and (tmp_path / "s" / "sample-000.gif").is_file()

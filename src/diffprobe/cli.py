@@ -13,11 +13,12 @@ import click
 #: command name -> "module:attribute" of a ``click.Command``. One line per command, in pipeline order.
 COMMANDS: dict[str, str] = {
     "world": "diffprobe.data.cli:world",
+    "data": "diffprobe.data.cli:data_group",
     "train-tokenizer": "diffprobe.train.cli:train_tokenizer_cmd",
     "train": "diffprobe.train.cli:train_cmd",
     "sample": "diffprobe.train.cli:sample_cmd",
     "extract": "diffprobe.features.cli:extract_cmd",
-    "probe": "diffprobe.tasks.cli:probe_cmd",
+    "probe": "diffprobe.study.probe_cli:probe_cmd",
     "study": "diffprobe.study.cli:study_cmd",
     "report": "diffprobe.study.report:report",
 }

@@ -1,80 +1,121 @@
-"""Backbones by name: ``KIND:PATH`` specs that the CLI and the study resolve to a :class:`Backbone`.
+"""Backbones by spec: ``KIND[@OPTIONS]:PATH``, resolved through one registry (kind -> factory).
 
 | spec | backbone |
 | ``walt:RUN`` | a trained WALT twin (its run's mode: image or video), exported EMA weights |
-| ``walt@STEP:RUN`` | the same twin at training checkpoint STEP (EMA weights), for training-budget sweeps |
-| ``walt-untrained:RUN`` | the same architecture and tokenizer as RUN, randomly initialised (seed 0) |
+| ``walt@STEP:RUN`` (``walt@step=STEP:RUN``) | the same twin at training checkpoint STEP (EMA weights) |
+| ``walt-untrained:RUN`` | the same architecture and tokenizer as RUN, randomly initialised (``seed``, default 0) |
 | ``latents:RUN`` | the tokenizer latents themselves (RUN: a tokenizer run or a twin run), video mode |
+
+Options are ``KEY=VALUE`` pairs separated by commas; each kind declares the ones it takes, so an unknown option is an
+error listing the known ones. The caller chooses the data: a backbone knows only the spec of the data its weights
+were trained on (``trained_on``), which commands use as their default dataset.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from diffprobe.backbones.base import Backbone
 from diffprobe.backbones.walt import LatentBackbone, WALTBackbone
-from diffprobe.data import ProbeWorldConfig
 from diffprobe.models import WALT
-from diffprobe.train.checkpoint import checkpoint_dir, load_model_weights
-from diffprobe.train.denoiser import DenoiserRunConfig, latents_identity, load_denoiser, load_tokenizer
-from diffprobe.train.export import META_FILE, read_export
-from diffprobe.utils.io import read_json
+from diffprobe.models.exports import latents_identity, load_tokenizer, read_export, read_walt_run, run_kind
+
+
+class SpecError(ValueError):
+    """A backbone spec is malformed, names an unknown kind, or gives an option the kind does not take."""
 
 
 @dataclass(frozen=True)
 class ResolvedBackbone:
     backbone: Backbone
-    world: ProbeWorldConfig  #: the world the backbone's models were trained on (its default dataset)
     mode: str  #: "video" or "image" (how the backbone sees a clip)
     step: int  #: training step of the weights (0 for untrained / not applicable)
+    trained_on: str | None  #: dataset spec its weights were trained on, when known
 
 
-def _tokenizer_run(run: Path) -> Path:
-    """A twin run's tokenizer run, or ``run`` itself when it is a tokenizer run."""
-    meta_path = run / META_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path}: no exported model (has the run finished?)")
-    kind = read_json(meta_path)["kind"]
-    if kind == "tokenizer":
-        return run
-    return DenoiserRunConfig.from_dict(read_export(run, "denoiser")["config"]).tokenizer_dir(run)
+#: a factory: (path, options, spec, device) -> resolved backbone
+Factory = Callable[[Path, dict[str, str], str, torch.device], ResolvedBackbone]
+
+
+def _options(spec: str, options: dict[str, str], known: dict[str, type]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise SpecError(f"backbone spec {spec!r}: unknown option(s) {unknown}; this kind takes {sorted(known)}")
+    out = {}
+    for key, value in options.items():
+        try:
+            out[key] = known[key](value)
+        except ValueError as e:
+            raise SpecError(f"backbone spec {spec!r}: option {key}={value!r} is not a {known[key].__name__}") from e
+    return out
+
+
+def _walt(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
+    opts = _options(spec, options, {"step": int})
+    run = read_walt_run(path)
+    tokenizer, tok_meta = load_tokenizer(run.tokenizer_dir)
+    encoder = latents_identity(tok_meta["sha256"], run.mode)
+    if "step" in opts:
+        step = opts["step"]
+        denoiser, identity = run.checkpoint(step), f"walt-{run.mode}-{run.sha256[:12]}-step{step}"
+    else:
+        step, denoiser, identity = run.step, run.denoiser(), f"walt-{run.mode}-{run.sha256[:12]}"
+    return ResolvedBackbone(WALTBackbone(tokenizer, denoiser, run.mode, identity, device, encoder_identity=encoder),
+                            run.mode, step, run.dataset)
+
+
+def _walt_untrained(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
+    seed = _options(spec, options, {"seed": int}).get("seed", 0)  # documented default: seed 0
+    run = read_walt_run(path)
+    tokenizer, tok_meta = load_tokenizer(run.tokenizer_dir)
+    torch.manual_seed(seed)
+    denoiser = WALT(run.model).eval()
+    identity = f"walt-untrained-{run.model.hash()}-{tok_meta['sha256'][:12]}" + (f"-seed{seed}" if seed else "")
+    backbone = WALTBackbone(tokenizer, denoiser, run.mode, identity, device,
+                            encoder_identity=latents_identity(tok_meta["sha256"], run.mode))
+    return ResolvedBackbone(backbone, run.mode, 0, run.dataset)
+
+
+def _latents(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
+    _options(spec, options, {})
+    tok_run = path if run_kind(path) == "tokenizer" else read_walt_run(path).tokenizer_dir
+    tokenizer, meta = load_tokenizer(tok_run)
+    return ResolvedBackbone(LatentBackbone(tokenizer, latents_identity(meta["sha256"], "video"), device), "video", 0,
+                            read_export(tok_run, "tokenizer")["config"]["dataset"])
+
+
+#: kind -> factory
+BACKBONES: dict[str, Factory] = {
+    "walt": _walt,
+    "walt-untrained": _walt_untrained,
+    "latents": _latents,
+}
+
+
+def parse_backbone_spec(spec: str) -> tuple[str, dict[str, str], str]:
+    """``KIND[@OPTIONS]:PATH`` -> ``(kind, options, path)``; ``walt@STEP`` is short for ``walt@step=STEP``."""
+    head, sep, path = spec.partition(":")
+    if not sep or not head or not path:
+        raise SpecError(f"backbone spec {spec!r}: expected KIND[@OPTIONS]:PATH, e.g. walt:runs/video; known kinds "
+                        f"are {sorted(BACKBONES)}")
+    kind, _, text = head.partition("@")
+    options: dict[str, str] = {}
+    for item in filter(None, text.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            key, value = "step", item  # walt@400
+        options[key.strip()] = value.strip()
+    return kind, options, path
 
 
 def load_backbone(spec: str, device: torch.device) -> ResolvedBackbone:
-    """Resolve a ``KIND:PATH`` spec (see the module docstring); errors name the spec and the problem."""
-    if ":" not in spec:
-        raise ValueError(f"backbone spec {spec!r}: expected KIND:PATH, e.g. walt:runs/video")
-    kind, path = spec.split(":", 1)
-    run = Path(path)
-    base, _, step_text = kind.partition("@")
-    if base == "latents":
-        tok_run = _tokenizer_run(run)
-        tokenizer, meta = load_tokenizer(tok_run)
-        world = ProbeWorldConfig.from_dict(meta["config"]["world"])
-        return ResolvedBackbone(LatentBackbone(tokenizer, latents_identity(meta["sha256"], "video"), device), world,
-                                "video", 0)
-    if base not in ("walt", "walt-untrained"):
-        raise ValueError(f"backbone spec {spec!r}: unknown kind {base!r}; known: walt, walt@STEP, walt-untrained, "
-                         f"latents")
-    denoiser, cfg, meta = load_denoiser(run)
-    tokenizer, tok_meta = load_tokenizer(cfg.tokenizer_dir(run))
-    step = meta["step"]
-    if base == "walt-untrained":
-        torch.manual_seed(0)
-        denoiser, step = WALT(cfg.model).eval(), 0
-        identity = f"walt-untrained-{cfg.model.hash()}-{tok_meta['sha256'][:12]}"
-    elif step_text:
-        step = int(step_text)
-        ckpt = checkpoint_dir(run, step)
-        if not ckpt.is_dir():
-            raise FileNotFoundError(f"{ckpt}: no checkpoint at step {step} in {run} (see {run / 'ckpt'})")
-        denoiser = load_model_weights(ckpt, WALT(cfg.model), ema=cfg.train.ema_decay > 0).eval()
-        identity = f"walt-{cfg.mode}-{meta['sha256'][:12]}-step{step}"
-    else:
-        identity = f"walt-{cfg.mode}-{meta['sha256'][:12]}"
-    backbone = WALTBackbone(tokenizer, denoiser, cfg.mode, identity, device,
-                            encoder_identity=latents_identity(tok_meta["sha256"], cfg.mode))
-    return ResolvedBackbone(backbone, cfg.world, cfg.mode, step)
+    """Resolve a spec (see the module docstring); errors name the spec and the problem."""
+    kind, options, path = parse_backbone_spec(spec)
+    if kind not in BACKBONES:
+        raise SpecError(f"backbone spec {spec!r}: unknown kind {kind!r}; known kinds are {sorted(BACKBONES)}")
+    return BACKBONES[kind](Path(path), options, spec, device)

@@ -100,20 +100,3 @@ class LatentBackbone(Backbone):
             return {0: rearrange(z, "(b t) c 1 h w -> b t h w c", b=video.shape[0])}  # (B, T, H', W', C)
         z = self.tokenizer.encode(frames_to_input(video))  # (B, C, T', H', W')
         return {0: rearrange(z, "b c t h w -> b t h w c")}
-
-
-class PixelBackbone(Backbone):
-    """The clip's own pixels, uint8 ``(B, T, H, W, 3)``, as block 0: caches rendered videos with the same
-    sharded, resumable machinery as features (training data for the tokenizer)."""
-
-    identity = "pixels"
-    num_blocks = 0
-
-    def __init__(self, device: torch.device | None = None) -> None:
-        self.device = device or torch.device("cpu")
-
-    def features(self, video: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int], t: float,
-                 noise_seed: int, ensemble: int = 1) -> dict[int, torch.Tensor]:
-        if list(blocks) != [0] or t != 0:
-            raise ValueError(f"PixelBackbone gives clean pixels at block 0 only, asked for {list(blocks)} at t={t}")
-        return {0: video}

@@ -1,4 +1,5 @@
-"""``diffprobe world``: write Probe World clips to shards, with previews (GIFs and a PNG contact sheet)."""
+"""``diffprobe world`` (Probe World clips to shards, with previews) and ``diffprobe data info / preview`` (what a
+dataset spec resolves to, and its clips with their labels drawn on)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from tqdm import tqdm
 from diffprobe.data.preview import contact_sheet, save_gif
 from diffprobe.data.shards import write_shards
 from diffprobe.data.world import CATEGORIES, MOTIONS, SPLITS, WORLD_VERSION, ProbeWorld, ProbeWorldConfig
-from diffprobe.utils.cliopts import overrides_option
+from diffprobe.utils.cliopts import overrides_option, report_skipped
+from diffprobe.utils.io import atomic_write_json
 
 
 @click.command("world")
@@ -42,5 +44,56 @@ def world(preset: str, num: int, out_dir: Path, split: str, assignments: tuple[s
         clips = dataset.batch(list(range(shown)), extras=True)
         for i, clip in enumerate(tqdm(clips, desc="preview GIFs", unit="clip")):
             save_gif(clip, preview / f"clip-{i:06d}.gif")
-        contact_sheet(clips, preview / "contact_sheet.png", names={"categories": CATEGORIES, "motions": MOTIONS})
+        contact_sheet(clips, preview / "contact_sheet.png", names={"label": CATEGORIES, "action": MOTIONS})
         click.echo(f"preview: {preview}/contact_sheet.png and {shown} GIF(s)")
+
+
+@click.group("data")
+def data_group() -> None:
+    """Inspect datasets given by spec (KIND:PATH[@KEY=VALUE,...], e.g. tapvid:davis.pkl@mode=strided)."""
+
+
+@data_group.command("info")
+@click.argument("spec")
+def info_cmd(spec: str) -> None:
+    """Print a dataset's identity, splits and clip counts, fields, label spaces and clip size."""
+    from diffprobe.data.registry import open_dataset
+
+    ds = open_dataset(spec)
+    d = ds.describe()
+    click.echo(f"{d['spec']}\n  identity   {d['identity']}\n  clips      {d['frames']} frames of "
+               f"{d['height']}x{d['width']} px")
+    click.echo("  splits     " + ", ".join(f"{k} ({v} clips)" for k, v in d["splits"].items()))
+    click.echo("  fields     " + ", ".join(d["fields"]))
+    for field, names in d["label_spaces"].items():
+        shown = ", ".join(f"{i}:{n}" for i, n in enumerate(names[:12])) + (" ..." if len(names) > 12 else "")
+        click.echo(f"  {field:<10} {len(names)} classes: {shown}")
+    if d["max_objects"]:
+        click.echo(f"  objects    at most {d['max_objects']} boxes a clip")
+    if "tracks" in ds.fields:
+        click.echo(f"  queries    TAP-Vid '{d['query_mode']}' mode")
+    report_skipped([ds], None)
+
+
+@data_group.command("preview")
+@click.argument("spec")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--split", default=None, help="Split to show (default: the dataset's first).")
+@click.option("--num", type=int, default=4, show_default=True, help="Clips shown (the first NUM of the split).")
+def preview_cmd(spec: str, out_dir: Path, split: str | None, num: int) -> None:
+    """Write a contact sheet (and a GIF per clip) with the labels drawn on the frames: tracks with visibility, boxes,
+    the depth map, the class names; the quickest check that a reader reads a dataset right."""
+    from diffprobe.data.registry import open_dataset
+
+    ds = open_dataset(spec)
+    clips = ds.clips(split or ds.splits[0])
+    shown = clips.batch(list(range(min(num, len(clips)))))
+    if not shown:
+        raise click.ClickException(f"{spec}: split {split or ds.splits[0]!r} has no clips")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, clip in enumerate(tqdm(shown, desc="preview GIFs", unit="clip")):
+        save_gif(clip, out_dir / f"clip-{i:06d}.gif")
+    contact_sheet(shown, out_dir / "contact_sheet.png", names=ds.label_spaces)
+    atomic_write_json(out_dir / "dataset.json", ds.describe())
+    click.echo(f"preview of {len(shown)} clip(s) of {spec}: {out_dir / 'contact_sheet.png'}")
+    report_skipped([ds], out_dir)

@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -143,6 +144,11 @@ class FeatureSet:
         for shard in order if order is not None else range(self.num_shards):
             yield self.load_shard(shard)
 
+    def rows(self) -> Rows:
+        """The clips' features as a map-style dataset that reads one clip at a time from its shard (memory-mapped),
+        for random access over a whole split without holding it in memory (training data)."""
+        return Rows(self)
+
     def load_all(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every clip's features, sorted by clip index (only for sets known to fit in memory, e.g. in tests)."""
         parts = list(self.iter_shards())
@@ -150,3 +156,29 @@ class FeatureSet:
         feats = torch.cat([p[1] for p in parts])
         order = torch.argsort(index)
         return index[order], feats[order]
+
+
+class Rows(torch.utils.data.Dataset):
+    """``rows[i]``: features ``(T_f, H_f, W_f, C)`` of clip ``i``, sliced from its memory-mapped shard."""
+
+    def __init__(self, features: FeatureSet) -> None:
+        self.features = features
+        self._open: dict[int, Any] = {}  # shard -> safe_open handle (opened lazily, per process)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from safetensors import safe_open
+
+        fs = self.features
+        if not 0 <= i < len(fs):
+            raise IndexError(f"{fs.path}: clip {i} out of range 0..{len(fs) - 1}")
+        shard, row = divmod(int(i), fs.shard_size)
+        if shard not in self._open:
+            path = fs.path / f"shard-{shard:05d}.safetensors"
+            try:
+                self._open[shard] = safe_open(str(path), framework="pt")
+            except Exception as e:  # safetensors raises its own error types; re-raise naming the file
+                raise ValueError(f"{path}: not a readable feature shard: {e}") from e
+        return self._open[shard].get_slice("features")[row]

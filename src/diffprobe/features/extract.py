@@ -9,20 +9,13 @@ import torch
 from tqdm.auto import tqdm
 
 from diffprobe.backbones.base import Backbone
-from diffprobe.features.cache import FeatureCache, FeatureKey, FeatureSet
+from diffprobe.features.cache import FeatureCache, FeatureKey
 
 #: view name -> function from videos (n, T, H, W, 3) to the backbone's input
 VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "clip": lambda video: video,
     "frame0": lambda video: video[:, :1],
 }
-
-
-def video_loader(videos: FeatureSet, view: str) -> Callable[[Sequence[int]], torch.Tensor]:
-    """``ids -> uint8 videos`` of a cached pixel set, cut to ``view`` (see :data:`VIEWS`)."""
-    if view not in VIEWS:
-        raise ValueError(f"unknown view {view!r}; known views are {sorted(VIEWS)}")
-    return lambda ids: VIEWS[view](videos.take(ids))
 
 
 def extract_features(
@@ -41,11 +34,13 @@ def extract_features(
     """Extract ``backbone`` features of clips ``0..num_clips-1`` at every block in ``blocks`` into ``cache``.
 
     ``load_inputs(indices)`` gives the backbone's input for those clips: uint8 videos (n, T, H, W, 3), or, with
-    ``encoded``, the output of ``backbone.encoder`` (fed to ``backbone.features_from_encoded``). ``key`` gives
-    everything but the block (its ``block`` field is ignored). Shards already on disk for every block are skipped,
-    so an interrupted run resumes where it stopped. Returns the keys.
+    ``encoded``, the output of ``backbone.encoder`` (fed to ``backbone.features_from_encoded``); a source with an
+    ``iterate(batches)`` method (:class:`~diffprobe.features.sources.VideoInputs`) reads its batches ahead.
+    ``key`` gives everything but the block (its ``block`` field is ignored). Shards already on disk for every block
+    are skipped, so an interrupted run resumes where it stopped. Returns the keys.
     """
     forward = backbone.features_from_encoded if encoded else backbone.features
+    read = getattr(load_inputs, "iterate", None) or (lambda batches: map(load_inputs, batches))
     keys = [replace(key, block=b) for b in blocks]
     todo = [k for k in keys if not cache.is_complete(k)]
     if not todo:
@@ -59,9 +54,9 @@ def extract_features(
             bar.update(hi - lo)
             continue
         outs: dict[int, list[torch.Tensor]] = {k.block: [] for k in todo}
-        for start in range(lo, hi, batch_size):
-            ids = list(range(start, min(hi, start + batch_size)))
-            inputs = load_inputs(ids).to(backbone.device)
+        batches = [list(range(start, min(hi, start + batch_size))) for start in range(lo, hi, batch_size)]
+        for ids, inputs in zip(batches, read(batches), strict=True):
+            inputs = inputs.to(backbone.device)
             with torch.no_grad():
                 feats = forward(inputs, torch.tensor(ids), [k.block for k in todo], key.t, key.noise_seed,
                                 key.ensemble)

@@ -1,74 +1,113 @@
-"""Where clips come from, for extraction: a dataset identity (for cache keys) and a batched video loader."""
+"""Where the inputs of extraction come from: a split's clips (decoded in a ``DataLoader`` with workers, streamed
+batch by batch) or the cache itself (pixels rendered or decoded once, encoder outputs).
+
+Cache keys name a clip sequence by its ``name`` (dataset identity / split [/ part]), so clips of changed data, another
+split or another part never share a cache entry.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from diffprobe.backbones.base import Backbone
-from diffprobe.backbones.walt import PixelBackbone
-from diffprobe.data import ProbeWorld, ProbeWorldConfig
-from diffprobe.data.world import WORLD_VERSION
+from diffprobe.data.dataset import ClipSequence
 from diffprobe.features.cache import FeatureCache, FeatureKey, FeatureSet
-from diffprobe.features.extract import extract_features, video_loader
+from diffprobe.features.extract import VIEWS, extract_features
+
+#: most bytes of clips held in one pixel shard before it is written (bounds the memory of caching a split)
+PIXEL_SHARD_BYTES = 256 << 20
 
 
-def world_identity(config: ProbeWorldConfig) -> str:
-    """Cache name of a Probe World config: generator version, readable size and the config hash."""
-    return f"probeworld-v{WORLD_VERSION}-{config.height}x{config.width}x{config.frames}-{config.hash()}"
+def cache_names(clips: ClipSequence) -> tuple[str, str]:
+    """``(dataset, split)`` parts of a feature key for a clip sequence named ``DATASET/SPLIT...``."""
+    dataset, _, split = clips.name.partition("/")
+    return dataset, split.replace("/", "-") or "all"
 
 
-class WorldVideos:
-    """Renders one split's videos in batches (the vectorised renderer is much faster on many clips at once)."""
-
-    def __init__(self, world: ProbeWorld) -> None:
-        self.world = world
-
-    def __len__(self) -> int:
-        return len(self.world)
-
-    def __call__(self, indices: Sequence[int]) -> torch.Tensor:
-        """uint8 videos ``(n, T, H, W, 3)``."""
-        return torch.from_numpy(np.stack([c["video"] for c in self.world.batch(list(indices))]))
+def _as_list(clips: list) -> list:
+    return clips
 
 
-def pixel_key(config: ProbeWorldConfig, split: str) -> FeatureKey:
-    return FeatureKey("pixels", world_identity(config), split, "clip", block=0, t=0.0, noise_seed=0)
+def iter_clips(clips: ClipSequence, batches: Sequence[Sequence[int]], workers: int = 0) -> Iterator[list[dict]]:
+    """Lists of Clip dicts, one per batch of indices, read ahead by ``workers`` processes (0: in this process)."""
+    loader = DataLoader(clips, batch_sampler=[list(b) for b in batches], num_workers=workers, collate_fn=_as_list)
+    yield from loader
 
 
-def ensure_videos(config: ProbeWorldConfig, split: str, cache: FeatureCache, progress: bool = True) -> FeatureSet:
-    """Render ``split`` of Probe World once into the cache (uint8, sharded, resumable) and open it."""
-    world = ProbeWorld(config, split=split)
-    key = pixel_key(config, split)
-    extract_features(PixelBackbone(), WorldVideos(world), len(world), key, [0], cache, batch_size=64,
-                     shard_size=1024, dtype=torch.uint8, progress=progress)
+class VideoInputs:
+    """uint8 videos ``(n, T, H, W, 3)`` of a clip sequence, cut to a view, for :func:`extract_features`."""
+
+    def __init__(self, clips: ClipSequence, view: str = "clip", workers: int = 0) -> None:
+        if view not in VIEWS:
+            raise ValueError(f"unknown view {view!r}; known views are {sorted(VIEWS)}")
+        self.clips, self.view, self.workers = clips, view, workers
+
+    def _stack(self, batch: list[dict]) -> torch.Tensor:
+        return VIEWS[self.view](torch.from_numpy(np.stack([c["video"] for c in batch])))
+
+    def __call__(self, ids: Sequence[int]) -> torch.Tensor:
+        return self._stack(self.clips.batch(list(ids)))
+
+    def iterate(self, batches: Sequence[Sequence[int]]) -> Iterator[torch.Tensor]:
+        for batch in iter_clips(self.clips, batches, self.workers):
+            yield self._stack(batch)
+
+
+class _Pixels(Backbone):
+    """The clips' own pixels as block 0, so decoded videos are cached with the features' sharded machinery."""
+
+    identity = "pixels"
+    num_blocks = 0
+    device = torch.device("cpu")
+
+    def features(self, video: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int], t: float,
+                 noise_seed: int, ensemble: int = 1) -> dict[int, torch.Tensor]:
+        return {0: video}
+
+
+def pixel_key(clips: ClipSequence) -> FeatureKey:
+    return FeatureKey("pixels", *cache_names(clips), "clip", block=0, t=0.0, noise_seed=0)
+
+
+def ensure_videos(clips: ClipSequence, cache: FeatureCache, progress: bool = True, workers: int = 0) -> FeatureSet:
+    """Decode (or render) a clip sequence once into the cache (uint8, sharded, resumable) and open it."""
+    key = pixel_key(clips)
+    if not cache.is_complete(key):
+        clip_bytes = int(np.prod(clips[0]["video"].shape))
+        shard = max(1, min(1024, PIXEL_SHARD_BYTES // clip_bytes))
+        extract_features(_Pixels(), VideoInputs(clips, "clip", workers), len(clips), key, [0], cache, batch_size=64,
+                         shard_size=shard, dtype=torch.uint8, progress=progress)
     return cache.open(key)
 
 
-def ensure_features(backbone: Backbone, world: ProbeWorldConfig, split: str, view: str, blocks: Sequence[int],
-                    t: float, noise_seed: int, cache: FeatureCache, ensemble: int = 1, limit: int | None = None,
-                    batch_size: int = 32, dtype: torch.dtype = torch.float16,
-                    progress: bool = True) -> dict[int, FeatureSet]:
-    """``backbone``'s features of one split (its first ``limit`` clips, or all) at every block, extracted once.
+def ensure_features(backbone: Backbone, clips: ClipSequence, view: str, blocks: Sequence[int], t: float,
+                    noise_seed: int, cache: FeatureCache, ensemble: int = 1, limit: int | None = None,
+                    batch_size: int = 32, dtype: torch.dtype = torch.float16, progress: bool = True,
+                    workers: int = 0) -> dict[int, FeatureSet]:
+    """``backbone``'s features of a clip sequence (its first ``limit`` clips, or all) at every block, extracted once.
 
-    A backbone with an ``encoder`` reads the encoder's output, itself cached once per split in float32 (for WALT:
-    the tokenizer latents, shared with twin training), so encoding is not repeated per noise level or block.
+    A backbone with an ``encoder`` reads the encoder's output, itself cached once per sequence in float32 (for WALT:
+    the tokenizer latents, shared with twin training), so encoding is not repeated per noise level or block. Other
+    backbones read the pixels, decoded once into the cache.
     """
-    num = world.split_size(split) if limit is None else min(limit, world.split_size(split))
-    dataset = world_identity(world) + ("" if limit is None else f"-first{num}")
+    num = len(clips) if limit is None else min(limit, len(clips))
+    dataset, split = cache_names(clips)
+    dataset += "" if limit is None else f"-first{num}"
     key = FeatureKey(backbone.identity, dataset, split, view, 0, float(t), noise_seed, ensemble)
     keys = [dataclasses.replace(key, block=b) for b in blocks]
     if not all(cache.is_complete(k) for k in keys):
         if backbone.encoder is not None:
-            enc = ensure_features(backbone.encoder, world, split, view, [0], 0.0, 0, cache, dtype=torch.float32,
-                                  batch_size=batch_size, progress=progress)[0]
+            enc = ensure_features(backbone.encoder, clips, view, [0], 0.0, 0, cache, dtype=torch.float32,
+                                  batch_size=batch_size, progress=progress, workers=workers)[0]
             extract_features(backbone, enc.take, num, key, blocks, cache, batch_size=batch_size, dtype=dtype,
                              encoded=True, progress=progress)
         else:
-            videos = ensure_videos(world, split, cache, progress=progress)
-            extract_features(backbone, video_loader(videos, view), num, key, blocks, cache, batch_size=batch_size,
-                             dtype=dtype, progress=progress)
+            videos = ensure_videos(clips, cache, progress=progress, workers=workers)
+            extract_features(backbone, lambda ids: VIEWS[view](videos.take(ids)), num, key, blocks, cache,
+                             batch_size=batch_size, dtype=dtype, progress=progress)
     return {k.block: cache.open(k) for k in keys}

@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 from diffprobe.config import Config, ConfigError
 from diffprobe.data import ProbeWorldConfig
+from diffprobe.data.splits import ROLES
+from diffprobe.data.world.dataset import probeworld_spec
 from diffprobe.models import WALTConfig
 from diffprobe.tasks import TASKS
 from diffprobe.tasks.probing import ProbeConfig
@@ -15,15 +17,15 @@ from diffprobe.train.denoiser import DenoiserRunConfig
 from diffprobe.train.feature_net import FeatureNetRunConfig
 from diffprobe.train.tokenizer import TokenizerRunConfig
 
-_TINY_WORLD = {**ProbeWorldConfig.PRESETS["tiny"], "train_size": 2048, "val_size": 256, "test_size": 512}
+_TINY_WORLD = probeworld_spec(ProbeWorldConfig.preset("tiny").replace(train_size=2048, val_size=256, test_size=512))
 # The CPU study (about 23 minutes on 2 cores): every task at the headline cell for the twins and both controls;
 # noise and block sweeps, a second model size (micro) and two earlier checkpoints on action recognition.
 _TINY: dict[str, Any] = {
     "name": "probeworld-tiny",
-    "world": _TINY_WORLD,
-    "tokenizer": {**TokenizerRunConfig.PRESETS["tiny"], "world": _TINY_WORLD},
-    "twin": {**DenoiserRunConfig.PRESETS["walt-tiny"], "world": _TINY_WORLD},
-    "feature_net": {**FeatureNetRunConfig.PRESETS["tiny"], "world": _TINY_WORLD},
+    "dataset": _TINY_WORLD,
+    "tokenizer": {**TokenizerRunConfig.PRESETS["tiny"], "dataset": _TINY_WORLD},
+    "twin": {**DenoiserRunConfig.PRESETS["walt-tiny"], "dataset": _TINY_WORLD},
+    "feature_net": {**FeatureNetRunConfig.PRESETS["tiny"], "dataset": _TINY_WORLD},
     "probe": ProbeConfig.PRESETS["tiny"],
     "noise_sweep": [0.0, 100.0, 200.0, 400.0, 700.0],
     "sweep_tasks": ["action"],
@@ -51,7 +53,11 @@ class StudyConfig(Config):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"tiny": _TINY}
 
     name: str = "probeworld"
-    world: ProbeWorldConfig = dataclasses.field(default_factory=ProbeWorldConfig)  #: the one world of the study
+    #: the study's dataset spec: the tokenizer, the twins and the feature net train on it, and every task is probed
+    #: on it unless ``task_data`` names other data for the task
+    dataset: str = "probeworld:tiny"
+    #: task -> {role: dataset spec} for train / val / test (``SPEC#SPLIT`` picks a split; see data.splits)
+    task_data: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     tokenizer: TokenizerRunConfig = dataclasses.field(default_factory=TokenizerRunConfig)
     twin: DenoiserRunConfig = dataclasses.field(default_factory=DenoiserRunConfig)
     feature_net: FeatureNetRunConfig = dataclasses.field(default_factory=FeatureNetRunConfig)
@@ -74,23 +80,31 @@ class StudyConfig(Config):
     device: str = "auto"
 
     def override(self, assignments: Iterable[str]) -> StudyConfig:
-        """As :meth:`Config.override`; a ``world.KEY=VALUE`` assignment also reaches the world of every sub-run
-        (tokenizer, twins, feature net), which must all train on the study's one world."""
+        """As :meth:`Config.override`; a ``dataset=SPEC`` assignment also reaches the dataset of every sub-run
+        (tokenizer, twins, feature net), which must all train on the study's one dataset."""
         expanded = []
         for item in assignments:
             expanded.append(item)
-            if item.startswith("world."):
+            if item.startswith("dataset="):
                 expanded += [f"{run}.{item}" for run in _RUNS]
         return super().override(expanded)
+
+    def roles(self, task: str) -> dict[str, str]:
+        """The dataset spec of each role of ``task``."""
+        return dict(self.task_data[task]) if task in self.task_data else dict.fromkeys(ROLES, self.dataset)
 
     def validate(self) -> None:
         if set(self.probe_clips) != {"train", "val", "test"} or min(self.probe_clips.values()) < 1:
             raise ConfigError(f"StudyConfig.probe_clips: need positive train, val and test counts, "
                               f"got {self.probe_clips}")
         for run in _RUNS:
-            if getattr(self, run).world != self.world:
-                raise ConfigError(f"StudyConfig.{run}.world differs from StudyConfig.world: every run of a study "
-                                  f"uses the study's world (set it with world.KEY=VALUE, which reaches them all)")
+            if getattr(self, run).dataset != self.dataset:
+                raise ConfigError(f"StudyConfig.{run}.dataset differs from StudyConfig.dataset: every run of a study "
+                                  f"trains on the study's dataset (set it with dataset=SPEC, which reaches them all)")
+        for task, roles in self.task_data.items():
+            if task not in TASKS or set(roles) != set(ROLES):
+                raise ConfigError(f"StudyConfig.task_data[{task!r}]: needs a known task and a dataset spec for each of "
+                                  f"{list(ROLES)}, got {sorted(roles)}")
         unknown = [t for t in (*self.tasks, *self.sweep_tasks) if t not in TASKS]
         if unknown:
             raise ConfigError(f"StudyConfig.tasks/sweep_tasks: unknown task(s) {unknown}; known: {list(TASKS)}")

@@ -27,8 +27,10 @@ from tqdm.auto import tqdm
 
 from diffprobe.backbones.registry import ResolvedBackbone, load_backbone
 from diffprobe.config import ConfigError
+from diffprobe.data.splits import ROLES, RoleData, resolve_roles
 from diffprobe.features.cache import FeatureCache
 from diffprobe.features.sources import ensure_features, ensure_videos
+from diffprobe.models.exports import META_FILE, load_tokenizer
 from diffprobe.study.config import StudyConfig
 from diffprobe.study.report_tasks import (
     HIGHER_IS_BETTER,
@@ -43,9 +45,8 @@ from diffprobe.study.report_tasks import (
 )
 from diffprobe.study.store import Cell, ResultsStore
 from diffprobe.tasks import TASKS
-from diffprobe.tasks.runner import prior_metrics, run_probe
-from diffprobe.train.denoiser import load_tokenizer, train_denoiser
-from diffprobe.train.export import META_FILE
+from diffprobe.tasks.runner import data_identity, prior_metrics, run_probe, task_roles
+from diffprobe.train.denoiser import train_denoiser
 from diffprobe.train.feature_net import FrechetEvaluator, load_feature_net, train_feature_net
 from diffprobe.train.sample import generate
 from diffprobe.train.tokenizer import train_tokenizer
@@ -155,27 +156,30 @@ def _train_models(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, timed: T
                                                                   progress=progress))
 
 
-def _prefetch(cfg: StudyConfig, rb: ResolvedBackbone, job: Job, todo: list[tuple[Job, Cell]], cache: FeatureCache,
-              timed: Timings) -> None:
-    """Extract, in one pass per split, every block that the remaining cells need at this job's (backbone, t,
-    noise seed, view): one denoiser forward serves the whole block sweep."""
+def _prefetch(cfg: StudyConfig, rb: ResolvedBackbone, job: Job, todo: list[tuple[Job, Cell]],
+              roles: dict[str, dict[str, RoleData]], cache: FeatureCache, timed: Timings) -> None:
+    """Extract, in one pass per role, every block that the remaining cells on the same clips need at this job's
+    (backbone, t, noise seed, view): one denoiser forward serves the whole block sweep."""
     view = TASKS[job.task].view
-    blocks = sorted({j.block for j, _ in todo if j.spec == job.spec and j.t == job.t
-                     and j.noise_seed == job.noise_seed and TASKS[j.task].view == view})
-    for split, limit in cfg.probe_clips.items():
-        timed("extract", lambda split=split, limit=limit: ensure_features(
-            rb.backbone, rb.world, split, view, blocks, job.t, job.noise_seed, cache, limit=limit, progress=False))
+    same = [j for j, _ in todo if j.spec == job.spec and j.t == job.t and j.noise_seed == job.noise_seed
+            and TASKS[j.task].view == view and cfg.roles(j.task) == cfg.roles(job.task)]
+    blocks = sorted({j.block for j in same})
+    for role in ROLES:
+        clips, limit = roles[job.task][role].clips, cfg.probe_clips[role]
+        timed("extract", lambda clips=clips, limit=limit: ensure_features(
+            rb.backbone, clips, view, blocks, job.t, job.noise_seed, cache, limit=limit, progress=False))
 
 
 def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: torch.device,
                 timed: Timings, progress: bool) -> None:
     jobs = plan_jobs(cfg, run_dir)
     backbones: dict[str, ResolvedBackbone] = {}
+    roles = {task: task_roles(task, cfg.roles(task)) for task in {j.task for j, _, _ in jobs} | set(cfg.tasks)}
     with ResultsStore(run_dir / "results.sqlite") as store:
         todo = []
         for job, mode, step in jobs:
             cell = Cell(cfg.name, job.backbone, mode, step, job.block, job.t, job.noise_seed, job.task,
-                        job.probe_seed, cfg.probe.hash())
+                        data_identity(roles[job.task]), job.probe_seed, cfg.probe.hash())
             if not store.has(cell):
                 todo.append((job, cell))
         bar = tqdm(todo, desc="probes", unit="cell", disable=not progress, dynamic_ncols=True)
@@ -185,15 +189,15 @@ def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: to
                 backbones[job.spec] = load_backbone(job.spec, device)
             rb = backbones[job.spec]
             probe_cfg = cfg.probe.replace(seed=job.probe_seed)
-            _prefetch(cfg, rb, job, todo, cache, timed)
+            _prefetch(cfg, rb, job, todo, roles, cache, timed)
             res = timed("probes", lambda rb=rb, job=job, probe_cfg=probe_cfg: run_probe(
-                rb.backbone, rb.world, job.task, job.block, job.t, job.noise_seed, probe_cfg, cache, device,
+                rb.backbone, roles[job.task], job.task, job.block, job.t, job.noise_seed, probe_cfg, cache, device,
                 limits=cfg.probe_clips, progress=False))
             store.add(cell, res.test)
         for task in cfg.tasks:  # each task's no-information baseline, for reference
-            cell = Cell(cfg.name, PRIOR, "none", 0, 0, 0.0, 0, task, 0, cfg.probe.hash())
+            cell = Cell(cfg.name, PRIOR, "none", 0, 0, 0.0, 0, task, data_identity(roles[task]), 0, cfg.probe.hash())
             if not store.has(cell):
-                store.add(cell, prior_metrics(cfg.world, task, cache, cfg.probe_clips, progress=False))
+                store.add(cell, prior_metrics(roles[task], task, cache, cfg.probe_clips, progress=False))
         store.export_csv(run_dir / "results.csv")
 
 
@@ -214,14 +218,16 @@ def _generation(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: to
     wanted = [w for w in wanted if (w[0], w[3]) not in done]
     if not wanted:
         return
-    world = cfg.tokenizer.world
-    real = ensure_videos(world, "test", cache, progress=progress).load_all()[1].numpy()  # (N, T, H, W, 3)
+    test = resolve_roles(dict.fromkeys(ROLES, cfg.dataset))["test"]
+    ds = test.dataset
+    real = ensure_videos(test.clips, cache, progress=progress).load_all()[1].numpy()  # (N, T, H, W, 3)
     evaluator = FrechetEvaluator(load_feature_net(run_dir / "feature_net"), real)
     tokenizer, _ = load_tokenizer(run_dir / "tokenizer")
     for name, mode, size, step, spec in tqdm(wanted, desc="generation FD", disable=not progress):
         rb = load_backbone(spec, device)
         samples = timed("generation", lambda rb=rb, mode=mode: generate(
-            rb.backbone.denoiser, tokenizer, mode, world, cfg.generation_samples, cfg.sampling_steps, seed=0,
+            rb.backbone.denoiser, tokenizer, mode, (ds.frames, ds.height, ds.width), cfg.generation_samples,
+            cfg.sampling_steps, seed=0,
             device=device, batch_size=64, progress=False))
         fd = evaluator(samples)
         rows.append({"backbone": name, "mode": mode, "model": size, "checkpoint_step": step,
@@ -237,12 +243,12 @@ def _pca(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: torch.dev
     files = [run_dir / "pca" / f"clip-{i:03d}.npz" for i in range(cfg.pca_clips)]
     if all(f.is_file() for f in files):
         return
-    world = cfg.tokenizer.world
-    videos = ensure_videos(world, "test", cache, progress=progress)
+    test = resolve_roles(dict.fromkeys(ROLES, cfg.dataset))["test"].clips
+    videos = ensure_videos(test, cache, progress=progress)
     tokens = {}
     for name, spec in specs.items():
         rb = load_backbone(spec, device)
-        feats = ensure_features(rb.backbone, world, "test", "clip", [cfg.block], cfg.t, 0, cache,
+        feats = ensure_features(rb.backbone, test, "clip", [cfg.block], cfg.t, 0, cache,
                                 limit=cfg.probe_clips["test"], progress=False)[cfg.block]
         tokens[name] = feats.take(range(cfg.pca_clips)).float().numpy()  # (n, T_f, H_f, W_f, C)
     frames = videos.take(range(cfg.pca_clips)).numpy()

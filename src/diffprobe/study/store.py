@@ -1,7 +1,7 @@
 """The results store: one SQLite file, one row per measured number, queryable and exportable to CSV.
 
-A *cell* is one trained probe: (study, backbone, mode, checkpoint step, block, t, noise seed, task, probe seed,
-config hash). A cell's metric rows are written in one transaction, so a cell is either fully in the store or
+A *cell* is one trained probe: (study, backbone, mode, checkpoint step, block, t, noise seed, task, dataset, probe
+seed, config hash). A cell's metric rows are written in one transaction, so a cell is either fully in the store or
 absent, and a cell already present is never recomputed.
 """
 
@@ -31,6 +31,7 @@ class Cell:
     t: float
     noise_seed: int
     task: str
+    dataset: str  #: which clips filled the task's train / val / test roles (tasks.runner.data_identity)
     probe_seed: int
     config_hash: str
 
@@ -57,8 +58,13 @@ class ResultsStore:
             self._db = sqlite3.connect(self.path)
             self._db.execute(_SCHEMA)
             self._db.commit()
+            have = [r[1] for r in self._db.execute("PRAGMA table_info(results)")]
         except sqlite3.DatabaseError as e:
             raise ValueError(f"{self.path}: not a diffprobe results store: {e}") from e
+        if have != COLUMNS:
+            self._db.close()
+            raise ValueError(f"{self.path}: a results store of another diffprobe version (columns {have}, expected "
+                             f"{COLUMNS}); move it away to start a new one, or use the diffprobe that wrote it")
 
     def close(self) -> None:
         self._db.close()

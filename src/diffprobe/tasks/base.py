@@ -22,14 +22,16 @@ Clip = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class TaskContext:
-    """What a task needs to know about the dataset: clip size and label spaces."""
+    """What a task needs to know about its data: clip size, label spaces (class names per class field), the most
+    boxes and point tracks in a clip, and the point-tracking query mode (TAP-Vid's ``first`` or ``strided``)."""
 
     frames: int
     height: int
     width: int
-    num_categories: int
-    num_motions: int
+    label_spaces: dict[str, tuple[str, ...]]
     max_objects: int
+    max_tracks: int = 0  #: 0: every clip has the same number of tracks
+    query_mode: str = "first"
 
 
 class Task(ABC):
@@ -37,6 +39,8 @@ class Task(ABC):
 
     name: str
     view: str  #: the backbone input: "clip" (the whole clip) or "frame0" (the first frame as an image)
+    fields: tuple[str, ...]  #: the Clip fields its targets read (a dataset without them cannot serve the task)
+    version: int = 1  #: bump when :meth:`targets` changes, so cached targets of the old definition are not reused
     primary_metric: str
     higher_is_better: bool
 

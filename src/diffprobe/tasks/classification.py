@@ -3,8 +3,6 @@ motion class, from the whole clip): learned queries, cross-entropy, top-1."""
 
 from __future__ import annotations
 
-from abc import abstractmethod
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -19,11 +17,11 @@ class ClassificationTask(Task):
 
     field: str
     primary_metric = "top1"
-    higher_is_better = True
 
-    @abstractmethod
     def num_classes(self) -> int:
-        """Size of the label space."""
+        """Size of the label space of :attr:`field`."""
+        return len(self.ctx.label_spaces[self.field])
+    higher_is_better = True
 
     def targets(self, clip: Clip) -> dict[str, np.ndarray]:
         return {"label": np.asarray(clip[self.field], dtype=np.int64)}
@@ -56,15 +54,11 @@ class ImageClassification(ClassificationTask):
     name = "image_cls"
     view = "frame0"
     field = "label"
-
-    def num_classes(self) -> int:
-        return self.ctx.num_categories
+    fields = ("video", "label")
 
 
 class ActionRecognition(ClassificationTask):
     name = "action"
     view = "clip"
     field = "action"
-
-    def num_classes(self) -> int:
-        return self.ctx.num_motions
+    fields = ("video", "action")

@@ -16,6 +16,8 @@ from diffprobe.tasks.base import Clip, Task, TaskContext
 class DepthEstimation(Task):
     name = "depth"
     view = "clip"
+    fields = ("video", "depth")
+    version = 2  # 2: pixels without a measurement (depth <= 0) are masked from the baseline
     primary_metric = "abs_rel"
     higher_is_better = False
 
@@ -43,9 +45,16 @@ class DepthEstimation(Task):
         return {"depth": torch.exp(self._log_depth(out)).detach().float().cpu().numpy()}  # (B, T, H, W)
 
     def baseline(self, train: dict[str, np.ndarray]) -> np.ndarray:
-        """Each pixel's mean training log-depth per frame, as patch-query outputs ``(T * H/p * W/p, p * p)``."""
+        """Each pixel's mean training log-depth per frame over the clips that measure it (real depth maps have holes,
+        ``depth <= 0``; a pixel never measured gets the mean of all measured pixels), as patch-query outputs
+        ``(T * H/p * W/p, p * p)``."""
         c, p = self.ctx, self.patch
-        mean_log = np.log(train["depth"].astype(np.float64)).mean(axis=0).astype(np.float32)  # (T, H, W)
+        depth = train["depth"].astype(np.float64)  # (N, T, H, W)
+        valid = np.isfinite(depth) & (depth > 0)
+        logd = np.log(np.where(valid, depth, 1.0))
+        count = valid.sum(axis=0)  # (T, H, W)
+        overall = logd[valid].mean() if valid.any() else 0.0
+        mean_log = np.where(count > 0, (logd * valid).sum(axis=0) / np.maximum(count, 1), overall).astype(np.float32)
         return rearrange(mean_log, "t (h p) (w q) -> (t h w) (p q)", h=c.height // p, w=c.width // p, p=p, q=p)
 
     def prior(self, train: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ from diffprobe.tasks.base import Clip, Task
 class CameraPose(Task):
     name = "camera_pose"
     view = "clip"
+    fields = ("video", "camera")
     primary_metric = "rotation_error_deg"
     higher_is_better = False
 

@@ -1,78 +1,132 @@
-"""Running one probe cell end to end: features of the three splits (extracted once, cached), targets (computed
-once, cached), the probe bank trained and selected, the test metrics returned."""
+"""Running one probe cell end to end: the clips of the task's train / val / test roles (from one dataset or three),
+their features (extracted once, cached), their targets (computed once, cached per dataset, task and task version),
+the probe bank trained and selected, the test metrics returned."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from diffprobe.backbones.base import Backbone
-from diffprobe.data import CATEGORIES, MOTIONS, ProbeWorld, ProbeWorldConfig
+from diffprobe.data.dataset import ClipSequence, DatasetError
+from diffprobe.data.splits import ROLES, RoleData, resolve_roles
 from diffprobe.features.cache import FeatureCache
-from diffprobe.features.sources import ensure_features, world_identity
-from diffprobe.tasks import TASKS, TaskContext, make_task
+from diffprobe.features.sources import ensure_features, iter_clips
+from diffprobe.tasks import TASKS, Task, TaskContext, make_task
 from diffprobe.tasks.probing import ProbeConfig, ProbeResult, train_probe
 from diffprobe.tasks.targets import Targets, compute_targets, load_targets, save_targets
 
-SPLITS = ("train", "val", "test")
+SPLITS = ROLES
 
 
-def task_context(world: ProbeWorldConfig) -> TaskContext:
-    """The task context of a Probe World config."""
-    return TaskContext(frames=world.frames, height=world.height, width=world.width, num_categories=len(CATEGORIES),
-                       num_motions=len(MOTIONS), max_objects=world.max_objects)
+def task_context(roles: Mapping[str, RoleData]) -> TaskContext:
+    """The task context of a task's roles; roles whose clips differ in shape, label spaces or query mode are an
+    error naming the datasets (one readout cannot serve both)."""
+    contexts = {}
+    for role, rd in roles.items():
+        ds = rd.dataset
+        contexts[role] = (ds.spec, TaskContext(frames=ds.frames, height=ds.height, width=ds.width,
+                                               label_spaces=dict(ds.label_spaces), max_objects=ds.max_objects,
+                                               max_tracks=ds.max_tracks, query_mode=ds.query_mode))
+    (spec0, ctx), *rest = contexts.values()
+    for spec, other in rest:
+        same = (other.frames, other.height, other.width, other.query_mode) == (ctx.frames, ctx.height, ctx.width,
+                                                                              ctx.query_mode)
+        shared = set(other.label_spaces) & set(ctx.label_spaces)
+        if not same or any(other.label_spaces[k] != ctx.label_spaces[k] for k in shared):
+            raise DatasetError(f"datasets {spec0!r} and {spec!r} cannot serve one task: clips of {ctx.frames}x"
+                               f"{ctx.height}x{ctx.width} ({ctx.query_mode} queries) vs {other.frames}x{other.height}"
+                               f"x{other.width} ({other.query_mode}), or different label spaces; set their frames / "
+                               f"size options to match")
+    return TaskContext(ctx.frames, ctx.height, ctx.width, ctx.label_spaces,
+                       max(c.max_objects for _, c in contexts.values()),
+                       max(c.max_tracks for _, c in contexts.values()), ctx.query_mode)
 
 
-def ensure_targets(world: ProbeWorldConfig, split: str, cache: FeatureCache, progress: bool = True) -> Path:
-    """Every task's targets of ``split``, computed once into ``cache/targets/<world>/<split>.safetensors``."""
-    path = cache.root / "targets" / world_identity(world) / f"{split}.safetensors"
+def check_fields(task: type[Task] | Task, roles: Mapping[str, RoleData]) -> None:
+    """An error naming the task, the dataset and the missing Clip fields, if a role's dataset lacks any."""
+    for rd in roles.values():
+        missing = [f for f in task.fields if f not in rd.dataset.fields]
+        if missing:
+            raise DatasetError(f"task {task.name!r} needs the Clip field(s) {missing}, which dataset "
+                               f"{rd.dataset.spec!r} does not provide (it has {sorted(rd.dataset.fields)})")
+
+
+def task_roles(task_name: str, specs: str | Mapping[str, str], divide: tuple[float, float, float] = (0.8, 0.1, 0.1),
+               seed: int = 0) -> dict[str, RoleData]:
+    """The train / val / test clips of a task: one dataset spec for all roles, or ``{role: spec}`` (see
+    :func:`~diffprobe.data.splits.resolve_roles`); checked against the task's fields and for one context."""
+    if task_name not in TASKS:
+        raise ValueError(f"unknown task {task_name!r}; known tasks are {list(TASKS)}")
+    specs = dict.fromkeys(ROLES, specs) if isinstance(specs, str) else dict(specs)
+    missing = [r for r in ROLES if r not in specs]
+    if missing:
+        raise DatasetError(f"task {task_name!r}: no dataset for role(s) {missing}")
+    roles = resolve_roles(specs, divide, seed)
+    check_fields(TASKS[task_name], roles)
+    task_context(roles)
+    return roles
+
+
+def data_identity(roles: Mapping[str, RoleData]) -> str:
+    """A short name of exactly which clips fill the roles (for results keys)."""
+    blob = "|".join(f"{r}={roles[r].clips.name}" for r in ROLES if r in roles)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _first(clips: ClipSequence, limit: int | None) -> int:
+    return len(clips) if limit is None else min(limit, len(clips))
+
+
+def ensure_targets(task: Task, clips: ClipSequence, cache: FeatureCache, limit: int | None = None,
+                   progress: bool = True, workers: int = 0) -> Path:
+    """``task``'s targets of the first ``limit`` clips (or all), computed once into
+    ``cache/targets/<clips>/<task>-v<version>[-first<n>].safetensors``."""
+    num = _first(clips, limit)
+    slug = "".join(c if c.isalnum() or c in "._+-" else "-" for c in clips.name)
+    suffix = "" if num == len(clips) else f"-first{num}"
+    path = cache.root / "targets" / slug / f"{task.name}-v{task.version}{suffix}.safetensors"
     if not path.is_file():
-        ctx = task_context(world)
-        data = ProbeWorld(world, split)
-        chunk: dict[int, dict] = {}
-
-        def load(i: int) -> dict:  # render 64 clips at a time (the vectorised path), hand them out one by one
-            if i not in chunk:
-                chunk.clear()
-                ids = list(range(i, min(len(data), i + 64)))
-                chunk.update(zip(ids, data.batch(ids), strict=True))
-            return chunk[i]
-
-        save_targets(path, compute_targets([make_task(n, ctx) for n in TASKS], load, len(data), progress=progress))
+        batches = [list(range(i, min(num, i + 64))) for i in range(0, num, 64)]
+        stream = (clip for batch in iter_clips(clips, batches, workers) for clip in batch)
+        save_targets(path, compute_targets([task], stream, num, progress=progress))
     return path
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _load_targets(path: str, task: str) -> Targets:
     """Targets read once per process (the study probes many cells on the same splits)."""
     return load_targets(path, task)
 
 
-def run_probe(backbone: Backbone, world: ProbeWorldConfig, task_name: str, block: int, t: float, noise_seed: int,
-              cfg: ProbeConfig, cache: FeatureCache, device: torch.device, ensemble: int = 1,
-              limits: dict[str, int] | None = None, progress: bool = True) -> ProbeResult:
+def run_probe(backbone: Backbone, roles: Mapping[str, RoleData], task_name: str, block: int, t: float,
+              noise_seed: int, cfg: ProbeConfig, cache: FeatureCache, device: torch.device, ensemble: int = 1,
+              limits: dict[str, int] | None = None, progress: bool = True, workers: int = 0) -> ProbeResult:
     """Train and score ``task_name``'s probe on ``backbone``'s features at (block, t, noise seed); ``limits`` caps
-    the clips used from each split (the first N)."""
-    task = make_task(task_name, task_context(world))
+    the clips used from each role (the first N)."""
+    task = make_task(task_name, task_context(roles))
     data = {}
-    for split in SPLITS:
-        limit = None if limits is None else limits[split]
-        feats = ensure_features(backbone, world, split, task.view, [block], t, noise_seed, cache, ensemble, limit,
-                                progress=progress)[block]
-        targets = _load_targets(str(ensure_targets(world, split, cache, progress)), task.name)
-        data[split] = (feats, {k: v[:len(feats)] for k, v in targets.items()})
+    for role in SPLITS:
+        clips = roles[role].clips
+        limit = None if limits is None else limits[role]
+        feats = ensure_features(backbone, clips, task.view, [block], t, noise_seed, cache, ensemble, limit,
+                                progress=progress, workers=workers)[block]
+        targets = _load_targets(str(ensure_targets(task, clips, cache, limit, progress, workers)), task.name)
+        data[role] = (feats, targets)
     return train_probe(task, cfg, data["train"], data["val"], data["test"], device, progress=progress)
 
 
-def prior_metrics(world: ProbeWorldConfig, task_name: str, cache: FeatureCache, limits: dict[str, int] | None = None,
-                  progress: bool = True) -> dict[str, float]:
+def prior_metrics(roles: Mapping[str, RoleData], task_name: str, cache: FeatureCache,
+                  limits: dict[str, int] | None = None, progress: bool = True) -> dict[str, float]:
     """Test metrics of ``task_name``'s no-information baseline (:meth:`Task.prior`, from the training targets)."""
-    task = make_task(task_name, task_context(world))
+    task = make_task(task_name, task_context(roles))
     split_targets = {}
-    for split in ("train", "test"):
-        targets = _load_targets(str(ensure_targets(world, split, cache, progress)), task.name)
-        n = None if limits is None else limits[split]
-        split_targets[split] = {k: v[:n] for k, v in targets.items()}
+    for role in ("train", "test"):
+        limit = None if limits is None else limits[role]
+        split_targets[role] = _load_targets(str(ensure_targets(task, roles[role].clips, cache, limit, progress)),
+                                            task.name)
     return task.metrics_with_se(task.prior(split_targets["train"], split_targets["test"]), split_targets["test"])

@@ -1,12 +1,12 @@
 """Task targets of a whole split, computed once from the clips and stored beside the feature cache.
 
-File layout: one safetensors file per (dataset, split) with keys ``"<task>/<field>"``, each an array stacked over
-the split's clips in index order (``(N, ...)``).
+File layout: one safetensors file per (clips, task, task version) with keys ``"<task>/<field>"``, each an array
+stacked over the split's clips in index order (``(N, ...)``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +19,13 @@ from diffprobe.utils.io import load_tensors, save_tensors
 Targets = dict[str, np.ndarray]
 
 
-def compute_targets(tasks: Sequence[Task], load_clip: Callable[[int], Clip], num_clips: int,
+def compute_targets(tasks: Sequence[Task], clips: Iterable[Clip], num_clips: int,
                     progress: bool = True) -> dict[str, Targets]:
-    """``{task: {field: (N, ...)}}`` for clips ``0..num_clips-1``."""
+    """``{task: {field: (N, ...)}}`` of the first ``num_clips`` clips of a stream (clips in index order)."""
     rows: dict[str, dict[str, list[np.ndarray]]] = {t.name: {} for t in tasks}
-    for i in tqdm(range(num_clips), desc="targets", unit="clip", disable=not progress, dynamic_ncols=True):
-        clip = load_clip(i)
+    stream = iter(clips)
+    for _ in tqdm(range(num_clips), desc="targets", unit="clip", disable=not progress, dynamic_ncols=True):
+        clip = next(stream)
         for task in tasks:
             for field, value in task.targets(clip).items():
                 rows[task.name].setdefault(field, []).append(value)

@@ -34,22 +34,47 @@ from diffprobe.readouts import (
 )
 from diffprobe.tasks.base import Clip, Task
 
+#: TAP-Vid's frame step between the queries of one track in 'strided' mode
+QUERY_STRIDE = 5
+
 
 class PointTracking(Task):
-    """Each track is queried at its first visible frame; the probe predicts (x, y) and visibility in every frame."""
+    """Tracks are queried as TAP-Vid's evaluator queries them (``ctx.query_mode``): ``first``, each track once at
+    its first visible frame; ``strided``, every 5th frame where it is visible. The probe predicts (x, y) and
+    visibility of the queried track in every frame."""
 
     name = "point_tracking"
     view = "clip"
+    fields = ("video", "tracks", "visible")
     primary_metric = "average_jaccard"
     higher_is_better = True
 
     def targets(self, clip: Clip) -> dict[str, np.ndarray]:
+        """One slot per possible query (``first``: one per track, slot n = track n; ``strided``: one per track and
+        query frame), each holding its query point and its track; unused slots have ``valid`` False. Clips with
+        fewer tracks than ``ctx.max_tracks`` are padded to it (real datasets differ in tracks per video)."""
         tracks, visible = clip["tracks"].astype(np.float32), clip["visible"].astype(bool)  # (N, T, 2), (N, T)
-        points, index = sample_queries(tracks, visible, "first")  # (Q, 3), (Q,)
-        query = np.zeros((tracks.shape[0], 3), np.float32)
-        valid = np.zeros(tracks.shape[0], bool)
-        query[index], valid[index] = points, True
-        return {"query": query, "tracks": tracks, "visible": visible, "valid": valid}
+        n, frames = visible.shape
+        if self.ctx.max_tracks and n > self.ctx.max_tracks:
+            raise ValueError(f"clip has {n} tracks but the task was built for at most {self.ctx.max_tracks}")
+        if n < self.ctx.max_tracks:  # padding tracks are never visible, so they give no query
+            pad = self.ctx.max_tracks - n
+            tracks = np.concatenate([tracks, np.zeros((pad, frames, 2), np.float32)])
+            visible = np.concatenate([visible, np.zeros((pad, frames), bool)])
+            n = self.ctx.max_tracks
+        mode = self.ctx.query_mode
+        points, index = sample_queries(tracks, visible, mode, QUERY_STRIDE)  # (Q, 3), (Q,)
+        if mode == "first":
+            query = np.zeros((n, 3), np.float32)
+            valid = np.zeros(n, bool)
+            query[index], valid[index] = points, True
+            return {"query": query, "tracks": tracks, "visible": visible, "valid": valid}
+        slots = n * len(range(0, frames, QUERY_STRIDE))
+        query, valid = np.zeros((slots, 3), np.float32), np.zeros(slots, bool)
+        q_tracks, q_visible = np.zeros((slots, frames, 2), np.float32), np.zeros((slots, frames), bool)
+        k = len(index)
+        query[:k], valid[:k], q_tracks[:k], q_visible[:k] = points, True, tracks[index], visible[index]
+        return {"query": query, "tracks": q_tracks, "visible": q_visible, "valid": valid}
 
     def make_probe(self, cfg: ReadoutConfig, feature_dim: int, feature_grid: tuple[int, int, int]) -> Probe:
         return Probe(cfg, PointQueries(cfg, self.ctx.frames), feature_dim, feature_grid)
@@ -108,7 +133,8 @@ class PointTracking(Task):
             m = tapvid_metrics(
                 rescale_query_points(targets["query"][i][valid], hw)[None],
                 ~targets["visible"][i][valid][None], rescale_tracks(targets["tracks"][i][valid], hw)[None],
-                ~preds["visible"][i][valid][None], rescale_tracks(preds["tracks"][i][valid], hw)[None], "first")
+                ~preds["visible"][i][valid][None], rescale_tracks(preds["tracks"][i][valid], hw)[None],
+                self.ctx.query_mode)
             for k in names:
                 per_video[k].append(float(m[k][0]))
         return {k: finite_mean(v) for k, v in per_video.items()}
@@ -119,6 +145,7 @@ class BoxTracking(Task):
 
     name = "box_tracking"
     view = "clip"
+    fields = ("video", "boxes", "box_visible")
     primary_metric = "mean_iou"
     higher_is_better = True
 

@@ -28,33 +28,33 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffprobe.models.exports import (
+    CKPT_EMA_FILE,
+    CKPT_MODEL_FILE,
+    CKPT_SUBDIR,
+    CheckpointError,
+    checkpoint_dir,
+    load_checkpoint_weights,
+    load_into_module,
+    read_tensors,
+)
 from diffprobe.train.distributed import unwrap_model
 from diffprobe.train.ema import EMA
 from diffprobe.train.rng import capture_rng_state
-from diffprobe.utils.io import atomic_path, atomic_write_json, atomic_write_text, load_tensors, save_tensors
+from diffprobe.utils.io import atomic_path, atomic_write_json, atomic_write_text, save_tensors
 
-CKPT_SUBDIR = "ckpt"
 LATEST = "latest"
-MODEL_FILE = "model.safetensors"
-EMA_FILE = "ema.safetensors"
+MODEL_FILE = CKPT_MODEL_FILE
+EMA_FILE = CKPT_EMA_FILE
 CONFIG_FILE = "config.json"
 STATE_FILE = "trainer_state.pt"
 STATE_FORMAT = 1
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable, or does not fit the model/optimizer it is loaded into."""
-
-
 def checkpoint_root(run_dir: str | Path) -> Path:
     """The folder holding a run's checkpoints (``run_dir/ckpt``)."""
     return Path(run_dir) / CKPT_SUBDIR
-
-
-def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
-    """Where the checkpoint of ``step`` lives (``run_dir/ckpt/step-{step:08d}``)."""
-    return checkpoint_root(run_dir) / f"step-{step:08d}"
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -157,28 +157,6 @@ def save_checkpoint(
     return final
 
 
-def load_into_module(module: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Strict load; missing/unexpected keys and shape mismatches raise :class:`CheckpointError` naming ``path``."""
-    expected = module.state_dict()
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: does not fit {type(module).__name__}: missing keys {missing}, "
-                              f"unexpected keys {unexpected}")
-    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-             for k, v in tensors.items() if tuple(v.shape) != tuple(expected[k].shape)]
-    if wrong:
-        raise CheckpointError(f"{path}: shape mismatch for {type(module).__name__}: " + "; ".join(wrong))
-    with torch.no_grad():
-        module.load_state_dict(tensors, strict=True)
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_tensors(path)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from e
-
-
 def read_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
     """Read ``trainer_state.pt`` (on CPU); a missing, corrupt or foreign file raises :class:`CheckpointError`."""
     path = Path(ckpt_dir) / STATE_FILE
@@ -226,12 +204,12 @@ def load_checkpoint(
     if match and int(match.group(1)) != state["step"]:
         raise CheckpointError(f"{state_path}: holds step {state['step']}, but the directory is {ckpt_dir.name}")
     model_path = ckpt_dir / MODEL_FILE
-    load_into_module(unwrap_model(model), _read_tensors(model_path), model_path)
+    load_into_module(unwrap_model(model), read_tensors(model_path), model_path)
     ema_path = ckpt_dir / EMA_FILE
     if ema is not None:
         if not state["has_ema"]:
             raise CheckpointError(f"{state_path}: the checkpoint has no EMA, but an EMA was asked to be loaded")
-        ema_tensors = _read_tensors(ema_path)
+        ema_tensors = read_tensors(ema_path)
         try:
             ema.load_state_dict(ema_tensors, source=str(ema_path))
         except ValueError as e:
@@ -249,15 +227,8 @@ def load_checkpoint(
 
 
 def load_model_weights(ckpt_dir: str | Path, model: nn.Module, ema: bool = True) -> nn.Module:
-    """Load only the weights of a checkpoint into ``model`` (the EMA weights by default); returns ``model``.
-
-    With ``ema=True`` a checkpoint without ``ema.safetensors`` is an error (pass ``ema=False`` for such runs).
-    """
-    path = Path(ckpt_dir) / (EMA_FILE if ema else MODEL_FILE)
-    if not path.is_file():
-        hint = " (this run kept no EMA; pass ema=False)" if ema and (Path(ckpt_dir) / MODEL_FILE).is_file() else ""
-        raise CheckpointError(f"{path}: no such file{hint}")
-    load_into_module(unwrap_model(model), _read_tensors(path), path)
+    """Load only the weights of a checkpoint into ``model`` (DDP-wrapped or not; the EMA weights by default)."""
+    load_checkpoint_weights(ckpt_dir, unwrap_model(model), ema=ema)
     return model
 
 

@@ -1,6 +1,7 @@
 """Training a WALT twin: the same denoiser on single frames (image mode) or on whole clips (video mode).
 
-Both twins learn from the same Probe World clips, encoded once by the same tokenizer and cached:
+Both twins learn from the same clips (the train role of ``dataset``: Probe World by default, or any dataset spec such
+as ``videos:DIR``), encoded once by the same tokenizer and cached:
 - video mode: a sample is one clip's latents ``(C, T', H', W')``;
 - image mode: a sample is one frame's latents ``(C, 1, H', W')`` (every frame of every clip, each encoded alone).
 ``train.batch_size`` counts clips; image mode draws ``batch_size * T'`` frames a step, so both twins see the same
@@ -10,21 +11,19 @@ number of tokens per batch and train for the same number of steps.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from einops import rearrange
 from torch import nn
 
-from diffprobe.backbones.walt import LatentBackbone
 from diffprobe.config import Config, ConfigError
-from diffprobe.data import ProbeWorldConfig
+from diffprobe.data.splits import resolve_roles
 from diffprobe.diffusion import diffusion_loss
 from diffprobe.features.cache import FeatureCache
-from diffprobe.features.sources import ensure_features
-from diffprobe.models import WALT, CausalAutoencoder, CausalAutoencoderConfig, WALTConfig
+from diffprobe.features.latents import ensure_latents
+from diffprobe.models import WALT, WALTConfig
+from diffprobe.models.exports import load_tokenizer, resolve_tokenizer_dir
 from diffprobe.train.batching import make_batch_fn
 from diffprobe.train.config import TrainConfig
 from diffprobe.train.distributed import setup_distributed
@@ -41,12 +40,11 @@ _TINY_TRAIN = {"steps": 1200, "batch_size": 16, "lr": 1.5e-3, "warmup_steps": 50
 
 @dataclasses.dataclass(frozen=True)
 class DenoiserRunConfig(Config):
-    """One WALT twin: its mode, the tokenizer run it works in, the world, the network and the optimisation."""
+    """One WALT twin: its mode, the tokenizer run it works in, its data, the network and the optimisation."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "walt-tiny": {"world": ProbeWorldConfig.PRESETS["tiny"], "model": WALTConfig.PRESETS["tiny"],
-                      "train": _TINY_TRAIN},
-        "walt-S": {"world": ProbeWorldConfig.PRESETS["small"], "model": WALTConfig.PRESETS["S"],
+        "walt-tiny": {"dataset": "probeworld:tiny", "model": WALTConfig.PRESETS["tiny"], "train": _TINY_TRAIN},
+        "walt-S": {"dataset": "probeworld:small", "model": WALTConfig.PRESETS["S"],
                    "train": {"steps": 100_000, "batch_size": 64, "lr": 2e-4, "warmup_steps": 2000,
                              "ema_decay": 0.9999, "ema_start": 2000, "log_every": 50, "ckpt_every": 5000,
                              "keep_every": 20_000, "precision": "bf16"}},
@@ -54,18 +52,14 @@ class DenoiserRunConfig(Config):
 
     mode: Literal["image", "video"] = "video"
     tokenizer: str = ""  #: run directory of a finished tokenizer run
-    world: ProbeWorldConfig = dataclasses.field(default_factory=ProbeWorldConfig)
+    dataset: str = "probeworld:tiny"  #: dataset spec; the twin trains on its train role (data.splits)
     model: WALTConfig = dataclasses.field(default_factory=WALTConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     per_frame_t: bool = False  #: independent noise levels per latent frame (FVDM-style) in video mode
 
     def tokenizer_dir(self, run_dir: str | Path) -> Path:
-        """The tokenizer run of the twin in ``run_dir``. A relative ``tokenizer`` is looked up relative to the twin's
-        run directory first (a study stores ``../../tokenizer``, so its runs work from any directory and can be
-        moved), then relative to the working directory (``diffprobe train --tokenizer runs/tok``)."""
-        path = Path(self.tokenizer)
-        beside = Path(os.path.normpath(Path(run_dir) / path))  # lexical: the twin's own directory may not exist yet
-        return beside if not path.is_absolute() and beside.is_dir() else path
+        """The tokenizer run of the twin in ``run_dir`` (see :func:`diffprobe.models.exports.resolve_tokenizer_dir`)."""
+        return resolve_tokenizer_dir(run_dir, self.tokenizer)
 
     def validate(self) -> None:
         if self.model.num_classes != 0:
@@ -73,31 +67,6 @@ class DenoiserRunConfig(Config):
                               "unconditionally (as generative models of the world, not of its labels); set it to 0")
         if self.per_frame_t and self.mode == "image":
             raise ConfigError("DenoiserRunConfig.per_frame_t: image mode has one latent frame per sample")
-
-
-def load_tokenizer(run_dir: str | Path) -> tuple[CausalAutoencoder, dict[str, Any]]:
-    """The exported tokenizer of a finished tokenizer run, and its description."""
-    meta = read_export(run_dir, "tokenizer")
-    model = CausalAutoencoder(CausalAutoencoderConfig.from_dict(meta["config"]["model"]))
-    return load_export(run_dir, model).eval(), meta
-
-
-def latents_identity(tokenizer_sha: str, mode: str) -> str:
-    """Backbone identity of a tokenizer's latents as the ``mode`` twin sees them (the WALT backbones' encoder)."""
-    return f"latents-{mode}-{tokenizer_sha[:12]}"
-
-
-def ensure_latents(cfg: ProbeWorldConfig, tokenizer: CausalAutoencoder, tokenizer_sha: str, mode: str, split: str,
-                   cache: FeatureCache, device: torch.device, progress: bool = True) -> torch.Tensor:
-    """All latents of ``split`` as the ``mode`` twin sees them, encoded once into the cache: video mode
-    ``(N, C, T', H', W')``, image mode ``(N * T, C, 1, H', W')``."""
-    backbone = LatentBackbone(tokenizer, latents_identity(tokenizer_sha, mode), device, mode=mode)
-    z = ensure_features(backbone, cfg, split, "clip", [0], 0.0, 0, cache, dtype=torch.float32,
-                        progress=progress)[0].load_all()[1]
-    # z: (N, T_f, H', W', C)
-    if mode == "image":
-        return rearrange(z, "n t h w c -> (n t) c 1 h w")
-    return rearrange(z, "n t h w c -> n c t h w")
 
 
 def _loss(per_frame_t: bool):
@@ -113,8 +82,9 @@ def train_denoiser(cfg: DenoiserRunConfig, run_dir: str | Path, cache: FeatureCa
         raise ConfigError("DenoiserRunConfig.tokenizer: give the run directory of a trained tokenizer")
     ctx = setup_distributed(cfg.train.device)
     tokenizer, meta = load_tokenizer(cfg.tokenizer_dir(run_dir))
-    latents = ensure_latents(cfg.world, tokenizer, meta["sha256"], cfg.mode, "train", cache, ctx.device, progress)
-    frames = tokenizer.latent_shape(cfg.world.frames, cfg.world.height, cfg.world.width)[1]
+    clips = resolve_roles({"train": cfg.dataset})["train"].clips
+    latents = ensure_latents(clips, tokenizer, meta["sha256"], cfg.mode, cache, ctx.device, progress)
+    frames = latents.frames  # latent frames of a clip
     batch_size = cfg.train.batch_size * (frames if cfg.mode == "image" else 1)  # same tokens per batch
     batches = make_batch_fn(latents, batch_size, cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size)
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same model

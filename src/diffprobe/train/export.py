@@ -11,11 +11,10 @@ from typing import Any
 from torch import nn
 
 from diffprobe.config import Config
-from diffprobe.train.checkpoint import load_into_module
-from diffprobe.utils.io import atomic_write_json, file_sha256, load_tensors, read_json, save_tensors
+from diffprobe.models.exports import META_FILE, MODEL_FILE, load_export, read_export
+from diffprobe.utils.io import atomic_write_json, file_sha256, save_tensors
 
-MODEL_FILE = "model.safetensors"
-META_FILE = "model.json"
+__all__ = ["META_FILE", "MODEL_FILE", "export_model", "load_export", "read_export"]
 
 
 def export_model(run_dir: str | Path, model: nn.Module, cfg: Config, kind: str, step: int,
@@ -27,21 +26,3 @@ def export_model(run_dir: str | Path, model: nn.Module, cfg: Config, kind: str, 
     atomic_write_json(run_dir / META_FILE, {"kind": kind, "step": step, "config": cfg.to_dict(),
                                             "sha256": file_sha256(path), **(extra or {})})
     return path
-
-
-def read_export(run_dir: str | Path, kind: str) -> dict[str, Any]:
-    """The description of a run's exported model; a missing export or the wrong kind is an error naming the file."""
-    meta_path = Path(run_dir) / META_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path}: no exported model (has the run finished?)")
-    meta = read_json(meta_path)
-    if meta["kind"] != kind:
-        raise ValueError(f"{meta_path}: holds a {meta['kind']!r} model, expected a {kind!r} model")
-    return meta
-
-
-def load_export(run_dir: str | Path, model: nn.Module) -> nn.Module:
-    """Load exported weights into ``model`` strictly; mismatches raise an error naming the file and the keys."""
-    path = Path(run_dir) / MODEL_FILE
-    load_into_module(model, load_tensors(path), path)
-    return model

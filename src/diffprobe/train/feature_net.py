@@ -1,8 +1,10 @@
 """The project's own video feature space for Fréchet distances on Probe World (its "FVD").
 
 A real FVD embeds clips with I3D trained on Kinetics. Probe World is not Kinetics, so diffprobe trains the same
-I3D architecture (the ``tiny`` width preset) to classify Probe World's object category and motion class, and uses
-its pooled pre-logit features, with BatchNorm statistics recalibrated on real clips. The validation accuracies of
+I3D architecture (the ``tiny`` width preset) to classify the study dataset's class fields (Probe World: the main
+object's category and motion class; any dataset: whichever of ``label`` / ``action`` it has, one head each) and uses
+its pooled pre-logit features, with BatchNorm statistics recalibrated on real clips. A dataset with no class field
+gives a randomly initialised, data-calibrated I3D (no training steps). The validation accuracies of
 both heads are recorded in the export's ``model.json``: at the CPU ``tiny`` budget (150 steps) they stay near chance,
 so the space is then in effect that of a randomly initialised, data-calibrated I3D — the random-embedding Fréchet
 distance that Naeem et al. (2020) found usable where no pretrained network exists.
@@ -22,8 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffprobe.config import Config, ConfigError
-from diffprobe.data import CATEGORIES, MOTIONS, ProbeWorld, ProbeWorldConfig
+from diffprobe.config import Config
+from diffprobe.data.dataset import LABEL_FIELDS, ClipSequence
+from diffprobe.data.splits import resolve_roles
 from diffprobe.features.cache import FeatureCache
 from diffprobe.features.sources import ensure_videos
 from diffprobe.metrics import feature_statistics, frechet_distance
@@ -38,34 +41,29 @@ from diffprobe.train.loop import fit
 
 @dataclasses.dataclass(frozen=True)
 class FeatureNetRunConfig(Config):
-    """The Fréchet feature network: an I3D classifying category + motion of the main object."""
+    """The Fréchet feature network: an I3D classifying the dataset's class fields (``net.num_classes`` is not used:
+    the logits are sized from the dataset's label spaces, and the export's ``net`` records the network built)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"world": ProbeWorldConfig.PRESETS["tiny"],
-                 "net": {**I3DConfig.PRESETS["tiny"], "num_classes": len(CATEGORIES) + len(MOTIONS),
-                         "dropout": 0.0},
+        "tiny": {"dataset": "probeworld:tiny",
+                 "net": {**I3DConfig.PRESETS["tiny"], "dropout": 0.0},
                  "train": {"steps": 150, "batch_size": 32, "lr": 2e-3, "warmup_steps": 15, "log_every": 10,
                            "ckpt_every": 50}},
     }
 
-    world: ProbeWorldConfig = dataclasses.field(default_factory=ProbeWorldConfig)
+    dataset: str = "probeworld:tiny"  #: dataset spec: trains on its train role, is scored on its val role
     net: I3DConfig = dataclasses.field(default_factory=I3DConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     calibration_clips: int = 512  #: training clips whose statistics replace the BatchNorm running averages
 
-    def validate(self) -> None:
-        if self.net.num_classes != len(CATEGORIES) + len(MOTIONS):
-            raise ConfigError(f"FeatureNetRunConfig.net.num_classes must be {len(CATEGORIES)} categories + "
-                              f"{len(MOTIONS)} motions = {len(CATEGORIES) + len(MOTIONS)}, got {self.net.num_classes}")
-
 
 class _LabelledVideos(torch.utils.data.Dataset):
-    """(video uint8 (T, H, W, 3), category, motion) of the main object of each training clip."""
+    """(video uint8 (T, H, W, 3), labels (F,)) of each clip: its class fields, read from the index, not the pixels."""
 
-    def __init__(self, videos: torch.Tensor, world: ProbeWorld) -> None:
+    def __init__(self, videos: torch.utils.data.Dataset, clips: ClipSequence, fields: list[str]) -> None:
         self.videos = videos
-        scenes = [world.scene(i) for i in range(len(world))]  # labels without rendering
-        self.labels = torch.tensor([[s.category[0], s.motion[0]] for s in scenes], dtype=torch.long)  # (N, 2)
+        self.labels = torch.from_numpy(np.stack([clips.labels(f) for f in fields], axis=1)  # (N, F)
+                                       if fields else np.zeros((len(clips), 0), np.int64))
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -74,35 +72,59 @@ class _LabelledVideos(torch.utils.data.Dataset):
         return self.videos[i], self.labels[i]
 
 
-def _loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator):
-    video, labels = batch
-    logits = model(frames_to_input(video))  # (B, categories + motions)
-    n = len(CATEGORIES)
-    ce = nn.functional.cross_entropy
-    cat, mot = ce(logits[:, :n], labels[:, 0]), ce(logits[:, n:], labels[:, 1])
-    acc = (logits[:, n:].argmax(1) == labels[:, 1]).float().mean()
-    return cat + mot, {"category_ce": cat, "motion_ce": mot, "motion_acc": acc}
+def _make_loss(sizes: list[int]):
+    """Summed cross-entropy of one head per class field (``sizes`` classes each, logits side by side)."""
+    def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator):
+        video, labels = batch
+        logits = model(frames_to_input(video))  # (B, sum(sizes))
+        total, logs, lo = 0.0, {}, 0
+        for f, n in enumerate(sizes):
+            ce = nn.functional.cross_entropy(logits[:, lo:lo + n], labels[:, f])
+            total, logs[f"ce_{f}"], lo = total + ce, ce, lo + n
+        return total, logs
+    return loss
+
+
+def _top1(net: nn.Module, data: _LabelledVideos, sizes: list[int], fields: list[str], device: torch.device
+          ) -> dict[str, float]:
+    with torch.no_grad():
+        logits = torch.cat([net(frames_to_input(torch.stack([data.videos[j] for j in range(i, min(i + 64, len(data)))])
+                                                .to(device))).cpu() for i in range(0, len(data), 64)])
+    out, lo = {}, 0
+    for f, (name, n) in enumerate(zip(fields, sizes, strict=True)):
+        out[f"val_{name}_top1"] = float((logits[:, lo:lo + n].argmax(1) == data.labels[:, f]).float().mean())
+        lo += n
+    return out
 
 
 def train_feature_net(cfg: FeatureNetRunConfig, run_dir: str | Path, cache: FeatureCache, resume: bool = True,
                       progress: bool = True) -> Path:
     """Train (or finish) the feature network in ``run_dir``; returns its exported weights."""
     ctx = setup_distributed(cfg.train.device)
-    videos = ensure_videos(cfg.world, "train", cache, progress=progress).load_all()[1]  # (N, T, H, W, 3)
-    data = _LabelledVideos(videos, ProbeWorld(cfg.world, "train"))
-    batches = make_batch_fn(data, cfg.train.batch_size, cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size)
+    roles = resolve_roles({"train": cfg.dataset, "val": cfg.dataset})
+    ds = roles["train"].dataset
+    fields = [f for f in LABEL_FIELDS if f in ds.fields]
+    sizes = [len(ds.label_spaces[f]) for f in fields]
+    net_cfg = cfg.net.replace(num_classes=max(1, sum(sizes)))
+    train = roles["train"].clips
+    videos = ensure_videos(train, cache, progress=progress).rows()  # clip i: uint8 (T, H, W, 3)
+    data = _LabelledVideos(videos, train, fields)
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same model
-    result = fit(I3D(cfg.net), _loss, batches, cfg.train, run_dir, cfg, resume=resume, progress=progress)
-    net = result.ema_model()
-    recalibrate_batchnorm(net, videos[:cfg.calibration_clips], ctx.device)
-    val = ensure_videos(cfg.world, "val", cache, progress=progress).load_all()[1]
-    labels = _LabelledVideos(val, ProbeWorld(cfg.world, "val")).labels
-    with torch.no_grad():
-        logits = torch.cat([net(frames_to_input(val[i:i + 64].to(ctx.device))).cpu() for i in range(0, len(val), 64)])
-    n = len(CATEGORIES)
-    acc = {"val_category_top1": float((logits[:, :n].argmax(1) == labels[:, 0]).float().mean()),
-           "val_motion_top1": float((logits[:, n:].argmax(1) == labels[:, 1]).float().mean())}
-    return export_model(run_dir, net, cfg, kind="feature-net", step=result.step, extra=acc)
+    net = I3D(net_cfg)
+    step = 0
+    if fields:
+        batches = make_batch_fn(data, cfg.train.batch_size, cfg.train.seed, rank=ctx.rank,
+                                world_size=ctx.world_size)
+        result = fit(net, _make_loss(sizes), batches, cfg.train, run_dir, cfg, resume=resume, progress=progress)
+        net, step = result.ema_model(), result.step
+    net = net.to(ctx.device)
+    recalibrate_batchnorm(net, torch.stack([videos[i] for i in range(min(cfg.calibration_clips, len(videos)))]),
+                          ctx.device)
+    val = roles["val"].clips
+    acc = _top1(net, _LabelledVideos(ensure_videos(val, cache, progress=progress).rows(), val, fields), sizes, fields,
+                ctx.device)
+    return export_model(run_dir, net, cfg, kind="feature-net", step=step,
+                        extra={**acc, "net": net_cfg.to_dict(), "fields": fields})
 
 
 @torch.no_grad()
@@ -128,7 +150,7 @@ def recalibrate_batchnorm(net: nn.Module, videos: torch.Tensor, device: torch.de
 
 def load_feature_net(run_dir: str | Path) -> I3D:
     meta = read_export(run_dir, "feature-net")
-    return load_export(run_dir, I3D(FeatureNetRunConfig.from_dict(meta["config"]).net)).eval()
+    return load_export(run_dir, I3D(I3DConfig.from_dict(meta["net"]))).eval()
 
 
 class FrechetEvaluator:

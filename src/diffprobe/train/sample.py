@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffprobe.data import ProbeWorldConfig
 from diffprobe.diffusion import ddim_sample
 from diffprobe.models import WALT, CausalAutoencoder, output_to_frames
 from diffprobe.utils.io import atomic_write_json
@@ -15,12 +14,13 @@ from diffprobe.utils.media import frame_grid, write_png, write_video
 
 
 @torch.no_grad()
-def generate(denoiser: WALT, tokenizer: CausalAutoencoder, mode: str, world: ProbeWorldConfig, num: int,
+def generate(denoiser: WALT, tokenizer: CausalAutoencoder, mode: str, clip_shape: tuple[int, int, int], num: int,
              steps: int, seed: int, device: torch.device, batch_size: int = 16,
              progress: bool = True) -> np.ndarray:
-    """``num`` samples as uint8 ``(num, T, H, W, 3)`` (T = 1 in image mode); batch ``k`` draws from a generator
-    seeded with ``(seed, k)``, so the same seed gives the same samples."""
-    c, frames, h, w = tokenizer.latent_shape(world.frames, world.height, world.width)
+    """``num`` samples of clips of ``clip_shape`` (frames, height, width) as uint8 ``(num, T, H, W, 3)`` (T = 1 in
+    image mode); batch ``k`` draws from a generator seeded with ``(seed, k)``, so the same seed gives the same
+    samples."""
+    c, frames, h, w = tokenizer.latent_shape(*clip_shape)
     frames = 1 if mode == "image" else frames
     denoiser, tokenizer = denoiser.to(device).eval(), tokenizer.to(device).eval()
     out = []

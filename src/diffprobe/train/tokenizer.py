@@ -1,4 +1,5 @@
-"""Training the causal video tokenizer on Probe World, then fixing its latent scale."""
+"""Training the causal video tokenizer on a dataset's train role (Probe World by default), then fixing its latent
+scale."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from diffprobe.config import Config
-from diffprobe.data import ProbeWorldConfig
+from diffprobe.data.splits import resolve_roles
 from diffprobe.features.cache import FeatureCache
 from diffprobe.features.sources import ensure_videos
 from diffprobe.models import CausalAutoencoder, CausalAutoencoderConfig, frames_to_input
@@ -24,18 +25,18 @@ from diffprobe.train.loop import fit
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerRunConfig(Config):
-    """One tokenizer training run: the world it learns from, the autoencoder, the optimisation."""
+    """One tokenizer training run: the data it learns from, the autoencoder, the optimisation."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"world": ProbeWorldConfig.PRESETS["tiny"], "model": CausalAutoencoderConfig.PRESETS["tiny"],
+        "tiny": {"dataset": "probeworld:tiny", "model": CausalAutoencoderConfig.PRESETS["tiny"],
                  "train": {"steps": 300, "batch_size": 8, "lr": 2e-3, "warmup_steps": 30, "ema_decay": 0.0,
                            "log_every": 10, "ckpt_every": 100, "min_lr_ratio": 0.05}},
-        "small": {"world": ProbeWorldConfig.PRESETS["small"], "model": CausalAutoencoderConfig.PRESETS["small"],
+        "small": {"dataset": "probeworld:small", "model": CausalAutoencoderConfig.PRESETS["small"],
                   "train": {"steps": 20_000, "batch_size": 32, "lr": 1e-3, "warmup_steps": 500, "log_every": 50,
                             "ckpt_every": 1000}},
     }
 
-    world: ProbeWorldConfig = dataclasses.field(default_factory=ProbeWorldConfig)
+    dataset: str = "probeworld:tiny"  #: dataset spec; the tokenizer trains on its train role (data.splits)
     model: CausalAutoencoderConfig = dataclasses.field(default_factory=CausalAutoencoderConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     stats_clips: int = 512  #: training clips used to measure the latent scale after training
@@ -56,14 +57,16 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, cache: Feature
     """
     run_dir = Path(run_dir)
     ctx = setup_distributed(cfg.train.device)
-    videos = ensure_videos(cfg.world, "train", cache, progress=progress).load_all()[1]  # (N, T, H, W, 3) uint8
+    clips = resolve_roles({"train": cfg.dataset})["train"].clips
+    videos = ensure_videos(clips, cache, progress=progress).rows()  # clip i: uint8 (T, H, W, 3), read on demand
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same model
     model = CausalAutoencoder(cfg.model)
     batches = make_batch_fn(videos, cfg.train.batch_size, cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size)
     result = fit(model, _loss, batches, cfg.train, run_dir, cfg, resume=resume, progress=progress)
     model = result.ema_model().eval()
     n = min(cfg.stats_clips, len(videos))
-    chunks = [frames_to_input(videos[i:min(i + 32, n)].to(ctx.device)) for i in range(0, n, 32)]
+    chunks = [frames_to_input(torch.stack([videos[j] for j in range(i, min(i + 32, n))]).to(ctx.device))
+              for i in range(0, n, 32)]  # (b, C, T, H, W) each
     scale, shift = model.measure_latent_stats(chunks, progress=progress)
     model.set_latent_stats(scale, shift)
     with torch.no_grad():

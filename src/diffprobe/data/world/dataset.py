@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
+from diffprobe.config import ConfigError
+from diffprobe.data.dataset import FIELDS, ClipDataset, ClipSequence
 from diffprobe.data.world.camera import world_to_camera
-from diffprobe.data.world.config import SPLITS, ProbeWorldConfig
+from diffprobe.data.world.config import SPLITS, WORLD_VERSION, ProbeWorldConfig
+from diffprobe.data.world.motions import MOTIONS
 from diffprobe.data.world.render import render
 from diffprobe.data.world.scene import Scene, sample_scene
+from diffprobe.data.world.shapes import CATEGORIES
 from diffprobe.data.world.tracks import project, sample_tracks, visibility
 
 #: Most pixels (clips x frames x H x W) rendered in one vectorised call; bounds memory to ~200 MB.
@@ -103,3 +108,70 @@ class ProbeWorld(Dataset):
                         track_world=points.astype(np.float32), categories=sc.category.astype(np.int64),
                         motions=sc.motion.astype(np.int64), camera_path=sc.camera_path)
         return clip
+
+
+class WorldClips(ClipSequence):
+    """One split of Probe World as a :class:`~diffprobe.data.dataset.ClipSequence` (batches render together)."""
+
+    def __init__(self, world: ProbeWorld, name: str) -> None:
+        self.world = world
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.world)
+
+    def read(self, index: int) -> dict[str, Any]:
+        return self.world.batch([index])[0]
+
+    def batch(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return self.world.batch([self._check(i) for i in indices])
+
+    def labels(self, field: str) -> np.ndarray:
+        """Category (``label``) or motion class (``action``) of every clip's main object, from the scenes alone."""
+        which = {"label": "category", "action": "motion"}[field]
+        return np.array([getattr(self.world.scene(i), which)[0] for i in range(len(self.world))], dtype=np.int64)
+
+
+class ProbeWorldDataset(ClipDataset):
+    """Probe World behind the dataset interface: spec ``probeworld:PRESET[@FIELD=VALUE,...]`` (any
+    :class:`ProbeWorldConfig` field), splits train / val / test, every Clip field, exact labels."""
+
+    kind = "probeworld"
+
+    def __init__(self, config: ProbeWorldConfig, spec: str | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.spec = spec or probeworld_spec(config)
+        self.identity = world_identity(config)
+        self.splits = tuple(SPLITS)
+        self.fields = frozenset(FIELDS)
+        self.label_spaces = {"label": tuple(CATEGORIES), "action": tuple(MOTIONS)}
+        self.frames, self.height, self.width = config.frames, config.height, config.width
+        self.max_objects = config.max_objects
+        self.max_tracks = config.num_tracks
+
+    def split(self, name: str) -> ClipSequence:
+        return WorldClips(ProbeWorld(self.config, name), f"{self.identity}/{name}")
+
+
+def world_identity(config: ProbeWorldConfig) -> str:
+    """Cache name of a Probe World config: generator version, readable size and the config hash."""
+    return f"probeworld-v{WORLD_VERSION}-{config.height}x{config.width}x{config.frames}-{config.hash()}"
+
+
+def probeworld_spec(config: ProbeWorldConfig, preset: str = "tiny") -> str:
+    """A spec that opens ``config``: the preset plus every field that differs from it."""
+    base = ProbeWorldConfig.preset(preset).to_dict()
+    diff = {k: v for k, v in config.to_dict().items() if base[k] != v}
+    if any(isinstance(v, list) for v in diff.values()):
+        raise ConfigError(f"Probe World fields {sorted(k for k, v in diff.items() if isinstance(v, list))} cannot be "
+                          "given in a spec; set them in a config file")
+    return f"probeworld:{preset}" + ("@" + ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(diff.items()))
+                                      if diff else "")
+
+
+def open_probeworld(path: str, options: dict[str, Any], spec: str) -> ProbeWorldDataset:
+    """The registry's factory: ``path`` is a preset name, ``options`` override its fields."""
+    config = ProbeWorldConfig.preset(path)
+    where = f"dataset spec {spec!r}"
+    return ProbeWorldDataset(ProbeWorldConfig.from_dict({**config.to_dict(), **options}, where=where), spec)

@@ -1,0 +1,75 @@
+"""`diffprobe probe`: train one task's readout on a backbone's features, print and store the metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from diffprobe.utils.cliopts import (
+    cache_option,
+    dataset_option,
+    overrides_option,
+    quiet_option,
+    report_skipped,
+    workers_option,
+)
+
+
+@click.command("probe")
+@click.option("--task", "task_name", required=True,
+              help="image_cls, action, depth, camera_pose, point_tracking or box_tracking.")
+@click.option("--backbone", "spec", required=True, help="KIND[@OPTIONS]:PATH (see `diffprobe extract --help`).")
+@dataset_option
+@click.option("--train-data", default=None, metavar="SPEC", help="Dataset of the train role (default: --dataset).")
+@click.option("--val-data", default=None, metavar="SPEC", help="Dataset of the val role (default: --dataset).")
+@click.option("--test-data", default=None, metavar="SPEC", help="Dataset of the test role (default: --dataset).")
+@click.option("--block", type=int, required=True)
+@click.option("--t", "t", type=float, default=0.0, show_default=True, help="Noise level, 0 (clean) .. 1000.")
+@click.option("--noise-seed", default=0, show_default=True)
+@click.option("--ensemble", default=1, show_default=True)
+@click.option("--preset", default="tiny", show_default=True, help="ProbeConfig preset (tiny, base).")
+@overrides_option
+@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.sqlite"),
+              show_default=True, help="Results store (SQLite); a cell already there is not recomputed.")
+@click.option("--study", default="adhoc", show_default=True, help="Study name the row is filed under.")
+@click.option("--device", default="auto", show_default=True)
+@cache_option
+@workers_option
+@quiet_option
+def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | None, val_data: str | None,
+              test_data: str | None, block: int, t: float, noise_seed: int, ensemble: int, preset: str,
+              assignments: tuple[str, ...], store: Path, study: str, device: str, cache_dir: Path, workers: int,
+              quiet: bool) -> None:
+    """Train a task's probe on frozen features; the test metric of the validation-selected probe is stored.
+
+    The train / val / test roles come from --dataset (its own splits, or a seeded division of a dataset without
+    them; SPEC#SPLIT picks a split), each overridable with --train-data / --val-data / --test-data."""
+    from diffprobe.backbones.registry import load_backbone
+    from diffprobe.features.cache import FeatureCache
+    from diffprobe.study.store import Cell, ResultsStore
+    from diffprobe.tasks.probing import ProbeConfig
+    from diffprobe.tasks.runner import data_identity, run_probe, task_roles
+    from diffprobe.utils.runtime import resolve_device
+
+    dev = resolve_device(device)
+    cfg = ProbeConfig.preset(preset).override(assignments)
+    resolved = load_backbone(spec, dev)
+    default = dataset or resolved.trained_on or "probeworld:tiny"
+    roles = task_roles(task_name, {"train": train_data or default, "val": val_data or default,
+                                   "test": test_data or default})
+    cell = Cell(study=study, backbone=resolved.backbone.identity, mode=resolved.mode, checkpoint_step=resolved.step,
+                block=block, t=t, noise_seed=noise_seed, task=task_name, dataset=data_identity(roles),
+                probe_seed=cfg.seed, config_hash=cfg.hash())
+    with ResultsStore(store) as results:
+        if results.has(cell):
+            rows = results.query(**cell.__dict__)
+            click.echo(f"already in {store}: " + ", ".join(f"{r['metric']}={r['value']:.4f}" for r in rows))
+            return
+        res = run_probe(resolved.backbone, roles, task_name, block, t, noise_seed, cfg, FeatureCache(cache_dir),
+                        dev, ensemble, progress=not quiet, workers=workers)
+        results.add(cell, res.test)
+    sources = ", ".join(f"{r} {rd.dataset.spec} [{rd.source}, {len(rd.clips)} clips]" for r, rd in roles.items())
+    click.echo(f"{task_name} on {resolved.backbone.identity} block {block} t={t:g} (lr {res.chosen_lr:g}, "
+               f"step {res.chosen_step}; {sources}): " + ", ".join(f"{k}={v:.4f}" for k, v in res.test.items()))
+    report_skipped([rd.dataset for rd in roles.values()], store.parent)
