@@ -43,7 +43,7 @@ _SQL_TYPES = {int: "INTEGER", float: "REAL", str: "TEXT"}
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS results ("
     + ", ".join(f"{name} {_SQL_TYPES[tp]} NOT NULL" for name, tp in get_type_hints(Cell).items())
-    + ", metric TEXT NOT NULL, value REAL NOT NULL, time TEXT NOT NULL, "
+    + ", metric TEXT NOT NULL, value REAL, time TEXT NOT NULL, "  # value NULL: NaN (SQLite has no NaN)
     + f"UNIQUE ({', '.join(CELL_COLUMNS)}, metric))"
 )
 
@@ -107,7 +107,10 @@ class ResultsStore:
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += " ORDER BY " + ", ".join(CELL_COLUMNS + ["metric"])
-        return [dict(zip(COLUMNS, r, strict=True)) for r in self._db.execute(sql, args)]
+        rows = [dict(zip(COLUMNS, r, strict=True)) for r in self._db.execute(sql, args)]
+        for row in rows:
+            row["value"] = float("nan") if row["value"] is None else row["value"]  # stored NaN comes back as NaN
+        return rows
 
     def export_csv(self, path: str | Path, rows: Iterable[Mapping[str, Any]] | None = None) -> None:
         """Write all rows (or the given ones) as CSV, atomically."""
