@@ -16,6 +16,18 @@ def clip_generator(noise_seed: int, clip_id: int, device: torch.device) -> torch
     return g
 
 
+def clip_noise(z: torch.Tensor, clip_ids: torch.Tensor, noise_seed: int, draw: int) -> torch.Tensor:
+    """Per-clip seeded Gaussian noise shaped like ``z`` (B, ...): clip i uses generator (noise_seed, id_i), draw k
+    of an ensemble skips the first k draws, so draw 0 is the same whatever the ensemble size."""
+    out = []
+    for cid in clip_ids.tolist():
+        g = clip_generator(noise_seed, int(cid), z.device)
+        for _ in range(draw + 1):
+            eps = torch.randn(z.shape[1:], generator=g, device=z.device, dtype=z.dtype)
+        out.append(eps)
+    return torch.stack(out)
+
+
 class Backbone(ABC):
     """A frozen model that turns clips into token grids at chosen blocks and noise levels.
 

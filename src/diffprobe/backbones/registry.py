@@ -13,6 +13,7 @@ were trained on (``trained_on``), which commands use as their default dataset.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,12 +90,44 @@ def _latents(path: Path, options: dict[str, str], spec: str, device: torch.devic
                             read_export(tok_run, "tokenizer")["config"]["dataset"])
 
 
-#: kind -> factory
+def _lazy(target: str) -> Factory:
+    """A factory that imports ``module:function`` on first use (diffusers / transformers load only when asked)."""
+    module, attr = target.split(":")
+
+    def factory(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
+        return getattr(importlib.import_module(module), attr)(path, options, spec, device)
+
+    factory.__qualname__ = target
+    return factory
+
+
+#: kind -> factory; docs/backbones.md documents each kind's folder layout, blocks, t mapping and conditioning
 BACKBONES: dict[str, Factory] = {
     "walt": _walt,
     "walt-untrained": _walt_untrained,
     "latents": _latents,
+    "sd": _lazy("diffprobe.backbones.sd:load_sd"),
+    "animatediff": _lazy("diffprobe.backbones.animatediff:load_animatediff"),
+    "svd": _lazy("diffprobe.backbones.svd:load_svd"),
+    "dit": _lazy("diffprobe.backbones.dit:load_dit"),
+    "cogvideox": _lazy("diffprobe.backbones.cogvideox:load_cogvideox"),
+    "wan": _lazy("diffprobe.backbones.wan:load_wan"),
+    "latte": _lazy("diffprobe.backbones.latte:load_latte"),
+    "dinov2": _lazy("diffprobe.backbones.vision:load_dinov2"),
+    "videomae": _lazy("diffprobe.backbones.vision:load_videomae"),
+    "vjepa2": _lazy("diffprobe.backbones.vision:load_vjepa2"),
+    "siglip": _lazy("diffprobe.backbones.vision:load_siglip"),
 }
+
+
+def block_shapes(backbone: Backbone, frames: int, height: int, width: int) -> dict[int, tuple[int, ...]]:
+    """``{block: (T_f, H_f, W_f, C)}`` of every block for one clip of ``frames x height x width`` (a forward pass
+    on a grey clip at t = 0): what ``diffprobe backbone info`` prints."""
+    video = torch.full((1, frames, height, width, 3), 128, dtype=torch.uint8, device=backbone.device)
+    blocks = list(range(backbone.num_blocks + 1))
+    with torch.no_grad():
+        feats = backbone.features(video, torch.zeros(1, dtype=torch.long), blocks, 0.0, 0)
+    return {b: tuple(feats[b].shape[1:]) for b in blocks}
 
 
 def parse_backbone_spec(spec: str) -> tuple[str, dict[str, str], str]:

@@ -7,21 +7,9 @@ from collections.abc import Sequence
 import torch
 from einops import rearrange
 
-from diffprobe.backbones.base import Backbone, clip_generator
+from diffprobe.backbones.base import Backbone, clip_noise
 from diffprobe.diffusion import add_noise
 from diffprobe.models import WALT, CausalAutoencoder, frames_to_input
-
-
-def _noise_like(z: torch.Tensor, clip_ids: torch.Tensor, noise_seed: int, draw: int) -> torch.Tensor:
-    """Per-clip seeded Gaussian noise shaped like ``z`` (B, ...): clip i uses generator (noise_seed, id_i), draw k
-    of an ensemble skips the first k draws, so draw 0 is the same whatever the ensemble size."""
-    out = []
-    for cid in clip_ids.tolist():
-        g = clip_generator(noise_seed, int(cid), z.device)
-        for _ in range(draw + 1):
-            eps = torch.randn(z.shape[1:], generator=g, device=z.device, dtype=z.dtype)
-        out.append(eps)
-    return torch.stack(out)
 
 
 class WALTBackbone(Backbone):
@@ -64,7 +52,7 @@ class WALTBackbone(Backbone):
         tt = torch.full((z.shape[0],), float(t), device=z.device)
         acc: dict[int, torch.Tensor] = {}
         for draw in range(ensemble):
-            x_t = add_noise(z, tt, _noise_like(z, ids, noise_seed, draw)) if t > 0 else z
+            x_t = add_noise(z, tt, clip_noise(z, ids, noise_seed, draw)) if t > 0 else z
             for blk, f in self.denoiser(x_t, tt, blocks=list(blocks)).items():  # (B', T', h, w, D)
                 acc[blk] = acc[blk] + f if blk in acc else f
         out = {blk: f / ensemble for blk, f in acc.items()}

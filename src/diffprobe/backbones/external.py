@@ -1,0 +1,268 @@
+"""What every backbone loaded from a model folder on disk shares (diffusers and transformers kinds).
+
+- :class:`ExternalOptions`: the options every such kind takes (``dtype``, ``batch_size``), parsed from the spec.
+- :func:`weights_fingerprint`: a hash of the folder's weight and config files (names, sizes, modification times), so
+  new weights never reuse cached features; :func:`require_files` names a missing file.
+- :class:`BlockTaps`: forward hooks on a model's block modules that keep each asked-for block's output and stop the
+  forward right after the deepest one (the rest of the network is never run).
+- :class:`LatentDiffusionBackbone`: the template of a latent diffusion model: pixels -> scaled latents (block 0,
+  cached once per split through the ``encoder`` path) -> noised to t by the model's own mapping -> one denoiser
+  forward -> block tokens ``(B, T_f, H_f, W_f, C)``; ``ensemble`` averages noise draws.
+- :func:`null_embeddings`: the null conditioning read from ``null_embeds.safetensors`` in the model folder, or
+  computed once by the caller's function and saved there.
+
+diffusers and transformers are imported by the kinds' modules, inside functions, so the core package never needs
+them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from diffprobe.backbones.base import Backbone, clip_noise
+from diffprobe.config import Config, ConfigError
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: files whose bytes decide a model's outputs (weights, configs, tokenizers, null embeddings)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".txt", ".model")
+NULL_EMBEDS = "null_embeds.safetensors"
+
+
+class BackboneLoadError(ValueError):
+    """A model folder is missing a file, holds a file that does not fit, or cannot give what a kind needs; the
+    message names the file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalOptions(Config):
+    """Options every model-folder kind takes after ``@`` in its spec."""
+
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    batch_size: int = 0  #: clips per forward inside a batch (0: the whole batch at once)
+
+    def validate(self) -> None:
+        if self.batch_size < 0:
+            raise ConfigError(f"{type(self).__name__}.batch_size: must be >= 0, got {self.batch_size}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+def parse_options(cls: type[ExternalOptions], options: dict[str, str], spec: str) -> ExternalOptions:
+    """Typed options from a spec's ``KEY=VALUE`` strings; unknown keys are an error listing the known ones."""
+    import json
+
+    values: dict[str, Any] = {}
+    for key, text in options.items():
+        try:
+            values[key] = json.loads(text)
+        except json.JSONDecodeError:
+            values[key] = text
+    return cls.from_dict(values, where=f"backbone spec {spec!r}")
+
+
+def require_files(folder: Path, *names: str) -> None:
+    """An error naming the first of ``folder/name`` that does not exist."""
+    if not folder.is_dir():
+        raise BackboneLoadError(f"{folder}: no such model folder")
+    for name in names:
+        if not (folder / name).exists():
+            raise BackboneLoadError(f"{folder / name}: missing (a {folder.name!r} model folder in the library's "
+                                    "save_pretrained layout has it)")
+
+
+def weights_fingerprint(folder: Path) -> str:
+    """A short hash of the names, sizes and modification times of every weight / config file under ``folder``."""
+    h = hashlib.sha256()
+    for root, _, files in sorted(os.walk(folder)):
+        for name in sorted(files):
+            if name.endswith(WEIGHT_SUFFIXES):
+                path = Path(root, name)
+                st = path.stat()
+                h.update(f"{path.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
+
+
+def identity_of(kind: str, folder: Path, options: Config, **details: Any) -> str:
+    """``<kind>-<folder name>-<hash>``: the hash covers the weights' fingerprint, every option (dtype, frames, ...)
+    and the ``details`` a kind adds (its conditioning and t mapping)."""
+    blob = repr((kind, weights_fingerprint(folder), sorted(options.to_dict().items()), sorted(details.items())))
+    stem = "".join(c if c.isalnum() or c in "._+-" else "-" for c in folder.resolve().name)
+    return f"{kind}-{stem}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+class _StopForward(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by a hook after the deepest block asked for: the rest of the forward pass is skipped."""
+
+
+class BlockTaps:
+    """Forward hooks that keep the outputs of ``modules[b - 1]`` for each block ``b`` asked for (1-based) and stop
+    the forward pass after the deepest. A module that returns a tuple is taken at its first element (the hidden
+    states of diffusers' blocks); ``take`` overrides that choice."""
+
+    def __init__(self, modules: Sequence[nn.Module], take: Callable[[int, Any], torch.Tensor] | None = None) -> None:
+        self.modules = list(modules)
+        self.take = take or (lambda block, out: out[0] if isinstance(out, (tuple, list)) else out)
+
+    @contextlib.contextmanager
+    def capture(self, blocks: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+        """``with taps.capture([2, 5]) as out: taps.run(lambda: model(...))`` fills ``out`` with blocks 2 and 5."""
+        wanted = sorted({b for b in blocks if b > 0})
+        bad = [b for b in wanted if b > len(self.modules)]
+        if bad:
+            raise ValueError(f"block(s) {bad} out of range: this model has blocks 1..{len(self.modules)}")
+        out: dict[int, torch.Tensor] = {}
+        last = wanted[-1] if wanted else 0
+
+        def hook(block: int):
+            def fn(module: nn.Module, args: Any, output: Any) -> None:
+                if block in wanted:
+                    out[block] = self.take(block, output)
+                if block == last:
+                    raise _StopForward
+            return fn
+
+        handles = [m.register_forward_hook(hook(i + 1)) for i, m in enumerate(self.modules) if i + 1 <= last]
+        try:
+            yield out
+        finally:
+            for h in handles:
+                h.remove()
+
+    @staticmethod
+    def run(forward: Callable[[], Any]) -> None:
+        """Run ``forward`` until the hook of the deepest block stops it."""
+        with contextlib.suppress(_StopForward):
+            forward()
+
+
+def null_embeddings(folder: Path, names: Sequence[str], compute: Callable[[], dict[str, torch.Tensor]] | None,
+                    how: str) -> dict[str, torch.Tensor]:
+    """The model's null conditioning: tensors ``names`` of ``folder/null_embeds.safetensors`` when it exists,
+    otherwise ``compute()`` (the folder's own text encoder on the empty prompt), saved there for the next run. A
+    folder with neither is an error that says ``how`` to provide it."""
+    from diffprobe.utils.io import load_tensors, save_tensors
+
+    path = folder / NULL_EMBEDS
+    if path.is_file():
+        try:
+            tensors = load_tensors(path)
+        except ValueError as e:
+            raise BackboneLoadError(str(e)) from e
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise BackboneLoadError(f"{path}: no tensor(s) {missing} (it holds {sorted(tensors)})")
+        return {n: tensors[n] for n in names}
+    if compute is None:
+        raise BackboneLoadError(f"{path}: missing, and the folder has no text encoder to compute it; {how}")
+    tensors = {n: t.detach().cpu().contiguous() for n, t in compute().items()}
+    save_tensors(path, tensors)
+    return {n: tensors[n] for n in names}
+
+
+class LatentEncoder(Backbone):
+    """Block 0 of a latent diffusion backbone: its scaled VAE latents ``(B, T', h, w, C)``, encoded by ``encode``
+    (uint8 video (B, T, H, W, 3) -> latents), ``frames_per_chunk`` frames at a time where the VAE encodes frames
+    independently (0: the whole clip in one call, for video VAEs that chunk internally)."""
+
+    num_blocks = 0
+
+    def __init__(self, identity: str, encode: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                 frames_per_chunk: int = 0) -> None:
+        self.identity, self._encode, self.device, self.chunk = identity, encode, device, frames_per_chunk
+
+    @torch.no_grad()
+    def features(self, video: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int], t: float,
+                 noise_seed: int, ensemble: int = 1) -> dict[int, torch.Tensor]:
+        if list(blocks) != [0] or t != 0:
+            raise ValueError(f"{self.identity}: the latents are block 0 at t = 0, asked for {list(blocks)} at t={t}")
+        if not self.chunk:
+            return {0: self._encode(video).float()}
+        parts = [self._encode(video[:, i:i + self.chunk]).float() for i in range(0, video.shape[1], self.chunk)]
+        return {0: torch.cat(parts, dim=1)}  # (B, T', h, w, C)
+
+
+class LatentDiffusionBackbone(Backbone):
+    """The template of a latent diffusion backbone; a kind implements the four abstract methods.
+
+    ``features_from_encoded`` takes the scaled latents ``(B, T', h, w, C)`` (block 0), noises them to ``t`` with
+    :meth:`noise` and the per-clip seeded noise, runs :meth:`forward` once with :class:`BlockTaps` on
+    :meth:`block_modules`, and turns each block's output into tokens with :meth:`tokens`.
+    """
+
+    #: how the kind maps t (0..1000) to its own noise level, named in the identity (e.g. "ddpm", "edm", "flow")
+    t_mapping: ClassVar[str]
+
+    def __init__(self, identity: str, encoder: LatentEncoder, device: torch.device, dtype: torch.dtype,
+                 batch_size: int = 0) -> None:
+        """Subclasses load their modules first, then call this (it hooks :meth:`block_modules`)."""
+        self.identity, self.encoder, self.device = identity, encoder, device
+        self.dtype, self.batch_size = dtype, batch_size
+        self.taps = BlockTaps(self.block_modules())
+        self.num_blocks = len(self.taps.modules)
+
+    @abstractmethod
+    def block_modules(self) -> list[nn.Module]:
+        """The denoiser's blocks in execution order (block b = element b - 1)."""
+
+    @abstractmethod
+    def noise(self, z: torch.Tensor, t: float, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_t, timestep)``: latents ``(B, T', h, w, C)`` noised to level ``t`` (0..1000) with ``eps`` and the
+        timestep tensor ``(B,)`` the denoiser takes, by the model's own schedule."""
+
+    @abstractmethod
+    def forward(self, x_t: torch.Tensor, timestep: torch.Tensor, clean: torch.Tensor) -> None:
+        """One denoiser call on noised latents ``(B, T', h, w, C)`` with the null conditioning (``clean``: the
+        clean latents, for models conditioned on a frame of the clip)."""
+
+    @abstractmethod
+    def tokens(self, block: int, output: torch.Tensor, grid: tuple[int, int, int, int]) -> torch.Tensor:
+        """A block's output -> ``(B, T_f, H_f, W_f, C)`` float32 (``grid``: the latents' ``(B, T', h, w)``)."""
+
+    def denoise(self, x_t: torch.Tensor, t: float, clean: torch.Tensor, steps: int) -> torch.Tensor:
+        """The clean latents ``(B, T', h, w, C)`` estimated from ``x_t`` at level ``t`` by ``steps`` steps of the
+        model's own scheduler with the null conditioning (for ``diffprobe backbone check``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no denoising loop for `diffprobe backbone check`")
+
+    @torch.no_grad()
+    def features(self, video: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int], t: float,
+                 noise_seed: int, ensemble: int = 1) -> dict[int, torch.Tensor]:
+        z = self.encoder.features(video, clip_ids, [0], 0.0, noise_seed)[0]
+        return self.features_from_encoded(z, clip_ids, blocks, t, noise_seed, ensemble)
+
+    @torch.no_grad()
+    def features_from_encoded(self, encoded: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int],
+                              t: float, noise_seed: int, ensemble: int = 1) -> dict[int, torch.Tensor]:
+        step = self.batch_size or len(encoded)
+        parts = [self._features(encoded[i:i + step], clip_ids[i:i + step], blocks, t, noise_seed, ensemble)
+                 for i in range(0, len(encoded), step)]
+        return {b: torch.cat([p[b] for p in parts]) for b in blocks}
+
+    def _features(self, encoded: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int], t: float,
+                  noise_seed: int, ensemble: int) -> dict[int, torch.Tensor]:
+        z = encoded.to(self.device, torch.float32)  # (B, T', h, w, C)
+        grid = tuple(z.shape[:4])
+        acc: dict[int, torch.Tensor] = {}
+        for draw in range(ensemble):
+            eps = clip_noise(z, clip_ids, noise_seed, draw)
+            x_t, timestep = self.noise(z, t, eps)
+            with self.taps.capture(blocks) as out:
+                self.taps.run(lambda x_t=x_t, timestep=timestep: self.forward(x_t, timestep, z))
+            for b, o in out.items():
+                tok = self.tokens(b, o, grid).float()
+                acc[b] = acc[b] + tok if b in acc else tok
+        result = {b: v / ensemble for b, v in acc.items()}
+        if 0 in blocks:
+            result[0] = z
+        return result
