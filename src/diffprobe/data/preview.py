@@ -41,6 +41,11 @@ def depth_image(depth: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def auto_scale(height: int, width: int) -> int:
+    """The integer upscaling that shows a frame about 192 pixels wide (6 for Probe World's 32-pixel frames)."""
+    return max(1, 192 // max(height, width))
+
+
 def _in_frame(xy: np.ndarray, height: int, width: int) -> np.ndarray:
     return (xy[..., 0] >= 0) & (xy[..., 0] < width) & (xy[..., 1] >= 0) & (xy[..., 1] < height)
 
@@ -54,7 +59,7 @@ def _annotated_frame(clip: dict[str, Any], t: int, scale: int) -> Image.Image:
     tracks = clip["tracks"] if "tracks" in clip else np.zeros((0, t + 1, 2), np.float32)
     visible = clip["visible"] if "visible" in clip else np.zeros(tracks.shape[:2], bool)
     cols = _track_colours(len(tracks))
-    r = max(1.0, scale * 0.3)
+    r = max(1.0, scale * 0.3, 0.012 * w * scale)  # dots stay visible on large frames
     for n, (xy, vis) in enumerate(zip(tracks[:, t], visible[:, t], strict=True)):
         if not _in_frame(xy, h, w):
             continue
@@ -77,9 +82,11 @@ def _annotated_frame(clip: dict[str, Any], t: int, scale: int) -> Image.Image:
     return img
 
 
-def save_gif(clip: dict[str, Any], path: str | Path, scale: int = 6, frame_ms: int = 160) -> None:
-    """Animated GIF of one clip: annotated video | raw video | depth, side by side, looping; written atomically."""
+def save_gif(clip: dict[str, Any], path: str | Path, scale: int | None = None, frame_ms: int = 160) -> None:
+    """Animated GIF of one clip: annotated video | raw video | depth, side by side, looping; written atomically
+    (``scale``: integer upscaling, by default :func:`auto_scale`)."""
     t, h, w = clip["video"].shape[:3]
+    scale = scale or auto_scale(h, w)
     depth = depth_image(clip["depth"]) if "depth" in clip else np.zeros((t, h, w, 3), np.uint8)
     frames = []
     for i in range(t):
@@ -107,6 +114,9 @@ def _title(clip: dict[str, Any], names: dict[str, Sequence[str]] | None) -> str:
         parts.append(f"{len(clip['boxes'])} object(s)")
     if "tracks" in clip:
         parts.append(f"{len(clip['tracks'])} track(s)")
+    if "camera" in clip:
+        moved = np.linalg.norm(clip["camera"][-1, :3, 3] - clip["camera"][0, :3, 3])
+        parts.append(f"camera moves {moved:.2f} (translation of world-to-camera)")
     return " / ".join(parts) or "unlabelled"
 
 
@@ -126,7 +136,7 @@ def clip_mosaic(clip: dict[str, Any], times: Sequence[int], scale: int = 6) -> n
     return out
 
 
-def contact_sheet(clips: Sequence[dict[str, Any]], path: str | Path, max_frames: int = 9, scale: int = 6,
+def contact_sheet(clips: Sequence[dict[str, Any]], path: str | Path, max_frames: int = 9, scale: int | None = None,
                   names: dict[str, Sequence[str]] | None = None) -> None:
     """PNG of clips: per clip one row of annotated frames above one row of depth maps (at most ``max_frames``
     evenly spaced frames), titled with its labels; ``names`` maps the class fields (``label``, ``action``) to
@@ -136,7 +146,8 @@ def contact_sheet(clips: Sequence[dict[str, Any]], path: str | Path, max_frames:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t = clips[0]["video"].shape[0]
+    t, h, w = clips[0]["video"].shape[:3]
+    scale = scale or auto_scale(h, w)
     times = [int(v) for v in np.unique(np.round(np.linspace(0, t - 1, min(t, max_frames))).astype(int))]
     mosaics = [clip_mosaic(c, times, scale) for c in clips]
     mh, mw = max(m.shape[0] for m in mosaics), mosaics[0].shape[1]
