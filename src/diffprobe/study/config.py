@@ -11,6 +11,7 @@ from diffprobe.data import ProbeWorldConfig
 from diffprobe.data.splits import ROLES
 from diffprobe.data.world.dataset import probeworld_spec
 from diffprobe.models import WALTConfig
+from diffprobe.study.report_tasks import IMAGE, LATENTS, UNTRAINED, VIDEO
 from diffprobe.tasks import TASKS
 from diffprobe.tasks.probing import ProbeConfig
 from diffprobe.train.denoiser import DenoiserRunConfig
@@ -39,15 +40,26 @@ _TINY: dict[str, Any] = {
 
 _RUNS = ("tokenizer", "twin", "feature_net")
 
+#: placeholders a backbone spec may use for the study's own runs (run_dir-relative paths)
+TWIN_VIDEO, TWIN_IMAGE, TOKENIZER = "{twin:video}", "{twin:image}", "{tokenizer}"
+#: the default set: the study's own twins and the two controls
+OWN_BACKBONES: dict[str, str] = {VIDEO: f"walt:{TWIN_VIDEO}", IMAGE: f"walt:{TWIN_IMAGE}",
+                                 UNTRAINED: f"walt-untrained:{TWIN_VIDEO}", LATENTS: f"latents:{TOKENIZER}"}
+
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig(Config):
     """One image-vs-video study. The twins share ``twin`` (mode aside); every probe shares ``probe``.
 
-    The headline cell of each twin is (``block``, ``t``). The noise sweep varies t at ``block``, the block sweep
-    varies the block at ``t`` (the paper's Figure 5), both on ``sweep_tasks``. ``sizes`` adds twins of other widths
-    (model-size analysis) and ``budget_steps`` probes earlier checkpoints (training-budget analysis), both at the
-    headline cell on ``sweep_tasks``, each with the generation Fréchet distance of its samples.
+    ``backbones`` names every backbone probed (name -> spec; ``{twin:video}``, ``{twin:image}`` and
+    ``{tokenizer}`` stand for the study's own runs, which are trained only when a spec uses them). ``reference`` is
+    the (video, image) pair the study compares and ``control`` the backbone the video side is tested against in
+    the table's z column. The headline cell of each backbone is (``block``, ``t``) unless ``headline`` gives its own
+    (a backbone without blocks, such as ``latents``, is read at block 0, t 0). The noise sweep varies t at the
+    reference pair's headline block, the block sweep varies the block at its t (the paper's Figure 5), both on
+    ``sweep_tasks``. With the study's own twins as the reference, ``sizes`` adds twins of other widths (model-size
+    analysis) and ``budget_steps`` probes earlier checkpoints (training-budget analysis), both at the headline cell
+    on ``sweep_tasks``, each with the generation Fréchet distance of its samples.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"tiny": _TINY}
@@ -58,6 +70,10 @@ class StudyConfig(Config):
     dataset: str = "probeworld:tiny"
     #: task -> {role: dataset spec} for train / val / test (``SPEC#SPLIT`` picks a split; see data.splits)
     task_data: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    backbones: dict[str, str] = dataclasses.field(default_factory=lambda: dict(OWN_BACKBONES))
+    reference: tuple[str, str] = (VIDEO, IMAGE)  #: (video, image) names in ``backbones``
+    control: str = UNTRAINED  #: the backbone the video side's margin is measured against ("" for none)
+    headline: dict[str, tuple[int, float]] = dataclasses.field(default_factory=dict)  #: name -> (block, t)
     tokenizer: TokenizerRunConfig = dataclasses.field(default_factory=TokenizerRunConfig)
     twin: DenoiserRunConfig = dataclasses.field(default_factory=DenoiserRunConfig)
     feature_net: FeatureNetRunConfig = dataclasses.field(default_factory=FeatureNetRunConfig)
@@ -89,6 +105,21 @@ class StudyConfig(Config):
                 expanded += [f"{run}.{item}" for run in _RUNS]
         return super().override(expanded)
 
+    def own_twins(self) -> bool:
+        """Whether the reference pair is the study's own twins (their sizes, checkpoints and samples exist)."""
+        return (self.backbones[self.reference[0]], self.backbones[self.reference[1]]) == (
+            f"walt:{TWIN_VIDEO}", f"walt:{TWIN_IMAGE}")
+
+    def uses(self, placeholder: str) -> bool:
+        """Whether any backbone spec uses one of the study's own runs (``{twin:`` or ``{tokenizer}``)."""
+        return any(placeholder in spec for spec in self.backbones.values())
+
+    def headline_of(self, name: str) -> tuple[int, float]:
+        """The (block, t) a backbone is read at in the headline table."""
+        if name in self.headline:
+            return self.headline[name]
+        return (0, 0.0) if self.backbones[name].startswith("latents:") else (self.block, self.t)
+
     def roles(self, task: str) -> dict[str, str]:
         """The dataset spec of each role of ``task``."""
         return dict(self.task_data[task]) if task in self.task_data else dict.fromkeys(ROLES, self.dataset)
@@ -105,12 +136,20 @@ class StudyConfig(Config):
             if task not in TASKS or set(roles) != set(ROLES):
                 raise ConfigError(f"StudyConfig.task_data[{task!r}]: needs a known task and a dataset spec for each of "
                                   f"{list(ROLES)}, got {sorted(roles)}")
+        names = [*self.reference, *([self.control] if self.control else []), *self.headline]
+        missing = [n for n in names if n not in self.backbones]
+        if missing:
+            raise ConfigError(f"StudyConfig.reference/control/headline: {missing} not in backbones "
+                              f"{sorted(self.backbones)}")
+        if (self.budget_steps or self.sizes) and not self.own_twins():
+            raise ConfigError("StudyConfig.budget_steps/sizes: the training-budget and model-size analyses need the "
+                              "study's own twins as the reference pair; set them to [] / {}")
         unknown = [t for t in (*self.tasks, *self.sweep_tasks) if t not in TASKS]
         if unknown:
             raise ConfigError(f"StudyConfig.tasks/sweep_tasks: unknown task(s) {unknown}; known: {list(TASKS)}")
         depth = self.twin.model.depth
         bad = [b for b in (self.block, *self.block_sweep) if not 1 <= b <= depth]
-        if bad:
+        if bad and self.own_twins():
             raise ConfigError(f"StudyConfig.block/block_sweep: {bad} not in 1..{depth} (the twin's depth)")
         if any(not 0 <= t <= 1000 for t in (self.t, *self.noise_sweep)):
             raise ConfigError("StudyConfig.t/noise_sweep: noise levels are on 0..1000")

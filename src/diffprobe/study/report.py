@@ -80,19 +80,31 @@ def _header(run_dir: Path, data: StudyData, heads: Heads) -> str:
     return "\n".join(out)
 
 
-def _summary(bars: list, notes: list[str]) -> str:
-    sentences = summary_sentences(bars, VIDEO, IMAGE)
+def reference_pair(run_dir: Path) -> tuple[str, str]:
+    """The (video, image) pair a study compares: the ``reference`` of its ``study_config.json``; the study's own
+    twins for a run without a config, or with one written before studies named their reference pair."""
+    cfg_path = run_dir / "study_config.json"
+    cfg = read_json(cfg_path) if cfg_path.is_file() else {}
+    if "reference" in cfg:
+        video, image = cfg["reference"]
+        return video, image
+    return VIDEO, IMAGE
+
+
+def _summary(bars: list, notes: list[str], pair: tuple[str, str]) -> str:
+    video, image = pair
+    sentences = summary_sentences(bars, video, image)
     items = "".join(f"<li>{esc(s)}</li>" for s in sentences)
-    body = f'<ul>{items}</ul>' if sentences else f"<p>No task has both {VIDEO} and {IMAGE} results.</p>"
+    body = f'<ul>{items}</ul>' if sentences else f"<p>No task has both {video} and {image} results.</p>"
     return (f'<h2 id="summary">Summary</h2><div class="summary">{body}</div>'
             + "".join(note(n) for n in notes))
 
 
-def _fig1(bars: list, notes: list[str], figs: dict[str, bytes]) -> str:
+def _fig1(bars: list, notes: list[str], figs: dict[str, bytes], image: str) -> str:
     out = ['<h2 id="fig1">1. Video vs image per task (paper Fig. 1)</h2>']
     if not bars:
         return "".join(out) + "".join(note(n) for n in notes)
-    figs["fig_video_vs_image.png"] = figures.png_bytes(figures.relative_bars_figure(bars, IMAGE))
+    figs["fig_video_vs_image.png"] = figures.png_bytes(figures.relative_bars_figure(bars, image))
     out.append(img(figs["fig_video_vs_image.png"], "video vs image per task", FORMULA))
     rows = [[esc(b.task), esc(b.metric), esc(b.backbone), esc(b.block), esc(fmt_num(b.t)),
              esc(_mean_std(b.stat.mean, b.stat.std, b.stat.n)), esc(b.stat.n), esc(fmt_pct(b.percent)),
@@ -124,11 +136,11 @@ def _fig5(data: StudyData, heads: Heads, figs: dict[str, bytes]) -> str:
     return "".join(out) + "".join(note(n) for n in notes)
 
 
-def _scaling(run_dir: Path, data: StudyData, heads: Heads, figs: dict[str, bytes]) -> str:
+def _scaling(run_dir: Path, data: StudyData, heads: Heads, figs: dict[str, bytes], image: str) -> str:
     out = ['<h2 id="scaling">3. Model size and training budget</h2>']
     gen_path = run_dir / "generation.json"
     generation = read_generation(read_json(gen_path), gen_path) if gen_path.is_file() else []
-    points, notes = scale_points(data, heads, generation, IMAGE)
+    points, notes = scale_points(data, heads, generation, image)
     multi_step = any(len(data.steps(b)) > 1 for b in data.backbones)
     sizes = any("@" in b for b in data.backbones)
     if not points or not (generation or multi_step or sizes):
@@ -141,10 +153,10 @@ def _scaling(run_dir: Path, data: StudyData, heads: Heads, figs: dict[str, bytes
         return "".join(out) + note(f"Section skipped: {reason}.") + "".join(note(n) for n in notes)
     if not gen_path.is_file():
         notes.insert(0, "generation.json is absent: generation quality is not plotted.")
-    figs["fig_scaling.png"] = figures.png_bytes(figures.scaling_figure(points, IMAGE))
+    figs["fig_scaling.png"] = figures.png_bytes(figures.scaling_figure(points, image))
     out.append(img(figs["fig_scaling.png"], "representation vs generation quality",
                    f"Representation quality of a (backbone, checkpoint) = mean over tasks of its primary metric "
-                   f"relative to {IMAGE} at its final checkpoint (100&middot;v/i, or 100&middot;i/v for errors), "
+                   f"relative to {image} at its final checkpoint (100&middot;v/i, or 100&middot;i/v for errors), "
                    f"each at the backbone's headline block and t. Fréchet distance from "
                    f"<code>generation.json</code> (lower is better)."))
     tasks = sorted({t for p in points for t in p.per_task}, key=data.tasks.index)
@@ -208,14 +220,15 @@ def write_report(run_dir: Path, study: str | None = None, headline: tuple[int, f
     run_dir = Path(run_dir)
     data = load_study(run_dir / "results.sqlite", study)
     heads, head_notes = headlines(data, headline)
-    bars, bar_notes = relative_bars(data, heads, IMAGE)
+    pair = reference_pair(run_dir)
+    bars, bar_notes = relative_bars(data, heads, pair[1])
     figs: dict[str, bytes] = {}
     body = "\n".join([
         _header(run_dir, data, heads),
-        _summary(bars, data.notes + head_notes),
-        _fig1(bars, bar_notes, figs),
+        _summary(bars, data.notes + head_notes, pair),
+        _fig1(bars, bar_notes, figs, pair[1]),
         _fig5(data, heads, figs),
-        _scaling(run_dir, data, heads, figs),
+        _scaling(run_dir, data, heads, figs, pair[1]),
         _pca(run_dir, figs),
         _full_table(data, heads),
     ])

@@ -25,21 +25,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffprobe.backbones.registry import ResolvedBackbone, load_backbone
+from diffprobe.backbones.registry import IMAGE_KINDS, ResolvedBackbone, load_backbone, parse_backbone_spec
 from diffprobe.config import ConfigError
 from diffprobe.data.splits import ROLES, RoleData, resolve_roles
 from diffprobe.features.cache import FeatureCache
 from diffprobe.features.sources import ensure_features, ensure_videos
 from diffprobe.models.exports import META_FILE, load_tokenizer
-from diffprobe.study.config import StudyConfig
+from diffprobe.study.config import TOKENIZER, TWIN_IMAGE, TWIN_VIDEO, StudyConfig
 from diffprobe.study.report_tasks import (
     HIGHER_IS_BETTER,
-    IMAGE,
-    LATENTS,
     PRIOR,
     TASK_METRICS,
     UNTRAINED,
-    VIDEO,
     margin_z,
     relative_percent,
 )
@@ -104,33 +101,53 @@ def _twin_config(cfg: StudyConfig, run_dir: Path, size: str, mode: str):
     return cfg.twin.replace(mode=mode, tokenizer=tokenizer, model=model)
 
 
+def expand_spec(spec: str, run_dir: Path, size: str = MAIN) -> str:
+    """A backbone spec with the study's placeholders replaced by its run directories."""
+    dirs = twin_dirs_main(run_dir, size)
+    return (spec.replace(TWIN_VIDEO, str(dirs["video"])).replace(TWIN_IMAGE, str(dirs["image"]))
+            .replace(TOKENIZER, str(run_dir / "tokenizer")))
+
+
+def twin_dirs_main(run_dir: Path, size: str = MAIN) -> dict[str, Path]:
+    return {m: run_dir / "twins" / f"{size}-{m}" for m in ("video", "image")}
+
+
+def _mode_and_step(cfg: StudyConfig, spec: str) -> tuple[str, int]:
+    """(mode, checkpoint step) of a spec, without loading it: the study's twins are known; other kinds by the
+    registry's table of image kinds."""
+    kind = parse_backbone_spec(spec)[0]
+    if TWIN_VIDEO in spec or TWIN_IMAGE in spec:
+        mode = "image" if TWIN_IMAGE in spec else "video"
+        return mode, (cfg.twin.train.steps if kind == "walt" else 0)
+    return ("image" if kind in IMAGE_KINDS else "video"), 0
+
+
 def plan_jobs(cfg: StudyConfig, run_dir: Path) -> list[tuple[Job, str, int]]:
     """Every probe cell of the study as (job, mode, checkpoint step), headline cells first, in a stable order."""
-    dirs = twin_dirs(cfg, run_dir)
-    final = cfg.twin.train.steps
     jobs: list[tuple[Job, str, int]] = []
 
-    def add(name: str, spec: str, mode: str, step: int, block: int, t: float, tasks: tuple[str, ...]) -> None:
+    def add(name: str, spec: str, block: int, t: float, tasks: tuple[str, ...], mode_step=None) -> None:
+        mode, step = mode_step or _mode_and_step(cfg, spec)
         for task in tasks:
             for ns in cfg.noise_seeds:
                 for ps in cfg.probe_seeds:
-                    jobs.append((Job(name, spec, block, t, task, ns, ps), mode, step))
+                    jobs.append((Job(name, expand_spec(spec, run_dir), block, t, task, ns, ps), mode, step))
 
-    video, image = dirs[MAIN, "video"], dirs[MAIN, "image"]
-    for name, spec, mode, step in ((VIDEO, f"walt:{video}", "video", final),
-                                   (IMAGE, f"walt:{image}", "image", final),
-                                   (UNTRAINED, f"walt-untrained:{video}", "video", 0)):
-        add(name, spec, mode, step, cfg.block, cfg.t, cfg.tasks)
-    add(LATENTS, f"latents:{run_dir / 'tokenizer'}", "video", 0, 0, 0.0, cfg.tasks)
-    for mode, d in (("video", video), ("image", image)):
-        for t in cfg.noise_sweep:
-            add(f"walt-{mode}", f"walt:{d}", mode, final, cfg.block, t, cfg.sweep_tasks)
-        for block in cfg.block_sweep:
-            add(f"walt-{mode}", f"walt:{d}", mode, final, block, cfg.t, cfg.sweep_tasks)
-        for step in cfg.budget_steps:
-            add(f"walt-{mode}", f"walt@{step}:{d}", mode, step, cfg.block, cfg.t, cfg.sweep_tasks)
+    for name, spec in cfg.backbones.items():
+        add(name, spec, *cfg.headline_of(name), cfg.tasks)
+    for name in cfg.reference:
+        spec = cfg.backbones[name]
+        block, t = cfg.headline_of(name)
+        for nt in cfg.noise_sweep:
+            add(name, spec, block, nt, cfg.sweep_tasks)
+        for nb in cfg.block_sweep:
+            add(name, spec, nb, t, cfg.sweep_tasks)
+        mode = _mode_and_step(cfg, spec)[0]
+        for step in cfg.budget_steps:  # own twins only (validated)
+            add(name, spec.replace("walt:", f"walt@{step}:", 1), block, t, cfg.sweep_tasks, (mode, step))
         for size in cfg.sizes:
-            add(f"walt-{mode}@{size}", f"walt:{dirs[size, mode]}", mode, final, cfg.block, cfg.t, cfg.sweep_tasks)
+            sized = f"walt:{twin_dirs_main(run_dir, size)[mode]}"
+            add(f"{name}@{size}", sized, block, t, cfg.sweep_tasks, (mode, cfg.twin.train.steps))
     seen, unique = set(), []
     for job, mode, step in jobs:  # the sweeps cross at the headline cell: keep each cell once
         if (job, step) not in seen:
@@ -141,15 +158,23 @@ def plan_jobs(cfg: StudyConfig, run_dir: Path) -> list[tuple[Job, str, int]]:
 
 def _train_models(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, timed: Timings,
                   progress: bool) -> None:
+    """Train the study's own runs that its backbones use: the tokenizer, the twins (and their sizes), and, when the
+    twins are the reference pair, the feature network of the Fréchet distances."""
+    if not (cfg.uses("{twin:") or cfg.uses(TOKENIZER)):
+        return
     tok_dir = run_dir / "tokenizer"
     if not _exported(tok_dir, cfg.tokenizer.to_dict()):
         timed("tokenizer", lambda: train_tokenizer(cfg.tokenizer, tok_dir, cache, resume=True,
                                                               progress=progress))
+    if not cfg.uses("{twin:"):
+        return
     for (size, mode), d in twin_dirs(cfg, run_dir).items():
         tcfg = _twin_config(cfg, run_dir, size, mode)
         if not _exported(d, tcfg.to_dict()):
             timed(f"twin {size}-{mode}", lambda tcfg=tcfg, d=d: train_denoiser(
                 tcfg, d, cache, resume=True, progress=progress))
+    if not cfg.own_twins():
+        return
     fn_dir = run_dir / "feature_net"
     if not _exported(fn_dir, cfg.feature_net.to_dict()):
         timed("feature net", lambda: train_feature_net(cfg.feature_net, fn_dir, cache, resume=True,
@@ -203,7 +228,10 @@ def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: to
 
 def _generation(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: torch.device,
                 timed: Timings, progress: bool) -> None:
-    """Fréchet distances of samples of every twin, size and kept checkpoint (and the untrained control)."""
+    """Fréchet distances of samples of every twin, size and kept checkpoint (and the untrained control), when the
+    study's own twins are its reference pair."""
+    if not cfg.own_twins():
+        return
     path = run_dir / "generation.json"
     rows: list[dict[str, Any]] = read_json(path) if path.is_file() else []
     done = {(r["backbone"], r["checkpoint_step"]) for r in rows}
@@ -236,20 +264,20 @@ def _generation(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: to
 
 
 def _pca(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: torch.device, progress: bool) -> None:
-    """Frames and headline tokens of a few test clips under each WALT backbone, for the report's PCA figures."""
-    dirs = twin_dirs(cfg, run_dir)
-    specs = {VIDEO: f"walt:{dirs[MAIN, 'video']}", IMAGE: f"walt:{dirs[MAIN, 'image']}",
-             UNTRAINED: f"walt-untrained:{dirs[MAIN, 'video']}"}
+    """Frames and headline tokens of a few test clips under the reference pair and the control, for the report's
+    PCA figures."""
+    names = [*cfg.reference, *([cfg.control] if cfg.control else [])]
     files = [run_dir / "pca" / f"clip-{i:03d}.npz" for i in range(cfg.pca_clips)]
     if all(f.is_file() for f in files):
         return
     test = resolve_roles(dict.fromkeys(ROLES, cfg.dataset))["test"].clips
     videos = ensure_videos(test, cache, progress=progress)
     tokens = {}
-    for name, spec in specs.items():
-        rb = load_backbone(spec, device)
-        feats = ensure_features(rb.backbone, test, "clip", [cfg.block], cfg.t, 0, cache,
-                                limit=cfg.probe_clips["test"], progress=False)[cfg.block]
+    for name in names:
+        rb = load_backbone(expand_spec(cfg.backbones[name], run_dir), device)
+        block, t = cfg.headline_of(name)
+        feats = ensure_features(rb.backbone, test, "clip", [block], t, 0, cache,
+                                limit=cfg.probe_clips["test"], progress=False)[block]
         tokens[name] = feats.take(range(cfg.pca_clips)).float().numpy()  # (n, T_f, H_f, W_f, C)
     frames = videos.take(range(cfg.pca_clips)).numpy()
     for i, f in enumerate(files):
@@ -281,35 +309,42 @@ def run_study(cfg: StudyConfig, run_dir: str | Path, progress: bool = True) -> P
 
 
 def headline_table(cfg: StudyConfig, store_path: Path) -> str:
-    """The results table: each task's metrics at the headline cell for every backbone and the no-information prior,
-    with the primary metric's standard error over test clips (``s.e.``); video vs image, and the video twin against
-    the untrained control in standard errors (``z = (video - untrained) / sqrt(se_v^2 + se_u^2)``, positive when the
-    video twin is better; |z| > 2 is a difference larger than test-set noise)."""
+    """The results table: each task's metrics at the headline cell of every backbone and the no-information prior,
+    with the primary metric's standard error over test clips (``s.e.``); the reference pair's video side relative
+    to its image side, and the video side against the control in standard errors (``z = (video - control) /
+    sqrt(se_v^2 + se_c^2)``, positive when the video side is better; |z| > 2 is a difference larger than test-set
+    noise)."""
     with ResultsStore(store_path) as store:
         rows = store.query(study=cfg.name)
-    names = [VIDEO, IMAGE, UNTRAINED, LATENTS, PRIOR]
-    final = cfg.twin.train.steps
+    names = [*cfg.backbones, PRIOR]
+    video, image = cfg.reference
+    control = cfg.control
+    steps = {name: _mode_and_step(cfg, spec)[1] for name, spec in cfg.backbones.items()}
 
     def value(backbone: str, task: str, metric: str) -> float:
-        block, t = (0, 0.0) if backbone in (LATENTS, PRIOR) else (cfg.block, cfg.t)  # no blocks, no noise
-        step = final if backbone in (VIDEO, IMAGE) else 0
+        block, t = (0, 0.0) if backbone == PRIOR else cfg.headline_of(backbone)
+        step = steps.get(backbone, 0)
         vals = [r["value"] for r in rows if r["backbone"] == backbone and r["task"] == task and r["metric"] == metric
                 and r["block"] == block and r["t"] == t and r["checkpoint_step"] == step]
         return float(np.mean(vals)) if vals else float("nan")
 
+    z_name = "video-untr. z" if control == UNTRAINED else f"video-{control} z"
     head = (f"{'task':<16}{'metric':<28}" + "".join(f"{n:>16}" for n in names) + f"{'video/image':>14}"
-            + f"{'video-untr. z':>15}")
+            + (f"{z_name:>15}" if control else ""))
     lines = [head, "-" * len(head)]
     for task in (t for t in TASKS if t in cfg.tasks):
         for metric in TASK_METRICS[task]:
-            vals = [value(n, task, metric) for n in names]
-            rel = relative_percent(vals[0], vals[1], HIGHER_IS_BETTER[metric])
-            line = f"{task:<16}{metric:<28}" + "".join(f"{v:>16.4f}" for v in vals) + f"{rel:>13.1f}%"
-            if metric != TASK_METRICS[task][0]:
+            vals = {n: value(n, task, metric) for n in names}
+            rel = relative_percent(vals[video], vals[image], HIGHER_IS_BETTER[metric])
+            line = f"{task:<16}{metric:<28}" + "".join(f"{v:>16.4f}" for v in vals.values()) + f"{rel:>13.1f}%"
+            if metric != TASK_METRICS[task][0] or not control:
                 lines.append(line)
+                if metric == TASK_METRICS[task][0]:
+                    lines.append(f"{'':<16}{'  s.e.':<28}" + "".join(
+                        f"{value(n, task, f'{metric}_se'):>16.4f}" for n in names))
                 continue
-            se = [value(n, task, f"{metric}_se") for n in names]
-            z = margin_z(vals[0], vals[2], se[0], se[2], HIGHER_IS_BETTER[metric])
+            se = {n: value(n, task, f"{metric}_se") for n in names}
+            z = margin_z(vals[video], vals[control], se[video], se[control], HIGHER_IS_BETTER[metric])
             lines.append(line + f"{z:>15.1f}")
-            lines.append(f"{'':<16}{'  s.e.':<28}" + "".join(f"{v:>16.4f}" for v in se))
+            lines.append(f"{'':<16}{'  s.e.':<28}" + "".join(f"{v:>16.4f}" for v in se.values()))
     return "\n".join(lines)
