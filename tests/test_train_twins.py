@@ -89,3 +89,24 @@ def test_sampling_is_deterministic(tokenizer_run, tmp_path) -> None:
     assert images.shape == (2, 1, 32, 32, 3)
     grid = write_samples(a, tmp_path / "s", fmt="gif")
     assert grid.is_file() and (tmp_path / "s" / "sample-000.gif").is_file()
+
+
+def test_backbone_info_and_check_commands(tokenizer_run) -> None:
+    from click.testing import CliRunner
+
+    from diffprobe.backbones.registry import block_shapes, load_backbone
+    from diffprobe.cli import main
+
+    root, _ = tokenizer_run
+    train_denoiser(_twin(root, "video"), root / "video", FeatureCache(root / "cache"), progress=False)
+    spec = f"walt:{root / 'video'}"
+    out = CliRunner().invoke(main, ["backbone", "info", spec, "--device", "cpu"], catch_exceptions=False).output
+    shapes = block_shapes(load_backbone(spec, torch.device("cpu")).backbone, 9, 32, 32)
+    assert len(shapes) == 7 and shapes[3] == (5, 4, 4, 128)  # depth 6 + the embedded input; 5 x 4 x 4 tokens
+    for block, (t, h, w, c) in shapes.items():
+        assert f"block {block:>3}  tokens {t:>3} x {h:>3} x {w:>3}  channels {c}" in out
+    result = CliRunner().invoke(main, ["backbone", "check", spec, "--clips", "2", "--steps", "2", "--t", "300",
+                                       "--device", "cpu"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    row = result.output.strip().splitlines()[-1].split()
+    assert row[0] == "300" and float(row[1]) > 0 and float(row[2]) > 0  # denoised and noisy errors

@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "train-tokenizer": "diffprobe.train.cli:train_tokenizer_cmd",
     "train": "diffprobe.train.cli:train_cmd",
     "sample": "diffprobe.train.cli:sample_cmd",
+    "backbone": "diffprobe.backbones.cli:backbone_group",
     "extract": "diffprobe.features.cli:extract_cmd",
     "probe": "diffprobe.study.probe_cli:probe_cmd",
     "study": "diffprobe.study.cli:study_cmd",

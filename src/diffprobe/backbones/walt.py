@@ -8,7 +8,7 @@ import torch
 from einops import rearrange
 
 from diffprobe.backbones.base import Backbone, clip_noise
-from diffprobe.diffusion import add_noise
+from diffprobe.diffusion import add_noise, ddim_from
 from diffprobe.models import WALT, CausalAutoencoder, frames_to_input
 
 
@@ -38,17 +38,36 @@ class WALTBackbone(Backbone):
         z = self.encoder.features(video, clip_ids, [0], 0.0, noise_seed)[0]  # (B, T_f, H', W', C)
         return self.features_from_encoded(z, clip_ids, blocks, t, noise_seed, ensemble)
 
+    def _model_layout(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, T_f, H', W', C)`` -> the denoiser's ``(B', C, T', H', W')`` (image mode: one per frame)."""
+        if self.mode == "image":
+            return rearrange(z, "b t h w c -> (b t) c 1 h w")
+        return rearrange(z, "b t h w c -> b c t h w")
+
+    def _feature_layout(self, x: torch.Tensor, b: int) -> torch.Tensor:
+        if self.mode == "image":
+            return rearrange(x, "(b t) c 1 h w -> b t h w c", b=b)
+        return rearrange(x, "b c t h w -> b t h w c")
+
+    def noise(self, z: torch.Tensor, t: float, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_t, t)``: latents ``(B, T_f, H', W', C)`` noised to level t by the twins' own cosine schedule."""
+        tt = torch.full((len(z),), float(t), device=z.device)
+        return add_noise(z, tt, eps) if t > 0 else z, tt
+
+    @torch.no_grad()
+    def denoise(self, x_t: torch.Tensor, t: float, clean: torch.Tensor, steps: int) -> torch.Tensor:
+        """DDIM from ``x_t`` ``(B, T_f, H', W', C)`` at level t to the clean-latent estimate, unconditionally."""
+        z0 = ddim_from(self.denoiser, self._model_layout(x_t.float()), t, steps, progress=False)
+        return self._feature_layout(z0, len(x_t))
+
     @torch.no_grad()
     def features_from_encoded(self, encoded: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int],
                               t: float, noise_seed: int, ensemble: int = 1) -> dict[int, torch.Tensor]:
         b, frames = encoded.shape[:2]
+        z = self._model_layout(encoded).float()  # (B, C, T', H', W'), image mode (B*T, C, 1, H', W')
+        ids = clip_ids
         if self.mode == "image":  # every frame its own sample, with its own noise stream (clip, frame)
-            z = rearrange(encoded, "b t h w c -> (b t) c 1 h w")  # (B*T, C, 1, H', W')
             ids = (clip_ids[:, None] * frames + torch.arange(frames)[None]).reshape(-1)
-        else:
-            z = rearrange(encoded, "b t h w c -> b c t h w")  # (B, C, T', H', W')
-            ids = clip_ids
-        z = z.float()
         tt = torch.full((z.shape[0],), float(t), device=z.device)
         acc: dict[int, torch.Tensor] = {}
         for draw in range(ensemble):

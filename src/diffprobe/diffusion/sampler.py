@@ -33,17 +33,29 @@ def ddim_sample(model: nn.Module, shape: tuple[int, ...], steps: int, generator:
     random numbers come from ``generator`` (drawn on its device, moved to the model's), so the same seed gives the
     same latents bit for bit. The model is called as ``model(x, t (B,), y)`` and must predict v.
     """
-    if steps < 1:
-        raise ValueError(f"ddim_sample: steps must be >= 1, got {steps}")
     if len(shape) != 5:
         raise ValueError(f"ddim_sample: shape must be (B, C, T', H', W'), got {tuple(shape)}")
+    x = torch.randn(shape, generator=generator, device=generator.device)  # (B, C, T', H', W') at t=1000
+    return ddim_from(model, x, NUM_STEPS, steps, generator, y, guidance_scale, eta, progress, schedule)
+
+
+@torch.no_grad()
+def ddim_from(model: nn.Module, x: torch.Tensor, t_start: float, steps: int, generator: torch.Generator | None = None,
+              y: torch.Tensor | None = None, guidance_scale: float = 1.0, eta: float = 0.0, progress: bool = True,
+              schedule: NoiseSchedule | None = None) -> torch.Tensor:
+    """DDIM from latents ``x`` ``(B, C, T', H', W')`` at noise level ``t_start`` down to 0 in ``steps`` steps: the
+    clean estimate. ``eta > 0`` draws its noise from ``generator`` (required then)."""
+    if steps < 1:
+        raise ValueError(f"ddim_sample: steps must be >= 1, got {steps}")
     if eta < 0:
         raise ValueError(f"ddim_sample: eta must be >= 0, got {eta}")
+    if eta > 0 and generator is None:
+        raise ValueError("ddim_from: eta > 0 draws noise and needs a generator")
     schedule = schedule or DEFAULT_SCHEDULE
     device = next(model.parameters()).device
-    b = shape[0]
-    times = torch.linspace(NUM_STEPS, 0, steps + 1, dtype=torch.float64).tolist()
-    x = torch.randn(shape, generator=generator, device=generator.device).to(device)  # (B, C, T', H', W') at t=1000
+    shape, b = tuple(x.shape), x.shape[0]
+    times = torch.linspace(t_start, 0, steps + 1, dtype=torch.float64).tolist()
+    x = x.to(device)
     for i in tqdm(range(steps), desc="ddim", disable=not progress):
         t = torch.full((b,), times[i], device=device)  # (B,)
         t_next = torch.full((b,), times[i + 1], device=device)
