@@ -95,9 +95,9 @@ def test_a_task_without_the_fields_is_refused(twin, tmp_path) -> None:
     spec = f"imagefolder:{write_imagefolder_fixture(tmp_path / 'img')}@size=32"
     result = CliRunner().invoke(main, ["probe", "--task", "depth", "--backbone", f"walt:{run}", "--block", "1",
                                        "--dataset", spec, "--store", str(tmp_path / "r.sqlite"), "--quiet"])
-    assert result.exit_code != 0
-    assert "task 'depth' needs the Clip field(s) ['depth']" in str(result.exception)
-    assert spec in str(result.exception)
+    assert result.exit_code == 2 and result.output.startswith("Error: ")  # one line, no traceback
+    assert "task 'depth' needs the Clip field(s) ['depth']" in result.output and spec in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
 def test_a_study_with_a_dataset_per_task(tmp_path) -> None:

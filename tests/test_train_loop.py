@@ -135,7 +135,7 @@ def test_resume_is_bit_identical_and_relaunch_is_noop(tmp_path) -> None:
     assert torch.equal(again.model.head.weight, full.model.head.weight)
     assert torch.equal(again.ema_model().head.weight, full.ema.shadow["head.weight"])
 
-    with pytest.raises(FileExistsError, match="resume"):
+    with pytest.raises(CheckpointError, match="resume"):
         run(tmp_path / "full", resume=False)
 
 

@@ -2,13 +2,20 @@
 
 Each pipeline stage owns its commands in its own module; this group only maps command names to them and
 imports a stage's module when its command is run, so ``diffprobe --help`` stays fast.
+
+Errors: a :class:`~diffprobe.errors.DiffprobeError` (a bad config, spec, path or file) is printed as one line
+``Error: <message>`` on stderr with exit status 2; ``--debug`` (or ``DIFFPROBE_DEBUG=1``) shows its traceback instead.
+Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
+
+from diffprobe.errors import DiffprobeError
 
 #: command name -> "module:attribute" of a ``click.Command``. One line per command, in pipeline order.
 COMMANDS: dict[str, str] = {
@@ -37,11 +44,24 @@ class LazyGroup(click.Group):
         module, attr = COMMANDS[name].split(":")
         return getattr(importlib.import_module(module), attr)
 
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the command; diffprobe's own errors become one line on stderr and exit status 2."""
+        try:
+            return super().invoke(ctx)
+        except DiffprobeError as e:
+            if ctx.meta.get("diffprobe.debug") or os.environ.get("DIFFPROBE_DEBUG") == "1":
+                raise
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(2)
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="diffprobe")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of errors (also DIFFPROBE_DEBUG=1).")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """diffprobe: what does a diffusion model learn from video that it does not learn from images?"""
+    ctx.meta["diffprobe.debug"] = debug
 
 
 if __name__ == "__main__":

@@ -28,12 +28,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
+from diffprobe.errors import DiffprobeError
 from diffprobe.utils.io import atomic_write_text
 
 C = TypeVar("C", bound="Config")
 
 
-class ConfigError(ValueError):
+class ConfigError(DiffprobeError, ValueError):
     """A config key is unknown, missing, or has a value of the wrong type."""
 
 

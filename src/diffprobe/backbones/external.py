@@ -31,6 +31,7 @@ from torch import nn
 
 from diffprobe.backbones.base import Backbone, clip_noise
 from diffprobe.config import Config, ConfigError
+from diffprobe.errors import DiffprobeError, InputError
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: files whose bytes decide a model's outputs (weights, configs, tokenizers, null embeddings)
@@ -38,7 +39,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".txt", ".mod
 NULL_EMBEDS = "null_embeds.safetensors"
 
 
-class BackboneLoadError(ValueError):
+class BackboneLoadError(DiffprobeError, ValueError):
     """A model folder is missing a file, holds a file that does not fit, or cannot give what a kind needs; the
     message names the file."""
 
@@ -121,7 +122,7 @@ class BlockTaps:
         wanted = sorted({b for b in blocks if b > 0})
         bad = [b for b in wanted if b > len(self.modules)]
         if bad:
-            raise ValueError(f"block(s) {bad} out of range: this model has blocks 1..{len(self.modules)}")
+            raise InputError(f"block(s) {bad} out of range: this model has blocks 1..{len(self.modules)}")
         out: dict[int, torch.Tensor] = {}
         last = wanted[-1] if wanted else 0
 
@@ -186,7 +187,7 @@ class LatentEncoder(Backbone):
     def features(self, video: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int], t: float,
                  noise_seed: int, ensemble: int = 1) -> dict[int, torch.Tensor]:
         if list(blocks) != [0] or t != 0:
-            raise ValueError(f"{self.identity}: the latents are block 0 at t = 0, asked for {list(blocks)} at t={t}")
+            raise InputError(f"{self.identity}: the latents are block 0 at t = 0, asked for {list(blocks)} at t={t}")
         if not self.chunk:
             return {0: self._encode(video).float()}
         parts = [self._encode(video[:, i:i + self.chunk]).float() for i in range(0, video.shape[1], self.chunk)]

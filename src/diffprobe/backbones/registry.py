@@ -23,11 +23,12 @@ import torch
 
 from diffprobe.backbones.base import Backbone
 from diffprobe.backbones.walt import LatentBackbone, WALTBackbone
+from diffprobe.errors import DiffprobeError
 from diffprobe.models import WALT
 from diffprobe.models.exports import latents_identity, load_tokenizer, read_export, read_walt_run, run_kind
 
 
-class SpecError(ValueError):
+class SpecError(DiffprobeError, ValueError):
     """A backbone spec is malformed, names an unknown kind, or gives an option the kind does not take."""
 
 

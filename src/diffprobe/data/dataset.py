@@ -27,6 +27,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from diffprobe.config import Config, ConfigError
+from diffprobe.errors import DiffprobeError
 
 Clip = dict[str, Any]
 
@@ -37,7 +38,7 @@ FIELDS: tuple[str, ...] = ("video", "depth", "camera", "intrinsics", "tracks", "
 LABEL_FIELDS: tuple[str, ...] = ("label", "action")
 
 
-class DatasetError(ValueError):
+class DatasetError(DiffprobeError, ValueError):
     """A dataset file is missing, unreadable or malformed, or a spec / option is wrong; the message names the file
     (or the spec) and the problem."""
 

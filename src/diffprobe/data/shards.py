@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from diffprobe.errors import DiffprobeError
 from diffprobe.utils.io import save_tensors
 
 FORMAT = "diffprobe-clips/1"
@@ -37,7 +38,7 @@ SHARD_PATTERN = re.compile(r"^shard-(\d{5})\.safetensors$")
 SCALAR_FIELDS = ("label", "action")
 
 
-class ShardError(ValueError):
+class ShardError(DiffprobeError, ValueError):
     """A shard file is unreadable, foreign, or does not match the run that wants to use it."""
 
 

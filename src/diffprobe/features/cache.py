@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from diffprobe.errors import FileProblem, MissingFile
 from diffprobe.utils.io import atomic_write_json, load_tensors, read_json, save_tensors
 
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -93,7 +94,7 @@ class FeatureCache:
     def open(self, key: FeatureKey) -> FeatureSet:
         """The finished feature set for ``key``; an unfinished one is an error naming the folder."""
         if not self.is_complete(key):
-            raise FileNotFoundError(f"{self.path(key)}: no complete features for {key} (run `diffprobe extract`)")
+            raise MissingFile(f"{self.path(key)}: no complete features for {key} (run `diffprobe extract`)")
         return FeatureSet(self.path(key))
 
 
@@ -102,7 +103,8 @@ def read_shard(file: Path, feature_shape: tuple[int, ...] | None = None) -> tupl
     data = load_tensors(file)
     shape_ok = feature_shape is None or tuple(data["features"].shape[1:]) == feature_shape
     if set(data) != {"index", "features"} or not shape_ok:
-        raise ValueError(f"{file}: not a feature shard of shape (n, {feature_shape}); "
+        raise FileProblem(f"{file}: not a feature shard of shape (n, {feature_shape}) (delete its folder to extract "
+                          f"it again); "
                          f"holds {[(k, tuple(v.shape)) for k, v in data.items()]}")
     return data["index"], data["features"]
 
@@ -180,5 +182,6 @@ class Rows(torch.utils.data.Dataset):
             try:
                 self._open[shard] = safe_open(str(path), framework="pt")
             except Exception as e:  # safetensors raises its own error types; re-raise naming the file
-                raise ValueError(f"{path}: not a readable feature shard: {e}") from e
+                raise FileProblem(f"{path}: not a readable feature shard: {e} (delete {fs.path} to extract it "
+                                  "again)") from e
         return self._open[shard].get_slice("features")[row]

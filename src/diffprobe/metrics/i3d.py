@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffprobe.config import Config, ConfigError
+from diffprobe.errors import FileProblem, MissingFile
 from diffprobe.utils.io import load_tensors
 
 Triple = tuple[int, int, int]
@@ -225,7 +226,7 @@ class I3D(nn.Module):
             if keys
         ]
         if problems:
-            raise ValueError(f"{source}: weights do not fit I3D(width_divisor={self.config.width_divisor}, "
+            raise FileProblem(f"{source}: weights do not fit I3D(width_divisor={self.config.width_divisor}, "
                              f"num_classes={self.config.num_classes}): " + "; ".join(problems))
         full = dict(state)
         for key in optional - set(state):
@@ -250,13 +251,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return load_tensors(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such weights file")
+        raise MissingFile(f"{path}: no such weights file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt/unsafe files; re-raise naming the file
-        raise ValueError(f"{path}: not a readable torch state dict: {e}") from e
+        raise FileProblem(f"{path}: not a readable torch state dict: {e}") from e
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a mapping of parameter names to tensors, got {type(state).__name__}")
+        raise FileProblem(f"{path}: expected a mapping of parameter names to tensors, got {type(state).__name__}")
     return dict(state)
 
 

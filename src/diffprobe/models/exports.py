@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffprobe.errors import DiffprobeError, FileProblem, MissingFile
 from diffprobe.models.autoencoder import CausalAutoencoder, CausalAutoencoderConfig
 from diffprobe.models.walt import WALT, WALTConfig
 from diffprobe.utils.io import load_tensors, read_json
@@ -29,7 +30,7 @@ CKPT_MODEL_FILE = "model.safetensors"
 CKPT_EMA_FILE = "ema.safetensors"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DiffprobeError, ValueError):
     """A checkpoint or export file is missing, unreadable, or does not fit the model it is loaded into."""
 
 
@@ -78,10 +79,10 @@ def read_export(run_dir: str | Path, kind: str) -> dict[str, Any]:
     """The description of a run's exported model; a missing export or the wrong kind is an error naming the file."""
     meta_path = Path(run_dir) / META_FILE
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path}: no exported model (has the run finished?)")
+        raise MissingFile(f"{meta_path}: no exported model (has the run finished?)")
     meta = read_json(meta_path)
     if meta["kind"] != kind:
-        raise ValueError(f"{meta_path}: holds a {meta['kind']!r} model, expected a {kind!r} model")
+        raise FileProblem(f"{meta_path}: holds a {meta['kind']!r} model, expected a {kind!r} model")
     return meta
 
 
@@ -134,7 +135,7 @@ class WALTRun:
         """The (EMA) denoiser of training checkpoint ``step``; a missing checkpoint is an error naming it."""
         ckpt = checkpoint_dir(self.run_dir, step)
         if not ckpt.is_dir():
-            raise FileNotFoundError(f"{ckpt}: no checkpoint at step {step} in {self.run_dir} "
+            raise MissingFile(f"{ckpt}: no checkpoint at step {step} in {self.run_dir} "
                                     f"(see {self.run_dir / CKPT_SUBDIR})")
         return load_checkpoint_weights(ckpt, WALT(self.model), ema=self.ema).eval()
 
@@ -154,5 +155,5 @@ def run_kind(run_dir: str | Path) -> str:
     """The kind of model a finished run exported (``tokenizer``, ``denoiser``, ``feature-net``)."""
     meta_path = Path(run_dir) / META_FILE
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path}: no exported model (has the run finished?)")
+        raise MissingFile(f"{meta_path}: no exported model (has the run finished?)")
     return read_json(meta_path)["kind"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diffprobe.errors import FileProblem, InputError, MissingFile
 from diffprobe.study.report_tasks import (
     CONTROLS,
     HIGHER_IS_BETTER,
@@ -117,18 +118,18 @@ def load_study(store_path: Path, study: str | None = None) -> StudyData:
     absent study, raises ``ValueError`` naming the file.
     """
     if not store_path.is_file():
-        raise ValueError(f"{store_path}: no results store (run the study first)")
+        raise MissingFile(f"{store_path}: no results store (run the study first)")
     with ResultsStore(store_path) as store:
         rows = store.query()
     if not rows:
-        raise ValueError(f"{store_path}: the results store holds no results")
+        raise FileProblem(f"{store_path}: the results store holds no results")
     studies = sorted({r["study"] for r in rows})
     if study is None:
         if len(studies) > 1:
-            raise ValueError(f"{store_path}: holds several studies {studies}; choose one")
+            raise InputError(f"{store_path}: holds several studies {studies}; choose one with --study")
         study = studies[0]
     elif study not in studies:
-        raise ValueError(f"{store_path}: no study {study!r}; it holds {studies}")
+        raise InputError(f"{store_path}: no study {study!r}; it holds {studies}")
     rows = [r for r in rows if r["study"] == study]
     return aggregate(study, rows)
 
@@ -357,11 +358,11 @@ def read_generation(rows: Any, source: Path) -> list[dict[str, Any]]:
     """Validate generation.json rows ({"backbone", "mode", "model", "checkpoint_step", "frechet_distance"})."""
     need = {"backbone", "mode", "model", "checkpoint_step", "frechet_distance"}
     if not isinstance(rows, list):
-        raise ValueError(f"{source}: expected a list of rows, got {type(rows).__name__}")
+        raise FileProblem(f"{source}: expected a list of rows, got {type(rows).__name__}")
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or need - set(r):
             missing = sorted(need - set(r)) if isinstance(r, dict) else sorted(need)
-            raise ValueError(f"{source}: row {i} lacks {missing}")
+            raise FileProblem(f"{source}: row {i} lacks {missing}")
     return rows
 
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from diffprobe.errors import FileProblem
 from diffprobe.utils.io import atomic_write_text
 
 
@@ -60,10 +61,11 @@ class ResultsStore:
             self._db.commit()
             have = [r[1] for r in self._db.execute("PRAGMA table_info(results)")]
         except sqlite3.DatabaseError as e:
-            raise ValueError(f"{self.path}: not a diffprobe results store: {e}") from e
+            raise FileProblem(f"{self.path}: not a diffprobe results store ({e}); restore it, or move it away to start "
+                              "a new store") from e
         if have != COLUMNS:
             self._db.close()
-            raise ValueError(f"{self.path}: a results store of another diffprobe version (columns {have}, expected "
+            raise FileProblem(f"{self.path}: a results store of another diffprobe version (columns {have}, expected "
                              f"{COLUMNS}); move it away to start a new one, or use the diffprobe that wrote it")
 
     def close(self) -> None:

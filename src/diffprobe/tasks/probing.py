@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffprobe.config import Config, ConfigError
+from diffprobe.errors import FileProblem
 from diffprobe.features.cache import FeatureSet
 from diffprobe.readouts import ProbeBank, ReadoutConfig
 from diffprobe.tasks.base import Task
@@ -112,7 +113,7 @@ def predict_split(task: Task, bank: ProbeBank, features: FeatureSet, targets: Ta
 
 def _check_sizes(targets: Targets, features: FeatureSet) -> Targets:
     if len(features) != len(next(iter(targets.values()))):
-        raise ValueError(f"{features.path}: {len(features)} clips of features but "
+        raise FileProblem(f"{features.path}: {len(features)} clips of features but "
                          f"{len(next(iter(targets.values())))} clips of targets")
     return targets
 

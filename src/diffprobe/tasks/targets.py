@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffprobe.errors import FileProblem
 from diffprobe.tasks.base import Clip, Task
 from diffprobe.utils.io import load_tensors, save_tensors
 
@@ -46,5 +47,6 @@ def load_targets(path: str | Path, task: str) -> Targets:
     out = {k[len(prefix):]: v.numpy() for k, v in data.items() if k.startswith(prefix)}
     if not out:
         tasks = sorted({k.split("/", 1)[0] for k in data})
-        raise ValueError(f"{path}: no targets for task {task!r}; it holds {tasks}")
+        raise FileProblem(f"{path}: no targets for task {task!r}; it holds {tasks} (delete the file to compute it "
+                          "again)")
     return out

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from diffprobe.errors import FileProblem
 from diffprobe.utils.io import atomic_write_text
 
 METRICS_FILE = "metrics.csv"
@@ -39,7 +40,7 @@ def read_metrics(path: str | Path) -> list[tuple[int, str, float, float]]:
         return []
     header = next(csv.reader([lines[0]]))
     if tuple(header) != HEADER:
-        raise ValueError(f"{path}: line 1: expected header {','.join(HEADER)}, got {lines[0]!r}")
+        raise FileProblem(f"{path}: line 1: expected header {','.join(HEADER)}, got {lines[0]!r}")
     rows = []
     for lineno, line in enumerate(lines[1:], start=2):
         fields = next(csv.reader([line]))
@@ -47,7 +48,7 @@ def read_metrics(path: str | Path) -> list[tuple[int, str, float, float]]:
             step, name, value, wall = fields
             rows.append((int(step), name, float(value), float(wall)))
         except ValueError as e:
-            raise ValueError(f"{path}: line {lineno}: malformed metrics row {line!r}") from e
+            raise FileProblem(f"{path}: line {lineno}: malformed metrics row {line!r}") from e
     return rows
 
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from diffprobe.config import Config
 from diffprobe.train.checkpoint import (
+    CheckpointError,
     clean_partial_checkpoints,
     latest_checkpoint,
     load_checkpoint,
@@ -199,10 +200,10 @@ def _restore(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
         return 0
     step, path = latest
     if not resume:
-        raise FileExistsError(f"{run_dir}: holds checkpoints up to {path.name}; resume it (resume=True) "
+        raise CheckpointError(f"{run_dir}: holds checkpoints up to {path.name}; resume it (--resume) "
                               f"or train into a new run directory")
     if step > cfg.steps:
-        raise ValueError(f"{path}: checkpoint is at step {step}, past the configured steps={cfg.steps}")
+        raise CheckpointError(f"{path}: checkpoint is at step {step}, past the configured steps={cfg.steps}")
     state = load_checkpoint(path, model, optimizer, ema)
     restore_rng_state(state["rng"])
     if ctx.is_main:

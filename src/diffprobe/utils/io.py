@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from diffprobe.errors import FileProblem, MissingFile
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
@@ -63,7 +65,9 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read JSON: {e}") from e
+        if not path.exists():
+            raise MissingFile(f"{path}: no such file") from e
+        raise FileProblem(f"{path}: cannot read JSON: {e}; restore it, or delete it to have it rewritten") from e
 
 
 def save_tensors(path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> None:
@@ -81,11 +85,11 @@ def load_tensors(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such safetensors file")
+        raise MissingFile(f"{path}: no such safetensors file")
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types; re-raise with the file named
-        raise ValueError(f"{path}: not a readable safetensors file: {e}") from e
+        raise FileProblem(f"{path}: not a readable safetensors file (truncated or damaged): {e}") from e
 
 
 def file_sha256(path: str | Path, length: int | None = None) -> str:
