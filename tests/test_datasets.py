@@ -137,7 +137,7 @@ def test_one_geometry_moves_pixels_points_boxes_and_intrinsics() -> None:
 
 
 def test_a_nan_metric_survives_the_store(tmp_path) -> None:
-    cell = Cell("s", "b", "video", 0, 1, 0.0, 0, "action", "d", 0, "h")
+    cell = Cell("s", "b", "b-id", "video", 0, 1, 0.0, 0, 1, "action", "d", "all", 0, "h")
     with ResultsStore(tmp_path / "r.sqlite") as store:
         store.add(cell, {"top1": 1.0, "top1_se": float("nan")})  # one test clip: no standard error
         rows = {r["metric"]: r["value"] for r in store.query()}

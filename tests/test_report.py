@@ -82,7 +82,8 @@ def _add(store: ResultsStore, backbone: str, step: int, block: int, t: float, sc
             for m in metrics:
                 v = _head(backbone, task, m)[seed]
                 vals[m] = v * scale if higher_is_better(m) else v / scale
-            store.add(Cell("demo", backbone, MODES[backbone], step, block, t, 0, task, "d1", seed, "h1"), vals)
+            store.add(Cell("demo", backbone, f"{backbone}-id", MODES[backbone], step, block, t, 0, 1, task, "d1",
+                                "all", seed, "h1"), vals)
 
 
 def make_run(run_dir: Path, full: bool = True) -> Path:

@@ -11,7 +11,8 @@ from diffprobe.study.store import Cell, ResultsStore
 
 def _cell(**kw) -> Cell:
     base = dict(study="s", backbone="walt-video", mode="video", checkpoint_step=100, block=3, t=200.0,
-                noise_seed=0, task="action", dataset="d0", probe_seed=0, config_hash="abc")
+                noise_seed=0, ensemble=1, task="action", dataset="d0", clips="all", probe_seed=0,
+                config_hash="abc", identity="walt-video-123")
     base.update(kw)
     return Cell(**base)
 

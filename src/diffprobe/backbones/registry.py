@@ -121,10 +121,6 @@ BACKBONES: dict[str, Factory] = {
 }
 
 
-#: kinds that see a clip frame by frame (image models); every other kind sees the whole clip
-IMAGE_KINDS: frozenset[str] = frozenset({"sd", "dit", "dinov2", "siglip"})
-
-
 def block_shapes(backbone: Backbone, frames: int, height: int, width: int) -> dict[int, tuple[int, ...]]:
     """``{block: (T_f, H_f, W_f, C)}`` of every block for one clip of ``frames x height x width`` (a forward pass
     on a grey clip at t = 0): what ``diffprobe backbone info`` prints."""

@@ -33,21 +33,22 @@ from diffprobe.utils.cliopts import (
 @click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.sqlite"),
               show_default=True, help="Results store (SQLite); a cell already there is not recomputed.")
 @click.option("--study", default="adhoc", show_default=True, help="Study name the row is filed under.")
+@click.option("--name", default=None, help="Display name of the backbone in the store (default: the spec).")
 @click.option("--device", default="auto", show_default=True)
 @cache_option
 @workers_option
 @quiet_option
 def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | None, val_data: str | None,
               test_data: str | None, block: int, t: float, noise_seed: int, ensemble: int, preset: str,
-              assignments: tuple[str, ...], store: Path, study: str, device: str, cache_dir: Path, workers: int,
-              quiet: bool) -> None:
+              assignments: tuple[str, ...], store: Path, study: str, name: str | None, device: str, cache_dir: Path,
+              workers: int, quiet: bool) -> None:
     """Train a task's probe on frozen features; the test metric of the validation-selected probe is stored.
 
     The train / val / test roles come from --dataset (its own splits, or a seeded division of a dataset without
     them; SPEC#SPLIT picks a split), each overridable with --train-data / --val-data / --test-data."""
     from diffprobe.backbones.registry import load_backbone
     from diffprobe.features.cache import FeatureCache
-    from diffprobe.study.store import Cell, ResultsStore
+    from diffprobe.study.store import Cell, ResultsStore, clips_key
     from diffprobe.tasks.probing import ProbeConfig
     from diffprobe.tasks.runner import data_identity, run_probe, task_roles
     from diffprobe.utils.runtime import resolve_device
@@ -58,9 +59,10 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
     default = dataset or resolved.trained_on or "probeworld:tiny"
     roles = task_roles(task_name, {"train": train_data or default, "val": val_data or default,
                                    "test": test_data or default})
-    cell = Cell(study=study, backbone=resolved.backbone.identity, mode=resolved.mode, checkpoint_step=resolved.step,
-                block=block, t=t, noise_seed=noise_seed, task=task_name, dataset=data_identity(roles),
-                probe_seed=cfg.seed, config_hash=cfg.hash())
+    cell = Cell(study=study, backbone=name or spec, identity=resolved.backbone.identity, mode=resolved.mode,
+                checkpoint_step=resolved.step, block=block, t=t, noise_seed=noise_seed, ensemble=ensemble,
+                task=task_name, dataset=data_identity(roles), clips=clips_key(None), probe_seed=cfg.seed,
+                config_hash=cfg.replace(seed=0).hash())
     with ResultsStore(store) as results:
         if results.has(cell):
             rows = results.query(**cell.__dict__)

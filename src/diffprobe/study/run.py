@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffprobe.backbones.registry import IMAGE_KINDS, ResolvedBackbone, load_backbone, parse_backbone_spec
+from diffprobe.backbones.registry import ResolvedBackbone, load_backbone, parse_backbone_spec
 from diffprobe.config import ConfigError
 from diffprobe.data.splits import ROLES, RoleData, resolve_roles
 from diffprobe.features.cache import FeatureCache
@@ -40,7 +40,7 @@ from diffprobe.study.report_tasks import (
     margin_z,
     relative_percent,
 )
-from diffprobe.study.store import Cell, ResultsStore
+from diffprobe.study.store import Cell, ResultsStore, clips_key
 from diffprobe.tasks import TASKS
 from diffprobe.tasks.runner import data_identity, prior_metrics, run_probe, task_roles
 from diffprobe.train.denoiser import train_denoiser
@@ -112,26 +112,22 @@ def twin_dirs_main(run_dir: Path, size: str = MAIN) -> dict[str, Path]:
     return {m: run_dir / "twins" / f"{size}-{m}" for m in ("video", "image")}
 
 
-def _mode_and_step(cfg: StudyConfig, spec: str) -> tuple[str, int]:
-    """(mode, checkpoint step) of a spec, without loading it: the study's twins are known; other kinds by the
-    registry's table of image kinds."""
-    kind = parse_backbone_spec(spec)[0]
-    if TWIN_VIDEO in spec or TWIN_IMAGE in spec:
-        mode = "image" if TWIN_IMAGE in spec else "video"
-        return mode, (cfg.twin.train.steps if kind == "walt" else 0)
-    return ("image" if kind in IMAGE_KINDS else "video"), 0
+def _final_step(cfg: StudyConfig, spec: str) -> int:
+    """The checkpoint step a spec's weights are at, without loading it: the study's trained twins are at
+    ``twin.train.steps``, everything else (controls, external models) at 0."""
+    uses_twin = TWIN_VIDEO in spec or TWIN_IMAGE in spec
+    return cfg.twin.train.steps if uses_twin and parse_backbone_spec(spec)[0] == "walt" else 0
 
 
-def plan_jobs(cfg: StudyConfig, run_dir: Path) -> list[tuple[Job, str, int]]:
-    """Every probe cell of the study as (job, mode, checkpoint step), headline cells first, in a stable order."""
-    jobs: list[tuple[Job, str, int]] = []
+def plan_jobs(cfg: StudyConfig, run_dir: Path) -> list[Job]:
+    """Every probe cell of the study, headline cells first, in a stable order."""
+    jobs: list[Job] = []
 
-    def add(name: str, spec: str, block: int, t: float, tasks: tuple[str, ...], mode_step=None) -> None:
-        mode, step = mode_step or _mode_and_step(cfg, spec)
+    def add(name: str, spec: str, block: int, t: float, tasks: tuple[str, ...]) -> None:
         for task in tasks:
             for ns in cfg.noise_seeds:
                 for ps in cfg.probe_seeds:
-                    jobs.append((Job(name, expand_spec(spec, run_dir), block, t, task, ns, ps), mode, step))
+                    jobs.append(Job(name, expand_spec(spec, run_dir), block, t, task, ns, ps))
 
     for name, spec in cfg.backbones.items():
         add(name, spec, *cfg.headline_of(name), cfg.tasks)
@@ -142,18 +138,12 @@ def plan_jobs(cfg: StudyConfig, run_dir: Path) -> list[tuple[Job, str, int]]:
             add(name, spec, block, nt, cfg.sweep_tasks)
         for nb in cfg.block_sweep:
             add(name, spec, nb, t, cfg.sweep_tasks)
-        mode = _mode_and_step(cfg, spec)[0]
-        for step in cfg.budget_steps:  # own twins only (validated)
-            add(name, spec.replace("walt:", f"walt@{step}:", 1), block, t, cfg.sweep_tasks, (mode, step))
+        mode = "image" if TWIN_IMAGE in spec else "video"  # own twins only below (validated)
+        for step in cfg.budget_steps:
+            add(name, spec.replace("walt:", f"walt@{step}:", 1), block, t, cfg.sweep_tasks)
         for size in cfg.sizes:
-            sized = f"walt:{twin_dirs_main(run_dir, size)[mode]}"
-            add(f"{name}@{size}", sized, block, t, cfg.sweep_tasks, (mode, cfg.twin.train.steps))
-    seen, unique = set(), []
-    for job, mode, step in jobs:  # the sweeps cross at the headline cell: keep each cell once
-        if (job, step) not in seen:
-            seen.add((job, step))
-            unique.append((job, mode, step))
-    return unique
+            add(f"{name}@{size}", f"walt:{twin_dirs_main(run_dir, size)[mode]}", block, t, cfg.sweep_tasks)
+    return list(dict.fromkeys(jobs))  # the sweeps cross at the headline cell: keep each cell once
 
 
 def _train_models(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, timed: Timings,
@@ -195,23 +185,26 @@ def _prefetch(cfg: StudyConfig, rb: ResolvedBackbone, job: Job, todo: list[tuple
             rb.backbone, clips, view, blocks, job.t, job.noise_seed, cache, limit=limit, progress=False))
 
 
+def study_cell(cfg: StudyConfig, job: Job, rb: ResolvedBackbone, dataset: str) -> Cell:
+    """The results-store key of a study job: everything that changes its number."""
+    return Cell(cfg.name, job.backbone, rb.backbone.identity, rb.mode, rb.step, job.block, job.t, job.noise_seed, 1,
+                job.task, dataset, clips_key(cfg.probe_clips), job.probe_seed, cfg.probe.replace(seed=0).hash())
+
+
 def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: torch.device,
                 timed: Timings, progress: bool) -> None:
     jobs = plan_jobs(cfg, run_dir)
-    backbones: dict[str, ResolvedBackbone] = {}
-    roles = {task: task_roles(task, cfg.roles(task)) for task in {j.task for j, _, _ in jobs} | set(cfg.tasks)}
+    backbones = {spec: load_backbone(spec, device) for spec in dict.fromkeys(j.spec for j in jobs)}
+    roles = {task: task_roles(task, cfg.roles(task)) for task in {j.task for j in jobs} | set(cfg.tasks)}
     with ResultsStore(run_dir / "results.sqlite") as store:
         todo = []
-        for job, mode, step in jobs:
-            cell = Cell(cfg.name, job.backbone, mode, step, job.block, job.t, job.noise_seed, job.task,
-                        data_identity(roles[job.task]), job.probe_seed, cfg.probe.hash())
+        for job in jobs:
+            cell = study_cell(cfg, job, backbones[job.spec], data_identity(roles[job.task]))
             if not store.has(cell):
                 todo.append((job, cell))
         bar = tqdm(todo, desc="probes", unit="cell", disable=not progress, dynamic_ncols=True)
         for job, cell in bar:
             bar.set_postfix_str(f"{job.backbone} {job.task} block={job.block} t={job.t:g}")
-            if job.spec not in backbones:
-                backbones[job.spec] = load_backbone(job.spec, device)
             rb = backbones[job.spec]
             probe_cfg = cfg.probe.replace(seed=job.probe_seed)
             _prefetch(cfg, rb, job, todo, roles, cache, timed)
@@ -220,7 +213,8 @@ def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: to
                 limits=cfg.probe_clips, progress=False))
             store.add(cell, res.test)
         for task in cfg.tasks:  # each task's no-information baseline, for reference
-            cell = Cell(cfg.name, PRIOR, "none", 0, 0, 0.0, 0, task, data_identity(roles[task]), 0, cfg.probe.hash())
+            cell = Cell(cfg.name, PRIOR, PRIOR, "none", 0, 0, 0.0, 0, 1, task, data_identity(roles[task]),
+                        clips_key(cfg.probe_clips), 0, cfg.probe.hash())
             if not store.has(cell):
                 store.add(cell, prior_metrics(roles[task], task, cache, cfg.probe_clips, progress=False))
         store.export_csv(run_dir / "results.csv")
@@ -319,7 +313,7 @@ def headline_table(cfg: StudyConfig, store_path: Path) -> str:
     names = [*cfg.backbones, PRIOR]
     video, image = cfg.reference
     control = cfg.control
-    steps = {name: _mode_and_step(cfg, spec)[1] for name, spec in cfg.backbones.items()}
+    steps = {name: _final_step(cfg, spec) for name, spec in cfg.backbones.items()}
 
     def value(backbone: str, task: str, metric: str) -> float:
         block, t = (0, 0.0) if backbone == PRIOR else cfg.headline_of(backbone)

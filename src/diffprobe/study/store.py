@@ -1,8 +1,10 @@
 """The results store: one SQLite file, one row per measured number, queryable and exportable to CSV.
 
-A *cell* is one trained probe: (study, backbone, mode, checkpoint step, block, t, noise seed, task, dataset, probe
-seed, config hash). A cell's metric rows are written in one transaction, so a cell is either fully in the store or
-absent, and a cell already present is never recomputed.
+A *cell* is one trained probe, keyed by everything that changes its numbers: the study, the backbone's display name
+and its identity (weights, dtype, conditioning), mode, checkpoint step, block, t, noise seed, ensemble size, task,
+the clips of its train / val / test roles and how many of each were used, probe seed and the probe config hash. A
+cell's metric rows are written in one transaction, so a cell is either fully in the store or absent, and a cell
+already present is never recomputed.
 """
 
 from __future__ import annotations
@@ -25,19 +27,27 @@ class Cell:
     """The coordinates of one probe result."""
 
     study: str
-    backbone: str
+    backbone: str  #: display name (walt-video, svd, ...)
+    identity: str  #: the backbone's identity: weights, dtype, conditioning, t mapping
     mode: str
     checkpoint_step: int
     block: int
     t: float
     noise_seed: int
+    ensemble: int
     task: str
     dataset: str  #: which clips filled the task's train / val / test roles (tasks.runner.data_identity)
+    clips: str  #: clips used per role, "train/val/test" counts ("all" where a role was used whole)
     probe_seed: int
-    config_hash: str
+    config_hash: str  #: hash of the probe config (its seed aside: that is probe_seed)
 
 
 CELL_COLUMNS = [f.name for f in fields(Cell)]
+
+
+def clips_key(limits: Mapping[str, int] | None) -> str:
+    """The ``clips`` column: the first-N limits of the train / val / test roles, "all" without limits."""
+    return "all" if limits is None else "/".join(str(limits[r]) for r in ("train", "val", "test"))
 COLUMNS = CELL_COLUMNS + ["metric", "value", "time"]
 _SQL_TYPES = {int: "INTEGER", float: "REAL", str: "TEXT"}
 
