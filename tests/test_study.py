@@ -76,10 +76,28 @@ def test_rerun_recomputes_only_lost_cells(mini, monkeypatch) -> None:
     assert calls == ["depth"]
 
 
-def test_different_config_in_same_run_dir_is_refused(mini) -> None:
+def test_changed_artifacts_are_refused_and_the_plan_grows(mini, monkeypatch) -> None:
     cfg, run_dir = mini
-    with pytest.raises(ValueError, match="different config"):
-        run_study(cfg.replace(t=100.0), run_dir, progress=False)
+    for change, field in (("twin.train.steps=5", "twin.train.steps"), (f"dataset={cfg.dataset},seed=3", "dataset")):
+        with pytest.raises(ValueError, match=rf"trained artifacts were made with other settings; changed: {field}"):
+            run_study(cfg.override([change]), run_dir, progress=False)
+    calls = []
+    real = study_run.run_probe
+    monkeypatch.setattr(study_run, "run_probe", lambda *a, **kw: calls.append((a[2], a[4])) or real(*a, **kw))
+    grown = cfg.replace(noise_sweep=[0.0, 200.0, 400.0])  # one more noise level: only its cells are computed
+    run_study(grown, run_dir, progress=False)
+    assert sorted(calls) == sorted((task, 400.0) for task in grown.sweep_tasks for _ in grown.reference)
+    small = grown.replace(tasks=["action", "depth"], sweep_tasks=["action"])  # a smaller plan reports only its cells
+    n = len(calls)
+    run_study(small, run_dir, progress=False)
+    assert len(calls) == n == 2
+    table = headline_table(small, run_dir / "results.sqlite")
+    assert "action" in table and "depth" in table and "box_tracking" not in table
+    from diffprobe.study.report import write_report
+
+    html = write_report(run_dir, study=cfg.name).read_text()
+    assert "box_tracking" not in html and "depth" in html
+    run_study(cfg, run_dir, progress=False)  # back to the fixture's plan, for the tests after this one
 
 
 def test_report_renders(mini) -> None:

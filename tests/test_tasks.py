@@ -227,3 +227,13 @@ def test_an_untrained_probe_predicts_its_task_prior(clips) -> None:
             assert np.allclose(preds["depth"][0], np.exp(np.log(train["depth"]).mean(0)), rtol=1e-5)
     with pytest.raises(ValueError, match="does not fit a head"):
         make_task("action", CTX).make_probe(cfg, 8, (2, 2, 2)).set_baseline(torch.zeros(1, 3))
+
+
+def test_task_metadata_is_declared_once_on_the_task() -> None:
+    from diffprobe.metrics import HIGHER_IS_BETTER
+    from diffprobe.study.report_tasks import TASK_METRICS
+
+    for name, cls in TASKS.items():
+        assert cls.table_metrics[0] == cls.primary_metric and TASK_METRICS[name] == cls.table_metrics
+        assert all(m in HIGHER_IS_BETTER for m in cls.table_metrics)
+    assert make_task("depth", CTX).higher_is_better is False and make_task("action", CTX).higher_is_better is True

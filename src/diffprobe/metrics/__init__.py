@@ -7,6 +7,7 @@ Conventions are documented in each module and in ``docs/metrics.md``. The I3D vi
 from diffprobe.metrics.boxes import box_area, box_iou, mean_box_iou
 from diffprobe.metrics.classification import top1_accuracy
 from diffprobe.metrics.depth import align_depth, depth_metrics
+from diffprobe.metrics.directions import HIGHER_IS_BETTER
 from diffprobe.metrics.frechet import feature_statistics, frechet_distance, psd_sqrt
 from diffprobe.metrics.pose import invert_rigid, pose_errors, relative_poses, rotation_angle_deg
 from diffprobe.metrics.stats import finite_mean, standard_error
@@ -19,6 +20,7 @@ from diffprobe.metrics.tapvid import (
 )
 
 __all__ = [
+    "HIGHER_IS_BETTER",
     "THRESHOLDS",
     "align_depth",
     "box_area",

@@ -105,6 +105,14 @@ class StudyConfig(Config):
                 expanded += [f"{run}.{item}" for run in _RUNS]
         return super().override(expanded)
 
+    #: the fields that define trained artifacts (checked on resume); every other field is the plan, free to grow
+    ARTIFACTS: ClassVar[tuple[str, ...]] = ("dataset", "tokenizer", "twin", "feature_net", "sizes")
+
+    def artifacts(self) -> dict[str, Any]:
+        """The artifact fields as a JSON-like dict (``sizes``: the extra model sizes, each a trained pair)."""
+        data = self.to_dict()
+        return {k: data[k] for k in self.ARTIFACTS}
+
     def own_twins(self) -> bool:
         """Whether the reference pair is the study's own twins (their sizes, checkpoints and samples exist)."""
         return (self.backbones[self.reference[0]], self.backbones[self.reference[1]]) == (

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from diffprobe.study import figures, pca
+from diffprobe.study.config import StudyConfig
 from diffprobe.study.report_data import (
     StudyData,
     fmt_num,
@@ -31,6 +32,7 @@ from diffprobe.study.report_data import (
 )
 from diffprobe.study.report_html import esc, img, note, page, table
 from diffprobe.study.report_tasks import IMAGE, VIDEO
+from diffprobe.study.run import planned_cells
 from diffprobe.utils.io import atomic_write_bytes, atomic_write_text, read_json
 
 Heads = Mapping[str, tuple[int, float]]
@@ -80,15 +82,22 @@ def _header(run_dir: Path, data: StudyData, heads: Heads) -> str:
     return "\n".join(out)
 
 
-def reference_pair(run_dir: Path) -> tuple[str, str]:
-    """The (video, image) pair a study compares: the ``reference`` of its ``study_config.json``; the study's own
-    twins for a run without a config, or with one written before studies named their reference pair."""
+def study_config(run_dir: Path) -> StudyConfig | None:
+    """The run's ``study_config.json`` as a :class:`StudyConfig`; ``None`` for a run without one, or with a config
+    written before studies named their backbones and reference pair (its headlines are then guessed)."""
     cfg_path = run_dir / "study_config.json"
-    cfg = read_json(cfg_path) if cfg_path.is_file() else {}
-    if "reference" in cfg:
-        video, image = cfg["reference"]
-        return video, image
-    return VIDEO, IMAGE
+    data = read_json(cfg_path) if cfg_path.is_file() else {}
+    return StudyConfig.load(cfg_path) if {"backbones", "reference"} <= set(data) else None
+
+
+def config_headlines(cfg: StudyConfig, data: StudyData) -> dict[str, tuple[int, float]]:
+    """Each backbone's headline (block, t) from the study config (``name@size`` twins: their reference's)."""
+    out = {}
+    for b in data.backbones:
+        base = b.split("@")[0].split("[")[0]
+        if base in cfg.backbones:
+            out[b] = cfg.headline_of(base)
+    return out
 
 
 def _summary(bars: list, notes: list[str], pair: tuple[str, str]) -> str:
@@ -218,9 +227,13 @@ def write_report(run_dir: Path, study: str | None = None, headline: tuple[int, f
     of every backbone measured there. Raises ``ValueError`` naming the file when the store is missing or empty.
     """
     run_dir = Path(run_dir)
-    data = load_study(run_dir / "results.sqlite", study)
+    cfg = study_config(run_dir)
+    keep = planned_cells(cfg, run_dir) if cfg is not None else None
+    data = load_study(run_dir / "results.sqlite", study, keep)
     heads, head_notes = headlines(data, headline)
-    pair = reference_pair(run_dir)
+    if cfg is not None and headline is None:  # the config states the headline; guessing is for runs without one
+        heads.update(config_headlines(cfg, data))
+    pair = cfg.reference if cfg is not None else (VIDEO, IMAGE)
     bars, bar_notes = relative_bars(data, heads, pair[1])
     figs: dict[str, bytes] = {}
     body = "\n".join([

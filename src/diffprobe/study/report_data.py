@@ -111,11 +111,13 @@ class StudyData:
         return self.stats.get(Key(backbone, self.mode(backbone), step, block, t, task, metric))
 
 
-def load_study(store_path: Path, study: str | None = None) -> StudyData:
+def load_study(store_path: Path, study: str | None = None,
+               keep: set[tuple[str, int, int, float, str]] | None = None) -> StudyData:
     """Read ``store_path`` and average one study's rows over replicates.
 
-    ``study`` may be omitted when the store holds a single study. A missing or empty store, or an ambiguous or
-    absent study, raises ``ValueError`` naming the file.
+    ``study`` may be omitted when the store holds a single study; ``keep`` limits the rows to those cells
+    ((backbone, step, block, t, task): a study's plan). A missing or empty store, or an ambiguous or absent study,
+    raises ``ValueError`` naming the file.
     """
     if not store_path.is_file():
         raise MissingFile(f"{store_path}: no results store (run the study first)")
@@ -130,7 +132,10 @@ def load_study(store_path: Path, study: str | None = None) -> StudyData:
         study = studies[0]
     elif study not in studies:
         raise InputError(f"{store_path}: no study {study!r}; it holds {studies}")
-    rows = [r for r in rows if r["study"] == study]
+    rows = [r for r in rows if r["study"] == study and (keep is None or (
+        r["backbone"], int(r["checkpoint_step"]), int(r["block"]), float(r["t"]), r["task"]) in keep)]
+    if not rows:
+        raise FileProblem(f"{store_path}: holds no results of the study's plan (run the study first)")
     return aggregate(study, rows)
 
 

@@ -16,33 +16,11 @@ from __future__ import annotations
 
 import math
 
-#: task -> its metrics, primary first (the one Figure 1 and Figure 5 use).
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "image_cls": ("top1",),
-    "action": ("top1",),
-    "depth": ("abs_rel", "delta1"),
-    "camera_pose": ("rotation_error_deg", "translation_error"),
-    "point_tracking": ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy"),
-    "box_tracking": ("mean_iou",),
-}
+from diffprobe.metrics import HIGHER_IS_BETTER
+from diffprobe.tasks import TASKS
 
-#: metric -> True when higher is better. Metrics not listed have no known direction (no "best" is marked).
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "top1": True,
-    "abs_rel": False,
-    "rmse": False,
-    "delta1": True,
-    "delta2": True,
-    "delta3": True,
-    "rotation_error_deg": False,
-    "translation_error": False,
-    "translation_angle_deg": False,
-    "average_jaccard": True,
-    "average_pts_within_thresh": True,
-    "occlusion_accuracy": True,
-    "mean_iou": True,
-    "loss": False,
-}
+#: task -> the metrics the table and figures show, primary first: read from the tasks, which declare them.
+TASK_METRICS: dict[str, tuple[str, ...]] = {name: cls.table_metrics for name, cls in TASKS.items()}
 
 #: the twins and controls, in the order the report shows them.
 IMAGE, VIDEO, UNTRAINED, LATENTS = "walt-image", "walt-video", "walt-untrained", "latents"

@@ -64,6 +64,7 @@ class Job:
     task: str
     noise_seed: int
     probe_seed: int
+    step: int  #: checkpoint step of the weights (the study's twins: twin.train.steps; controls, external: 0)
 
 
 def _exported(run_dir: Path, config: dict[str, Any]) -> bool:
@@ -113,21 +114,33 @@ def twin_dirs_main(run_dir: Path, size: str = MAIN) -> dict[str, Path]:
 
 
 def _final_step(cfg: StudyConfig, spec: str) -> int:
-    """The checkpoint step a spec's weights are at, without loading it: the study's trained twins are at
-    ``twin.train.steps``, everything else (controls, external models) at 0."""
-    uses_twin = TWIN_VIDEO in spec or TWIN_IMAGE in spec
-    return cfg.twin.train.steps if uses_twin and parse_backbone_spec(spec)[0] == "walt" else 0
+    """The checkpoint step a spec's weights are at, without loading it: ``walt@STEP`` at STEP, the study's trained
+    twins at ``twin.train.steps``, everything else (controls, external models) at 0."""
+    kind, options, _ = parse_backbone_spec(spec)
+    if kind != "walt":
+        return 0
+    if "step" in options:
+        return int(options["step"])
+    return cfg.twin.train.steps if TWIN_VIDEO in spec or TWIN_IMAGE in spec else 0
+
+
+def planned_cells(cfg: StudyConfig, run_dir: Path) -> set[tuple[str, int, int, float, str]]:
+    """(backbone, checkpoint step, block, t, task) of every cell of the study's plan, each task's prior included:
+    what a report of this plan shows (a store may hold more, from a larger plan run before)."""
+    cells = {(j.backbone, j.step, j.block, j.t, j.task) for j in plan_jobs(cfg, run_dir)}
+    return cells | {(PRIOR, 0, 0, 0.0, task) for task in cfg.tasks}
 
 
 def plan_jobs(cfg: StudyConfig, run_dir: Path) -> list[Job]:
     """Every probe cell of the study, headline cells first, in a stable order."""
     jobs: list[Job] = []
 
-    def add(name: str, spec: str, block: int, t: float, tasks: tuple[str, ...]) -> None:
+    def add(name: str, spec: str, block: int, t: float, tasks: tuple[str, ...], size: str = MAIN) -> None:
         for task in tasks:
             for ns in cfg.noise_seeds:
                 for ps in cfg.probe_seeds:
-                    jobs.append(Job(name, expand_spec(spec, run_dir), block, t, task, ns, ps))
+                    jobs.append(Job(name, expand_spec(spec, run_dir, size), block, t, task, ns, ps,
+                                    _final_step(cfg, spec)))
 
     for name, spec in cfg.backbones.items():
         add(name, spec, *cfg.headline_of(name), cfg.tasks)
@@ -138,11 +151,10 @@ def plan_jobs(cfg: StudyConfig, run_dir: Path) -> list[Job]:
             add(name, spec, block, nt, cfg.sweep_tasks)
         for nb in cfg.block_sweep:
             add(name, spec, nb, t, cfg.sweep_tasks)
-        mode = "image" if TWIN_IMAGE in spec else "video"  # own twins only below (validated)
-        for step in cfg.budget_steps:
+        for step in cfg.budget_steps:  # own twins only (validated)
             add(name, spec.replace("walt:", f"walt@{step}:", 1), block, t, cfg.sweep_tasks)
-        for size in cfg.sizes:
-            add(f"{name}@{size}", f"walt:{twin_dirs_main(run_dir, size)[mode]}", block, t, cfg.sweep_tasks)
+        for size in cfg.sizes:  # the same twin spec, in the size's run directories
+            add(f"{name}@{size}", spec, block, t, cfg.sweep_tasks, size)
     return list(dict.fromkeys(jobs))  # the sweeps cross at the headline cell: keep each cell once
 
 
@@ -280,15 +292,35 @@ def _pca(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: torch.dev
             np.savez(fh, **arrays)
 
 
+def _diff(a: Any, b: Any, where: str) -> list[str]:
+    """Dotted paths where two JSON-like values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{where}.{k}" if where else k)]
+    return [] if a == b else [where]
+
+
+def check_artifacts(stored: StudyConfig, cfg: StudyConfig, path: Path) -> None:
+    """A study's trained artifacts (its data, tokenizer, twins, model sizes already trained and feature network) may
+    not change under a run directory; its plan (tasks, backbones, sweeps, seeds, probes) may. An error names every
+    changed artifact field."""
+    old, new = stored.artifacts(), cfg.artifacts()
+    changed = _diff({k: v for k, v in old.items() if k != "sizes"}, {k: v for k, v in new.items() if k != "sizes"}, "")
+    changed += [f"sizes.{name}" for name in old["sizes"] if name in new["sizes"] and old["sizes"][name] !=
+                new["sizes"][name]]
+    if changed:
+        raise ConfigError(f"{path}: this study's trained artifacts were made with other settings; changed: "
+                          f"{', '.join(changed)}. Use another --out for them (the plan, e.g. tasks, backbones, "
+                          f"sweeps and seeds, may change freely)")
+
+
 def run_study(cfg: StudyConfig, run_dir: str | Path, progress: bool = True) -> Path:
     """Run (or finish) the study in ``run_dir``; returns the results store's path."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "study_config.json"
-    if cfg_path.is_file() and read_json(cfg_path) != cfg.to_dict():
-        raise ConfigError(f"{cfg_path}: this run directory holds a study with a different config; "
-                          f"use another --out (or the same settings) to resume")
+    if cfg_path.is_file():
+        check_artifacts(StudyConfig.load(cfg_path), cfg, cfg_path)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(cfg_path)
+    cfg.save(cfg_path)  # the artifacts as before, the plan as now
     device = resolve_device(cfg.device)
     cache = FeatureCache(run_dir / "cache")
     timed = Timings(run_dir / "timings.json")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffprobe.metrics import standard_error
+from diffprobe.metrics import HIGHER_IS_BETTER, standard_error
 from diffprobe.readouts import Probe, ReadoutConfig
 
 Clip = dict[str, np.ndarray]
@@ -42,10 +42,16 @@ class Task(ABC):
     fields: tuple[str, ...]  #: the Clip fields its targets read (a dataset without them cannot serve the task)
     version: int = 1  #: bump when :meth:`targets` changes, so cached targets of the old definition are not reused
     primary_metric: str
-    higher_is_better: bool
+    #: the metrics the results table shows, primary first (every metric's direction: metrics.HIGHER_IS_BETTER)
+    table_metrics: tuple[str, ...]
 
     def __init__(self, ctx: TaskContext) -> None:
         self.ctx = ctx
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a higher primary metric is better."""
+        return HIGHER_IS_BETTER[self.primary_metric]
 
     @abstractmethod
     def targets(self, clip: Clip) -> dict[str, np.ndarray]:

@@ -17,11 +17,11 @@ class ClassificationTask(Task):
 
     field: str
     primary_metric = "top1"
+    table_metrics = ("top1",)
 
     def num_classes(self) -> int:
         """Size of the label space of :attr:`field`."""
         return len(self.ctx.label_spaces[self.field])
-    higher_is_better = True
 
     def targets(self, clip: Clip) -> dict[str, np.ndarray]:
         return {"label": np.asarray(clip[self.field], dtype=np.int64)}

@@ -19,7 +19,7 @@ class DepthEstimation(Task):
     fields = ("video", "depth")
     version = 2  # 2: pixels without a measurement (depth <= 0) are masked from the baseline
     primary_metric = "abs_rel"
-    higher_is_better = False
+    table_metrics = ("abs_rel", "delta1")
 
     def __init__(self, ctx: TaskContext, patch: int | None = None) -> None:
         """``patch``: side of the square of depth values each query predicts (default: a 4x4 grid of patches per

@@ -17,7 +17,7 @@ class CameraPose(Task):
     view = "clip"
     fields = ("video", "camera")
     primary_metric = "rotation_error_deg"
-    higher_is_better = False
+    table_metrics = ("rotation_error_deg", "translation_error")
 
     def targets(self, clip: Clip) -> dict[str, np.ndarray]:
         rel = relative_poses(clip["camera"].astype(np.float64)).astype(np.float32)  # (T, 4, 4)

@@ -47,7 +47,7 @@ class PointTracking(Task):
     view = "clip"
     fields = ("video", "tracks", "visible")
     primary_metric = "average_jaccard"
-    higher_is_better = True
+    table_metrics = ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")
 
     def targets(self, clip: Clip) -> dict[str, np.ndarray]:
         """One slot per possible query (``first``: one per track, slot n = track n; ``strided``: one per track and
@@ -147,7 +147,7 @@ class BoxTracking(Task):
     view = "clip"
     fields = ("video", "boxes", "box_visible")
     primary_metric = "mean_iou"
-    higher_is_better = True
+    table_metrics = ("mean_iou",)
 
     def targets(self, clip: Clip) -> dict[str, np.ndarray]:
         k_max, frames = self.ctx.max_objects, self.ctx.frames
