@@ -171,8 +171,11 @@ class Config:
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read config: {e}") from e
-        return cls.from_dict(data, where=str(path))
+            raise ConfigError(f"{path}: cannot read config: {e}; restore the file") from e
+        try:
+            return cls.from_dict(data, where=str(path))
+        except ConfigError as e:
+            raise ConfigError(f"{e} (fix the file, or restore it)") from e
 
     # ---- derivation ---------------------------------------------------------------------------
     def replace(self: C, **changes: Any) -> C:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import click
 
+from diffprobe.errors import InputError
 from diffprobe.utils.cliopts import dataset_option
 
 
@@ -56,7 +57,7 @@ def check_cmd(spec: str, dataset: str | None, ts: tuple[float, ...], clips: int,
     rb = load_backbone(spec, resolve_device(device))
     backbone = rb.backbone
     if backbone.encoder is None or not hasattr(backbone, "denoise"):
-        raise click.ClickException(f"{spec}: {type(backbone).__name__} is not a latent diffusion model; nothing to "
+        raise InputError(f"{spec}: {type(backbone).__name__} is not a latent diffusion model; nothing to "
                                    "denoise")
     data = dataset or rb.trained_on or "probeworld:tiny"
     test = resolve_roles(dict.fromkeys(ROLES, data))["test"].clips

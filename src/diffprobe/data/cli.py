@@ -11,6 +11,7 @@ from tqdm import tqdm
 from diffprobe.data.preview import contact_sheet, save_gif
 from diffprobe.data.shards import write_shards
 from diffprobe.data.world import CATEGORIES, MOTIONS, SPLITS, WORLD_VERSION, ProbeWorld, ProbeWorldConfig
+from diffprobe.errors import InputError
 from diffprobe.utils.cliopts import overrides_option, report_skipped
 from diffprobe.utils.io import atomic_write_json
 
@@ -89,7 +90,7 @@ def preview_cmd(spec: str, out_dir: Path, split: str | None, num: int) -> None:
     clips = ds.clips(split or ds.splits[0])
     shown = clips.batch(list(range(min(num, len(clips)))))
     if not shown:
-        raise click.ClickException(f"{spec}: split {split or ds.splits[0]!r} has no clips")
+        raise InputError(f"{spec}: split {split or ds.splits[0]!r} has no clips")
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, clip in enumerate(tqdm(shown, desc="preview GIFs", unit="clip")):
         save_gif(clip, out_dir / f"clip-{i:06d}.gif")

@@ -100,7 +100,10 @@ class FeatureCache:
 
 def read_shard(file: Path, feature_shape: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Read one feature shard, checking its keys (and feature shape when given); errors name the file."""
-    data = load_tensors(file)
+    try:
+        data = load_tensors(file)
+    except FileProblem as e:
+        raise FileProblem(f"{e} (delete {file.parent} to extract these features again)") from e
     shape_ok = feature_shape is None or tuple(data["features"].shape[1:]) == feature_shape
     if set(data) != {"index", "features"} or not shape_ok:
         raise FileProblem(f"{file}: not a feature shard of shape (n, {feature_shape}) (delete its folder to extract "

@@ -265,8 +265,5 @@ def report(run_dir: Path, study: str | None, block: int | None, t: float | None)
     """Write RUN_DIR/report/report.html (self-contained) and its PNG figures from RUN_DIR/results.sqlite."""
     if (block is None) != (t is None):
         raise click.UsageError("give both --block and --t, or neither")
-    try:
-        path = write_report(run_dir, study, None if block is None else (block, t))
-    except ValueError as e:
-        raise click.ClickException(str(e)) from e
+    path = write_report(run_dir, study, None if block is None else (block, t))
     click.echo(f"report: {path}")

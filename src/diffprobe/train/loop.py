@@ -204,7 +204,10 @@ def _restore(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
                               f"or train into a new run directory")
     if step > cfg.steps:
         raise CheckpointError(f"{path}: checkpoint is at step {step}, past the configured steps={cfg.steps}")
-    state = load_checkpoint(path, model, optimizer, ema)
+    try:
+        state = load_checkpoint(path, model, optimizer, ema)
+    except CheckpointError as e:  # say what to do; the checkpoint itself is left as it is
+        raise CheckpointError(f"{e} (to resume from the checkpoint before it, delete {path})") from e
     restore_rng_state(state["rng"])
     if ctx.is_main:
         # Checkpoints newer than `latest` were renamed in by a run killed before it moved the pointer: the
