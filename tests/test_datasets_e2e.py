@@ -123,3 +123,17 @@ def test_a_study_with_a_dataset_per_task(tmp_path) -> None:
     assert set(by_task) == {"action", "box_tracking", "depth"}
     assert len(set(by_task.values())) == 3  # three different sets of clips
     assert all(np.isfinite(r["value"]) for r in rows)
+
+
+def test_the_same_probe_twice_gives_identical_rows(twin, tmp_path) -> None:
+    """Two runs of one command, each with its own cache and store: every stored row equal, the time column aside."""
+    _, run = twin
+    rows = []
+    for i in range(2):
+        store = tmp_path / f"r{i}.sqlite"
+        _ok(["probe", "--task", "action", "--backbone", f"walt:{run}", "--block", "1", "--t", "100", "--dataset",
+             "probeworld:tiny@frames=5,train_size=8,val_size=4,test_size=4", "--store", str(store), "--cache",
+             str(tmp_path / f"cache{i}"), "--quiet", *PROBE])
+        with ResultsStore(store) as results:
+            rows.append([{k: v for k, v in r.items() if k != "time"} for r in results.query()])
+    assert rows[0] == rows[1] and len(rows[0]) >= 3

@@ -25,3 +25,15 @@ def test_tensors_round_trip_and_bad_file(tmp_path) -> None:
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="bad.safetensors"):
         load_tensors(tmp_path / "bad.safetensors")
+
+
+def test_tensors_sha256_is_of_the_contents_only() -> None:
+    import torch
+
+    from diffprobe.utils.io import tensors_sha256
+
+    a = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(3, dtype=torch.bfloat16)}
+    same = {"b": torch.zeros(3, dtype=torch.bfloat16), "w": torch.arange(6.0).reshape(2, 3).clone()}
+    assert tensors_sha256(a) == tensors_sha256(same)  # insertion order does not matter
+    assert tensors_sha256(a) != tensors_sha256({**a, "w": a["w"].reshape(3, 2)})  # the shape does
+    assert tensors_sha256(a) != tensors_sha256({**a, "b": torch.zeros(3)})  # and the dtype

@@ -12,7 +12,7 @@ from torch import nn
 
 from diffprobe.config import Config
 from diffprobe.models.exports import META_FILE, MODEL_FILE, load_export, read_export
-from diffprobe.utils.io import atomic_write_json, file_sha256, save_tensors
+from diffprobe.utils.io import atomic_write_json, save_tensors, tensors_sha256
 
 __all__ = ["META_FILE", "MODEL_FILE", "export_model", "load_export", "read_export"]
 
@@ -22,7 +22,8 @@ def export_model(run_dir: str | Path, model: nn.Module, cfg: Config, kind: str, 
     """Write ``model``'s weights and a description (run config, kind, step, extras, weights hash); returns the file."""
     run_dir = Path(run_dir)
     path = run_dir / MODEL_FILE
-    save_tensors(path, model.state_dict(), metadata={"kind": kind, "step": str(step)})
+    state = model.state_dict()
+    save_tensors(path, state, metadata={"kind": kind, "step": str(step)})
     atomic_write_json(run_dir / META_FILE, {"kind": kind, "step": step, "config": cfg.to_dict(),
-                                            "sha256": file_sha256(path), **(extra or {})})
+                                            "sha256": tensors_sha256(state), **(extra or {})})
     return path

@@ -92,10 +92,15 @@ def load_tensors(path: str | Path) -> dict[str, Any]:
         raise FileProblem(f"{path}: not a readable safetensors file (truncated or damaged): {e}") from e
 
 
-def file_sha256(path: str | Path, length: int | None = None) -> str:
-    """SHA-256 of a file's bytes (hex), optionally truncated."""
+def tensors_sha256(tensors: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of named tensors' contents: names, dtypes, shapes and bytes in sorted name order. Unlike a hash
+    of a safetensors file, whose header the library writes in no fixed order, it is the same for the same
+    weights in every process."""
+    import torch
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:length] if length else h.hexdigest()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
