@@ -1,0 +1,157 @@
+"""``latte``: Latte text-to-video (``LatteTransformer3DModel`` over a per-frame ``AutoencoderKL``), a video model: it
+sees windows of exactly ``video_length`` frames (its temporal position embedding has that many rows).
+
+Folder (diffusers ``save_pretrained`` layout, e.g. ``maxin-cn/Latte-1``)::
+
+    PATH/
+      transformer/config.json, diffusion_pytorch_model.safetensors   LatteTransformer3DModel
+      vae/config.json, diffusion_pytorch_model.safetensors           AutoencoderKL (frame by frame)
+      scheduler/scheduler_config.json                                its sampling scheduler (DDIM, DDPM, ...)
+      text_encoder/, tokenizer/                                      T5EncoderModel + its tokenizer (only to compute
+      null_embeds.safetensors                                        the null embedding once; written here)
+
+Clip lengths: ``frames`` defaults to the transformer's ``video_length`` (16 for Latte-1; a longer clip is tiled or
+cut, a shorter one is an error).
+
+Blocks: 0 = the scaled latents ``(B, T, H/8, W/8, 4)`` (``latent_dist.mean * scaling_factor`` per frame, the scale
+``LattePipeline`` undoes before decoding; ``vae_frames`` frames per VAE call); 1..2N in execution order: block
+``2i + 1`` = the spatial ``transformer_blocks[i]`` (it sees (B*T, h'*w', D): each frame's patches, row-major),
+block ``2i + 2`` = the temporal ``temporal_transformer_blocks[i]`` (it sees (B*h'*w', T, D): each patch's frames);
+both are returned as ``(B, T, h', w', D)`` (h' = H/8/p).
+
+t mapping: DDPM on the folder's scheduler: the model's timestep ``i = min(round(t * N / 1000), N - 1)``,
+``x_t = sqrt(ab_i) z + sqrt(1 - ab_i) eps``. Conditioning: the empty prompt, T5 of the folder as
+``LattePipeline.encode_prompt("", mask_feature=True)`` gives it (masked to its unpadded tokens: 1 for ""),
+``null_embeds.safetensors`` tensor ``prompt_embeds`` (1, L, 4096).
+
+Options: ``dtype``, ``batch_size``, ``frames`` (0 = video_length), ``window`` (tile | cut), ``vae_frames``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from diffprobe.backbones.dit import vae_encoder
+from diffprobe.backbones.external import LatentEncoder, identity_of, null_embeddings, parse_options, require_files
+from diffprobe.backbones.transformers3d import (
+    NULL_HOW,
+    DDPMSchedule,
+    TransformerBackbone,
+    VideoOptions,
+    Windows,
+    check_null_embeds,
+    has_text_encoder,
+    load_part,
+    load_scheduler,
+    load_text_parts,
+)
+from diffprobe.config import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class LatteOptions(VideoOptions):
+    vae_frames: int = 16  #: frames per VAE encode call
+
+    def validate(self) -> None:
+        super().validate()
+        if self.vae_frames < 1:
+            raise ConfigError(f"LatteOptions.vae_frames: must be >= 1, got {self.vae_frames}")
+
+
+class LatteBackbone(TransformerBackbone):
+    t_mapping = "ddpm"
+
+    def __init__(self, identity: str, encoder: LatentEncoder, transformer: nn.Module, scheduler: object,
+                 null: torch.Tensor, window_latents: int, device: torch.device, dtype: torch.dtype, batch_size: int,
+                 folder: Path) -> None:
+        self.transformer = transformer
+        self.null = null.to(device, dtype)  # (1, L, D)
+        self.window_latents = window_latents
+        self.ddpm = DDPMSchedule.of(scheduler, folder)
+        self.patch = int(transformer.config.patch_size)
+        super().__init__(identity, encoder, device, dtype, batch_size, scheduler)
+
+    def block_modules(self) -> list[nn.Module]:
+        pairs = zip(self.transformer.transformer_blocks, self.transformer.temporal_transformer_blocks, strict=True)
+        return [m for pair in pairs for m in pair]  # spatial 0, temporal 0, spatial 1, ...
+
+    def noise(self, z: torch.Tensor, t: float, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ddpm.noise(z, t, eps)
+
+    def level(self, t: float) -> float:
+        return self.ddpm.index(t)
+
+    def call(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        out = self.transformer(hidden_states=rearrange(x, "b t h w c -> b c t h w").to(self.dtype),
+                               timestep=timestep, encoder_hidden_states=self.null.expand(len(x), -1, -1),
+                               enable_temporal_attentions=True, return_dict=False)[0]  # (B, C, T, h, w)
+        return rearrange(out, "b c t h w -> b t h w c")
+
+    def prediction(self, out: torch.Tensor) -> torch.Tensor:
+        learned = self.scheduler.config.get("variance_type") in ("learned", "learned_range")
+        if learned or out.shape[-1] != 2 * self.transformer.config.in_channels:
+            return out  # a learned-variance scheduler takes both halves (as LattePipeline passes them)
+        return out[..., :out.shape[-1] // 2]  # LattePipeline steps on the first half (eps) only
+
+    def tokens(self, block: int, output: torch.Tensor, grid: tuple[int, int, int, int]) -> torch.Tensor:
+        b, frames, h, w = grid
+        n, hp, wp = self.window_latents, h // self.patch, w // self.patch
+        if block % 2:  # spatial: ((B*K) * N, h'*w', D)
+            return rearrange(output, "(b k n) (h w) d -> b (k n) h w d", b=b, n=n, h=hp)
+        return rearrange(output, "(b k h w) n d -> b (k n) h w d", b=b, h=hp, w=wp)  # temporal: ((B*K)*h'*w', N, D)
+
+
+def load_latte(path: Path, options: dict[str, str], spec: str, device: torch.device):
+    from diffusers import AutoencoderKL, LattePipeline, LatteTransformer3DModel
+    from transformers import T5EncoderModel
+
+    from diffprobe.backbones.registry import ResolvedBackbone
+
+    opts = parse_options(LatteOptions, options, spec)
+    assert isinstance(opts, LatteOptions)
+    require_files(path, "transformer/config.json", "vae/config.json", "scheduler/scheduler_config.json")
+    dtype = opts.torch_dtype
+    transformer = load_part(LatteTransformer3DModel, path, "transformer", dtype, device)
+    vae = load_part(AutoencoderKL, path, "vae", dtype, device)
+    scheduler = load_scheduler(path)
+    cfg = transformer.config
+
+    def compute() -> dict[str, torch.Tensor]:
+        tokenizer, text_encoder = load_text_parts(path, T5EncoderModel, dtype, device)
+        pipe = LattePipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                             scheduler=scheduler)
+        with torch.no_grad():
+            embeds, _ = pipe.encode_prompt("", do_classifier_free_guidance=False, device=device, clean_caption=False,
+                                           mask_feature=True, dtype=dtype)
+        return {"prompt_embeds": embeds.float()}
+
+    null = null_embeddings(path, ["prompt_embeds"], compute if has_text_encoder(path) else None,
+                           NULL_HOW)["prompt_embeds"]
+    check_null_embeds(path, null, cfg.caption_channels)
+    length = int(cfg.video_length)
+    frames = opts.frames or length
+
+    def rule(n: int) -> str | None:
+        return None if n == length else f"windows must have the transformer's video_length = {length} frames"
+
+    windows = Windows(frames, opts.window, rule, "latte")
+    details = {"conditioning": "empty prompt (T5, masked)", "t_mapping": "ddpm index=min(round(t*N/1000),N-1)",
+               "latents": f"mean*{vae.config.scaling_factor}"}
+    multiple = 2 ** (len(vae.config.block_out_channels) - 1) * int(cfg.patch_size)
+    per_frame = vae_encoder(vae, dtype, device, multiple, "latte")
+
+    def encode(video: torch.Tensor) -> torch.Tensor:  # (B, T, H, W, 3) -> (B, K*N, h, w, C)
+        clips, _ = windows.split(video)
+        z = torch.cat([per_frame(clips[:, i:i + opts.vae_frames]) for i in range(0, clips.shape[1], opts.vae_frames)],
+                      dim=1)
+        return rearrange(z, "(b k) n h w c -> b (k n) h w c", b=len(video))
+
+    encoder = LatentEncoder(identity_of("latte-latents", path, opts, **details), encode, device)
+    backbone = LatteBackbone(identity_of("latte", path, opts, **details), encoder, transformer, scheduler, null,
+                             frames, device, dtype, opts.batch_size, path)
+    return ResolvedBackbone(backbone, mode="video", step=0, trained_on=None)

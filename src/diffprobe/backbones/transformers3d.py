@@ -1,0 +1,394 @@
+"""What the diffusers transformer kinds (``dit``, ``cogvideox``, ``wan``, ``latte``) share.
+
+- :func:`load_part` / :func:`load_scheduler` / :func:`load_text_parts`: a folder's parts by the library's own
+  ``from_pretrained``; a missing file, a config that does not fit its weights (wrong shapes, missing or unused
+  weights) or an unknown scheduler class is a :class:`BackboneLoadError` naming the file.
+- :class:`DDPMSchedule`: the DDPM t mapping on the folder's scheduler (``index = min(round(t * N / 1000), N - 1)``
+  with N = its ``num_train_timesteps``, ``x_t = sqrt(ab) z + sqrt(1 - ab) eps`` with ab its ``alphas_cumprod``);
+  :func:`flow_noise`: the flow-matching mapping (``sigma = t / 1000``, ``x_t = (1 - sigma) z + sigma eps``).
+- :class:`VideoOptions` / :class:`Windows`: the ``frames`` / ``window`` options of the video kinds (a clip cut to its
+  first window, or tiled into windows that are each encoded and denoised as their own sample).
+- :class:`TransformerBackbone`: the :class:`LatentDiffusionBackbone` of a diffusers transformer: one call
+  (:meth:`TransformerBackbone.call`) serves the block taps and the ``denoise`` loop of ``diffprobe backbone check``
+  (:func:`run_scheduler`: the folder's own scheduler, started exactly at t).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import re
+from abc import abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import nn
+
+from diffprobe.backbones.external import BackboneLoadError, ExternalOptions, LatentDiffusionBackbone, require_files
+from diffprobe.config import ConfigError
+from diffprobe.errors import InputError
+
+#: schedulers whose ``step`` goes from ``timestep`` to ``timestep - N // num_inference_steps`` (any start works)
+DDIM_FAMILY = ("DDIMScheduler", "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler")
+
+
+# ---- loading ---------------------------------------------------------------------------------------------------
+
+
+def _has_module(model: nn.Module, key: str) -> bool:
+    prefix = key.rpartition(".")[0]
+    try:
+        model.get_submodule(prefix)
+    except AttributeError:
+        return False
+    return True
+
+
+def _unfit_keys(model: nn.Module, info: dict[str, Any]) -> list[str]:
+    """Weights the config asks for that the file lacks, and weights of the file for modules the config does not
+    have (a stray tensor of a module the model has, e.g. an old buffer, is tolerated, as are keys the library itself
+    ignores)."""
+    ignored = [re.compile(p) for p in (getattr(type(model), "_keys_to_ignore_on_load_unexpected", None) or [])]
+    missing = sorted(info.get("missing_keys") or [])
+    unused = sorted(k for k in info.get("unexpected_keys") or []
+                    if not any(p.search(k) for p in ignored) and not _has_module(model, k))
+    mismatched = [str(m[0]) if isinstance(m, (tuple, list)) else str(m) for m in info.get("mismatched_keys") or []]
+    return [f"missing {k}" for k in missing] + [f"unused {k}" for k in unused] + [f"mismatched {k}" for k in
+                                                                                  mismatched]
+
+
+def load_part(cls: type, folder: Path, sub: str, dtype: torch.dtype, device: torch.device,
+              config_name: str = "config.json") -> nn.Module:
+    """``cls.from_pretrained(folder / sub)`` in ``dtype`` on ``device``, frozen and in eval mode."""
+    require_files(folder, f"{sub}/{config_name}")
+    path = folder / sub
+    try:
+        model, info = cls.from_pretrained(path, torch_dtype=dtype, output_loading_info=True)
+    except Exception as e:  # the libraries raise OSError / ValueError / RuntimeError / ...: name the folder
+        raise BackboneLoadError(f"{path}: {cls.__name__} does not load from {config_name} and its weights: {e}") from e
+    bad = _unfit_keys(model, info)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+        raise BackboneLoadError(f"{path}: the weights do not fit {path / config_name} ({shown})")
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_scheduler(folder: Path) -> Any:
+    """The folder's scheduler, of the class its ``scheduler/scheduler_config.json`` names."""
+    import diffusers
+
+    require_files(folder, "scheduler/scheduler_config.json")
+    path = folder / "scheduler" / "scheduler_config.json"
+    try:
+        name = json.loads(path.read_text())["_class_name"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise BackboneLoadError(f"{path}: not a diffusers scheduler config (no _class_name): {e}") from e
+    cls = getattr(diffusers, str(name), None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise BackboneLoadError(f"{path}: unknown scheduler class {name!r} (diffusers {diffusers.__version__})")
+    try:
+        return cls.from_pretrained(folder / "scheduler")
+    except Exception as e:
+        raise BackboneLoadError(f"{path}: {name} does not load: {e}") from e
+
+
+def load_text_parts(folder: Path, encoder_cls: type, dtype: torch.dtype, device: torch.device) -> tuple[Any, nn.Module]:
+    """The folder's ``tokenizer/`` (``AutoTokenizer``) and ``text_encoder/`` (``encoder_cls``)."""
+    from transformers import AutoTokenizer
+
+    require_files(folder, "tokenizer")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    except Exception as e:
+        raise BackboneLoadError(f"{folder / 'tokenizer'}: AutoTokenizer does not load it: {e}") from e
+    return tokenizer, load_part(encoder_cls, folder, "text_encoder", dtype, device)
+
+
+def has_text_encoder(folder: Path) -> bool:
+    return (folder / "text_encoder" / "config.json").is_file() and (folder / "tokenizer").is_dir()
+
+
+def check_null_embeds(folder: Path, embeds: torch.Tensor, dim: int, length: int | None = None) -> None:
+    """``prompt_embeds`` must be (1, L, dim) (and L = ``length`` where the model fixes it)."""
+    path = folder / "null_embeds.safetensors"
+    if embeds.ndim != 3 or embeds.shape[0] != 1 or embeds.shape[2] != dim:
+        raise BackboneLoadError(f"{path}: prompt_embeds is {tuple(embeds.shape)}, expected (1, L, {dim})")
+    if length is not None and embeds.shape[1] != length:
+        raise BackboneLoadError(f"{path}: prompt_embeds has {embeds.shape[1]} tokens, the transformer's positional "
+                                f"embedding takes {length} (its max_text_seq_length)")
+
+
+NULL_HOW = ("give the folder its text_encoder/ and tokenizer/ (the pipeline's own), or write null_embeds.safetensors "
+            "with a tensor prompt_embeds (1, L, D): the pipeline's encode_prompt('') output")
+
+
+def check_size(height: int, width: int, multiple: int, kind: str) -> None:
+    """Frames must tile into whole patches of the latent grid: H and W multiples of (VAE factor x patch)."""
+    if height % multiple or width % multiple:
+        raise InputError(f"{kind}: frames of {height}x{width} pixels do not tile into the model's patches (height and "
+                         f"width must be multiples of {multiple}: the VAE's spatial factor x the patch size)")
+
+
+# ---- t mappings --------------------------------------------------------------------------------------------------
+
+
+def check_t(t: float) -> None:
+    if not 0 <= t <= 1000:
+        raise InputError(f"noise level t must be in [0, 1000], got {t}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DDPMSchedule:
+    """The DDPM t mapping on a scheduler's ``alphas_cumprod`` (N = its length = ``num_train_timesteps``)."""
+
+    alphas_cumprod: torch.Tensor  # (N,) float64
+
+    @classmethod
+    def of(cls, scheduler: Any, folder: Path) -> DDPMSchedule:
+        ab = getattr(scheduler, "alphas_cumprod", None)
+        if ab is None:
+            raise BackboneLoadError(f"{folder / 'scheduler' / 'scheduler_config.json'}: {type(scheduler).__name__} "
+                                    "has no alphas_cumprod (this kind needs a DDPM-trained scheduler)")
+        return cls(torch.as_tensor(ab, dtype=torch.float64).clone())
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def index(self, t: float) -> int:
+        """The DDPM timestep of noise level t (0..1000)."""
+        check_t(t)
+        n = self.num_train_timesteps
+        return min(round(t * n / 1000), n - 1)
+
+    def noise(self, z: torch.Tensor, t: float, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_t, timestep (B,) long)``; t = 0 is the clean latent at timestep 0."""
+        idx = self.index(t)
+        timestep = torch.full((z.shape[0],), idx, dtype=torch.long, device=z.device)
+        if t == 0:
+            return z, timestep
+        ab = float(self.alphas_cumprod[idx])
+        return math.sqrt(ab) * z + math.sqrt(1 - ab) * eps, timestep
+
+
+def flow_noise(z: torch.Tensor, t: float, eps: torch.Tensor, num_train_timesteps: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flow matching: ``sigma = t / 1000``, ``x_t = (1 - sigma) z + sigma eps``, timestep ``sigma * N`` (float)."""
+    check_t(t)
+    sigma = t / 1000
+    timestep = torch.full((z.shape[0],), sigma * num_train_timesteps, dtype=torch.float32, device=z.device)
+    if t == 0:
+        return z, timestep
+    return (1 - sigma) * z + sigma * eps, timestep
+
+
+# ---- clip windows ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoOptions(ExternalOptions):
+    """Options of the video kinds (``cogvideox``, ``wan``, ``latte``)."""
+
+    frames: int = 0  #: frames per window the model sees (0: the whole clip; latte: its video_length)
+    window: Literal["tile", "cut"] = "tile"  #: tile: the clip in consecutive windows; cut: its first window only
+
+    def validate(self) -> None:
+        super().validate()
+        if self.frames < 0:
+            raise ConfigError(f"{type(self).__name__}.frames: must be >= 0, got {self.frames}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+    """A clip of T frames -> K windows of ``frames`` frames, each its own sample (``frames`` 0: the whole clip).
+
+    ``rule(n)`` is the model's check of a window length (an error message, or None when it works)."""
+
+    frames: int
+    window: str
+    rule: Callable[[int], str | None]
+    kind: str
+
+    def split(self, video: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """``(B, T, ...) -> ((B * K, N, ...), K)``."""
+        total = video.shape[1]
+        n = self.frames or total
+        if total < n:
+            raise InputError(f"{self.kind}: the clip has {total} frames, fewer than frames={n}")
+        if self.window == "cut":
+            k = 1
+        elif total % n:
+            raise InputError(f"{self.kind}: a clip of {total} frames does not tile into windows of frames={n} "
+                             f"(use frames= a divisor of {total}, or window=cut)")
+        else:
+            k = total // n
+        problem = self.rule(n)
+        if problem:
+            raise InputError(f"{self.kind}: {problem} (got {n}; set the frames= option)")
+        return rearrange(video[:, :k * n], "b (k n) ... -> (b k) n ...", k=k), k
+
+
+def causal_rule(ratio: int) -> Callable[[int], str | None]:
+    """Window lengths a causal video VAE with time compression ``ratio`` takes: 1 + ratio * k."""
+    return lambda n: None if (n - 1) % ratio == 0 else f"windows must have 1 + {ratio}k frames"
+
+
+def video_vae_encoder(windows: Windows, normalise: Callable[[torch.Tensor], torch.Tensor], vae: nn.Module,
+                      dtype: torch.dtype, device: torch.device, multiple: int, batch: int, kind: str
+                      ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 clips (B, T, H, W, 3) -> the windows' normalised latents end to end (B, K * T'w, h, w, C): each window
+    encoded by the video VAE as its own sample ([-1, 1] pixels, (N, 3, T, H, W)), at its latent mean."""
+
+    def encode(video: torch.Tensor) -> torch.Tensor:
+        check_size(video.shape[2], video.shape[3], multiple, kind)
+        clips, _ = windows.split(video.to(device))  # (B*K, N, H, W, 3)
+        x = (rearrange(clips, "b t h w c -> b c t h w").float() / 127.5 - 1).to(dtype)  # [-1, 1]
+        step = batch or len(x)
+        z = torch.cat([vae.encode(x[i:i + step]).latent_dist.mean for i in range(0, len(x), step)])
+        z = rearrange(normalise(z), "(b k) c t h w -> b (k t) h w c", b=len(video))
+        return z  # (B, K*T'w, h, w, C)
+
+    return encode
+
+
+# ---- the scheduler loop ------------------------------------------------------------------------------------------
+
+
+def _flow_shift(scheduler: Any) -> float:
+    cfg = scheduler.config
+    return float(cfg.get("flow_shift") if "flow_shift" in cfg else cfg.get("shift", 1.0))
+
+
+def _is_flow(scheduler: Any) -> bool:
+    return type(scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" or bool(
+        scheduler.config.get("use_flow_sigmas", False))
+
+
+def run_scheduler(scheduler: Any, x: torch.Tensor, start: float, steps: int,
+                  predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Denoise ``x`` from its level to 0 by ``scheduler`` in about ``steps`` steps; ``predict(x, timestep (B,))`` is
+    the model output the scheduler expects. ``start``: the DDPM timestep of x, or its sigma for flow schedulers.
+
+    The loop starts exactly at x's level: flow schedulers get custom sigmas from ``start`` down (pre-shifted so the
+    scheduler's own shift maps them back); DDPM schedulers that take custom ``timesteps`` get them from ``start``
+    down; the DDIM family steps ``start, start - s, ...`` (it steps by ``s = N // num_inference_steps`` from any
+    timestep). Other schedulers raise ``NotImplementedError``.
+    """
+    name = type(scheduler).__name__
+    steps = max(int(steps), 1)
+    gen = torch.Generator(device=x.device).manual_seed(0)
+
+    def step(out: torch.Tensor, tau: Any, sample: torch.Tensor, **kw: Any) -> Any:
+        if "generator" in inspect.signature(scheduler.step).parameters:
+            kw["generator"] = gen
+        return scheduler.step(out, tau, sample, return_dict=False, **kw)
+
+    def model(sample: torch.Tensor, tau: Any) -> torch.Tensor:
+        sample_in = scheduler.scale_model_input(sample, tau) if hasattr(scheduler, "scale_model_input") else sample
+        timestep = torch.as_tensor(tau, device=x.device).reshape(1).expand(len(x))
+        return predict(sample_in, timestep).to(sample.dtype)
+
+    if _is_flow(scheduler):
+        shift = _flow_shift(scheduler)
+        target = np.array([start * (steps - i) / steps for i in range(steps)])  # sigmas from start (0 is appended)
+        scheduler.set_timesteps(sigmas=target / (shift - (shift - 1) * target), device=x.device)
+        if abs(float(scheduler.sigmas[0]) - start) > 1e-3:
+            raise NotImplementedError(f"{name}: its config reshapes custom sigmas (dynamic / terminal / karras "
+                                      "shifting), so the loop cannot start at t")
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        for tau in scheduler.timesteps:
+            x = step(model(x, tau), tau, x)[0]
+        return x
+    idx = int(start)
+    if idx <= 0:
+        return x
+    if name in DDIM_FAMILY:
+        n_train = scheduler.config.num_train_timesteps
+        stride = max(1, math.ceil((idx + 1) / steps))
+        scheduler.set_timesteps(max(1, n_train // stride), device=x.device)
+        stride = n_train // scheduler.num_inference_steps
+        taus = list(range(idx, -1, -stride))
+        old_x0 = None
+        for i, tau in enumerate(taus):
+            out = model(x, tau)
+            if name == "CogVideoXDPMScheduler":  # its step also takes the previous x0 estimate and timestep
+                x, old_x0 = scheduler.step(out, old_x0, tau, taus[i - 1] if i > 0 else None, x, generator=gen,
+                                           return_dict=False)
+            else:
+                x = step(out, tau, x)[0]
+        return x
+    if "timesteps" in inspect.signature(scheduler.set_timesteps).parameters:
+        taus = sorted({round(idx * (steps - i) / steps) for i in range(steps)}, reverse=True)
+        scheduler.set_timesteps(timesteps=taus, device=x.device)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        for tau in scheduler.timesteps:
+            x = step(model(x, tau), tau, x)[0]
+        return x
+    raise NotImplementedError(f"{name}: denoise supports flow-matching schedulers, the DDIM family {DDIM_FAMILY} and "
+                              "schedulers that take custom timesteps (DDPMScheduler, DPMSolverMultistepScheduler, ...)")
+
+
+# ---- the backbone template ---------------------------------------------------------------------------------------
+
+
+class TransformerBackbone(LatentDiffusionBackbone):
+    """A diffusers transformer denoiser: :meth:`call` runs it once on latents ``(B, T', h, w, C)`` with the null
+    conditioning and returns its output channels last; the block taps stop it early, ``denoise`` runs it to the end.
+
+    ``window_latents``: latent frames per clip window (None: the whole clip is one sample); the latents of a tiled
+    clip are its windows' latents end to end, and every window is denoised as its own sample.
+    """
+
+    window_latents: int | None = None
+
+    def __init__(self, identity: str, encoder: Any, device: torch.device, dtype: torch.dtype, batch_size: int,
+                 scheduler: Any) -> None:
+        self.scheduler = scheduler
+        super().__init__(identity, encoder, device, dtype, batch_size)
+
+    @abstractmethod
+    def call(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """The denoiser on samples ``x`` (B', T', h, w, C) at ``timestep`` (B',) -> its output (B', T', h, w, C')."""
+
+    def windows(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """``(B, K * Tw, ...) -> ((B * K, Tw, ...), K)``."""
+        if not self.window_latents:
+            return x, 1
+        k, rest = divmod(x.shape[1], self.window_latents)
+        if rest:
+            raise InputError(f"{self.identity}: {x.shape[1]} latent frames are not whole windows of "
+                             f"{self.window_latents}")
+        return rearrange(x, "b (k n) ... -> (b k) n ...", k=k), k
+
+    def unwindows(self, x: torch.Tensor, b: int) -> torch.Tensor:
+        """``(B * K, Tf, ...) -> (B, K * Tf, ...)``."""
+        return rearrange(x, "(b k) n ... -> b (k n) ...", b=b)
+
+    def forward(self, x_t: torch.Tensor, timestep: torch.Tensor, clean: torch.Tensor) -> None:
+        x, k = self.windows(x_t)
+        self.call(x, timestep.repeat_interleave(k))
+
+    def prediction(self, out: torch.Tensor) -> torch.Tensor:
+        """The part of the model output the scheduler steps on (the pipeline's rule; default: all of it)."""
+        return out
+
+    @torch.no_grad()
+    def denoise(self, x_t: torch.Tensor, t: float, clean: torch.Tensor, steps: int) -> torch.Tensor:
+        x, k = self.windows(x_t.to(self.device, torch.float32))
+
+        def predict(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            return self.prediction(self.call(sample, timestep)).float()
+
+        return self.unwindows(run_scheduler(self.scheduler, x, self.level(t), steps, predict), len(x_t))
+
+    @abstractmethod
+    def level(self, t: float) -> float:
+        """Where :func:`run_scheduler` starts for noise level t: the DDPM timestep, or sigma (flow)."""
