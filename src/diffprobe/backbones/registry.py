@@ -91,12 +91,22 @@ def _latents(path: Path, options: dict[str, str], spec: str, device: torch.devic
                             read_export(tok_run, "tokenizer")["config"]["dataset"])
 
 
+#: the packages of the ``hf`` extra, which the external kinds import when they load a model
+HF_PACKAGES = ("diffusers", "transformers", "accelerate")
+
+
 def _lazy(target: str) -> Factory:
     """A factory that imports ``module:function`` on first use (diffusers / transformers load only when asked)."""
     module, attr = target.split(":")
 
     def factory(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
-        return getattr(importlib.import_module(module), attr)(path, options, spec, device)
+        try:
+            return getattr(importlib.import_module(module), attr)(path, options, spec, device)
+        except ImportError as e:
+            if (e.name or "").split(".")[0] not in HF_PACKAGES:
+                raise
+            raise SpecError(f"backbone spec {spec!r}: this kind needs {e.name}, which is not installed; install the "
+                            f"hf extra (pip install -e '.[hf]')") from e
 
     factory.__qualname__ = target
     return factory
