@@ -48,6 +48,10 @@ class BackboneLoadError(DiffprobeError, ValueError):
 class ExternalOptions(Config):
     """Options every model-folder kind takes after ``@`` in its spec."""
 
+    #: options that only decide how much is computed at once, not what: left out of the identity, so changing them
+    #: reuses cached features (the results agree to float rounding)
+    OUTSIDE_IDENTITY: ClassVar[tuple[str, ...]] = ("batch_size", "vae_chunk", "vae_frames")
+
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     batch_size: int = 0  #: clips per forward inside a batch (0: the whole batch at once)
 
@@ -96,9 +100,12 @@ def weights_fingerprint(folder: Path) -> str:
 
 
 def identity_of(kind: str, folder: Path, options: Config, **details: Any) -> str:
-    """``<kind>-<folder name>-<hash>``: the hash covers the weights' fingerprint, every option (dtype, frames, ...)
-    and the ``details`` a kind adds (its conditioning and t mapping)."""
-    blob = repr((kind, weights_fingerprint(folder), sorted(options.to_dict().items()), sorted(details.items())))
+    """``<kind>-<folder name>-<hash>``: the hash covers the weights' fingerprint, every option that changes the
+    features (dtype, frames, ...; not those in ``OUTSIDE_IDENTITY``) and the ``details`` a kind adds (its
+    conditioning and t mapping)."""
+    outside = getattr(options, "OUTSIDE_IDENTITY", ())
+    kept = sorted((k, v) for k, v in options.to_dict().items() if k not in outside)
+    blob = repr((kind, weights_fingerprint(folder), kept, sorted(details.items())))
     stem = "".join(c if c.isalnum() or c in "._+-" else "-" for c in folder.resolve().name)
     return f"{kind}-{stem}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 

@@ -1,0 +1,145 @@
+"""``animatediff``: AnimateDiff (diffusers ``UNetMotionModel`` = an SD 1.x UNet + a ``MotionAdapter``) + the SD VAE, a
+video model.
+
+Spec: ``animatediff[@dtype=fp32|bf16|fp16,batch_size=N,frames=N,vae_chunk=N]:PATH``.
+
+Folder layout: an SD 1.x folder (see :mod:`diffprobe.backbones.sd`) whose UNet is one of::
+
+    PATH/unet/             a UNetMotionModel (config _class_name "UNetMotionModel"): AnimateDiffPipeline.save_pretrained
+                           writes this (it also writes motion_adapter/, which is then not read)
+    PATH/unet/ + PATH/motion_adapter/
+                           a UNet2DConditionModel + a MotionAdapter (MotionAdapter.save_pretrained, e.g.
+                           guoyww/animatediff-motion-adapter-v1-5-2), joined by UNetMotionModel.from_unet2d as the
+                           pipeline joins them (a symlink to an adapter folder kept elsewhere works)
+
+plus ``vae/``, ``scheduler/``, ``text_encoder/`` + ``tokenizer/`` (or ``null_embeds.safetensors``) as for ``sd``.
+
+Video mode: the UNet sees the clip as one video (``frames=0``, the default) or in consecutive windows of ``frames``
+frames (``frames=16``: AnimateDiff's training length), each window its own sample, the last window holding the rest
+of the clip when T is not a multiple; features are put back together along time, so every block is ``(B, T, h_b, w_b,
+C_b)``. A window may not be longer than the motion modules' ``motion_max_seq_length`` (32 for the public adapters).
+
+Blocks: 0 = the scaled latents of every frame (the SD VAE frame by frame, ``latent_dist.mode() * scaling_factor``, as
+the video2video pipeline encodes ``(B, T, h, w, C)``); 1..D = ``unet.down_blocks`` (spatial ResNets / attention, then
+the motion module over time), D+1 = ``unet.mid_block``, then ``unet.up_blocks``: outputs ``(B*T, C_b, h_b, w_b)``
+returned as ``(B, T, h_b, w_b, C_b)``.
+
+t mapping (DDPM) and conditioning (the empty prompt, repeated for every frame as the pipeline repeats it) as ``sd``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from einops import rearrange
+
+from diffprobe.backbones.external import (
+    BackboneLoadError,
+    ExternalOptions,
+    identity_of,
+    parse_options,
+    weights_fingerprint,
+)
+from diffprobe.backbones.sd import T_MAPPING, load_sd_parts
+from diffprobe.backbones.unets import (
+    UNetBackbone,
+    check_null_embeds,
+    chunked_frame_encoder,
+    load_component,
+    read_config,
+)
+from diffprobe.config import ConfigError
+
+if TYPE_CHECKING:
+    from diffprobe.backbones.registry import ResolvedBackbone
+
+
+@dataclasses.dataclass(frozen=True)
+class AnimateDiffOptions(ExternalOptions):
+    """Options of ``animatediff``: ``dtype``, ``batch_size``, ``frames`` (frames per window, 0: the whole clip) and
+    ``vae_chunk`` (frames of a clip per VAE call; 0: all)."""
+
+    frames: int = 0
+    vae_chunk: int = 8
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("frames", "vae_chunk"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"AnimateDiffOptions.{name}: must be >= 0, got {getattr(self, name)}")
+
+
+def load_motion_unet(path: Path, dtype: torch.dtype, device: torch.device) -> tuple[Any, str]:
+    """The UNetMotionModel of the folder and which layout it came from (``"unet-motion"`` or ``"unet+adapter"``)."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    config = read_config(path, "unet/config.json")
+    if config.get("addition_embed_type"):
+        raise BackboneLoadError(f"{path / 'unet/config.json'}: addition_embed_type={config['addition_embed_type']!r} "
+                                "(an SDXL AnimateDiff UNet, which needs pooled text embeddings and time ids) is not "
+                                "supported: animatediff takes SD 1.x motion UNets")
+    if config.get("_class_name") == "UNetMotionModel":
+        return load_component(UNetMotionModel, path, "unet", dtype, device), "unet-motion"
+    if not (path / "motion_adapter").exists():
+        raise BackboneLoadError(f"{path / 'motion_adapter'}: missing, and {path / 'unet/config.json'} is a "
+                                f"{config.get('_class_name')!r}, not a UNetMotionModel (save a MotionAdapter there, "
+                                "or the AnimateDiff pipeline's own unet/)")
+    unet = load_component(UNet2DConditionModel, path, "unet", torch.float32)
+    adapter = load_component(MotionAdapter, path, "motion_adapter", torch.float32)
+    try:
+        motion = UNetMotionModel.from_unet2d(unet, adapter)
+    except Exception as e:  # the adapter's blocks do not fit the UNet's
+        raise BackboneLoadError(f"{path / 'motion_adapter'}: does not fit {path / 'unet'}: {e}") from e
+    return motion.to(device, dtype).eval().requires_grad_(False), "unet+adapter"
+
+
+class AnimateDiffBackbone(UNetBackbone):
+    """AnimateDiff's motion UNet on the clip (or its windows) with the null prompt; see the module docstring."""
+
+    def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module, scheduler: Any, null: torch.Tensor,
+                 identity: str, device: torch.device, options: AnimateDiffOptions) -> None:
+        self.unet, self.vae, self.scheduler = unet, vae, scheduler
+        self.null = null.to(device, options.torch_dtype)  # (1, L, D)
+        self.latent_channels = int(vae.config.latent_channels)
+        self.window = options.frames
+        self.max_frames = int(getattr(unet.config, "motion_max_seq_length", 32))
+        self.latent_encoder = chunked_frame_encoder(f"{identity}-latents", vae, device, options.vae_chunk,
+                                                    "animatediff")
+        super().__init__(identity, self.latent_encoder, device, options.torch_dtype, options.batch_size)
+
+    def check_frames(self, frames: int) -> None:
+        n = min(self.window or frames, frames)
+        if n > self.max_frames:
+            raise ValueError(f"{self.identity}: a window of {n} frames; the motion modules take at most "
+                             f"{self.max_frames} (motion_max_seq_length): set frames= (e.g. frames=16)")
+
+    def forward(self, x_t: torch.Tensor, timestep: torch.Tensor, clean: torch.Tensor,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        b, n = x_t.shape[:2]
+        sample = rearrange(x_t, "b t h w c -> b c t h w")  # the pipeline's (B, C, F, h, w)
+        prompt = self.null.expand(b * n, -1, -1)  # the pipeline repeats the prompt for every frame
+        out = self.unet(sample, timestep, encoder_hidden_states=prompt, return_dict=False)[0]
+        return rearrange(out, "b c t h w -> b t h w c")
+
+
+def load_animatediff(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
+    """The ``animatediff`` factory (see the module docstring)."""
+    from diffprobe.backbones.registry import ResolvedBackbone
+
+    opts = parse_options(AnimateDiffOptions, options, spec)
+    assert isinstance(opts, AnimateDiffOptions)
+    unet, layout = load_motion_unet(path, opts.torch_dtype, device)
+    vae, scheduler, null = load_sd_parts(path, opts.torch_dtype, device)
+    check_null_embeds(null, int(unet.config.cross_attention_dim), path)
+    if unet.config.in_channels != vae.config.latent_channels:
+        raise BackboneLoadError(f"{path / 'unet/config.json'}: in_channels={unet.config.in_channels}, but the VAE has "
+                                f"{vae.config.latent_channels} latent channels (vae/config.json)")
+    # a motion_adapter/ symlinked from elsewhere is not walked by the folder's fingerprint: add its own
+    adapter = weights_fingerprint(path / "motion_adapter") if layout == "unet+adapter" else ""
+    identity = identity_of("animatediff", path, opts, conditioning="empty-prompt", t_mapping=T_MAPPING,
+                           layout=layout, adapter=adapter, mode="video")
+    backbone = AnimateDiffBackbone(unet, vae, scheduler, null, identity, device, opts)
+    return ResolvedBackbone(backbone, "video", 0, None)
