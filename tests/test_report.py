@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from diffprobe.study.pca import frame_to_feature_index, pca_figure, pca_rgb, upsample_nearest
-from diffprobe.study.report import report, write_report
+from diffprobe.study.report import write_report
 from diffprobe.study.report_data import (
     Bar,
     Stat,
@@ -246,8 +246,10 @@ def test_empty_or_missing_store_is_a_clear_error(tmp_path) -> None:
     ResultsStore(tmp_path / "results.sqlite").close()
     with pytest.raises(ValueError, match=r"results\.sqlite: the results store holds no results"):
         write_report(tmp_path)
-    res = CliRunner().invoke(report, [str(tmp_path)])
-    assert res.exit_code != 0 and "holds no results" in res.output
+    from diffprobe.cli import main
+
+    res = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert res.exit_code == 2 and res.output.startswith("Error: ") and "holds no results" in res.output
 
 
 def test_pca_rgb_shape_first_component_and_sign() -> None:
