@@ -10,7 +10,7 @@ from diffprobe.metrics.depth import align_depth, depth_metrics
 from diffprobe.metrics.directions import HIGHER_IS_BETTER
 from diffprobe.metrics.frechet import feature_statistics, frechet_distance, psd_sqrt
 from diffprobe.metrics.pose import invert_rigid, pose_errors, relative_poses, rotation_angle_deg
-from diffprobe.metrics.stats import finite_mean, standard_error
+from diffprobe.metrics.stats import finite_mean, paired_difference, standard_error
 from diffprobe.metrics.tapvid import (
     THRESHOLDS,
     rescale_query_points,
@@ -31,6 +31,7 @@ __all__ = [
     "frechet_distance",
     "invert_rigid",
     "mean_box_iou",
+    "paired_difference",
     "pose_errors",
     "psd_sqrt",
     "relative_poses",
