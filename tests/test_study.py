@@ -58,6 +58,10 @@ def test_study_fills_the_store_and_artifacts(mini) -> None:
     table = headline_table(cfg, run_dir / "results.sqlite")
     assert all(task in table for task in TASKS) and "video/image" in table and "prior" in table
     assert table.count("s.e.") == len(TASKS) and "video-untr. z" in table  # a s.e. row under each primary metric
+    assert "paired, same test clips" in table and "walt-video - walt-image" in table
+    with ResultsStore(run_dir / "results.sqlite") as store:  # the per-clip scores behind the paired comparisons
+        scores = store.clip_scores(study=cfg.name, backbone="walt-video", task="depth", block=cfg.block, t=cfg.t)
+    assert len(scores) == 1 and scores[0][1].shape == (16,) and np.isfinite(scores[0][1]).all()
     assert all(np.isfinite(r["value"]) and r["value"] >= 0 for r in rows if r["metric"].endswith("_se"))
     assert {r["metric"] for r in rows if r["backbone"] == "prior" and r["task"] == "action"} >= {"top1", "top1_se"}
     assert json.loads((run_dir / "study_config.json").read_text()) == cfg.to_dict()

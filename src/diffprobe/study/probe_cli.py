@@ -70,7 +70,7 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
             return
         res = run_probe(resolved.backbone, roles, task_name, block, t, noise_seed, cfg, FeatureCache(cache_dir),
                         dev, ensemble, progress=not quiet, workers=workers)
-        results.add(cell, res.test)
+        results.add(cell, res.test, res.per_clip)
     sources = ", ".join(f"{r} {rd.dataset.spec} [{rd.source}, {len(rd.clips)} clips]" for r, rd in roles.items())
     click.echo(f"{task_name} on {resolved.backbone.identity} block {block} t={t:g} (lr {res.chosen_lr:g}, "
                f"step {res.chosen_step}; {sources}): " + ", ".join(f"{k}={v:.4f}" for k, v in res.test.items()))

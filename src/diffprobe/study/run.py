@@ -30,6 +30,7 @@ from diffprobe.config import ConfigError
 from diffprobe.data.splits import ROLES, RoleData, resolve_roles
 from diffprobe.features.cache import FeatureCache
 from diffprobe.features.sources import ensure_features, ensure_videos
+from diffprobe.metrics import paired_difference
 from diffprobe.models.exports import META_FILE, load_tokenizer
 from diffprobe.study.config import TOKENIZER, TWIN_IMAGE, TWIN_VIDEO, StudyConfig
 from diffprobe.study.report_tasks import (
@@ -223,12 +224,12 @@ def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: to
             res = timed("probes", lambda rb=rb, job=job, probe_cfg=probe_cfg: run_probe(
                 rb.backbone, roles[job.task], job.task, job.block, job.t, job.noise_seed, probe_cfg, cache, device,
                 limits=cfg.probe_clips, progress=False))
-            store.add(cell, res.test)
+            store.add(cell, res.test, res.per_clip)
         for task in cfg.tasks:  # each task's no-information baseline, for reference
             cell = Cell(cfg.name, PRIOR, PRIOR, "none", 0, 0, 0.0, 0, 1, task, data_identity(roles[task]),
                         clips_key(cfg.probe_clips), 0, cfg.probe.hash())
             if not store.has(cell):
-                store.add(cell, prior_metrics(roles[task], task, cache, cfg.probe_clips, progress=False))
+                store.add(cell, *prior_metrics(roles[task], task, cache, cfg.probe_clips, progress=False))
         store.export_csv(run_dir / "results.csv")
 
 
@@ -373,4 +374,35 @@ def headline_table(cfg: StudyConfig, store_path: Path) -> str:
             z = margin_z(vals[video], vals[control], se[video], se[control], HIGHER_IS_BETTER[metric])
             lines.append(line + f"{z:>15.1f}")
             lines.append(f"{'':<16}{'  s.e.':<28}" + "".join(f"{v:>16.4f}" for v in se.values()))
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *paired_table(cfg, store_path)])
+
+
+def paired_table(cfg: StudyConfig, store_path: Path) -> list[str]:
+    """Lines of the paired comparisons at the headline cells: the video side against the control and against the
+    image side, from the per-clip primary metric on the same test clips (averaged over probe and noise seeds):
+    the mean difference (positive: the video side is better), its paired z and a bootstrap 95% interval."""
+    video, image = cfg.reference
+    others = [n for n in (cfg.control, image) if n]
+    steps = {name: _final_step(cfg, spec) for name, spec in cfg.backbones.items()}
+    with ResultsStore(store_path) as store:
+        def per_clip(name: str, task: str) -> np.ndarray | None:
+            block, t = cfg.headline_of(name)
+            arrays = [a for _, a in store.clip_scores(study=cfg.name, backbone=name, task=task, block=block, t=t,
+                                                      checkpoint_step=steps[name])]
+            return np.mean(arrays, axis=0) if arrays and len({len(a) for a in arrays}) == 1 else None
+
+        head = f"{'paired, same test clips':<24}" + "".join(f"{f'{video} - {o}':>36}" for o in others)
+        lines = [head, f"{'task':<24}" + "".join(f"{'diff   z [95% CI of diff]':>36}" for _ in others),
+                 "-" * len(head)]
+        for task in (t for t in TASKS if t in cfg.tasks):
+            v = per_clip(video, task)
+            cells = []
+            for other in others:
+                o = per_clip(other, task)
+                if v is None or o is None or len(v) != len(o):
+                    cells.append(f"{'(no per-clip scores)':>36}")
+                    continue
+                d = paired_difference(v, o, HIGHER_IS_BETTER[TASK_METRICS[task][0]])
+                cells.append(f"{d['diff']:>+10.4f}{d['z']:>6.1f} [{d['lo']:+.4f}, {d['hi']:+.4f}]".rjust(36))
+            lines.append(f"{task:<24}" + "".join(cells))
+    return lines

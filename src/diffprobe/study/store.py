@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
+
+import numpy as np
 
 from diffprobe.errors import FileProblem
 from diffprobe.utils.io import atomic_write_text
@@ -59,6 +62,14 @@ _SCHEMA = (
 )
 
 
+#: the per-clip primary metric of each cell (JSON list, null for a clip with nothing to score), for paired tests
+_SCORES_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS clip_scores ("
+    + ", ".join(f"{name} {_SQL_TYPES[tp]} NOT NULL" for name, tp in get_type_hints(Cell).items())
+    + f", scores TEXT NOT NULL, UNIQUE ({', '.join(CELL_COLUMNS)}))"
+)
+
+
 class ResultsStore:
     """Append-only results in SQLite (standard library); safe against a kill between cells."""
 
@@ -68,6 +79,7 @@ class ResultsStore:
         try:
             self._db = sqlite3.connect(self.path)
             self._db.execute(_SCHEMA)
+            self._db.execute(_SCORES_SCHEMA)
             self._db.commit()
             have = [r[1] for r in self._db.execute("PRAGMA table_info(results)")]
         except sqlite3.DatabaseError as e:
@@ -93,14 +105,31 @@ class ResultsStore:
         row = self._db.execute(f"SELECT 1 FROM results WHERE {where} LIMIT 1", astuple_cell(cell)).fetchone()
         return row is not None
 
-    def add(self, cell: Cell, metrics: Mapping[str, float]) -> None:
-        """Store every metric of ``cell`` in one transaction (all or nothing)."""
+    def add(self, cell: Cell, metrics: Mapping[str, float], per_clip: np.ndarray | None = None) -> None:
+        """Store every metric of ``cell``, and its per-clip primary metric, in one transaction (all or nothing)."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         rows = [(*astuple_cell(cell), name, float(value), stamp) for name, value in metrics.items()]
         with self._db:  # one transaction
             self._db.executemany(
                 f"INSERT OR REPLACE INTO results ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                 rows)
+            if per_clip is not None:
+                scores = json.dumps([None if not np.isfinite(v) else float(v) for v in np.asarray(per_clip).ravel()])
+                self._db.execute(f"INSERT OR REPLACE INTO clip_scores ({', '.join(CELL_COLUMNS)}, scores) VALUES "
+                                 f"({', '.join('?' * (len(CELL_COLUMNS) + 1))})", (*astuple_cell(cell), scores))
+
+    def clip_scores(self, **filters: Any) -> list[tuple[dict[str, Any], np.ndarray]]:
+        """``(cell columns, per-clip primary metric (N,))`` of the cells matching ``column=value`` filters."""
+        unknown = sorted(set(filters) - set(CELL_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown cell column(s) {unknown}; columns are {CELL_COLUMNS}")
+        where = " AND ".join(f"{c} = ?" for c in filters) or "1"
+        out = []
+        for *cell, scores in self._db.execute(f"SELECT {', '.join(CELL_COLUMNS)}, scores FROM clip_scores WHERE "
+                                              f"{where}", tuple(filters.values())):
+            values = np.array([np.nan if v is None else v for v in json.loads(scores)], np.float64)
+            out.append((dict(zip(CELL_COLUMNS, cell, strict=True)), values))
+        return out
 
     def query(self, **filters: Any) -> list[dict[str, Any]]:
         """Rows matching ``column=value`` filters (a list/tuple value means "any of")."""

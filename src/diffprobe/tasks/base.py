@@ -106,7 +106,13 @@ class Task(ABC):
             out[i] = self.metrics(*one)[self.primary_metric]
         return out
 
+    def evaluate(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]
+                 ) -> tuple[dict[str, float], np.ndarray]:
+        """:meth:`metrics` plus ``<primary>_se`` (the primary metric's standard error over the split's clips), and
+        the per-clip primary metric ``(N,)`` it comes from (for paired comparisons of backbones on the same clips)."""
+        per = self.per_clip(preds, targets)
+        return {**self.metrics(preds, targets), f"{self.primary_metric}_se": standard_error(per)}, per
+
     def metrics_with_se(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
         """:meth:`metrics` plus ``<primary>_se``, the primary metric's standard error over the split's clips."""
-        return {**self.metrics(preds, targets),
-                f"{self.primary_metric}_se": standard_error(self.per_clip(preds, targets))}
+        return self.evaluate(preds, targets)[0]

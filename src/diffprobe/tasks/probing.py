@@ -64,6 +64,7 @@ class ProbeResult:
     """Test metrics of the validation-selected probe, with what selected it."""
 
     test: dict[str, float]  #: the task's metrics and ``<primary>_se``, the primary metric's standard error
+    per_clip: np.ndarray  #: (N,) the primary metric of every test clip scored alone (NaN: nothing to score)
     val: list[dict[str, float]]  #: validation metrics of every probe's selected state, in learning-rate order
     chosen_lr: float
     chosen_step: int  #: training steps of the reported probe's state
@@ -164,6 +165,7 @@ def train_probe(task: Task, cfg: ProbeConfig, train: tuple[FeatureSet, Targets],
     _, step, _, state = best[chosen]
     bank.probes[chosen].load_state_dict(state)
     test_preds = predict_split(task, bank, *test, cfg.eval_batch_size, device, only=chosen)[0]
-    return ProbeResult(test=task.metrics_with_se(test_preds, test[1]), val=[b[2] for b in best],
+    scores, per_clip = task.evaluate(test_preds, test[1])
+    return ProbeResult(test=scores, per_clip=per_clip, val=[b[2] for b in best],
                        chosen_lr=bank.learning_rates[chosen], chosen_step=step,
                        final_losses=list(np.mean(recent, axis=0)))

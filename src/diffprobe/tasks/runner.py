@@ -9,6 +9,7 @@ import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from diffprobe.backbones.base import Backbone
@@ -121,12 +122,14 @@ def run_probe(backbone: Backbone, roles: Mapping[str, RoleData], task_name: str,
 
 
 def prior_metrics(roles: Mapping[str, RoleData], task_name: str, cache: FeatureCache,
-                  limits: dict[str, int] | None = None, progress: bool = True) -> dict[str, float]:
-    """Test metrics of ``task_name``'s no-information baseline (:meth:`Task.prior`, from the training targets)."""
+                  limits: dict[str, int] | None = None, progress: bool = True
+                  ) -> tuple[dict[str, float], np.ndarray]:
+    """Test metrics of ``task_name``'s no-information baseline (:meth:`Task.prior`, from the training targets),
+    and its per-clip primary metric."""
     task = make_task(task_name, task_context(roles))
     split_targets = {}
     for role in ("train", "test"):
         limit = None if limits is None else limits[role]
         split_targets[role] = _load_targets(str(ensure_targets(task, roles[role].clips, cache, limit, progress)),
                                             task.name)
-    return task.metrics_with_se(task.prior(split_targets["train"], split_targets["test"]), split_targets["test"])
+    return task.evaluate(task.prior(split_targets["train"], split_targets["test"]), split_targets["test"])
