@@ -110,3 +110,20 @@ def test_backbone_info_and_check_commands(tokenizer_run) -> None:
     assert result.exit_code == 0, result.output
     row = result.output.strip().splitlines()[-1].split()
     assert row[0] == "300" and float(row[1]) > 0 and float(row[2]) > 0  # denoised and noisy errors
+
+
+def test_both_twins_see_the_same_tokens_per_step(tokenizer_run, monkeypatch) -> None:
+    """Image mode draws batch_size x T' single frames (T' = 5 latent frames of a 9-frame clip), not one per
+    video frame: the same number of latent tokens per step as the video twin's batch_size clips."""
+    from diffprobe.train import denoiser
+
+    root, _ = tokenizer_run
+    sizes = {}
+    real = denoiser.make_batch_fn
+    for mode in ("video", "image"):
+        monkeypatch.setattr(denoiser, "make_batch_fn", lambda data, bs, *a, mode=mode, **kw: sizes.setdefault(
+            mode, (bs, data[0].shape)) and real(data, bs, *a, **kw))
+        train_denoiser(_twin(root, mode, steps=1), root / f"bs-{mode}", FeatureCache(root / "cache"), progress=False)
+    (bv, video_shape), (bi, image_shape) = sizes["video"], sizes["image"]
+    assert video_shape[1] == 5 and image_shape[1] == 1  # (C, T', h, w) clips vs (C, 1, h, w) frames
+    assert bv == 4 and bi == 4 * 5

@@ -75,6 +75,13 @@ def _loss(per_frame_t: bool):
     return loss
 
 
+def twin_batch_size(cfg: DenoiserRunConfig, latent_frames: int) -> int:
+    """Samples a training step draws: ``train.batch_size`` clips in video mode; in image mode as many single frames
+    as those clips have latent frames (``latent_frames`` T' of a clip's latents), so both twins see the same
+    number of tokens per step."""
+    return cfg.train.batch_size * (latent_frames if cfg.mode == "image" else 1)
+
+
 def train_denoiser(cfg: DenoiserRunConfig, run_dir: str | Path, cache: FeatureCache, resume: bool = True,
                    progress: bool = True, on_checkpoint: CheckpointHook | None = None) -> Path:
     """Train (or finish training) one WALT twin in ``run_dir``; returns the exported (EMA) model file."""
@@ -82,10 +89,10 @@ def train_denoiser(cfg: DenoiserRunConfig, run_dir: str | Path, cache: FeatureCa
         raise ConfigError("DenoiserRunConfig.tokenizer: give the run directory of a trained tokenizer")
     ctx = setup_distributed(cfg.train.device)
     tokenizer, meta = load_tokenizer(cfg.tokenizer_dir(run_dir))
-    clips = resolve_roles({"train": cfg.dataset})["train"].clips
-    latents = ensure_latents(clips, tokenizer, meta["sha256"], cfg.mode, cache, ctx.device, progress)
-    frames = latents.frames  # latent frames of a clip
-    batch_size = cfg.train.batch_size * (frames if cfg.mode == "image" else 1)  # same tokens per batch
+    train = resolve_roles({"train": cfg.dataset})["train"]
+    latents = ensure_latents(train.clips, tokenizer, meta["sha256"], cfg.mode, cache, ctx.device, progress)
+    ds = train.dataset
+    batch_size = twin_batch_size(cfg, tokenizer.latent_shape(ds.frames, ds.height, ds.width)[1])
     batches = make_batch_fn(latents, batch_size, cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size)
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same model
     model = WALT(cfg.model)
