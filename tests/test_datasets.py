@@ -15,7 +15,7 @@ from diffprobe.data.world.dataset import probeworld_spec, world_identity
 from diffprobe.features.cache import FeatureCache
 from diffprobe.features.sources import iter_clips
 from diffprobe.study.store import Cell, ResultsStore
-from diffprobe.tasks import make_task
+from diffprobe.tasks import TASKS, make_task
 from diffprobe.tasks.runner import ensure_targets, task_context, task_roles
 
 
@@ -106,8 +106,17 @@ def test_targets_are_cached_per_dataset_task_and_version(tmp_path) -> None:
     roles = task_roles("action", "probeworld:tiny@train_size=8,val_size=4,test_size=4")
     task = make_task("action", task_context(roles))
     cache = FeatureCache(tmp_path)
-    path = ensure_targets(task, roles["test"].clips, cache, progress=False)
-    assert path.name == "action-v1.safetensors" and roles["test"].clips.name.split("/")[0] in str(path)
+    reads = []
+    clips = roles["test"].clips
+    real_batch = clips.batch
+    clips.batch = lambda ids: reads.append(list(ids)) or real_batch(ids)
+    path = ensure_targets(task, clips, cache, progress=False)
+    assert path.name == "action-v1.safetensors" and clips.name.split("/")[0] in str(path)
+    # one pass over the clips fills every task's own file (Probe World has every field)
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(
+        f"{name}-v{cls.version}.safetensors" for name, cls in TASKS.items())
+    assert reads == [[0, 1, 2, 3]]
+    assert ensure_targets(make_task("depth", task.ctx), clips, cache, progress=False).is_file() and len(reads) == 1
     first2 = ensure_targets(task, roles["test"].clips, cache, limit=2, progress=False)
     assert first2 != path and first2.name == "action-v1-first2.safetensors"
     task.version = 2  # a changed target definition is a different file, never the old one

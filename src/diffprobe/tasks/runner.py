@@ -83,18 +83,33 @@ def _first(clips: ClipSequence, limit: int | None) -> int:
     return len(clips) if limit is None else min(limit, len(clips))
 
 
-def ensure_targets(task: Task, clips: ClipSequence, cache: FeatureCache, limit: int | None = None,
-                   progress: bool = True, workers: int = 0) -> Path:
-    """``task``'s targets of the first ``limit`` clips (or all), computed once into
+def targets_path(task: Task, clips: ClipSequence, cache: FeatureCache, limit: int | None = None) -> Path:
+    """Where ``task``'s targets of the first ``limit`` clips (or all) are cached:
     ``cache/targets/<clips>/<task>-v<version>[-first<n>].safetensors``."""
     num = _first(clips, limit)
     slug = "".join(c if c.isalnum() or c in "._+-" else "-" for c in clips.name)
     suffix = "" if num == len(clips) else f"-first{num}"
-    path = cache.root / "targets" / slug / f"{task.name}-v{task.version}{suffix}.safetensors"
+    return cache.root / "targets" / slug / f"{task.name}-v{task.version}{suffix}.safetensors"
+
+
+def ensure_targets(task: Task, clips: ClipSequence, cache: FeatureCache, limit: int | None = None,
+                   progress: bool = True, workers: int = 0) -> Path:
+    """``task``'s targets of the first ``limit`` clips (or all), computed once into :func:`targets_path`.
+
+    The clips are read once for every task whose targets they lack and whose fields they have (each task still
+    gets a file of its own), so a study that probes six tasks on a split decodes or renders it once."""
+    path = targets_path(task, clips, cache, limit)
     if not path.is_file():
+        num = _first(clips, limit)
+        have = set(clips[0])
+        others = [make_task(name, task.ctx) for name, cls in TASKS.items() if name != task.name
+                  and set(cls.fields) <= have]
+        todo = [task] + [t for t in others if not targets_path(t, clips, cache, limit).is_file()]
         batches = [list(range(i, min(num, i + 64))) for i in range(0, num, 64)]
         stream = (clip for batch in iter_clips(clips, batches, workers) for clip in batch)
-        save_targets(path, compute_targets([task], stream, num, progress=progress))
+        by_name = {t.name: t for t in todo}
+        for name, targets in compute_targets(todo, stream, num, progress=progress).items():
+            save_targets(targets_path(by_name[name], clips, cache, limit), {name: targets})
     return path
 
 
