@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from diffprobe.config import ConfigError
@@ -94,6 +95,13 @@ class FileClip:
 
 def describe_entry(entry: FileClip) -> str:
     return entry.describe()
+
+
+def labelled_clips(name: str, entries: Sequence[FileClip], load: Callable[[FileClip], Clip],
+                   field: str) -> IndexedClips:
+    """A split of file clips that each carry the class ``field``, with those labels read from the index."""
+    labels = np.array([dict(e.targets)[field] for e in entries], dtype=np.int64)
+    return IndexedClips(name, entries, load, describe_entry, labels={field: labels})
 
 
 def _check_size(frame_hw: tuple[int, int], expect_hw: tuple[int, int], where: Path) -> None:

@@ -24,19 +24,22 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from diffprobe.data.dataset import (
     ClipDataset,
     ClipSequence,
     DatasetError,
-    IndexedClips,
     VideoOptions,
     dataset_identity,
     fingerprint,
     require_files,
 )
-from diffprobe.data.readers.folders import FileClip, VideoLoader, describe_entry, output_size, skip_or_raise
+from diffprobe.data.readers.folders import (
+    FileClip,
+    VideoLoader,
+    labelled_clips,
+    output_size,
+    skip_or_raise,
+)
 
 LABELS_JSON = "something-something-v2-labels.json"
 #: split -> its annotation JSON
@@ -151,9 +154,7 @@ class SSv2Dataset(ClipDataset):
         return entries
 
     def split(self, name: str) -> ClipSequence:
-        entries = self.entries[name]
-        actions = np.array([dict(e.targets)["action"] for e in entries], dtype=np.int64)
-        return IndexedClips(f"{self.identity}/{name}", entries, self.loader, describe_entry, labels={"action": actions})
+        return labelled_clips(f"{self.identity}/{name}", self.entries[name], self.loader, "action")
 
 
 def open_ssv2(path: str, options: dict[str, Any], spec: str) -> SSv2Dataset:
