@@ -234,6 +234,17 @@ class ClipDataset(ABC):
                 "max_tracks": self.max_tracks, "query_mode": self.query_mode}
 
 
+class FileDataset(ClipDataset):
+    """A dataset read from a file or folder on disk: keeps the path (``root``, checked to exist), the reader's typed
+    options (``opts``, their ``on_bad`` included) and the spec it was opened with."""
+
+    def __init__(self, path: str | Path, opts: ReaderOptions, spec: str) -> None:
+        super().__init__()
+        self.root = Path(path)
+        self.opts, self.spec, self.on_bad = opts, spec, opts.on_bad
+        require_files(self.root)
+
+
 def fingerprint(files: Iterable[str | Path], root: str | Path | None = None) -> str:
     """A short hash of files' names (relative to ``root``), sizes and modification times: it changes when any file
     is added, removed, replaced or edited, without reading the files."""

@@ -34,9 +34,9 @@ from PIL import Image, UnidentifiedImageError
 
 from diffprobe.data.dataset import (
     Clip,
-    ClipDataset,
     ClipSequence,
     DatasetError,
+    FileDataset,
     IndexedClips,
     VideoOptions,
     dataset_identity,
@@ -123,18 +123,13 @@ def tight_boxes(masks: np.ndarray, objects: tuple[int, ...]) -> tuple[np.ndarray
     return boxes, visible
 
 
-class DavisDataset(ClipDataset):
+class DavisDataset(FileDataset):
     """DAVIS-2017 behind the dataset interface (see the module docstring)."""
 
     kind = "davis"
 
     def __init__(self, path: str | Path, opts: DavisOptions, spec: str) -> None:
-        super().__init__()
-        self.root = Path(path)
-        self.opts = opts
-        self.spec = spec
-        self.on_bad = opts.on_bad
-        require_files(self.root)
+        super().__init__(path, opts, spec)
         self.image_dir = self.root / "JPEGImages" / opts.resolution
         self.mask_dir = self.root / "Annotations" / opts.resolution
         sets = self.root / "ImageSets" / "2017"

@@ -29,9 +29,9 @@ from PIL import Image, UnidentifiedImageError
 from diffprobe.config import ConfigError
 from diffprobe.data.dataset import (
     Clip,
-    ClipDataset,
     ClipSequence,
     DatasetError,
+    FileDataset,
     IndexedClips,
     ReaderOptions,
     VideoOptions,
@@ -227,16 +227,13 @@ def skip_or_raise(skipped: list[dict[str, Any]], on_bad: str, index: int, source
 # ---- videos:DIR and images:DIR ---------------------------------------------------------------------------------
 
 
-class FolderDataset(ClipDataset):
+class FolderDataset(FileDataset):
     """An unlabelled folder of videos or images: one split ``all``, field ``video``."""
 
     def __init__(self, root: Path, spec: str, opts: VideoFolderOptions | ImageOptions,
                  entries: list[FileClip], files: Iterable[Path], loader: VideoLoader | ImageLoader,
                  skipped: list[dict[str, Any]]) -> None:
-        super().__init__()
-        self.spec = spec
-        self.opts = opts
-        self.on_bad = opts.on_bad
+        super().__init__(root, opts, spec)
         self.identity = dataset_identity(self.kind, root, opts, fingerprint(files, root))
         self.splits = ("all",)
         self.fields = frozenset({"video"})

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from diffprobe.data.dataset import (
-    ClipDataset,
     ClipSequence,
     DatasetError,
+    FileDataset,
     IndexedClips,
     dataset_identity,
     fingerprint,
@@ -68,14 +68,13 @@ def index_split(folder: Path) -> dict[str, list[Path]]:
     return {name: find_files(folder / name, IMAGE_EXTENSIONS) for name in _subfolders(folder)}
 
 
-class ImageFolderDataset(ClipDataset):
+class ImageFolderDataset(FileDataset):
     """``imagefolder:DIR`` (see the module docstring)."""
 
     kind = "imagefolder"
 
     def __init__(self, root: Path, opts: ImageOptions, spec: str) -> None:
-        super().__init__()
-        self.spec, self.opts, self.on_bad = spec, opts, opts.on_bad
+        super().__init__(root, opts, spec)
         split_folders = find_splits(root)
         tables = {split: index_split(folder) for split, folder in split_folders.items()}
         names = sorted({name for table in tables.values() for name in table})

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from diffprobe.data.dataset import (
-    ClipDataset,
     ClipSequence,
     DatasetError,
+    FileDataset,
     VideoOptions,
     dataset_identity,
     fingerprint,
@@ -142,14 +142,13 @@ def list_clips(folder: Path) -> set[str]:
     return found
 
 
-class KineticsDataset(ClipDataset):
+class KineticsDataset(FileDataset):
     """``kinetics:DIR`` (see the module docstring)."""
 
     kind = "kinetics"
 
     def __init__(self, root: Path, opts: KineticsOptions, spec: str) -> None:
-        super().__init__()
-        self.spec, self.opts, self.on_bad = spec, opts, opts.on_bad
+        super().__init__(root, opts, spec)
         csvs = find_csvs(root)
         tables = {split: read_csv(path) for split, path in csvs.items()}
         labelled = {split: rows for split, rows in tables.items() if rows is not None}

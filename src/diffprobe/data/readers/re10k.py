@@ -35,14 +35,13 @@ import numpy as np
 
 from diffprobe.data.dataset import (
     Clip,
-    ClipDataset,
     ClipSequence,
     DatasetError,
+    FileDataset,
     IndexedClips,
     VideoOptions,
     dataset_identity,
     fingerprint,
-    require_files,
 )
 from diffprobe.data.decode import read_image
 from diffprobe.data.readers.scannet import image_size, same_size, select_windows, tile_windows
@@ -117,18 +116,13 @@ class RE10KEntry:
         return f"{self.camera_file} frames {[f.name for f in self.frames]}"
 
 
-class RE10KDataset(ClipDataset):
+class RE10KDataset(FileDataset):
     """RealEstate10K clips with ``video``, ``camera`` and ``intrinsics`` (see the module docstring)."""
 
     kind = KIND
 
     def __init__(self, root: str | Path, opts: RE10KOptions, spec: str) -> None:
-        super().__init__()
-        self.root = Path(root)
-        self.opts = opts
-        self.spec = spec
-        self.on_bad = opts.on_bad
-        require_files(self.root)
+        super().__init__(root, opts, spec)
         self.splits = tuple(s for s in SPLITS if (self.root / s).is_dir())
         if not self.splits:
             raise DatasetError(f"{self.root}: no split folder ({' or '.join(SPLITS)}/) of camera files")

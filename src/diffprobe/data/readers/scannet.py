@@ -46,9 +46,9 @@ from PIL import Image, UnidentifiedImageError
 from diffprobe.config import ConfigError
 from diffprobe.data.dataset import (
     Clip,
-    ClipDataset,
     ClipSequence,
     DatasetError,
+    FileDataset,
     IndexedClips,
     VideoOptions,
     dataset_identity,
@@ -201,18 +201,13 @@ class ScanNetEntry:
         return f"{self.scene} frames {list(self.frames)}"
 
 
-class ScanNetDataset(ClipDataset):
+class ScanNetDataset(FileDataset):
     """ScanNet scenes as clips with ``video``, ``depth``, ``camera`` and ``intrinsics`` (see the module docstring)."""
 
     kind = KIND
 
     def __init__(self, root: str | Path, opts: ScanNetOptions, spec: str) -> None:
-        super().__init__()
-        self.root = Path(root)
-        self.opts = opts
-        self.spec = spec
-        self.on_bad = opts.on_bad
-        require_files(self.root)
+        super().__init__(root, opts, spec)
         self.fields = frozenset({"video", "depth", "camera", "intrinsics"})
         self.label_spaces = {}
         self.frames = opts.frames

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from diffprobe.data.dataset import (
-    ClipDataset,
     ClipSequence,
     DatasetError,
+    FileDataset,
     VideoOptions,
     dataset_identity,
     fingerprint,
@@ -110,14 +110,13 @@ def list_videos(root: Path) -> tuple[Path, set[str]]:
     raise DatasetError(f"{root}: no video folder ({' or '.join(VIDEO_FOLDERS)})")
 
 
-class SSv2Dataset(ClipDataset):
+class SSv2Dataset(FileDataset):
     """``ssv2:DIR`` (see the module docstring)."""
 
     kind = "ssv2"
 
     def __init__(self, root: Path, opts: SSv2Options, spec: str) -> None:
-        super().__init__()
-        self.spec, self.opts, self.on_bad = spec, opts, opts.on_bad
+        super().__init__(root, opts, spec)
         labels_path = root / LABELS_JSON
         names = read_labels(labels_path)
         index = {name: i for i, name in enumerate(names)}

@@ -37,9 +37,9 @@ from PIL import Image, UnidentifiedImageError
 
 from diffprobe.data.dataset import (
     Clip,
-    ClipDataset,
     ClipSequence,
     DatasetError,
+    FileDataset,
     IndexedClips,
     VideoOptions,
     dataset_identity,
@@ -148,18 +148,14 @@ def _index_video(key: str | int, name: str, record: Any, where: str) -> _Video:
     return _Video(key, name, t, h, w)
 
 
-class TapVidDataset(ClipDataset):
+class TapVidDataset(FileDataset):
     """A TAP-Vid pickle behind the dataset interface (see the module docstring)."""
 
     kind = "tapvid"
 
     def __init__(self, path: str | Path, opts: TapVidOptions, spec: str) -> None:
-        super().__init__()
-        self.path = Path(path)
-        self.opts = opts
-        self.spec = spec
-        self.on_bad = opts.on_bad
-        require_files(self.path)
+        super().__init__(path, opts, spec)
+        self.path = self.root  # the pickle file
         self._key, data = _load_pickle(self.path)
         self.identity = dataset_identity(self.kind, self.path, opts, fingerprint([self.path], self.path.parent))
         self.splits = ("all",)
