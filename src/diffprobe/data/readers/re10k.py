@@ -44,7 +44,7 @@ from diffprobe.data.dataset import (
     fingerprint,
 )
 from diffprobe.data.decode import read_image
-from diffprobe.data.readers.scannet import image_size, same_size, select_windows, tile_windows
+from diffprobe.data.readers.scannet import image_size, one_size, same_size, select_windows, tile_windows
 from diffprobe.data.transforms import apply_intrinsics, apply_video, plan_geometry
 
 KIND = "re10k"
@@ -185,15 +185,7 @@ class RE10KDataset(FileDataset):
         return RE10KEntry(cams.path, tuple(frames), cams.w2c[w], k[0])
 
     def _output_size(self) -> tuple[int, int]:
-        if self.opts.resize != "none":
-            return self.opts.size, self.opts.size
-        sizes = set(self._sizes.values())
-        if len(sizes) > 1:
-            first = next(iter(self._sizes.items()))
-            other = next((f, hw) for f, hw in self._sizes.items() if hw != first[1])
-            raise DatasetError(f"{other[0]}: frames of {other[1][0]}x{other[1][1]} pixels, but {first[0]} has "
-                               f"{first[1][0]}x{first[1][1]}; resize=none needs one size")
-        return sizes.pop() if sizes else (0, 0)
+        return one_size(self.opts, self._sizes, "frames")
 
     def split(self, name: str) -> ClipSequence:
         return IndexedClips(f"{self.identity}/{name}", self._entries[name], self._load, str)

@@ -36,7 +36,7 @@ with a frame whose pose is not finite is not a clip: it is left out of the index
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -201,6 +201,21 @@ class ScanNetEntry:
         return f"{self.scene} frames {list(self.frames)}"
 
 
+def one_size(opts: VideoOptions, sizes: dict[Path, tuple[int, int]], what: str,
+             where: Callable[[Path], Path] = lambda p: p) -> tuple[int, int]:
+    """The output frame size: ``size`` square, or with ``resize=none`` the one source size ``sizes`` (folder ->
+    (H, W) of its first frame) all share; a second size is an error naming both folders (``where`` of each)."""
+    if opts.resize != "none":
+        return opts.size, opts.size
+    distinct = set(sizes.values())
+    if len(distinct) > 1:
+        first = next(iter(sizes.items()))
+        other = next((p, hw) for p, hw in sizes.items() if hw != first[1])
+        raise DatasetError(f"{where(other[0])}: {what} of {other[1][0]}x{other[1][1]} pixels, but "
+                           f"{where(first[0])} has {first[1][0]}x{first[1][1]}; resize=none needs one size")
+    return distinct.pop() if distinct else (0, 0)
+
+
 class ScanNetDataset(FileDataset):
     """ScanNet scenes as clips with ``video``, ``depth``, ``camera`` and ``intrinsics`` (see the module docstring)."""
 
@@ -311,15 +326,7 @@ class ScanNetDataset(FileDataset):
         return entry
 
     def _output_size(self) -> tuple[int, int]:
-        if self.opts.resize != "none":
-            return self.opts.size, self.opts.size
-        sizes = set(self._sizes.values())
-        if len(sizes) > 1:
-            first = next(iter(self._sizes.items()))
-            other = next((s, hw) for s, hw in self._sizes.items() if hw != first[1])
-            raise DatasetError(f"{other[0] / 'depth'}: depth of {other[1][0]}x{other[1][1]} pixels, but "
-                               f"{first[0] / 'depth'} has {first[1][0]}x{first[1][1]}; resize=none needs one size")
-        return sizes.pop() if sizes else (0, 0)
+        return one_size(self.opts, self._sizes, "depth", lambda scene: scene / "depth")
 
     # ---- clips ------------------------------------------------------------------------------------------------------
     def split(self, name: str) -> ClipSequence:
