@@ -20,10 +20,11 @@ MINI = [
     "tokenizer.train.steps=3", "tokenizer.stats_clips=16",
     "twin.train.steps=4", "twin.train.ckpt_every=2", "twin.train.keep_steps=[2]", "budget_steps=[2]",
     "twin.model.depth=2", "block=2", "block_sweep=[1,2]", "noise_sweep=[0,200]",
-    "sizes.micro.depth=2",
+    'sizes={"micro": {"hidden_size": 64, "depth": 2, "num_heads": 2}}',  # the model-size analysis (tiny-more's)
     "feature_net.train.steps=2", "probe.steps=3", "probe.eval_batch_size=16",
     'probe_clips={"train": 32, "val": 16, "test": 16}',
-    "generation_samples=8", "sampling_steps=2", "pca_clips=1",
+    "generation_samples=8", "sampling_steps=2", "pca_clips=1", "probe_seeds=[0,1]",
+    "sweep_tasks=[\"action\"]",
 ]
 
 
@@ -39,7 +40,7 @@ def test_study_fills_the_store_and_artifacts(mini) -> None:
     cfg, run_dir = mini
     with ResultsStore(run_dir / "results.sqlite") as store:
         rows = store.query(study=cfg.name)
-    cells = {(r["backbone"], r["checkpoint_step"], r["block"], r["t"], r["task"]) for r in rows}
+    cells = {(r["backbone"], r["checkpoint_step"], r["block"], r["t"], r["task"], r["probe_seed"]) for r in rows}
     assert len(cells) == len(plan_jobs(cfg, run_dir)) + len(TASKS)  # every probe cell and each task's prior
     for backbone in ("walt-video", "walt-image", "walt-untrained", "latents", "prior"):
         assert {c[4] for c in cells if c[0] == backbone} == set(TASKS)
@@ -58,10 +59,15 @@ def test_study_fills_the_store_and_artifacts(mini) -> None:
     table = headline_table(cfg, run_dir / "results.sqlite")
     assert all(task in table for task in TASKS) and "video/image" in table and "prior" in table
     assert table.count("s.e.") == len(TASKS) and "video-untr. z" in table  # a s.e. row under each primary metric
+    assert table.count("seed sd") == len(TASKS) and "min z" in table  # two probe seeds: their spread, per-seed z
     assert "paired, same test clips" in table and "walt-video - walt-image" in table
     with ResultsStore(run_dir / "results.sqlite") as store:  # the per-clip scores behind the paired comparisons
         scores = store.clip_scores(study=cfg.name, backbone="walt-video", task="depth", block=cfg.block, t=cfg.t)
-    assert len(scores) == 1 and scores[0][1].shape == (16,) and np.isfinite(scores[0][1]).all()
+    assert [c["probe_seed"] for c, _ in scores] == [0, 1]  # the headline cell once per probe seed
+    assert scores[0][1].shape == (16,) and np.isfinite(scores[0][1]).all()
+    sweep = {(r["block"], r["t"], r["probe_seed"]) for r in rows if r["backbone"] == "walt-video"
+             and r["task"] == "action"}
+    assert (1, cfg.t, 0) in sweep and (1, cfg.t, 1) not in sweep  # the sweeps run the first probe seed only
     assert all(np.isfinite(r["value"]) and r["value"] >= 0 for r in rows if r["metric"].endswith("_se"))
     assert {r["metric"] for r in rows if r["backbone"] == "prior" and r["task"] == "action"} >= {"top1", "top1_se"}
     assert json.loads((run_dir / "study_config.json").read_text()) == cfg.to_dict()
@@ -75,7 +81,7 @@ def test_rerun_recomputes_only_lost_cells(mini, monkeypatch) -> None:
     run_study(cfg, run_dir, progress=False)
     assert calls == []  # everything was done: no training, no probe
     with sqlite3.connect(run_dir / "results.sqlite") as db:  # as if the study had been killed before this cell
-        db.execute("DELETE FROM results WHERE backbone = 'latents' AND task = 'depth'")
+        db.execute("DELETE FROM results WHERE backbone = 'latents' AND task = 'depth' AND probe_seed = 1")
     run_study(cfg, run_dir, progress=False)
     assert calls == ["depth"]
 
@@ -127,3 +133,15 @@ def test_a_moved_study_finds_its_tokenizer_from_any_directory(mini, tmp_path, mo
     _, cfg, _ = load_denoiser(twin)
     assert cfg.tokenizer == "../../tokenizer"
     assert read_walt_run(twin).tokenizer_dir.resolve() == (moved / "tokenizer").resolve()
+
+
+def test_each_stage_prints_a_line_and_quick_says_it_measures_nothing(mini, capsys) -> None:
+    cfg, run_dir = mini
+    run_study(cfg, run_dir, progress=True)  # finished: only the probe, generation and PCA stages are visited
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("study [")]
+    assert [ln.split()[1] for ln in lines] == ["[1/3]", "[2/3]", "[3/3]", "[3/3]"]
+    assert [ln.split()[-1] for ln in lines] == ["probes", "generation", "pca", "done"]
+    quick = StudyConfig.preset("quick")
+    assert quick.caveat and "measure" in quick.caveat and not StudyConfig.preset("tiny").caveat
+    assert len(plan_jobs(quick, run_dir)) < len(plan_jobs(StudyConfig.preset("tiny"), run_dir)) / 3
+    assert headline_table(cfg.replace(caveat=quick.caveat), run_dir / "results.sqlite").startswith("note: ")

@@ -11,17 +11,21 @@ from diffprobe.utils.cliopts import overrides_option, quiet_option
 
 @click.command("study")
 @click.option("--preset", default="tiny", show_default=True, help="StudyConfig preset.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/study-tiny"),
-              show_default=True, help="Run directory; running again resumes and redoes only unfinished work.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory; running again resumes and redoes only unfinished work.  [default: "
+                   "runs/study-PRESET]")
 @overrides_option
 @click.option("--no-report", is_flag=True, help="Do not write report/report.html at the end.")
 @quiet_option
-def study_cmd(preset: str, out_dir: Path, assignments: tuple[str, ...], no_report: bool, quiet: bool) -> None:
+def study_cmd(preset: str, out_dir: Path | None, assignments: tuple[str, ...], no_report: bool, quiet: bool) -> None:
     """Train the tokenizer and the image and video twins, probe every task, print the table, write the report."""
     from diffprobe.study.config import StudyConfig
     from diffprobe.study.run import headline_table, run_study
 
     cfg = StudyConfig.preset(preset).override(assignments)
+    out_dir = out_dir or Path(f"runs/study-{preset}")
+    if cfg.caveat:
+        click.echo(f"note: {cfg.caveat}", err=True)
     store = run_study(cfg, out_dir, progress=not quiet)
     click.echo(headline_table(cfg, store))
     if not no_report:

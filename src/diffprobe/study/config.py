@@ -19,8 +19,8 @@ from diffprobe.train.feature_net import FeatureNetRunConfig
 from diffprobe.train.tokenizer import TokenizerRunConfig
 
 _TINY_WORLD = probeworld_spec(ProbeWorldConfig.preset("tiny").replace(train_size=2048, val_size=256, test_size=512))
-# The CPU study (about 23 minutes on 2 cores): every task at the headline cell for the twins and both controls;
-# noise and block sweeps, a second model size (micro) and two earlier checkpoints on action recognition.
+# The CPU study: every task at the headline cell for the twins and both controls, three probe seeds each; noise and
+# block sweeps on action, depth and point tracking (the first probe seed).
 _TINY: dict[str, Any] = {
     "name": "probeworld-tiny",
     "dataset": _TINY_WORLD,
@@ -28,15 +28,46 @@ _TINY: dict[str, Any] = {
     "twin": {**DenoiserRunConfig.PRESETS["walt-tiny"], "dataset": _TINY_WORLD},
     "feature_net": {**FeatureNetRunConfig.PRESETS["tiny"], "dataset": _TINY_WORLD},
     "probe": ProbeConfig.PRESETS["tiny"],
+    "probe_seeds": [0, 1, 2],
     "noise_sweep": [0.0, 100.0, 200.0, 400.0, 700.0],
-    "sweep_tasks": ["action"],
-    "sizes": {"micro": WALTConfig.PRESETS["micro"]},
-    "budget_steps": [400, 800],
+    "block_sweep": [2, 4, 6],
+    "sweep_tasks": ["action", "depth", "point_tracking"],
     "generation_samples": 64,
     "probe_clips": {"train": 2048, "val": 256, "test": 512},
     "sampling_steps": 20,
 }
+# The tiny study and the analyses past the paper's: every block in the sweep, a second model size (micro) and two
+# earlier checkpoints (training budget), each on the sweep tasks. Same study name: it can extend a tiny run
+# (--out runs/study-tiny), training only what the tiny study did not.
+_TINY_MORE: dict[str, Any] = {**_TINY, "block_sweep": [1, 2, 3, 4, 5, 6], "budget_steps": [400, 800],
+                              "sizes": {"micro": WALTConfig.PRESETS["micro"]}}
 
+_QUICK_WORLD = probeworld_spec(ProbeWorldConfig.preset("tiny").replace(train_size=512, val_size=64, test_size=128))
+
+
+def _quick_run(preset: dict[str, Any], steps: int, **train: Any) -> dict[str, Any]:
+    return {**preset, "dataset": _QUICK_WORLD, "train": {**preset["train"], "steps": steps, **train}}
+
+
+# A first look at the pipeline in a few minutes: every stage runs, on so little training that nothing is measured.
+_QUICK: dict[str, Any] = {
+    **_TINY,
+    "name": "probeworld-quick",
+    "caveat": "the quick preset shows the pipeline running end to end; its twins and probes are trained too little "
+              "to measure anything. The default (tiny) preset is the one that measures the tasks.",
+    "dataset": _QUICK_WORLD,
+    "tokenizer": _quick_run(_TINY["tokenizer"], 100, warmup_steps=10, ckpt_every=50),
+    "twin": _quick_run(_TINY["twin"], 200, ckpt_every=100, keep_steps=[100]),
+    "feature_net": _quick_run(_TINY["feature_net"], 50, warmup_steps=5, ckpt_every=25),
+    "probe": {**_TINY["probe"], "steps": 100, "warmup_steps": 10, "eval_every": 50},
+    "probe_seeds": [0],
+    "noise_sweep": [0.0, 200.0],
+    "block_sweep": [2, 4],
+    "sweep_tasks": ["action"],
+    "budget_steps": [100],
+    "generation_samples": 16,
+    "probe_clips": {"train": 512, "val": 64, "test": 128},
+}
 
 _RUNS = ("tokenizer", "twin", "feature_net")
 
@@ -62,9 +93,11 @@ class StudyConfig(Config):
     on ``sweep_tasks``, each with the generation Fréchet distance of its samples.
     """
 
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"tiny": _TINY}
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"tiny": _TINY, "tiny-more": _TINY_MORE, "quick": _QUICK}
 
     name: str = "probeworld"
+    #: a warning printed before the run and above its table (the quick preset measures nothing)
+    caveat: str = ""
     #: the study's dataset spec: the tokenizer, the twins and the feature net train on it, and every task is probed
     #: on it unless ``task_data`` names other data for the task
     dataset: str = "probeworld:tiny"
@@ -88,7 +121,7 @@ class StudyConfig(Config):
     budget_steps: tuple[int, ...] = ()  #: earlier checkpoints to probe (must be kept by twin.train.keep_steps)
     probe_clips: dict[str, int] = dataclasses.field(
         default_factory=lambda: {"train": 1024, "val": 256, "test": 512})  #: first N clips of each split for probes
-    probe_seeds: tuple[int, ...] = (0,)
+    probe_seeds: tuple[int, ...] = (0,)  #: every headline cell is probed once per seed; sweeps use the first
     noise_seeds: tuple[int, ...] = (0,)
     generation_samples: int = 256  #: samples per model for the Fréchet distance
     sampling_steps: int = 25  #: DDIM steps for those samples
@@ -133,6 +166,8 @@ class StudyConfig(Config):
         return dict(self.task_data[task]) if task in self.task_data else dict.fromkeys(ROLES, self.dataset)
 
     def validate(self) -> None:
+        if not self.probe_seeds or not self.noise_seeds:
+            raise ConfigError("StudyConfig.probe_seeds/noise_seeds: need at least one seed each")
         if set(self.probe_clips) != {"train", "val", "test"} or min(self.probe_clips.values()) < 1:
             raise ConfigError(f"StudyConfig.probe_clips: need positive train, val and test counts, "
                               f"got {self.probe_clips}")

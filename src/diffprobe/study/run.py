@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,6 +91,13 @@ class Timings:
         return out
 
 
+def _announce(number: int, total: int, name: str, start: float, show: bool) -> None:
+    """One line per stage, ``study [k/n] +MM:SS name``, so a user sees how far the study is."""
+    if show:
+        minutes, seconds = divmod(int(time.perf_counter() - start), 60)
+        tqdm.write(f"study [{number}/{total}] +{minutes:02d}:{seconds:02d} {name}", file=sys.stderr)
+
+
 def twin_dirs(cfg: StudyConfig, run_dir: Path) -> dict[tuple[str, str], Path]:
     """(size name, mode) -> run directory of every twin the study trains."""
     sizes = [MAIN, *cfg.sizes]
@@ -136,52 +144,55 @@ def plan_jobs(cfg: StudyConfig, run_dir: Path) -> list[Job]:
     """Every probe cell of the study, headline cells first, in a stable order."""
     jobs: list[Job] = []
 
-    def add(name: str, spec: str, block: int, t: float, tasks: tuple[str, ...], size: str = MAIN) -> None:
+    def add(name: str, spec: str, block: int, t: float, tasks: tuple[str, ...], seeds: tuple[int, ...],
+            size: str = MAIN) -> None:
         for task in tasks:
             for ns in cfg.noise_seeds:
-                for ps in cfg.probe_seeds:
+                for ps in seeds:
                     jobs.append(Job(name, expand_spec(spec, run_dir, size), block, t, task, ns, ps,
                                     _final_step(cfg, spec)))
 
-    for name, spec in cfg.backbones.items():
-        add(name, spec, *cfg.headline_of(name), cfg.tasks)
+    for name, spec in cfg.backbones.items():  # the headline cells: every probe seed
+        add(name, spec, *cfg.headline_of(name), cfg.tasks, cfg.probe_seeds)
+    first = cfg.probe_seeds[:1]  # the sweeps and analyses: the first probe seed
     for name in cfg.reference:
         spec = cfg.backbones[name]
         block, t = cfg.headline_of(name)
         for nt in cfg.noise_sweep:
-            add(name, spec, block, nt, cfg.sweep_tasks)
+            add(name, spec, block, nt, cfg.sweep_tasks, first)
         for nb in cfg.block_sweep:
-            add(name, spec, nb, t, cfg.sweep_tasks)
+            add(name, spec, nb, t, cfg.sweep_tasks, first)
         for step in cfg.budget_steps:  # own twins only (validated)
-            add(name, spec.replace("walt:", f"walt@{step}:", 1), block, t, cfg.sweep_tasks)
+            add(name, spec.replace("walt:", f"walt@{step}:", 1), block, t, cfg.sweep_tasks, first)
         for size in cfg.sizes:  # the same twin spec, in the size's run directories
-            add(f"{name}@{size}", spec, block, t, cfg.sweep_tasks, size)
+            add(f"{name}@{size}", spec, block, t, cfg.sweep_tasks, first, size)
     return list(dict.fromkeys(jobs))  # the sweeps cross at the headline cell: keep each cell once
 
 
-def _train_models(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, timed: Timings,
-                  progress: bool) -> None:
-    """Train the study's own runs that its backbones use: the tokenizer, the twins (and their sizes), and, when the
-    twins are the reference pair, the feature network of the Fréchet distances."""
+def _training_stages(cfg: StudyConfig, run_dir: Path, cache: FeatureCache,
+                     progress: bool) -> list[tuple[str, Callable[[], Any]]]:
+    """The study's own runs that its backbones use and that are not finished yet, as (stage name, run) in training
+    order: the tokenizer, the twins (and their sizes), and, when the twins are the reference pair, the feature
+    network of the Fréchet distances."""
     if not (cfg.uses("{twin:") or cfg.uses(TOKENIZER)):
-        return
+        return []
+    stages: list[tuple[str, Callable[[], Any]]] = []
     tok_dir = run_dir / "tokenizer"
     if not _exported(tok_dir, cfg.tokenizer.to_dict()):
-        timed("tokenizer", lambda: train_tokenizer(cfg.tokenizer, tok_dir, cache, resume=True,
-                                                              progress=progress))
+        stages.append(("tokenizer", lambda: train_tokenizer(cfg.tokenizer, tok_dir, cache, resume=True,
+                                                            progress=progress)))
     if not cfg.uses("{twin:"):
-        return
+        return stages
     for (size, mode), d in twin_dirs(cfg, run_dir).items():
         tcfg = _twin_config(cfg, run_dir, size, mode)
         if not _exported(d, tcfg.to_dict()):
-            timed(f"twin {size}-{mode}", lambda tcfg=tcfg, d=d: train_denoiser(
-                tcfg, d, cache, resume=True, progress=progress))
-    if not cfg.own_twins():
-        return
+            stages.append((f"twin {size}-{mode}", lambda tcfg=tcfg, d=d: train_denoiser(
+                tcfg, d, cache, resume=True, progress=progress)))
     fn_dir = run_dir / "feature_net"
-    if not _exported(fn_dir, cfg.feature_net.to_dict()):
-        timed("feature net", lambda: train_feature_net(cfg.feature_net, fn_dir, cache, resume=True,
-                                                                  progress=progress))
+    if cfg.own_twins() and not _exported(fn_dir, cfg.feature_net.to_dict()):
+        stages.append(("feature net", lambda: train_feature_net(cfg.feature_net, fn_dir, cache, resume=True,
+                                                                progress=progress)))
+    return stages
 
 
 def _prefetch(cfg: StudyConfig, rb: ResolvedBackbone, job: Job, todo: list[tuple[Job, Cell]],
@@ -326,10 +337,15 @@ def run_study(cfg: StudyConfig, run_dir: str | Path, progress: bool = True) -> P
     cache = FeatureCache(run_dir / "cache")
     timed = Timings(run_dir / "timings.json")
     start = time.perf_counter()
-    _train_models(cfg, run_dir, cache, timed, progress)
-    _run_probes(cfg, run_dir, cache, device, timed, progress)
-    _generation(cfg, run_dir, cache, device, timed, progress)
-    timed("pca", lambda: _pca(cfg, run_dir, cache, device, progress))
+    stages = [(name, lambda name=name, fn=fn: timed(name, fn))
+              for name, fn in _training_stages(cfg, run_dir, cache, progress)]
+    stages += [("probes", lambda: _run_probes(cfg, run_dir, cache, device, timed, progress)),
+               ("generation", lambda: _generation(cfg, run_dir, cache, device, timed, progress)),
+               ("pca", lambda: timed("pca", lambda: _pca(cfg, run_dir, cache, device, progress)))]
+    for number, (name, run) in enumerate(stages, 1):
+        _announce(number, len(stages), name, start, progress)
+        run()
+    _announce(len(stages), len(stages), "done", start, progress)
     timed.seconds["total"] = round(timed.seconds.get("total", 0.0) + time.perf_counter() - start, 2)
     atomic_write_json(timed.path, timed.seconds)
     return run_dir / "results.sqlite"
@@ -337,10 +353,11 @@ def run_study(cfg: StudyConfig, run_dir: str | Path, progress: bool = True) -> P
 
 def headline_table(cfg: StudyConfig, store_path: Path) -> str:
     """The results table: each task's metrics at the headline cell of every backbone and the no-information prior,
-    with the primary metric's standard error over test clips (``s.e.``); the reference pair's video side relative
-    to its image side, and the video side against the control in standard errors (``z = (video - control) /
-    sqrt(se_v^2 + se_c^2)``, positive when the video side is better; |z| > 2 is a difference larger than test-set
-    noise)."""
+    as the mean over probe (and noise) seeds; under the primary metric its standard error over test clips (``s.e.``)
+    and, with several seeds, the sample std of the seeds' values (``seed sd``); the reference pair's video side
+    relative to its image side, and the video side against the control in standard errors (``z = (video - control)
+    / sqrt(se_v^2 + se_c^2)``, positive when the video side is better; |z| > 2 is a difference larger than test-set
+    noise). The paired block below it compares the same test clips (see :func:`paired_table`)."""
     with ResultsStore(store_path) as store:
         rows = store.query(study=cfg.name)
     names = [*cfg.backbones, PRIOR]
@@ -348,61 +365,83 @@ def headline_table(cfg: StudyConfig, store_path: Path) -> str:
     control = cfg.control
     steps = {name: _final_step(cfg, spec) for name, spec in cfg.backbones.items()}
 
-    def value(backbone: str, task: str, metric: str) -> float:
+    def values(backbone: str, task: str, metric: str) -> list[float]:
         block, t = (0, 0.0) if backbone == PRIOR else cfg.headline_of(backbone)
         step = steps.get(backbone, 0)
-        vals = [r["value"] for r in rows if r["backbone"] == backbone and r["task"] == task and r["metric"] == metric
-                and r["block"] == block and r["t"] == t and r["checkpoint_step"] == step]
+        return [r["value"] for r in rows if r["backbone"] == backbone and r["task"] == task
+                and r["metric"] == metric and r["block"] == block and r["t"] == t and r["checkpoint_step"] == step]
+
+    def value(backbone: str, task: str, metric: str) -> float:
+        vals = values(backbone, task, metric)
         return float(np.mean(vals)) if vals else float("nan")
 
+    def seed_sd(backbone: str, task: str, metric: str) -> float:
+        vals = values(backbone, task, metric)
+        return float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+
+    seeded = len(cfg.probe_seeds) * len(cfg.noise_seeds) > 1
     z_name = "video-untr. z" if control == UNTRAINED else f"video-{control} z"
     head = (f"{'task':<16}{'metric':<28}" + "".join(f"{n:>16}" for n in names) + f"{'video/image':>14}"
             + (f"{z_name:>15}" if control else ""))
-    lines = [head, "-" * len(head)]
+    lines = ([f"note: {cfg.caveat}"] if cfg.caveat else []) + [head, "-" * len(head)]
     for task in (t for t in TASKS if t in cfg.tasks):
+        primary = TASK_METRICS[task][0]
         for metric in TASK_METRICS[task]:
             vals = {n: value(n, task, metric) for n in names}
             rel = relative_percent(vals[video], vals[image], HIGHER_IS_BETTER[metric])
             line = f"{task:<16}{metric:<28}" + "".join(f"{v:>16.4f}" for v in vals.values()) + f"{rel:>13.1f}%"
-            if metric != TASK_METRICS[task][0] or not control:
+            if metric != primary:
                 lines.append(line)
-                if metric == TASK_METRICS[task][0]:
-                    lines.append(f"{'':<16}{'  s.e.':<28}" + "".join(
-                        f"{value(n, task, f'{metric}_se'):>16.4f}" for n in names))
                 continue
             se = {n: value(n, task, f"{metric}_se") for n in names}
-            z = margin_z(vals[video], vals[control], se[video], se[control], HIGHER_IS_BETTER[metric])
-            lines.append(line + f"{z:>15.1f}")
+            if control:
+                z = margin_z(vals[video], vals[control], se[video], se[control], HIGHER_IS_BETTER[metric])
+                line += f"{z:>15.1f}"
+            lines.append(line)
             lines.append(f"{'':<16}{'  s.e.':<28}" + "".join(f"{v:>16.4f}" for v in se.values()))
+            if seeded:
+                lines.append(f"{'':<16}{'  seed sd':<28}" + "".join(
+                    f"{seed_sd(n, task, metric):>16.4f}" for n in names))
     return "\n".join(lines + ["", *paired_table(cfg, store_path)])
 
 
 def paired_table(cfg: StudyConfig, store_path: Path) -> list[str]:
     """Lines of the paired comparisons at the headline cells: the video side against the control and against the
-    image side, from the per-clip primary metric on the same test clips (averaged over probe and noise seeds):
-    the mean difference (positive: the video side is better), its paired z and a bootstrap 95% interval."""
+    image side, from the per-clip primary metric on the same test clips, averaged over probe and noise seeds: the
+    mean difference (positive: the video side is better), its paired z and a bootstrap 95% interval; with several
+    seeds also the smallest of the per-seed z (seed i of one side against seed i of the other), so a claim can be
+    seen to hold on every seed."""
     video, image = cfg.reference
     others = [n for n in (cfg.control, image) if n]
     steps = {name: _final_step(cfg, spec) for name, spec in cfg.backbones.items()}
+    seeded = len(cfg.probe_seeds) * len(cfg.noise_seeds) > 1
+    width = 44 if seeded else 36
     with ResultsStore(store_path) as store:
-        def per_clip(name: str, task: str) -> np.ndarray | None:
+        def per_clip(name: str, task: str) -> dict[tuple[int, int], np.ndarray]:
+            """(noise seed, probe seed) -> the per-clip scores of that replicate."""
             block, t = cfg.headline_of(name)
-            arrays = [a for _, a in store.clip_scores(study=cfg.name, backbone=name, task=task, block=block, t=t,
-                                                      checkpoint_step=steps[name])]
-            return np.mean(arrays, axis=0) if arrays and len({len(a) for a in arrays}) == 1 else None
+            return {(c["noise_seed"], c["probe_seed"]): a for c, a in store.clip_scores(
+                study=cfg.name, backbone=name, task=task, block=block, t=t, checkpoint_step=steps[name])}
 
-        head = f"{'paired, same test clips':<24}" + "".join(f"{f'{video} - {o}':>36}" for o in others)
-        lines = [head, f"{'task':<24}" + "".join(f"{'diff   z [95% CI of diff]':>36}" for _ in others),
-                 "-" * len(head)]
+        head = f"{'paired, same test clips':<24}" + "".join(f"{f'{video} - {o}':>{width}}" for o in others)
+        sub = "diff   z [95% CI of diff]" + (" min z" if seeded else "")
+        lines = [head, f"{'task':<24}" + "".join(f"{sub:>{width}}" for _ in others), "-" * len(head)]
         for task in (t for t in TASKS if t in cfg.tasks):
+            better = HIGHER_IS_BETTER[TASK_METRICS[task][0]]
             v = per_clip(video, task)
             cells = []
             for other in others:
                 o = per_clip(other, task)
-                if v is None or o is None or len(v) != len(o):
-                    cells.append(f"{'(no per-clip scores)':>36}")
+                shared = sorted(set(v) & set(o))
+                sizes = {len(a) for a in (*v.values(), *o.values())}
+                if not shared or len(sizes) != 1:
+                    cells.append(f"{'(no per-clip scores)':>{width}}")
                     continue
-                d = paired_difference(v, o, HIGHER_IS_BETTER[TASK_METRICS[task][0]])
-                cells.append(f"{d['diff']:>+10.4f}{d['z']:>6.1f} [{d['lo']:+.4f}, {d['hi']:+.4f}]".rjust(36))
+                d = paired_difference(np.mean([v[k] for k in shared], axis=0),
+                                      np.mean([o[k] for k in shared], axis=0), better)
+                cell = f"{d['diff']:>+10.4f}{d['z']:>6.1f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
+                if seeded:
+                    cell += f"{min(paired_difference(v[k], o[k], better)['z'] for k in shared):>8.1f}"
+                cells.append(cell.rjust(width))
             lines.append(f"{task:<24}" + "".join(cells))
     return lines
