@@ -145,3 +145,13 @@ def test_each_stage_prints_a_line_and_quick_says_it_measures_nothing(mini, capsy
     assert quick.caveat and "measure" in quick.caveat and not StudyConfig.preset("tiny").caveat
     assert len(plan_jobs(quick, run_dir)) < len(plan_jobs(StudyConfig.preset("tiny"), run_dir)) / 3
     assert headline_table(cfg.replace(caveat=quick.caveat), run_dir / "results.sqlite").startswith("note: ")
+
+
+def test_tiny_more_extends_a_tiny_run(tmp_path) -> None:
+    from diffprobe.study.run import check_artifacts
+
+    tiny, more = StudyConfig.preset("tiny"), StudyConfig.preset("tiny-more")
+    check_artifacts(tiny, more, tmp_path / "study_config.json")  # same trained artifacts, one more size: allowed
+    assert more.name == tiny.name and set(plan_jobs(tiny, tmp_path)) < set(plan_jobs(more, tmp_path))
+    with pytest.raises(ValueError, match="changed: sizes.micro"):  # a size trained before may not change
+        check_artifacts(more, more.override(["sizes.micro.depth=4"]), tmp_path / "study_config.json")
