@@ -155,6 +155,10 @@ class StudyConfig(Config):
         """Whether any backbone spec uses one of the study's own runs (``{twin:`` or ``{tokenizer}``)."""
         return any(placeholder in spec for spec in self.backbones.values())
 
+    def replicates(self) -> int:
+        """How many (noise seed, probe seed) replicates each headline cell has."""
+        return len(self.noise_seeds) * len(self.probe_seeds)
+
     def headline_of(self, name: str) -> tuple[int, float]:
         """The (block, t) a backbone is read at in the headline table."""
         if name in self.headline:

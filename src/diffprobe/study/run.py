@@ -379,7 +379,7 @@ def headline_table(cfg: StudyConfig, store_path: Path) -> str:
         vals = values(backbone, task, metric)
         return float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
 
-    seeded = len(cfg.probe_seeds) * len(cfg.noise_seeds) > 1
+    seeded = cfg.replicates() > 1
     z_name = "video-untr. z" if control == UNTRAINED else f"video-{control} z"
     head = (f"{'task':<16}{'metric':<28}" + "".join(f"{n:>16}" for n in names) + f"{'video/image':>14}"
             + (f"{z_name:>15}" if control else ""))
@@ -414,7 +414,7 @@ def paired_table(cfg: StudyConfig, store_path: Path) -> list[str]:
     video, image = cfg.reference
     others = [n for n in (cfg.control, image) if n]
     steps = {name: _final_step(cfg, spec) for name, spec in cfg.backbones.items()}
-    seeded = len(cfg.probe_seeds) * len(cfg.noise_seeds) > 1
+    seeded = cfg.replicates() > 1
     width = 44 if seeded else 36
     with ResultsStore(store_path) as store:
         def per_clip(name: str, task: str) -> dict[tuple[int, int], np.ndarray]:
