@@ -81,18 +81,19 @@ class ProbeBank(nn.Module):
         return [probe(features, *query_inputs) for probe in self.probes]
 
     def step(self, loss_fn: Callable[[Tensor], Tensor], features: Tensor, *query_inputs: Tensor,
-             grad_clip: float = 0.0) -> list[float]:
+             grad_clip: float = 0.0) -> Tensor:
         """One optimisation step of every probe on one batch; ``loss_fn`` maps a probe's output to its scalar loss.
-        ``grad_clip`` > 0 clips each probe's gradient norm separately. Returns each probe's loss before the step."""
+        ``grad_clip`` > 0 clips each probe's gradient norm separately. Returns each probe's loss before the step,
+        ``(P,)``, detached and on the probes' device (reading it is the caller's choice: no host sync here)."""
         self.train()
-        losses = [loss_fn(out) for out in self(features, *query_inputs)]
+        losses = torch.stack([loss_fn(out) for out in self(features, *query_inputs)])  # (P,)
         self.optimizer.zero_grad(set_to_none=True)
-        torch.stack(losses).sum().backward()
+        losses.sum().backward()
         if grad_clip > 0:
             for probe in self.probes:
                 torch.nn.utils.clip_grad_norm_(probe.parameters(), grad_clip, foreach=True)
         self.optimizer.step()
-        return [loss.item() for loss in losses]
+        return losses.detach()
 
     def set_lr_scale(self, scale: float) -> None:
         """Set every group's learning rate to ``scale`` times its base rate (for warm-up / cosine schedules)."""

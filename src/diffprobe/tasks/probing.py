@@ -24,6 +24,8 @@ from diffprobe.tasks.base import Task
 from diffprobe.tasks.targets import Targets
 from diffprobe.train.optim import lr_at
 
+POSTFIX_EVERY = 25  #: training steps between progress-bar loss updates
+
 
 @dataclasses.dataclass(frozen=True)
 class ProbeConfig(Config):
@@ -132,7 +134,7 @@ def train_probe(task: Task, cfg: ProbeConfig, train: tuple[FeatureSet, Targets],
         cfg.readout, lambda: task.make_probe(cfg.readout, c, (t_f, h_f, w_f)).set_baseline(baseline)).to(device)
     batches = _train_batches(train[0], cfg.batch_size, cfg.seed)
     query_gen = torch.Generator().manual_seed(cfg.seed)
-    recent: list[list[float]] = []
+    recent: list[torch.Tensor] = []  # the last steps' losses, (P,) each, kept on the device (no sync per step)
     sign = 1.0 if task.higher_is_better else -1.0
     best: list[tuple[float, int, dict[str, float], dict[str, torch.Tensor]]] = []  # per probe: score, step, val, state
 
@@ -157,7 +159,8 @@ def train_probe(task: Task, cfg: ProbeConfig, train: tuple[FeatureSet, Targets],
         losses = bank.step(lambda out, tgt=tgt: task.loss(out, tgt), feats.to(device, torch.float32),
                            *task.query_inputs(tgt), grad_clip=cfg.grad_clip)
         recent = (recent + [losses])[-20:]
-        bar.set_postfix(loss=f"{min(losses):.4f}")
+        if progress and (step + 1) % POSTFIX_EVERY == 0:  # reading the loss waits for the device: not every step
+            bar.set_postfix(loss=f"{losses.min().item():.4f}")
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             validate(step + 1)
     validate(cfg.steps)
@@ -168,4 +171,4 @@ def train_probe(task: Task, cfg: ProbeConfig, train: tuple[FeatureSet, Targets],
     scores, per_clip = task.evaluate(test_preds, test[1])
     return ProbeResult(test=scores, per_clip=per_clip, val=[b[2] for b in best],
                        chosen_lr=bank.learning_rates[chosen], chosen_step=step,
-                       final_losses=list(np.mean(recent, axis=0)))
+                       final_losses=np.mean(torch.stack(recent).cpu().double().numpy(), axis=0).tolist())
