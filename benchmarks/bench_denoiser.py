@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import peak_gflops, sync  # benchmarks/_common.py (the script's folder is on sys.path)
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
@@ -138,23 +139,6 @@ def saved_bytes(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
     return out, sum(seen.values())
-
-
-def peak_gflops(device: torch.device) -> float:
-    """Best of 5 fp32 1024^3 matmuls, GFLOP/s (the CPU's peak for MFU)."""
-    a, b = torch.randn(1024, 1024, device=device), torch.randn(1024, 1024, device=device)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(10):
-            a @ b
-        best = min(best, (time.perf_counter() - start) / 10)
-    return 2 * 1024**3 / best / 1e9
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench(setting: str, device: torch.device, repeats: int, peak: float) -> list[dict[str, Any]]:
