@@ -47,6 +47,13 @@ class TrainConfig(Config):
     precision: Literal["fp32", "bf16"] = "fp32"  #: "bf16" runs forward passes under bf16 autocast
     tensorboard: bool = True  #: also write TensorBoard events under ``run_dir/tb``
     ddp_find_unused: bool = False  #: DDP ``find_unused_parameters`` (for models with conditionally used params)
+    #: TF32 tensor cores for fp32 matmuls and cuDNN convolutions on CUDA during training (no effect elsewhere)
+    tf32: bool = True
+    #: ``torch.compile`` the model for training (checkpoints still hold the plain module's state dict)
+    compile: bool = False
+    #: processes preparing batches ahead of the step (pinned memory on CUDA); "auto": up to 4 on CUDA, 0 elsewhere.
+    #: Workers reproduce the in-process batches and RNG states exactly; ``batches(step)`` must then build host tensors
+    data_workers: int | Literal["auto"] = "auto"
 
     def validate(self) -> None:
         positive = {"steps": self.steps, "batch_size": self.batch_size, "log_every": self.log_every,
@@ -70,6 +77,8 @@ class TrainConfig(Config):
             raise ConfigError(f"TrainConfig.betas: each must be in [0, 1), got {self.betas}")
         if not self.eps > 0:
             raise ConfigError(f"TrainConfig.eps: must be > 0, got {self.eps}")
+        if self.data_workers != "auto" and self.data_workers < 0:
+            raise ConfigError(f"TrainConfig.data_workers: must be >= 0 or 'auto', got {self.data_workers}")
         bad = [s for s in self.keep_steps if s < 1]
         if bad:
             raise ConfigError(f"TrainConfig.keep_steps: steps must be >= 1, got {bad}")

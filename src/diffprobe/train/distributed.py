@@ -4,13 +4,20 @@
 process it starts; :func:`setup_distributed` reads them, picks the NCCL backend on CUDA and Gloo otherwise,
 and binds each process to GPU ``LOCAL_RANK``. Without those variables nothing is initialised and the
 context says rank 0 of 1. Side effects (files, logs, progress bars) belong to rank 0 only (``ctx.is_main``).
+
+Besides the main group (NCCL on CUDA), every distributed process holds a Gloo group with a long timeout
+(:data:`WAIT_TIMEOUT`) for the waits and small object exchanges of work that is not in lock step: ranks waiting for
+each other's share of a feature extraction, or for rank 0 alone (generation, report); :func:`wait_for_all`,
+:func:`broadcast_object` and :func:`gather_objects` use it, so such a wait is not cut short by NCCL's watchdog.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -20,6 +27,11 @@ from torch.nn.parallel import DistributedDataParallel
 from diffprobe.utils.runtime import resolve_device
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+#: how long a rank waits in :func:`wait_for_all` / :func:`gather_objects` (rank 0 alone may run a long stage)
+WAIT_TIMEOUT = datetime.timedelta(hours=24)
+T = TypeVar("T")
+
+_wait_group: Any = None  #: the Gloo group of the waits, created by setup_distributed on every rank
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,13 +84,18 @@ def setup_distributed(device: str = "auto") -> DistContext:
     if dist.get_rank() != rank or dist.get_world_size() != world_size:
         raise RuntimeError(f"process group (rank {dist.get_rank()} of {dist.get_world_size()}) disagrees with "
                            f"the environment (RANK={rank}, WORLD_SIZE={world_size})")
+    global _wait_group
+    if _wait_group is None:  # collective: every rank reaches its first setup_distributed together
+        _wait_group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=base)
 
 
 def cleanup_distributed() -> None:
     """Destroy the process group if one is active (call once, at the end of a command)."""
+    global _wait_group
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _wait_group = None
 
 
 def wrap_model(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = False) -> nn.Module:
@@ -112,3 +129,38 @@ def all_reduce_mean(values: Mapping[str, float], ctx: DistContext) -> dict[str, 
     dist.all_reduce(packed, op=dist.ReduceOp.SUM)
     packed /= ctx.world_size
     return dict(zip(keys, packed.tolist(), strict=True))
+
+
+def wait_for_all(ctx: DistContext) -> None:
+    """Wait for every rank, however long (up to :data:`WAIT_TIMEOUT`), on the Gloo group; no-op in a single process.
+
+    For ranks that finish their share early (an extraction resumed with some ranks' shards on disk) or that wait
+    for rank 0 alone; :func:`barrier` is for ranks in lock step."""
+    if ctx.is_distributed:
+        dist.barrier(group=_wait_group)
+
+
+def broadcast_object(obj: T, ctx: DistContext) -> T:
+    """Rank 0's ``obj`` (picklable) on every rank: decisions that every rank must take alike (what is left to do,
+    read from disk by rank 0) are broadcast, so ranks never take different paths. Identity in a single process."""
+    if not ctx.is_distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_wait_group)
+    return box[0]
+
+
+def gather_objects(obj: T, ctx: DistContext) -> list[T] | None:
+    """Every rank's ``obj`` (picklable), in rank order, on rank 0; ``None`` on the other ranks. ``[obj]`` in a single
+    process."""
+    if not ctx.is_distributed:
+        return [obj]
+    out: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(obj, out, dst=0, group=_wait_group)
+    return out
+
+
+def rank_share(items: Sequence[T], ctx: DistContext) -> list[T]:
+    """This rank's items of a sequence every rank holds alike: item ``i`` goes to rank ``i % world_size``
+    (round-robin; all of them in a single process)."""
+    return list(items[ctx.rank::ctx.world_size])

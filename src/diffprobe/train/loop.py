@@ -11,6 +11,10 @@ The loop is model-agnostic. It is given
 
 Step numbering: optimizer step ``i`` (0-based) completes step ``i + 1``; checkpoints, metric rows and
 ``TrainResult.losses`` are keyed by the number of completed steps.
+
+The step itself never waits for the device: losses, gradient norms and logs stay device tensors, and the host reads
+them (one synchronisation) every ``log_every`` steps and before each checkpoint, where a non-finite loss stops the
+run naming its step, before anything after it is saved.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffprobe.config import Config
+from diffprobe.train.batching import BatchFeed, resolve_workers
 from diffprobe.train.checkpoint import (
     CheckpointError,
     clean_partial_checkpoints,
@@ -45,6 +50,7 @@ from diffprobe.train.optim import build_optimizer, config_lr_at, set_lr
 from diffprobe.train.precision import autocast
 from diffprobe.train.rng import restore_rng_state, seed_step_globals, step_generator
 from diffprobe.utils.io import atomic_write_json
+from diffprobe.utils.runtime import cuda_tf32
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], tuple[torch.Tensor, Mapping[str, Any]]]
 BatchFn = Callable[[int], Any]
@@ -73,9 +79,17 @@ class TrainResult:
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
-    """Move every tensor in a (nested dict/list/tuple) batch to ``device``; other leaves are left as they are."""
+    """Move every tensor in a (nested dict/list/tuple) batch to ``device``; other leaves are left as they are.
+
+    To CUDA, host tensors are pinned first (if they are not already) and copied ``non_blocking``, so the copy runs
+    asynchronously with the host.
+    """
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=device.type == "cuda")
+        if device.type != "cuda":
+            return batch.to(device)
+        if batch.device.type == "cpu" and not batch.is_pinned():
+            batch = batch.pin_memory()
+        return batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # named tuple
@@ -85,19 +99,60 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _scalar(name: str, value: Any) -> float:
+def _scalar(name: str, value: Any, device: torch.device) -> torch.Tensor | float:
+    """A ``loss_fn`` log as a 0-d fp32 tensor on ``device`` (read later, with the others) or a float."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"loss_fn log {name!r} must be a scalar, got a tensor of shape {tuple(value.shape)}")
-        return float(value.detach().float().item())
+        return value.detach().float().reshape(()).to(device)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     raise TypeError(f"loss_fn log {name!r} must be a number or a scalar tensor, got {type(value).__name__}")
 
 
-def _grad_norm(model: nn.Module) -> float:
+def _grad_norm(model: nn.Module, device: torch.device) -> torch.Tensor:
+    """The global gradient norm, a 0-d tensor on ``device`` (0 when no parameter has a gradient)."""
     norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(norms)).item()) if norms else 0.0
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=device)
+
+
+def _read(values: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
+    """Tensors and floats -> floats, with one device-to-host transfer for all the tensors."""
+    names = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
+    host = torch.stack([values[k] for k in names]).tolist() if names else []  # (K,): the one synchronisation
+    read = dict(zip(names, host, strict=True))
+    return {k: read[k] if k in read else float(v) for k, v in values.items()}
+
+
+class _PendingLosses:
+    """The losses of the steps since the last read, as device tensors; :meth:`read` syncs once for all of them."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.values: list[torch.Tensor] = []
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.steps.append(step)
+        self.values.append(loss.detach().float().reshape(()))
+
+    def read(self, run_dir: Path, extra: Mapping[str, torch.Tensor | float] | None = None,
+             ) -> tuple[dict[int, float], dict[str, float]]:
+        """``({step: loss}, extra as floats)`` (one synchronisation); a non-finite loss raises naming its step."""
+        tensors = {f"loss/{s}": v for s, v in zip(self.steps, self.values, strict=True)}
+        values = _read({**tensors, **(extra or {})})
+        losses = {s: values.pop(f"loss/{s}") for s in self.steps}
+        first, last = (self.steps[0], self.steps[-1]) if self.steps else (0, 0)
+        self.steps, self.values = [], []
+        for step, value in losses.items():
+            if not math.isfinite(value):
+                raise FloatingPointError(f"step {step}: loss is {value} (read with steps {first}-{last}; nothing "
+                                         f"after step {first - 1} was saved; last good checkpoint in {run_dir})")
+        return losses, values
+
+
+def _compiled(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """``torch.compile(model)`` when ``cfg.compile`` (the caller keeps the plain module for state dicts)."""
+    return torch.compile(model) if cfg.compile else model
 
 
 def fit(
@@ -131,7 +186,9 @@ def fit(
     barrier(ctx)
 
     model.to(ctx.device)
-    train_model = wrap_model(model, ctx, cfg.ddp_find_unused)  # DDP broadcasts rank 0's weights: wrap before the EMA
+    # DDP broadcasts rank 0's weights: wrap before the EMA. Compile the DDP wrapper (its optimizer splits the graph
+    # at gradient buckets); `model` itself stays the plain module, so state dicts carry no `_orig_mod.` prefix.
+    train_model = _compiled(wrap_model(model, ctx, cfg.ddp_find_unused), cfg)
     optimizer = build_optimizer(model, cfg)
     ema = EMA(model, cfg.ema_decay, cfg.ema_start) if cfg.ema_decay > 0 else None
     start = _restore(run_dir, model, optimizer, ema, cfg, ctx, resume)
@@ -144,49 +201,60 @@ def fit(
     logger = MetricsLogger(run_dir, start_step=start, enabled=ctx.is_main, tensorboard=cfg.tensorboard)
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {run_dir.name}", unit="step", dynamic_ncols=True,
                disable=not (ctx.is_main and progress))
+    pending = _PendingLosses()
+    feed: BatchFeed | None = None
     try:
-        last_time, last_step = time.perf_counter(), start
-        for step in range(start, cfg.steps):
-            done = step + 1
-            lr = config_lr_at(step, cfg)
-            set_lr(optimizer, lr)
-            seed_step_globals(cfg.seed, step, ctx.rank)
-            generator = step_generator(cfg.seed, step, ctx.rank, ctx.device)
-            batch = to_device(batches(step), ctx.device)
+        feed = BatchFeed(batches, start, cfg.steps, cfg.seed, ctx.rank,
+                         resolve_workers(cfg.data_workers, ctx.device), pin=ctx.device.type == "cuda")
+        with cuda_tf32(ctx.device, cfg.tf32):
+            last_time, last_step = time.perf_counter(), start
+            for step in range(start, cfg.steps):
+                done = step + 1
+                lr = config_lr_at(step, cfg)
+                set_lr(optimizer, lr)
+                seed_step_globals(cfg.seed, step, ctx.rank)
+                generator = step_generator(cfg.seed, step, ctx.rank, ctx.device)
+                batch = to_device(feed.get(step), ctx.device)
 
-            train_model.train()
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(cfg.precision, ctx.device):
-                loss, logs = loss_fn(train_model, batch, generator)
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise TypeError(f"loss_fn must return a scalar tensor loss, got {type(loss).__name__}")
-            loss_value = float(loss.detach().float().item())
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"step {done}: loss is {loss_value} (last good checkpoint in {run_dir})")
-            loss.backward()
-            grad_norm = (float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item())
-                         if cfg.grad_clip > 0 else None)
-            optimizer.step()
-            if ema is not None:
-                ema.update(model, done)
-            result.losses[done] = loss_value
-            result.step = done
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.3g}", refresh=False)
+                train_model.train()
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(cfg.precision, ctx.device):
+                    loss, logs = loss_fn(train_model, batch, generator)
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                    raise TypeError(f"loss_fn must return a scalar tensor loss, got {type(loss).__name__}")
+                pending.add(done, loss)
+                loss.backward()
+                grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                             if cfg.grad_clip > 0 else None)  # a device tensor: clipping does not sync
+                optimizer.step()
+                if ema is not None:
+                    ema.update(model, done)
+                result.step = done
+                bar.update(1)
 
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                now = time.perf_counter()
-                metrics = {"train/loss": loss_value, "train/lr": lr,
-                           "train/grad_norm": grad_norm if grad_norm is not None else _grad_norm(model)}
-                metrics.update({f"train/{k}": _scalar(k, v) for k, v in logs.items()})
-                metrics = all_reduce_mean(metrics, ctx)
-                metrics["train/steps_per_sec"] = (done - last_step) / max(now - last_time, 1e-9)
-                last_time, last_step = now, done
-                logger.log(done, metrics)
+                log_now = done % cfg.log_every == 0 or done == cfg.steps
+                ckpt_now = done % cfg.ckpt_every == 0 or done == cfg.steps
+                if log_now:
+                    metrics: dict[str, torch.Tensor | float] = {
+                        "train/loss": loss.detach().float().reshape(()), "train/lr": lr,
+                        "train/grad_norm": grad_norm if grad_norm is not None else _grad_norm(model, ctx.device)}
+                    metrics.update({f"train/{k}": _scalar(k, v, ctx.device) for k, v in logs.items()})
+                    losses, values = pending.read(run_dir, metrics)  # the host waits for the device here only
+                    result.losses.update(losses)
+                    values = all_reduce_mean(values, ctx)
+                    now = time.perf_counter()
+                    values["train/steps_per_sec"] = (done - last_step) / max(now - last_time, 1e-9)
+                    last_time, last_step = now, done
+                    logger.log(done, values)
+                    bar.set_postfix(loss=f"{values['train/loss']:.4g}", lr=f"{lr:.3g}", refresh=False)
+                elif ckpt_now:
+                    result.losses.update(pending.read(run_dir)[0])  # nothing non-finite may be saved
 
-            if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                _checkpoint(run_dir, done, model, optimizer, ema, config_dict, cfg, ctx, on_checkpoint)
+                if ckpt_now:
+                    _checkpoint(run_dir, done, model, optimizer, ema, config_dict, cfg, ctx, on_checkpoint)
     finally:
+        if feed is not None:
+            feed.close()
         bar.close()
         logger.close()
     return result

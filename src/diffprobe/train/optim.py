@@ -72,9 +72,33 @@ def param_groups(model: nn.Module, weight_decay: float, extra_no_decay: Iterable
     ]
 
 
+#: parameter-group keys that choose AdamW's implementation rather than its maths (kept from the optimizer on load)
+IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` with the config's betas, eps and weight decay."""
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    """AdamW over :func:`param_groups` with the config's betas, eps and weight decay.
+
+    When every trainable parameter is on CUDA it is the fused kernel (``fused=True``: one launch per step); anywhere
+    else torch's default implementation. The implementation follows the device the run trains on, not the one a
+    checkpoint was written on: loading a state dict keeps this optimizer's implementation keys.
+    """
+    groups = param_groups(model, cfg.weight_decay)
+    on_cuda = all(p.device.type == "cuda" for g in groups for p in g["params"])
+    kwargs = {"fused": True} if on_cuda else {}
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kwargs)
+    optimizer.register_load_state_dict_pre_hook(_keep_implementation)
+    return optimizer
+
+
+def _keep_implementation(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Load-state pre-hook: the saved groups take this optimizer's implementation keys (a checkpoint written by a
+    fused CUDA run resumes on the CPU with the CPU implementation, and the other way round)."""
+    if len(state_dict["param_groups"]) != len(optimizer.param_groups):
+        return state_dict  # torch's own check names the mismatch
+    groups = [{**saved, **{k: group[k] for k in IMPLEMENTATION_KEYS if k in group}}
+              for saved, group in zip(state_dict["param_groups"], optimizer.param_groups, strict=True)]
+    return {**state_dict, "param_groups": groups}
 
 
 def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
