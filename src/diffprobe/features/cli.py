@@ -1,4 +1,5 @@
-"""`diffprobe extract`: a backbone's features of a dataset's splits into the cache."""
+"""`diffprobe extract`: a backbone's features of a dataset's splits into the cache (under torchrun, every rank
+extracts its share of the shards into the shared cache; rank 0 alone prints and marks each set complete)."""
 
 from __future__ import annotations
 
@@ -22,26 +23,36 @@ from diffprobe.utils.cliopts import cache_option, dataset_option, quiet_option, 
 @click.option("--view", type=click.Choice(["clip", "frame0"]), default="clip", show_default=True,
               help="clip: the whole clip; frame0: the first frame as an image (image classification).")
 @click.option("--batch-size", default=32, show_default=True)
+@click.option("--shard-size", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Clips per cache shard (the unit of resumption and of the work split across torchrun ranks).")
 @click.option("--device", default="auto", show_default=True)
 @cache_option
 @workers_option
 @quiet_option
 def extract_cmd(spec: str, dataset: str | None, blocks: tuple[int, ...], t: float, noise_seed: int, ensemble: int,
-                splits: tuple[str, ...], view: str, batch_size: int, device: str, cache_dir: Path, workers: int,
-                quiet: bool) -> None:
-    """Extract features at (blocks, t, noise seed) for each split; finished shards are never recomputed."""
+                splits: tuple[str, ...], view: str, batch_size: int, shard_size: int, device: str, cache_dir: Path,
+                workers: int, quiet: bool) -> None:
+    """Extract features at (blocks, t, noise seed) for each split; finished shards are never recomputed. Launched by
+    torchrun, the ranks share the shards."""
     from diffprobe.backbones.registry import load_backbone
     from diffprobe.data.registry import open_dataset
     from diffprobe.features.cache import FeatureCache
     from diffprobe.features.sources import ensure_features
-    from diffprobe.utils.runtime import resolve_device
+    from diffprobe.train.distributed import cleanup_distributed, setup_distributed
 
-    resolved = load_backbone(spec, resolve_device(device))
-    ds = open_dataset(dataset or resolved.trained_on or "probeworld:tiny")
-    cache = FeatureCache(cache_dir)
-    for split in splits or ds.splits:
-        sets = ensure_features(resolved.backbone, ds.clips(split), view, list(blocks), t, noise_seed, cache,
-                               ensemble, batch_size=batch_size, progress=not quiet, workers=workers)
-        for block, fs in sets.items():
-            click.echo(f"{split} block {block}: {len(fs)} clips x {fs.feature_shape} -> {fs.path}")
-    report_skipped([ds], cache.root)
+    ctx = setup_distributed(device)
+    try:
+        resolved = load_backbone(spec, ctx.device)
+        ds = open_dataset(dataset or resolved.trained_on or "probeworld:tiny")
+        cache = FeatureCache(cache_dir)
+        for split in splits or ds.splits:
+            sets = ensure_features(resolved.backbone, ds.clips(split), view, list(blocks), t, noise_seed, cache,
+                                   ensemble, batch_size=batch_size, progress=not quiet, workers=workers,
+                                   shard_size=shard_size, ctx=ctx)
+            for block, fs in sets.items():
+                if ctx.is_main:
+                    click.echo(f"{split} block {block}: {len(fs)} clips x {fs.feature_shape} -> {fs.path}")
+        if ctx.is_main:
+            report_skipped([ds], cache.root)
+    finally:
+        cleanup_distributed()

@@ -3,6 +3,10 @@ batch by batch) or the cache itself (pixels rendered or decoded once, encoder ou
 
 Cache keys name a clip sequence by its ``name`` (dataset identity / split [/ part]), so clips of changed data, another
 split or another part never share a cache entry.
+
+Given a distributed ``ctx`` (under torchrun), :func:`ensure_videos` and :func:`ensure_features` are collective: every
+rank calls them alike, the ranks extract their shares of the shards (see
+:func:`~diffprobe.features.extract.extract_features`) and every rank returns the finished sets.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from diffprobe.backbones.base import Backbone
 from diffprobe.data.dataset import ClipSequence
 from diffprobe.features.cache import FeatureCache, FeatureKey, FeatureSet
 from diffprobe.features.extract import VIEWS, extract_features
+from diffprobe.train.distributed import DistContext, broadcast_object
 
 #: most bytes of clips held in one pixel shard before it is written (bounds the memory of caching a split)
 PIXEL_SHARD_BYTES = 256 << 20
@@ -74,40 +79,50 @@ def pixel_key(clips: ClipSequence) -> FeatureKey:
     return FeatureKey("pixels", *cache_names(clips), "clip", block=0, t=0.0, noise_seed=0)
 
 
-def ensure_videos(clips: ClipSequence, cache: FeatureCache, progress: bool = True, workers: int = 0) -> FeatureSet:
-    """Decode (or render) a clip sequence once into the cache (uint8, sharded, resumable) and open it."""
+def _missing(keys: Sequence[FeatureKey], cache: FeatureCache, ctx: DistContext | None) -> bool:
+    """Whether any key is unfinished, as rank 0 sees it (broadcast: every rank takes the same path)."""
+    missing = not all(cache.is_complete(k) for k in keys)
+    return broadcast_object(missing, ctx) if ctx is not None else missing
+
+
+def ensure_videos(clips: ClipSequence, cache: FeatureCache, progress: bool = True, workers: int = 0,
+                  ctx: DistContext | None = None) -> FeatureSet:
+    """Decode (or render) a clip sequence once into the cache (uint8, sharded, resumable) and open it; with a
+    distributed ``ctx``, every rank its share of the shards."""
     key = pixel_key(clips)
-    if not cache.is_complete(key):
+    if _missing([key], cache, ctx):
         clip_bytes = int(np.prod(clips[0]["video"].shape))
         shard = max(1, min(1024, PIXEL_SHARD_BYTES // clip_bytes))
         extract_features(_Pixels(), VideoInputs(clips, "clip", workers), len(clips), key, [0], cache, batch_size=64,
-                         shard_size=shard, dtype=torch.uint8, progress=progress)
+                         shard_size=shard, dtype=torch.uint8, progress=progress, ctx=ctx)
     return cache.open(key)
 
 
 def ensure_features(backbone: Backbone, clips: ClipSequence, view: str, blocks: Sequence[int], t: float,
                     noise_seed: int, cache: FeatureCache, ensemble: int = 1, limit: int | None = None,
                     batch_size: int = 32, dtype: torch.dtype = torch.float16, progress: bool = True,
-                    workers: int = 0) -> dict[int, FeatureSet]:
+                    workers: int = 0, shard_size: int = 256, ctx: DistContext | None = None) -> dict[int, FeatureSet]:
     """``backbone``'s features of a clip sequence (its first ``limit`` clips, or all) at every block, extracted once.
 
     A backbone with an ``encoder`` reads the encoder's output, itself cached once per sequence in float32 (for WALT:
     the tokenizer latents, shared with twin training), so encoding is not repeated per noise level or block. Other
-    backbones read the pixels, decoded once into the cache.
+    backbones read the pixels, decoded once into the cache. ``shard_size`` clips go into each shard (of these
+    features and of the encoder's); with a distributed ``ctx`` every rank extracts its share of the shards.
     """
     num = len(clips) if limit is None else min(limit, len(clips))
     dataset, split = cache_names(clips)
     dataset += "" if limit is None else f"-first{num}"
     key = FeatureKey(backbone.identity, dataset, split, view, 0, float(t), noise_seed, ensemble)
     keys = [dataclasses.replace(key, block=b) for b in blocks]
-    if not all(cache.is_complete(k) for k in keys):
+    if _missing(keys, cache, ctx):
         if backbone.encoder is not None:
             enc = ensure_features(backbone.encoder, clips, view, [0], 0.0, 0, cache, dtype=torch.float32,
-                                  batch_size=batch_size, progress=progress, workers=workers)[0]
-            extract_features(backbone, enc.take, num, key, blocks, cache, batch_size=batch_size, dtype=dtype,
-                             encoded=True, progress=progress)
+                                  batch_size=batch_size, progress=progress, workers=workers, shard_size=shard_size,
+                                  ctx=ctx)[0]
+            extract_features(backbone, enc.take, num, key, blocks, cache, batch_size=batch_size,
+                             shard_size=shard_size, dtype=dtype, encoded=True, progress=progress, ctx=ctx)
         else:
-            videos = ensure_videos(clips, cache, progress=progress, workers=workers)
+            videos = ensure_videos(clips, cache, progress=progress, workers=workers, ctx=ctx)
             extract_features(backbone, lambda ids: VIEWS[view](videos.take(ids)), num, key, blocks, cache,
-                             batch_size=batch_size, dtype=dtype, progress=progress)
+                             batch_size=batch_size, shard_size=shard_size, dtype=dtype, progress=progress, ctx=ctx)
     return {k.block: cache.open(k) for k in keys}

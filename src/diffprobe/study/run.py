@@ -10,15 +10,20 @@ Run directory::
     RUN/pca/clip-*.npz               frames + tokens of a few test clips for the PCA figures
     RUN/timings.json                 wall time of each stage of the last run
     RUN/report/report.html           written by `diffprobe report RUN`
+
+Under torchrun every rank runs :func:`run_study`: the training stages train with DDP, the probe stage shares its
+extractions and cells across the ranks (see :func:`_run_probes`), generation and PCA run on rank 0 alone, and every
+rank ends at a barrier. Rank 0 alone writes the run directory's files (the cache's shards aside).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +48,29 @@ from diffprobe.study.report_tasks import (
     relative_percent,
 )
 from diffprobe.study.store import Cell, ResultsStore, clips_key
-from diffprobe.tasks import TASKS
-from diffprobe.tasks.runner import data_identity, prior_metrics, run_probe, task_roles
+from diffprobe.tasks import TASKS, make_task
+from diffprobe.tasks.runner import (
+    data_identity,
+    ensure_targets,
+    prior_metrics,
+    run_probe,
+    targets_path,
+    task_context,
+    task_roles,
+)
 from diffprobe.train.denoiser import train_denoiser
+from diffprobe.train.distributed import (
+    DistContext,
+    broadcast_object,
+    gather_objects,
+    rank_share,
+    setup_distributed,
+    wait_for_all,
+)
 from diffprobe.train.feature_net import FrechetEvaluator, load_feature_net, train_feature_net
 from diffprobe.train.sample import generate
 from diffprobe.train.tokenizer import train_tokenizer
 from diffprobe.utils.io import atomic_path, atomic_write_json, read_json
-from diffprobe.utils.runtime import resolve_device
 
 MAIN = "main"  #: size name of the headline twins
 
@@ -77,18 +97,24 @@ def _exported(run_dir: Path, config: dict[str, Any]) -> bool:
 
 class Timings:
     """Wall time per stage, saved to ``timings.json`` after every stage (so a killed run keeps what it measured);
-    a resumed run adds to the times already recorded there."""
+    a resumed run adds to the times already recorded there. Under torchrun only rank 0's times are saved
+    (``enabled`` on rank 0 alone)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = path
+        self.enabled = enabled
         self.seconds: dict[str, float] = read_json(path) if path.is_file() else {}
 
     def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()
         out = fn()
         self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
-        atomic_write_json(self.path, self.seconds)
+        self.save()
         return out
+
+    def save(self) -> None:
+        if self.enabled:
+            atomic_write_json(self.path, self.seconds)
 
 
 def _announce(number: int, total: int, name: str, start: float, show: bool) -> None:
@@ -195,18 +221,42 @@ def _training_stages(cfg: StudyConfig, run_dir: Path, cache: FeatureCache,
     return stages
 
 
+def _extraction_group(cfg: StudyConfig, job: Job) -> tuple[Any, ...]:
+    """The cells that one extraction serves: same backbone, t, noise seed, view and clips (any block)."""
+    return job.spec, job.t, job.noise_seed, TASKS[job.task].view, tuple(sorted(cfg.roles(job.task).items()))
+
+
 def _prefetch(cfg: StudyConfig, rb: ResolvedBackbone, job: Job, todo: list[tuple[Job, Cell]],
-              roles: dict[str, dict[str, RoleData]], cache: FeatureCache, timed: Timings) -> None:
+              roles: dict[str, dict[str, RoleData]], cache: FeatureCache, timed: Timings,
+              ctx: DistContext | None = None) -> None:
     """Extract, in one pass per role, every block that the remaining cells on the same clips need at this job's
-    (backbone, t, noise seed, view): one denoiser forward serves the whole block sweep."""
+    (backbone, t, noise seed, view): one denoiser forward serves the whole block sweep. Collective with a
+    distributed ``ctx``: every rank extracts its share of the shards."""
     view = TASKS[job.task].view
-    same = [j for j, _ in todo if j.spec == job.spec and j.t == job.t and j.noise_seed == job.noise_seed
-            and TASKS[j.task].view == view and cfg.roles(j.task) == cfg.roles(job.task)]
+    same = [j for j, _ in todo if _extraction_group(cfg, j) == _extraction_group(cfg, job)]
     blocks = sorted({j.block for j in same})
     for role in ROLES:
         clips, limit = roles[job.task][role].clips, cfg.probe_clips[role]
         timed("extract", lambda clips=clips, limit=limit: ensure_features(
-            rb.backbone, clips, view, blocks, job.t, job.noise_seed, cache, limit=limit, progress=False))
+            rb.backbone, clips, view, blocks, job.t, job.noise_seed, cache, limit=limit, progress=False, ctx=ctx))
+
+
+def _prefetch_targets(cfg: StudyConfig, needs: Sequence[tuple[str, str]], roles: dict[str, dict[str, RoleData]],
+                      cache: FeatureCache, ctx: DistContext) -> None:
+    """Compute the missing targets of the (task, role) pairs ``needs`` (in order) before any probe reads them: one
+    :func:`ensure_targets` per clip sequence, by the first task that lacks its file there (as the cells in that order
+    would have), the sequences dealt round-robin over the ranks."""
+    picked: dict[tuple[str, int], tuple[str, str]] = {}
+    for task, role in needs:
+        clips, limit = roles[task][role].clips, cfg.probe_clips[role]
+        where = (clips.name, limit)
+        if where not in picked and not targets_path(make_task(task, task_context(roles[task])), clips, cache,
+                                                    limit).is_file():
+            picked[where] = (task, role)
+    for task, role in rank_share(broadcast_object(list(picked.values()), ctx), ctx):
+        ensure_targets(make_task(task, task_context(roles[task])), roles[task][role].clips, cache,
+                       cfg.probe_clips[role], progress=False)
+    wait_for_all(ctx)
 
 
 def study_cell(cfg: StudyConfig, job: Job, rb: ResolvedBackbone, dataset: str) -> Cell:
@@ -215,33 +265,74 @@ def study_cell(cfg: StudyConfig, job: Job, rb: ResolvedBackbone, dataset: str) -
                 job.task, dataset, clips_key(cfg.probe_clips), job.probe_seed, cfg.probe.replace(seed=0).hash())
 
 
-def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: torch.device,
+def _prior_cell(cfg: StudyConfig, task: str, roles: dict[str, dict[str, RoleData]]) -> Cell:
+    return Cell(cfg.name, PRIOR, PRIOR, "none", 0, 0, 0.0, 0, 1, task, data_identity(roles[task]),
+                clips_key(cfg.probe_clips), 0, cfg.probe.hash())
+
+
+def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, ctx: DistContext,
                 timed: Timings, progress: bool) -> None:
+    """Probe every cell of the plan not in the store yet, in three steps, each finished by every rank before the
+    next begins:
+
+    1. extraction: one collective :func:`_prefetch` per extraction group (every rank extracts its share of the
+       shards), so features are complete before any rank reads them and no two ranks extract the same shard;
+    2. targets: each missing clip sequence's targets, on one rank each;
+    3. cells, round-robin over the todo list in plan order: in round ``k`` rank ``r`` trains cell ``k·W + r``.
+       Neighbouring cells differ only in seeds or task, so a round's cells share an extraction and cost about the
+       same, and the ranks wait little for each other at the round's end.
+
+    Rank 0 alone opens the results store: it decides the todo list (broadcast) and, after each round, gathers the
+    round's results (``gather_objects``) and writes each cell once, in its own transaction. A single writer needs no
+    cross-process locking, which SQLite cannot promise on the network filesystems multi-node runs share; and
+    because every round lands in the store before the next begins, a rank killed mid-study (torchrun then stops the
+    others) loses at most the cells of one round, and a rerun recomputes no stored cell. In a single process this
+    is the same path, with rounds of one cell.
+    """
     jobs = plan_jobs(cfg, run_dir)
-    backbones = {spec: load_backbone(spec, device) for spec in dict.fromkeys(j.spec for j in jobs)}
+    backbones = {spec: load_backbone(spec, ctx.device) for spec in dict.fromkeys(j.spec for j in jobs)}
     roles = {task: task_roles(task, cfg.roles(task)) for task in {j.task for j in jobs} | set(cfg.tasks)}
-    with ResultsStore(run_dir / "results.sqlite") as store:
-        todo = []
-        for job in jobs:
-            cell = study_cell(cfg, job, backbones[job.spec], data_identity(roles[job.task]))
-            if not store.has(cell):
-                todo.append((job, cell))
-        bar = tqdm(todo, desc="probes", unit="cell", disable=not progress, dynamic_ncols=True)
-        for job, cell in bar:
-            bar.set_postfix_str(f"{job.backbone} {job.task} block={job.block} t={job.t:g}")
-            rb = backbones[job.spec]
-            probe_cfg = cfg.probe.replace(seed=job.probe_seed)
-            _prefetch(cfg, rb, job, todo, roles, cache, timed)
-            res = timed("probes", lambda rb=rb, job=job, probe_cfg=probe_cfg: run_probe(
-                rb.backbone, roles[job.task], job.task, job.block, job.t, job.noise_seed, probe_cfg, cache, device,
-                limits=cfg.probe_clips, progress=False))
-            store.add(cell, res.test, res.per_clip)
-        for task in cfg.tasks:  # each task's no-information baseline, for reference
-            cell = Cell(cfg.name, PRIOR, PRIOR, "none", 0, 0, 0.0, 0, 1, task, data_identity(roles[task]),
-                        clips_key(cfg.probe_clips), 0, cfg.probe.hash())
-            if not store.has(cell):
-                store.add(cell, *prior_metrics(roles[task], task, cache, cfg.probe_clips, progress=False))
-        store.export_csv(run_dir / "results.csv")
+    cells = [study_cell(cfg, job, backbones[job.spec], data_identity(roles[job.task])) for job in jobs]
+    show = progress and ctx.is_main
+    with ResultsStore(run_dir / "results.sqlite") if ctx.is_main else contextlib.nullcontext() as store:
+        left = None
+        if store is not None:
+            left = ([i for i, cell in enumerate(cells) if not store.has(cell)],
+                    [task for task in cfg.tasks if not store.has(_prior_cell(cfg, task, roles))])
+        todo_ids, priors = broadcast_object(left, ctx)
+        todo = [(jobs[i], cells[i]) for i in todo_ids]
+
+        firsts: dict[tuple[Any, ...], Job] = {}  # the first cell of each extraction group, in todo order
+        for job, _ in todo:
+            firsts.setdefault(_extraction_group(cfg, job), job)
+        for job in tqdm(list(firsts.values()), desc="extract", unit="set", disable=not show, dynamic_ncols=True):
+            _prefetch(cfg, backbones[job.spec], job, todo, roles, cache, timed, ctx)
+        _prefetch_targets(cfg, [(j.task, r) for j, _ in todo for r in ROLES]
+                          + [(task, r) for task in priors for r in ("train", "test")], roles, cache, ctx)
+
+        mine = rank_share(range(len(todo)), ctx)
+        bar = tqdm(total=len(todo), desc="probes", unit="cell", disable=not show, dynamic_ncols=True)
+        for k in range(-(-len(todo) // ctx.world_size)):
+            out = None
+            if k < len(mine):
+                job, _ = todo[mine[k]]
+                bar.set_postfix_str(f"{job.backbone} {job.task} block={job.block} t={job.t:g}")
+                rb = backbones[job.spec]
+                probe_cfg = cfg.probe.replace(seed=job.probe_seed)
+                res = timed("probes", lambda rb=rb, job=job, probe_cfg=probe_cfg: run_probe(
+                    rb.backbone, roles[job.task], job.task, job.block, job.t, job.noise_seed, probe_cfg, cache,
+                    ctx.device, limits=cfg.probe_clips, progress=False))
+                out = (mine[k], {m: float(v) for m, v in res.test.items()}, np.asarray(res.per_clip))  # CPU only
+            for item in gather_objects(out, ctx) or []:  # rank 0: this round's results, in rank order
+                if item is not None:
+                    store.add(todo[item[0]][1], item[1], item[2])
+                    bar.update(1)
+        bar.close()
+        if store is not None:
+            for task in priors:  # each task's no-information baseline, for reference
+                store.add(_prior_cell(cfg, task, roles),
+                          *prior_metrics(roles[task], task, cache, cfg.probe_clips, progress=False))
+            store.export_csv(run_dir / "results.csv")
 
 
 def _generation(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: torch.device,
@@ -325,29 +416,51 @@ def check_artifacts(stored: StudyConfig, cfg: StudyConfig, path: Path) -> None:
                           f"sweeps and seeds, may change freely)")
 
 
+def _prefetch_training_data(cfg: StudyConfig, stages: list[tuple[str, Callable[[], Any]]], cache: FeatureCache,
+                            ctx: DistContext, progress: bool) -> None:
+    """Under torchrun, render the clips the training stages read (the study dataset's train role, and its val role
+    for the feature net) into the cache once, every rank its share, before every rank's stages read them."""
+    if not ctx.is_distributed or not stages:
+        return
+    names = ("train", "val") if any(name == "feature net" for name, _ in stages) else ("train",)
+    for data in resolve_roles(dict.fromkeys(names, cfg.dataset)).values():
+        ensure_videos(data.clips, cache, progress=progress, ctx=ctx)
+
+
 def run_study(cfg: StudyConfig, run_dir: str | Path, progress: bool = True) -> Path:
-    """Run (or finish) the study in ``run_dir``; returns the results store's path."""
+    """Run (or finish) the study in ``run_dir``; returns the results store's path. Under torchrun every rank calls
+    it alike (see the module docstring); progress and files are rank 0's."""
     run_dir = Path(run_dir)
+    ctx = setup_distributed(cfg.device)
     cfg_path = run_dir / "study_config.json"
-    if cfg_path.is_file():
+    if cfg_path.is_file():  # every rank checks, so every rank stops with the same error
         check_artifacts(StudyConfig.load(cfg_path), cfg, cfg_path)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(cfg_path)  # the artifacts as before, the plan as now
-    device = resolve_device(cfg.device)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(cfg_path)  # the artifacts as before, the plan as now
+    wait_for_all(ctx)
+    progress = progress and ctx.is_main
     cache = FeatureCache(run_dir / "cache")
-    timed = Timings(run_dir / "timings.json")
+    timed = Timings(run_dir / "timings.json", enabled=ctx.is_main)
     start = time.perf_counter()
-    stages = [(name, lambda name=name, fn=fn: timed(name, fn))
-              for name, fn in _training_stages(cfg, run_dir, cache, progress)]
-    stages += [("probes", lambda: _run_probes(cfg, run_dir, cache, device, timed, progress)),
-               ("generation", lambda: _generation(cfg, run_dir, cache, device, timed, progress)),
-               ("pca", lambda: timed("pca", lambda: _pca(cfg, run_dir, cache, device, progress)))]
+    training = _training_stages(cfg, run_dir, cache, progress)
+    names = [name for name, _ in training]
+    if broadcast_object(names, ctx) != names:
+        raise RuntimeError(f"rank {ctx.rank} finds other training stages left ({names}) than rank 0; is {run_dir} "
+                           "on a filesystem every rank shares?")
+    _prefetch_training_data(cfg, training, cache, ctx, progress)
+    stages = [(name, lambda name=name, fn=fn: timed(name, fn)) for name, fn in training]
+    stages.append(("probes", lambda: _run_probes(cfg, run_dir, cache, ctx, timed, progress)))
+    if ctx.is_main:  # the other ranks wait for these at the end
+        stages += [("generation", lambda: _generation(cfg, run_dir, cache, ctx.device, timed, progress)),
+                   ("pca", lambda: timed("pca", lambda: _pca(cfg, run_dir, cache, ctx.device, progress)))]
     for number, (name, run) in enumerate(stages, 1):
         _announce(number, len(stages), name, start, progress)
         run()
     _announce(len(stages), len(stages), "done", start, progress)
     timed.seconds["total"] = round(timed.seconds.get("total", 0.0) + time.perf_counter() - start, 2)
-    atomic_write_json(timed.path, timed.seconds)
+    timed.save()
+    wait_for_all(ctx)
     return run_dir / "results.sqlite"
 
 

@@ -5,6 +5,10 @@ and its identity (weights, dtype, conditioning), mode, checkpoint step, block, t
 the clips of its train / val / test roles and how many of each were used, probe seed and the probe config hash. A
 cell's metric rows are written in one transaction, so a cell is either fully in the store or absent, and a cell
 already present is never recomputed.
+
+A store has one writing process: under torchrun the study's rank 0 writes the cells every rank computed (gathered
+after each round, see ``study.run._run_probes``), since SQLite's file locking is not to be trusted on the network
+filesystems that several machines share.
 """
 
 from __future__ import annotations
