@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from diffprobe.backbones.base import Backbone
 from diffprobe.errors import MissingFile
 from diffprobe.features.cache import FeatureCache, FeatureKey
-from diffprobe.train.distributed import DistContext, broadcast_object, wait_for_all
+from diffprobe.train.distributed import DistContext, broadcast_object, rank_share, wait_for_all
 
 #: seconds rank 0 waits for the other ranks' shards to appear before it calls the cache unshared
 SHARED_DISK_GRACE = 60.0
@@ -66,7 +66,7 @@ def extract_features(
     if not todo:
         return keys
     num_shards = -(-num_clips // shard_size)
-    shards = range(ctx.rank, num_shards, ctx.world_size) if distributed else range(num_shards)
+    shards = rank_share(range(num_shards), ctx) if distributed else range(num_shards)
     share = sum(min(num_clips, (s + 1) * shard_size) - s * shard_size for s in shards)
     bar = tqdm(total=share, unit="clip", desc=f"extract {key.backbone} t={key.t:g}",
                disable=not progress or (distributed and not ctx.is_main), dynamic_ncols=True)

@@ -236,11 +236,12 @@ def fit(
                 ckpt_now = done % cfg.ckpt_every == 0 or done == cfg.steps
                 if log_now:
                     metrics: dict[str, torch.Tensor | float] = {
-                        "train/loss": loss.detach().float().reshape(()), "train/lr": lr,
+                        "train/lr": lr,
                         "train/grad_norm": grad_norm if grad_norm is not None else _grad_norm(model, ctx.device)}
                     metrics.update({f"train/{k}": _scalar(k, v, ctx.device) for k, v in logs.items()})
                     losses, values = pending.read(run_dir, metrics)  # the host waits for the device here only
                     result.losses.update(losses)
+                    values = {"train/loss": losses[done], **values}  # this step's loss, read with the pending ones
                     values = all_reduce_mean(values, ctx)
                     now = time.perf_counter()
                     values["train/steps_per_sec"] = (done - last_step) / max(now - last_time, 1e-9)
