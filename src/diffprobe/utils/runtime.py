@@ -51,3 +51,26 @@ def cuda_tf32(device: torch.device, enabled: bool) -> Iterator[None]:
         yield
     finally:
         matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved_flags
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously; a no-op elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024) -> float:
+    """The best of 5 rounds of ten ``n x n`` matmuls in ``dtype`` on ``device``, FLOP/s (the device's practical
+    peak, the denominator of an MFU)."""
+    import time
+
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(5):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        synchronize(device)
+        best = min(best, (time.perf_counter() - start) / 10)
+    return 2 * n**3 / best
