@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from diffprobe.utils.cliopts import overrides_option, quiet_option
+
+if TYPE_CHECKING:
+    from diffprobe.study.config import StudyConfig
 
 
 @click.command("study")
@@ -17,14 +21,29 @@ from diffprobe.utils.cliopts import overrides_option, quiet_option
 @overrides_option
 @click.option("--no-report", is_flag=True, help="Do not write report/report.html at the end.")
 @quiet_option
-def study_cmd(preset: str, out_dir: Path | None, assignments: tuple[str, ...], no_report: bool, quiet: bool) -> None:
+@click.option("--estimate", is_flag=True, help="Print the study's model FLOPs per stage and the wall time they imply, "
+              "and exit (runs nothing, writes nothing).")
+@click.option("--peak-tflops", type=float, default=None, help="With --estimate: a device's peak (e.g. 989 for an "
+              "H100's dense bf16). [default: this machine's measured matmul peak on the study's device]")
+@click.option("--mfu", type=float, default=0.3, show_default=True, help="With --estimate: the fraction of the peak "
+              "sustained.")
+@click.option("--step-ms", type=float, default=0.0, show_default=True, help="With --estimate: overhead per step "
+              "(kernel launches, Python) on top of the FLOPs.")
+@click.option("--devices", type=int, default=1, show_default=True, help="With --estimate: torchrun ranks sharing "
+              "the work (ideal scaling).")
+def study_cmd(preset: str, out_dir: Path | None, assignments: tuple[str, ...], no_report: bool, quiet: bool,
+              estimate: bool, peak_tflops: float | None, mfu: float, step_ms: float, devices: int) -> None:
     """Train the tokenizer and the image and video twins, probe every task, print the table, write the report.
     Launched by torchrun, the ranks share the training (DDP), the feature extraction and the probe cells."""
     from diffprobe.study.config import StudyConfig
+
+    cfg = StudyConfig.preset(preset).override(assignments)
+    if estimate:
+        _print_estimate(cfg, peak_tflops, mfu, step_ms, devices)
+        return
     from diffprobe.study.run import headline_table, run_study
     from diffprobe.train.distributed import cleanup_distributed, setup_distributed
 
-    cfg = StudyConfig.preset(preset).override(assignments)
     out_dir = out_dir or Path(f"runs/study-{preset}")
     ctx = setup_distributed(cfg.device)
     try:
@@ -39,3 +58,18 @@ def study_cmd(preset: str, out_dir: Path | None, assignments: tuple[str, ...], n
                 click.echo(f"report: {write_report(out_dir, study=cfg.name)}")
     finally:
         cleanup_distributed()
+
+
+def _print_estimate(cfg: StudyConfig, peak_tflops: float | None, mfu: float, step_ms: float, devices: int) -> None:
+    from diffprobe.study.estimate import device_flops_per_s, estimate_study, format_estimate
+    from diffprobe.utils.runtime import resolve_device
+
+    if not 0 < mfu <= 1 or devices < 1 or step_ms < 0:
+        raise click.BadParameter("need 0 < --mfu <= 1, --devices >= 1 and --step-ms >= 0")
+    if peak_tflops:
+        peak, source = peak_tflops * 1e12, "given"
+    else:
+        device = resolve_device(cfg.device)
+        peak = device_flops_per_s(device)
+        source = f"measured {'bf16' if device.type == 'cuda' else 'fp32'} matmul on {device}"
+    click.echo(format_estimate(estimate_study(cfg), peak, mfu, step_ms / 1e3, devices, source))

@@ -69,6 +69,53 @@ _QUICK: dict[str, Any] = {
     "probe_clips": {"train": 512, "val": 64, "test": 128},
 }
 
+
+def _on(world: str, run: dict[str, Any], **train: Any) -> dict[str, Any]:
+    """A run preset on the study's world, with ``train`` fields changed."""
+    return {**run, "dataset": world, "train": {**run["train"], **train}}
+
+
+_GPU_CAVEAT = ("a GPU preset that has not been run end to end: its wall time is an estimate from model FLOPs "
+               "(`diffprobe study --preset {name} --estimate`) until its own timings.json measures it.")
+# The paper's layout on one GPU: the small world (64 px, 17 frames), walt-S twins (12 blocks, headline block 8 =
+# two thirds of the depth), probes of the base readout with three learning rates; sweeps as the paper's Figure 5.
+_SMALL_WORLD = probeworld_spec(ProbeWorldConfig.preset("small"), "small")
+_SMALL: dict[str, Any] = {
+    "name": "probeworld-small",
+    "caveat": _GPU_CAVEAT.format(name="small"),
+    "dataset": _SMALL_WORLD,
+    "tokenizer": _on(_SMALL_WORLD, TokenizerRunConfig.PRESETS["small"]),
+    "twin": _on(_SMALL_WORLD, DenoiserRunConfig.PRESETS["walt-S"], steps=50_000, keep_every=10_000),
+    "feature_net": _on(_SMALL_WORLD, FeatureNetRunConfig.PRESETS["tiny"], steps=3000, batch_size=64,
+                       warmup_steps=100, ckpt_every=500),
+    "probe": {**ProbeConfig.PRESETS["base"], "steps": 4000, "warmup_steps": 200, "eval_every": 500},
+    "probe_seeds": [0, 1, 2],
+    "block": 8,
+    "t": 200.0,
+    "noise_sweep": [0.0, 50.0, 100.0, 200.0, 400.0, 700.0],
+    "block_sweep": [2, 4, 6, 8, 10, 12],
+    "sweep_tasks": ["action", "depth", "point_tracking"],
+    "budget_steps": [10_000, 30_000],
+    "generation_samples": 1024,
+    "sampling_steps": 50,
+    "probe_clips": {"train": 8192, "val": 1024, "test": 1024},
+}
+# WALT's 128 px latents (16 x 16 per frame) and walt-B twins, for 8 GPUs under torchrun (global batches).
+_BASE_WORLD = probeworld_spec(ProbeWorldConfig.preset("small").replace(height=128, width=128, train_size=16384),
+                              "small")
+_BASE: dict[str, Any] = {
+    **_SMALL,
+    "name": "probeworld-base",
+    "caveat": _GPU_CAVEAT.format(name="base"),
+    "dataset": _BASE_WORLD,
+    "tokenizer": _on(_BASE_WORLD, TokenizerRunConfig.PRESETS["base"]),
+    "twin": _on(_BASE_WORLD, DenoiserRunConfig.PRESETS["walt-B"]),
+    "feature_net": {**_SMALL["feature_net"], "dataset": _BASE_WORLD},
+    "probe": {**ProbeConfig.PRESETS["base"], "steps": 10_000, "warmup_steps": 500, "eval_every": 1000},
+    "budget_steps": [20_000, 60_000],
+    "probe_clips": {"train": 16384, "val": 1024, "test": 1024},
+}
+
 _RUNS = ("tokenizer", "twin", "feature_net")
 
 #: placeholders a backbone spec may use for the study's own runs (run_dir-relative paths)
@@ -93,7 +140,8 @@ class StudyConfig(Config):
     on ``sweep_tasks``, each with the generation Fréchet distance of its samples.
     """
 
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"tiny": _TINY, "tiny-more": _TINY_MORE, "quick": _QUICK}
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"tiny": _TINY, "tiny-more": _TINY_MORE, "quick": _QUICK,
+                                                     "small": _SMALL, "base": _BASE}
 
     name: str = "probeworld"
     #: a warning printed before the run and above its table (the quick preset measures nothing)

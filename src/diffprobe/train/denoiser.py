@@ -48,6 +48,8 @@ class DenoiserRunConfig(Config):
                    "train": {"steps": 100_000, "batch_size": 64, "lr": 2e-4, "warmup_steps": 2000,
                              "ema_decay": 0.9999, "ema_start": 2000, "log_every": 50, "ckpt_every": 5000,
                              "keep_every": 20_000, "precision": "bf16"}},
+        "walt-B": {"dataset": "probeworld:small@height=128,width=128", "model": WALTConfig.PRESETS["B"],
+                   "train": TrainConfig.PRESETS["base"]},
     }
 
     mode: Literal["image", "video"] = "video"

@@ -34,6 +34,12 @@ class TokenizerRunConfig(Config):
         "small": {"dataset": "probeworld:small", "model": CausalAutoencoderConfig.PRESETS["small"],
                   "train": {"steps": 20_000, "batch_size": 32, "lr": 1e-3, "warmup_steps": 500, "log_every": 50,
                             "ckpt_every": 1000}},
+        # 128 px clips -> WALT's 8 x 5 x 16 x 16 latents, for the 8-GPU study, at half the channels of the base
+        # autoencoder (whose full width would cost 4x the FLOPs of both twins together; bf16, global batch).
+        "base": {"dataset": "probeworld:small@height=128,width=128",
+                 "model": {**CausalAutoencoderConfig.PRESETS["base"], "base_channels": 64},
+                 "train": {"steps": 20_000, "batch_size": 32, "lr": 5e-4, "warmup_steps": 500, "log_every": 50,
+                           "ckpt_every": 1000, "precision": "bf16"}},
     }
 
     dataset: str = "probeworld:tiny"  #: dataset spec; the tokenizer trains on its train role (data.splits)

@@ -1,0 +1,238 @@
+"""What a study costs before it runs: the model FLOPs of each stage, counted by running every network once on the
+meta device under ``torch.utils.flop_counter`` (shapes only, no memory, no compute), and the wall time they imply
+at a stated throughput. It is an estimate until the study's own ``timings.json`` measures it.
+
+Counted per stage (what the networks compute; data loading, rendering, evaluation metrics and Python overhead are
+not FLOPs and are not counted, so small models on a GPU, which are launch-bound, take longer than the estimate):
+
+* tokenizer, each twin, the feature net: ``steps`` x one training step (forward + backward) at the run's batch;
+* extract: for each extraction group of the plan (backbone, t, noise seed, view), one tokenizer encoding and
+  one denoiser forward up to the deepest block asked for, per probe clip of every role;
+* probes: per cell, ``steps`` x a training step of the task's probe at the probe batch, plus the forward passes of
+  its validation rounds and its test pass.
+
+Backbones that are not the study's own (external models) are left out and listed (``StudyCost.uncounted``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from diffprobe.backbones.registry import parse_backbone_spec
+from diffprobe.data.registry import open_dataset
+from diffprobe.features.extract import extract_features
+from diffprobe.metrics.i3d import I3D
+from diffprobe.models import WALT, CausalAutoencoder
+from diffprobe.readouts.queries import BoxQueries, PointQueries
+from diffprobe.study.config import TOKENIZER, StudyConfig
+from diffprobe.tasks import TASKS, Task, TaskContext, make_task
+from diffprobe.tasks.probing import ProbeConfig
+from diffprobe.tasks.runner import task_context, task_roles
+from diffprobe.train.denoiser import twin_batch_size
+from diffprobe.utils.runtime import matmul_peak
+
+#: query encoder -> the inputs of one training batch of ``b`` clips (encoders absent here take only the batch size)
+QUERY_INPUTS: dict[type[nn.Module], Callable[[int, TaskContext, ProbeConfig], tuple[torch.Tensor, ...]]] = {
+    PointQueries: lambda b, ctx, p: (torch.zeros(b, p.train_queries or ctx.max_tracks, 3),),  # (B, N, 3)
+    BoxQueries: lambda b, ctx, p: (torch.zeros(b, ctx.max_objects, 4), torch.zeros(b, ctx.max_objects)),
+}
+
+
+#: clips per extraction batch (only the step count depends on it)
+EXTRACT_BATCH: int = inspect.signature(extract_features).parameters["batch_size"].default
+
+
+@dataclasses.dataclass(frozen=True)
+class StageCost:
+    """One stage's model FLOPs, and what they were counted from."""
+
+    name: str
+    flops: float
+    steps: int  #: optimiser steps and forward batches: what a per-step overhead (kernel launches, Python) scales with
+    detail: str
+    #: True for training (DDP: every rank runs every step on its slice of the global batch); False where the ranks
+    #: deal the steps out (extraction shards, probe cells)
+    ddp: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyCost:
+    stages: tuple[StageCost, ...]
+    uncounted: tuple[str, ...]  #: backbones whose cost is not estimated (external models)
+
+    @property
+    def flops(self) -> float:
+        return sum(s.flops for s in self.stages)
+
+    def seconds(self, flops_per_s: float, step_seconds: float = 0.0, devices: int = 1) -> dict[str, float]:
+        """Each stage's seconds (and ``total``) on ``devices`` ranks sustaining ``flops_per_s`` each, plus
+        ``step_seconds`` of overhead per step a rank runs."""
+        out = {s.name: s.flops / (flops_per_s * devices) + s.steps * step_seconds / (1 if s.ddp else devices)
+               for s in self.stages}
+        return {**out, "total": sum(out.values())}
+
+
+def count_flops(build: Callable[[], nn.Module], inputs: Callable[[], tuple], backward: bool,
+                run: Callable[..., torch.Tensor] | None = None) -> float:
+    """FLOPs of one pass of ``build()`` on ``inputs()`` (``run(model, *inputs)``, default ``model(*inputs)``),
+    with its backward when ``backward``; everything lives on the meta device."""
+    with torch.device("meta"):
+        model, args = build(), inputs()
+    with FlopCounterMode(display=False) as counter:
+        if backward:
+            out = run(model, *args) if run else model(*args)
+            out.float().square().mean().backward()
+        else:  # with autograd on (flop_counter's module tracker needs it); nothing runs backward
+            run(model, *args) if run else model(*args)
+    return float(counter.get_total_flops())
+
+
+def _autoencoder_loss(model: CausalAutoencoder, x: torch.Tensor) -> torch.Tensor:
+    return model(x)["loss"]
+
+
+def _encode(model: CausalAutoencoder, x: torch.Tensor) -> torch.Tensor:
+    return model.encode(x)
+
+
+def _probe_forward(probe: nn.Module, feats: torch.Tensor, *queries: torch.Tensor) -> torch.Tensor:
+    return probe(feats, *queries)
+
+
+def estimate_study(cfg: StudyConfig, run_dir: str | Path = "runs/estimate") -> StudyCost:
+    """The model FLOPs of every stage of ``cfg``'s study (``run_dir`` only names the plan's run folders; nothing is
+    read or written there)."""
+    from diffprobe.study.run import plan_jobs  # the plan is the study's; run.py is the only module that imports this
+
+    ds = open_dataset(cfg.dataset)
+    frames, height, width = ds.frames, ds.height, ds.width
+    tok = cfg.tokenizer
+    clip = (3, frames, height, width)  # (C, T, H, W) of one clip
+    with torch.device("meta"):
+        latent = CausalAutoencoder(tok.model).latent_shape(frames, height, width)  # (C', T', H', W')
+    stages: list[StageCost] = []
+    if cfg.uses(TOKENIZER) or cfg.uses("{twin:"):
+        per_step = count_flops(lambda: CausalAutoencoder(tok.model), lambda: (torch.zeros(tok.train.batch_size,
+                               *clip),), backward=True, run=_autoencoder_loss)
+        stages.append(StageCost("tokenizer", per_step * tok.train.steps, tok.train.steps,
+                                f"{tok.train.steps} steps x batch {tok.train.batch_size} clips {clip}", ddp=True))
+    encode = count_flops(lambda: CausalAutoencoder(tok.model), lambda: (torch.zeros(1, *clip),), False, _encode)
+    walt_cfgs = {"main": cfg.twin.model, **cfg.sizes} if cfg.uses("{twin:") else {}
+    for size, model_cfg in walt_cfgs.items():
+        for mode in ("video", "image"):
+            twin = cfg.twin.replace(mode=mode, model=model_cfg)
+            frames_in = latent[1] if mode == "video" else 1
+            batch = twin_batch_size(twin, latent[1])
+            per_step = count_flops(lambda m=model_cfg: WALT(m), lambda b=batch, f=frames_in: (
+                torch.zeros(b, latent[0], f, *latent[2:]), torch.zeros(b)), backward=True)
+            shape = (latent[0], frames_in, *latent[2:])
+            stages.append(StageCost(f"twin {size}-{mode}", per_step * twin.train.steps, twin.train.steps,
+                                    f"{twin.train.steps} steps x batch {batch} latents {shape}", ddp=True))
+    if cfg.own_twins():
+        fn = cfg.feature_net
+        per_step = count_flops(lambda: I3D(fn.net.replace(num_classes=8)), lambda: (
+            torch.zeros(fn.train.batch_size, *clip),), backward=True)
+        stages.append(StageCost("feature net", per_step * fn.train.steps, fn.train.steps,
+                                f"{fn.train.steps} steps x batch {fn.train.batch_size}", ddp=True))
+    jobs = plan_jobs(cfg, Path(run_dir))
+    walts = {name: (cfg.sizes[name.split("@", 1)[1]] if "@" in name and name.split("@", 1)[1] in cfg.sizes
+                    else cfg.twin.model) for name in {j.backbone for j in jobs}}
+    uncounted = sorted({spec for spec in cfg.backbones.values()
+                        if parse_backbone_spec(spec)[0] not in ("walt", "walt-untrained", "latents")})
+    own = [j for j in jobs if parse_backbone_spec(j.spec)[0] in ("walt", "walt-untrained", "latents")]
+    clips = sum(cfg.probe_clips.values())
+    groups: dict[tuple, int] = {}  # (backbone, t, noise seed, view) -> deepest block
+    for j in own:
+        key = (j.backbone, j.t, j.noise_seed, TASKS[j.task].view)
+        groups[key] = max(groups.get(key, 0), j.block)
+    extract, encoded = 0.0, set()
+    for (backbone, _, _, view), block in groups.items():
+        frames_in = latent[1] if view == "clip" else 1
+        if (view, backbone.startswith("latents")) not in encoded:  # latents are encoded once per view
+            encoded.add((view, backbone.startswith("latents")))
+            extract += clips * encode * frames_in / latent[1]
+        if not backbone.startswith("latents"):
+            depth = walts[backbone].depth
+            full = count_flops(lambda m=walts[backbone]: WALT(m), lambda f=frames_in: (
+                torch.zeros(1, latent[0], f, *latent[2:]), torch.zeros(1)), backward=False)
+            extract += clips * full * block / depth
+    batches = len(groups) * math.ceil(clips / EXTRACT_BATCH)
+    stages.append(StageCost("extract", extract, batches, f"{len(groups)} extraction groups x {clips} clips"))
+    probe_flops, probe_steps = _probe_flops(cfg, own, walts, latent)
+    stages.append(StageCost("probes", probe_flops, probe_steps,
+                            f"{len(own)} cells x {cfg.probe.steps} steps x batch {cfg.probe.batch_size}"))
+    return StudyCost(tuple(stages), tuple(uncounted))
+
+
+def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, int, int, int]
+                 ) -> tuple[float, int]:
+    """FLOPs of training and evaluating every cell's probe, and its steps (training steps and evaluation batches)."""
+    p = cfg.probe
+    rounds = p.steps // p.eval_every if p.eval_every else 0
+    evals = rounds * cfg.probe_clips["val"] + cfg.probe_clips["test"]  # clips the probe reads without gradients
+    tasks = {name: make_task(name, task_context(task_roles(name, cfg.roles(name)))) for name in {j.task for j in jobs}}
+    per_cell: dict[tuple, float] = {}
+    total = 0.0
+    for j in jobs:
+        task = tasks[j.task]
+        frames_in = latent[1] if task.view == "clip" else 1
+        if j.backbone.startswith("latents"):
+            dim, grid = latent[0], (frames_in, *latent[2:])
+        else:
+            m = walts[j.backbone]
+            dim, grid = m.hidden_size, (frames_in, latent[2] // m.patch_size, latent[3] // m.patch_size)
+        key = (j.task, dim, grid)
+        if key not in per_cell:
+            train = _probe_pass(task, p, dim, grid, p.batch_size, backward=True)
+            per_cell[key] = train * p.steps + _probe_pass(task, p, dim, grid, 1, backward=False) * evals
+        total += per_cell[key]
+    steps = len(jobs) * (p.steps + math.ceil(evals / p.eval_batch_size))
+    return total, steps
+
+
+def _probe_pass(task: Task, p: ProbeConfig, dim: int, grid: tuple[int, int, int], batch: int,
+                backward: bool) -> float:
+    """FLOPs of one pass of ``task``'s probe over ``batch`` clips of ``(grid, dim)`` features."""
+    def build() -> nn.Module:
+        return task.make_probe(p.readout, dim, grid)
+
+    def inputs() -> tuple[torch.Tensor, ...]:
+        with torch.device("meta"):
+            kind = type(build().queries)
+        extra = QUERY_INPUTS[kind](batch, task.ctx, p) if kind in QUERY_INPUTS else ()
+        return (torch.zeros(batch, *grid, dim), *extra)  # (B, T_f, H_f, W_f, C), the query encoder's inputs
+
+    return count_flops(build, inputs, backward, _probe_forward)
+
+
+def device_flops_per_s(device: torch.device) -> float:
+    """The device's measured matmul peak in the precision its training runs in: bf16 4096^3 on CUDA, fp32 1024^3
+    elsewhere, FLOP/s."""
+    if device.type == "cuda":
+        return matmul_peak(device, torch.bfloat16, 4096)
+    return matmul_peak(device, torch.float32, 1024)
+
+
+def format_estimate(cost: StudyCost, peak: float, mfu: float, step_seconds: float, devices: int,
+                    source: str) -> str:
+    """The estimate as a table: each stage's model FLOPs, steps and minutes at ``mfu`` of ``peak`` FLOP/s per device
+    on ``devices`` torchrun ranks (ideal scaling), plus ``step_seconds`` per step a rank runs."""
+    minutes = {k: v / 60 for k, v in cost.seconds(peak * mfu, step_seconds, devices).items()}
+    lines = [f"estimate (not a measurement): model FLOPs at {mfu:.0%} of {peak / 1e12:.3g} TFLOP/s per device "
+             f"({source}) x {devices} device(s), plus {1e3 * step_seconds:g} ms per step",
+             f"{'stage':<20}{'PFLOP':>12}{'steps':>12}{'minutes':>10}  counted from", "-" * 86]
+    for s in cost.stages:
+        lines.append(f"{s.name:<20}{s.flops / 1e15:>12.3f}{s.steps:>12,}{minutes[s.name]:>10.1f}  {s.detail}")
+    lines.append(f"{'total':<20}{cost.flops / 1e15:>12.3f}{sum(s.steps for s in cost.stages):>12,}"
+                 f"{minutes['total']:>10.1f}")
+    if cost.uncounted:
+        lines.append(f"not counted (external backbones): {', '.join(cost.uncounted)}")
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""The study's cost estimate: FLOPs counted on the meta device equal a counted CPU pass and a hand count, stages
+scale with their steps and batches, the GPU presets load, and `diffprobe study --estimate` prints and writes
+nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from diffprobe.cli import main
+from diffprobe.models import WALT, WALTConfig
+from diffprobe.study.config import StudyConfig
+from diffprobe.study.estimate import StageCost, StudyCost, count_flops, estimate_study
+
+MINI = ["dataset=probeworld:tiny@train_size=48,val_size=16,test_size=16", "probe_seeds=[0]",
+        'sweep_tasks=["action"]', "noise_sweep=[0,200]", "block_sweep=[2,4]", "tasks=[\"action\",\"depth\"]"]
+
+
+def test_a_linear_layer_counts_by_hand() -> None:
+    build, inputs = (lambda: nn.Linear(8, 4, bias=False)), (lambda: (torch.zeros(3, 8),))
+    assert count_flops(build, inputs, backward=False) == 2 * 3 * 8 * 4
+    assert count_flops(build, inputs, backward=True) == 2 * 2 * 3 * 8 * 4  # forward + the weight's gradient (inputs
+    # need none)
+
+
+def test_meta_count_equals_a_counted_cpu_pass_of_walt() -> None:
+    cfg = WALTConfig.from_dict(WALTConfig.PRESETS["tiny"])
+    torch.manual_seed(0)
+    model, x, t = WALT(cfg), torch.randn(2, 8, 5, 8, 8), torch.rand(2) * 1000  # (B, C, T', H', W')
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:  # attention as counted matmuls
+        model(x, t).square().mean().backward()
+    meta = count_flops(lambda: WALT(cfg), lambda: (torch.zeros(2, 8, 5, 8, 8), torch.zeros(2)), backward=True)
+    assert meta == counter.get_total_flops() > 1e9
+
+
+def test_stages_scale_with_steps_and_batch() -> None:
+    cfg = StudyConfig.preset("tiny").override(MINI)
+    base = {s.name: s for s in estimate_study(cfg).stages}
+    assert list(base) == ["tokenizer", "twin main-video", "twin main-image", "feature net", "extract", "probes"]
+    more = {s.name: s for s in estimate_study(cfg.override(
+        ["tokenizer.train.steps=600", "twin.train.batch_size=32", "probe.steps=800"])).stages}
+    assert more["tokenizer"].flops == 2 * base["tokenizer"].flops and more["tokenizer"].steps == 600
+    for mode in ("video", "image"):
+        assert more[f"twin main-{mode}"].flops == pytest.approx(2 * base[f"twin main-{mode}"].flops, rel=1e-9)
+    assert base["probes"].flops < more["probes"].flops < 2 * base["probes"].flops  # evaluation does not double
+    assert more["extract"] == base["extract"] and more["feature net"] == base["feature net"]
+
+
+def test_seconds_add_flops_and_step_overhead() -> None:
+    cost = StudyCost((StageCost("a", 4e12, 10, "", ddp=True), StageCost("b", 2e12, 30, "")), ())
+    assert cost.seconds(1e12) == {"a": 4.0, "b": 2.0, "total": 6.0}
+    assert cost.seconds(2e12, step_seconds=0.1) == pytest.approx({"a": 3.0, "b": 4.0, "total": 7.0})
+    # on 2 ranks the FLOPs halve everywhere; DDP's steps run on every rank, dealt-out steps halve
+    assert cost.seconds(2e12, step_seconds=0.1, devices=2) == pytest.approx({"a": 2.0, "b": 2.0, "total": 4.0})
+
+
+def test_gpu_presets_load_and_cost_more() -> None:
+    small, base = StudyConfig.preset("small"), StudyConfig.preset("base")
+    assert "estimate" in small.caveat and "estimate" in base.caveat and small.twin.model.hidden_size == 384
+    assert base.twin.model.hidden_size == 768 and base.twin.train.precision == small.twin.train.precision == "bf16"
+    assert 1 <= small.block <= small.twin.model.depth and small.block == 2 * small.twin.model.depth // 3
+
+
+def test_estimate_command_prints_and_writes_nothing(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["study", "--estimate", "--peak-tflops", "1", "--mfu", "0.5", "--devices", "2"]
+    result = CliRunner().invoke(main, [*args, *(a for kv in MINI for a in ("--set", kv))])
+    assert result.exit_code == 0, result.output
+    assert "estimate (not a measurement)" in result.output and "probes" in result.output
+    assert "at 50% of 1 TFLOP/s per device (given) x 2 device(s)" in result.output and "minutes" in result.output
+    assert not list(tmp_path.iterdir())  # no run directory
+    bad = CliRunner().invoke(main, ["study", "--estimate", "--mfu", "2"])
+    assert bad.exit_code == 2 and "--mfu" in bad.output
