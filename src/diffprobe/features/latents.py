@@ -12,6 +12,7 @@ from diffprobe.features.cache import FeatureCache
 from diffprobe.features.sources import ensure_features
 from diffprobe.models import CausalAutoencoder
 from diffprobe.models.exports import latents_identity
+from diffprobe.train.distributed import DistContext
 
 
 class TrainingLatents(Dataset):
@@ -35,9 +36,10 @@ class TrainingLatents(Dataset):
 
 def ensure_latents(clips: ClipSequence, tokenizer: CausalAutoencoder, tokenizer_sha: str, mode: str,
                    cache: FeatureCache, device: torch.device, progress: bool = True,
-                   workers: int = 0) -> TrainingLatents:
-    """The latents of ``clips`` as the ``mode`` twin sees them (encoded once into the cache, in float32)."""
+                   workers: int = 0, ctx: DistContext | None = None) -> TrainingLatents:
+    """The latents of ``clips`` as the ``mode`` twin sees them (encoded once into the cache, in float32); with a
+    distributed ``ctx``, every rank encodes its share of the shards."""
     backbone = LatentBackbone(tokenizer, latents_identity(tokenizer_sha, mode), device, mode=mode)
     fs = ensure_features(backbone, clips, "clip", [0], 0.0, 0, cache, dtype=torch.float32, progress=progress,
-                         workers=workers)[0]
+                         workers=workers, ctx=ctx)[0]
     return TrainingLatents(fs.rows(), fs.feature_shape[0], mode)

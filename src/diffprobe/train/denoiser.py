@@ -92,7 +92,7 @@ def train_denoiser(cfg: DenoiserRunConfig, run_dir: str | Path, cache: FeatureCa
     ctx = setup_distributed(cfg.train.device)
     tokenizer, meta = load_tokenizer(cfg.tokenizer_dir(run_dir))
     train = resolve_roles({"train": cfg.dataset})["train"]
-    latents = ensure_latents(train.clips, tokenizer, meta["sha256"], cfg.mode, cache, ctx.device, progress)
+    latents = ensure_latents(train.clips, tokenizer, meta["sha256"], cfg.mode, cache, ctx.device, progress, ctx=ctx)
     ds = train.dataset
     batch_size = twin_batch_size(cfg, tokenizer.latent_shape(ds.frames, ds.height, ds.width)[1])
     batches = make_batch_fn(latents, batch_size, cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size)
@@ -102,7 +102,7 @@ def train_denoiser(cfg: DenoiserRunConfig, run_dir: str | Path, cache: FeatureCa
     result = fit(model, _loss(cfg.per_frame_t), batches, train_cfg, run_dir, cfg, resume=resume,
                  on_checkpoint=on_checkpoint, progress=progress)
     return export_model(run_dir, result.ema_model(), cfg, kind="denoiser", step=result.step,
-                        extra={"mode": cfg.mode, "tokenizer_sha256": meta["sha256"]})
+                        extra={"mode": cfg.mode, "tokenizer_sha256": meta["sha256"]}, ctx=ctx)
 
 
 def load_denoiser(run_dir: str | Path) -> tuple[WALT, DenoiserRunConfig, dict[str, Any]]:

@@ -12,18 +12,23 @@ from torch import nn
 
 from diffprobe.config import Config
 from diffprobe.models.exports import META_FILE, MODEL_FILE, load_export, read_export
+from diffprobe.train.distributed import DistContext, wait_for_all
 from diffprobe.utils.io import atomic_write_json, save_tensors, tensors_sha256
 
 __all__ = ["META_FILE", "MODEL_FILE", "export_model", "load_export", "read_export"]
 
 
 def export_model(run_dir: str | Path, model: nn.Module, cfg: Config, kind: str, step: int,
-                 extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model``'s weights and a description (run config, kind, step, extras, weights hash); returns the file."""
+                 extra: dict[str, Any] | None = None, ctx: DistContext | None = None) -> Path:
+    """Write ``model``'s weights and a description (run config, kind, step, extras, weights hash); returns the file.
+    Under torchrun (a distributed ``ctx``) rank 0 alone writes, and every rank returns once it has."""
     run_dir = Path(run_dir)
     path = run_dir / MODEL_FILE
-    state = model.state_dict()
-    save_tensors(path, state, metadata={"kind": kind, "step": str(step)})
-    atomic_write_json(run_dir / META_FILE, {"kind": kind, "step": step, "config": cfg.to_dict(),
-                                            "sha256": tensors_sha256(state), **(extra or {})})
+    if ctx is None or ctx.is_main:
+        state = model.state_dict()
+        save_tensors(path, state, metadata={"kind": kind, "step": str(step)})
+        atomic_write_json(run_dir / META_FILE, {"kind": kind, "step": step, "config": cfg.to_dict(),
+                                                "sha256": tensors_sha256(state), **(extra or {})})
+    if ctx is not None:
+        wait_for_all(ctx)
     return path

@@ -107,7 +107,7 @@ def train_feature_net(cfg: FeatureNetRunConfig, run_dir: str | Path, cache: Feat
     sizes = [len(ds.label_spaces[f]) for f in fields]
     net_cfg = cfg.net.replace(num_classes=max(1, sum(sizes)))
     train = roles["train"].clips
-    videos = ensure_videos(train, cache, progress=progress).rows()  # clip i: uint8 (T, H, W, 3)
+    videos = ensure_videos(train, cache, progress=progress, ctx=ctx).rows()  # clip i: uint8 (T, H, W, 3)
     data = _LabelledVideos(videos, train, fields)
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same model
     net = I3D(net_cfg)
@@ -121,10 +121,10 @@ def train_feature_net(cfg: FeatureNetRunConfig, run_dir: str | Path, cache: Feat
     recalibrate_batchnorm(net, torch.stack([videos[i] for i in range(min(cfg.calibration_clips, len(videos)))]),
                           ctx.device)
     val = roles["val"].clips
-    acc = _top1(net, _LabelledVideos(ensure_videos(val, cache, progress=progress).rows(), val, fields), sizes, fields,
-                ctx.device)
+    acc = _top1(net, _LabelledVideos(ensure_videos(val, cache, progress=progress, ctx=ctx).rows(), val, fields), sizes,
+                fields, ctx.device)
     return export_model(run_dir, net, cfg, kind="feature-net", step=step,
-                        extra={**acc, "net": net_cfg.to_dict(), "fields": fields})
+                        extra={**acc, "net": net_cfg.to_dict(), "fields": fields}, ctx=ctx)
 
 
 @torch.no_grad()

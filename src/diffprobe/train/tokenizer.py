@@ -64,7 +64,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, cache: Feature
     run_dir = Path(run_dir)
     ctx = setup_distributed(cfg.train.device)
     clips = resolve_roles({"train": cfg.dataset})["train"].clips
-    videos = ensure_videos(clips, cache, progress=progress).rows()  # clip i: uint8 (T, H, W, 3), read on demand
+    videos = ensure_videos(clips, cache, progress=progress, ctx=ctx).rows()  # clip i: uint8 (T, H, W, 3), on demand
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same model
     model = CausalAutoencoder(cfg.model)
     batches = make_batch_fn(videos, cfg.train.batch_size, cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size)
@@ -80,4 +80,4 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, cache: Feature
         mse = float((model.decode(model.encode(x)) - x).square().mean())
     psnr = 10 * math.log10(4.0 / mse)  # pixels span [-1, 1]: peak-to-peak 2
     return export_model(run_dir, model, cfg, kind="tokenizer", step=result.step,
-                        extra={"latent_scale": scale, "latent_shift": shift, "train_psnr_db": psnr})
+                        extra={"latent_scale": scale, "latent_shift": shift, "train_psnr_db": psnr}, ctx=ctx)
