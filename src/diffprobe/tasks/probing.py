@@ -9,7 +9,7 @@ influences training or selection.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -122,14 +122,17 @@ def _check_sizes(targets: Targets, features: FeatureSet) -> Targets:
 
 
 def train_probe(task: Task, cfg: ProbeConfig, train: tuple[FeatureSet, Targets], val: tuple[FeatureSet, Targets],
-                test: tuple[FeatureSet, Targets], device: torch.device, progress: bool = True) -> ProbeResult:
-    """Train ``task``'s probe bank on ``train``, select on ``val`` by the primary metric, report ``test``."""
+                test: tuple[FeatureSet, Targets], device: torch.device, progress: bool = True,
+                prior_of: Callable[[Targets], np.ndarray | None] | None = None) -> ProbeResult:
+    """Train ``task``'s probe bank on ``train``, select on ``val`` by the primary metric, report ``test``.
+    ``prior_of`` computes the task's prior (as head output) from the training targets: ``task.baseline`` unless
+    given (the runner passes one that remembers it for the targets it keeps cached)."""
     for feats, tgts in (train, val, test):
         _check_sizes(tgts, feats)
     torch.manual_seed(cfg.seed)
     t_f, h_f, w_f, c = train[0].feature_shape
-    baseline = task.baseline(train[1])  # every probe starts at the task's prior (training targets only)
-    baseline = None if baseline is None else torch.from_numpy(baseline)
+    prior = (prior_of or task.baseline)(train[1])  # every probe starts at the task's prior (training targets only)
+    baseline = None if prior is None else torch.from_numpy(prior)
     bank = ProbeBank.from_config(
         cfg.readout, lambda: task.make_probe(cfg.readout, c, (t_f, h_f, w_f)).set_baseline(baseline)).to(device)
     batches = _train_batches(train[0], cfg.batch_size, cfg.seed)

@@ -119,21 +119,33 @@ def _load_targets(path: str, task: str) -> Targets:
     return load_targets(path, task)
 
 
+_PRIORS: dict[str, np.ndarray | None] = {}  #: targets file -> its task's prior as head output
+
+
+def _prior(path: str, task: Task, targets: Targets) -> np.ndarray | None:
+    """``task.baseline(targets)`` computed once per process for the training targets in ``path`` (the file names
+    the clips, the task and its version, so the prior is the same for every cell that trains on it)."""
+    if path not in _PRIORS:
+        _PRIORS[path] = task.baseline(targets)
+    return _PRIORS[path]
+
+
 def run_probe(backbone: Backbone, roles: Mapping[str, RoleData], task_name: str, block: int, t: float,
               noise_seed: int, cfg: ProbeConfig, cache: FeatureCache, device: torch.device, ensemble: int = 1,
               limits: dict[str, int] | None = None, progress: bool = True, workers: int = 0) -> ProbeResult:
     """Train and score ``task_name``'s probe on ``backbone``'s features at (block, t, noise seed); ``limits`` caps
     the clips used from each role (the first N)."""
     task = make_task(task_name, task_context(roles))
-    data = {}
+    data, paths = {}, {}
     for role in SPLITS:
         clips = roles[role].clips
         limit = None if limits is None else limits[role]
         feats = ensure_features(backbone, clips, task.view, [block], t, noise_seed, cache, ensemble, limit,
                                 progress=progress, workers=workers)[block]
-        targets = _load_targets(str(ensure_targets(task, clips, cache, limit, progress, workers)), task.name)
-        data[role] = (feats, targets)
-    return train_probe(task, cfg, data["train"], data["val"], data["test"], device, progress=progress)
+        paths[role] = str(ensure_targets(task, clips, cache, limit, progress, workers))
+        data[role] = (feats, _load_targets(paths[role], task.name))
+    return train_probe(task, cfg, data["train"], data["val"], data["test"], device, progress=progress,
+                       prior_of=lambda targets: _prior(paths["train"], task, targets))
 
 
 def prior_metrics(roles: Mapping[str, RoleData], task_name: str, cache: FeatureCache,
