@@ -43,10 +43,18 @@ class NoiseSchedule:
     def __repr__(self) -> str:
         return f"NoiseSchedule(kind={self.kind!r})"
 
+    def _table(self, device: torch.device) -> torch.Tensor:
+        """The linear schedule's ``log_alpha_bar`` table on ``device``, copied there once."""
+        if self._log_alpha_bar.device != device:
+            self._log_alpha_bar = self._log_alpha_bar.to(device)
+        return self._log_alpha_bar
+
     def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
         """Signal fraction ``alpha_bar(t)`` (float32, same shape and device as ``t``); ``t`` must lie in [0, 1000]."""
         t64 = t.detach().to(torch.float64)
-        if t64.numel() and (float(t64.min()) < 0 or float(t64.max()) > NUM_STEPS):
+        # The range is checked where t lives on the host; on an accelerator reading it back would make every
+        # training step wait for the device (the library draws its own t inside the range by construction).
+        if t64.device.type == "cpu" and t64.numel() and (float(t64.min()) < 0 or float(t64.max()) > NUM_STEPS):
             raise ValueError(f"NoiseSchedule.alpha_bar: t must lie in [0, {NUM_STEPS}], "
                              f"got range [{float(t64.min())}, {float(t64.max())}]")
         if self.kind == "cosine":
@@ -54,7 +62,7 @@ class NoiseSchedule:
             f = torch.cos((t64 / NUM_STEPS + s) / (1 + s) * math.pi / 2) ** 2
             ab = f / math.cos(s / (1 + s) * math.pi / 2) ** 2
         else:
-            table = self._log_alpha_bar.to(t64.device)
+            table = self._table(t64.device)
             lo = t64.floor().clamp(max=NUM_STEPS - 1).long()
             frac = t64 - lo
             ab = torch.exp(table[lo] * (1 - frac) + table[lo + 1] * frac)

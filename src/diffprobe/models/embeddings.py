@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -88,9 +89,17 @@ class SpaceTimePosEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, t, h, w, d = x.shape
         if self.kind == "sinusoidal":
-            return x + spacetime_sincos(t, h, w, d).to(device=x.device, dtype=x.dtype)
+            return x + _sincos_table(t, h, w, d, x.device, x.dtype)
         if t > self.max_grid[0] or h > self.max_grid[1] or w > self.max_grid[2]:
             raise ValueError(f"SpaceTimePosEmbed: token grid (T, H, W) = {(t, h, w)} exceeds the learned table "
                              f"{self.max_grid}; raise max_latent_frames / max_latent_size")
         pos = self.time[:t, None, None, :] + self.space[None, :h, :w, :]  # (T, H, W, D)
         return x + pos
+
+
+@functools.lru_cache(maxsize=32)
+def _sincos_table(t: int, h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`spacetime_sincos` made once per grid, device and dtype (built on the CPU; copying it to an accelerator
+    at every forward would make the host wait for the copy at every training step)."""
+    with torch.inference_mode(False), torch.no_grad():  # a plain tensor, whichever mode the first call came from
+        return spacetime_sincos(t, h, w, dim).to(device=device, dtype=dtype)  # (T, H, W, D)
