@@ -5,15 +5,21 @@ For each token count it times a training step (forward + backward + AdamW), a fo
 the step's FLOPs (``torch.utils.flop_counter``), and reports the memory a step needs: on CUDA the allocator's peak,
 elsewhere the parameters, gradients and AdamW state plus every tensor the forward saves for backward. The three models
 run interleaved, ``--repeats`` times each; the table gives the median (and the spread from the fastest to the slowest
-repetition), the ratio to WALT, achieved GFLOP/s and, as MFU, that throughput over the device's peak (the best fp32
-1024^3 matmul of this run on CPU, or ``--peak-tflops`` on a GPU).
+repetition), the ratio to WALT, achieved GFLOP/s and, as MFU, that throughput over the device's peak (the best
+1024^3 matmul of this run in the run's dtype on CPU, or ``--peak-tflops`` on a GPU).
 
-    python benchmarks/bench_denoiser.py [--device cpu] [--repeats 5] [--out benchmarks/bench_denoiser.json]
+``--dtype bf16`` runs the forward passes (of the step and of the forward-only timing) under
+``torch.autocast(device.type, dtype=torch.bfloat16)``, the weights, gradients and AdamW state staying fp32 (as
+``TrainConfig.precision="bf16"`` trains); the default is plain fp32.
+
+    python benchmarks/bench_denoiser.py [--device cpu] [--dtype fp32] [--repeats 5]
+                                        [--out benchmarks/bench_denoiser.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -28,6 +34,7 @@ from tqdm import tqdm
 
 from diffprobe.models import WALT, WALTConfig
 from diffprobe.utils.io import atomic_write_json
+from diffprobe.utils.runtime import matmul_peak
 
 TEXT_DIM = 32  #: width of the one null text token the text-conditioned peers get
 #: name -> (latents (C, T', H', W'), batch, WALT layout): the tiny study's clip, and about 1,000+ tokens
@@ -55,6 +62,15 @@ def _count_cpu_attention() -> None:
     @flop_counter.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward, get_raw=True)
     def _backward(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
         return flop_counter.sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
+
+
+def precision(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """The forward pass's precision: bf16 autocast on ``device``'s type, or nothing (fp32)."""
+    if dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if dtype != "fp32":
+        raise ValueError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}")
+    return contextlib.nullcontext()
 
 
 def count(model: nn.Module) -> int:
@@ -112,12 +128,21 @@ class CogVideoXStep(nn.Module):
 
 def matched(build: Callable[[int, int], nn.Module], target: int, width: int) -> tuple[nn.Module, int, int]:
     """Among (layers, head dim) with 4 heads whose model is within 5% of ``target`` parameters (counted on the meta
-    device), the one whose width is closest to ``width`` (WALT's), fewer layers first; the closest count if none is."""
+    device), the one whose width is closest to ``width`` (WALT's), fewer layers first; the closest count if none is.
+
+    Every layer of a peer adds the same parameters, so at each head dim the count is affine in the layers: it is
+    built at 1, 2 and 3 layers and extrapolated (every depth is built only where those three are not affine)."""
     sizes = []
-    for layers in range(1, 25):
-        for head_dim in range(8, 97, 4):
+    for head_dim in range(8, 97, 4):
+        with torch.device("meta"):
+            first = [count(build(layers, head_dim)) for layers in (1, 2, 3)]
+        per_layer = first[1] - first[0]
+        if first[2] - first[1] == per_layer:
+            sizes += [(first[0] + (layers - 1) * per_layer, layers, head_dim) for layers in range(1, 25)]
+        else:
             with torch.device("meta"):
-                sizes.append((count(build(layers, head_dim)), layers, head_dim))
+                sizes += [(count(build(layers, head_dim)), layers, head_dim) for layers in range(1, 25)]
+    sizes.sort(key=lambda s: (s[1], s[2]))  # layers, then head dim: the order ties are broken in
     within = [s for s in sizes if abs(s[0] - target) <= 0.05 * target]
     if within:
         _, layers, head_dim = min(within, key=lambda s: (abs(4 * s[2] - width), s[1]))
@@ -141,7 +166,7 @@ def saved_bytes(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
     return out, sum(seen.values())
 
 
-def bench(setting: str, device: torch.device, repeats: int, peak: float) -> list[dict[str, Any]]:
+def bench(setting: str, device: torch.device, repeats: int, peak: float, dtype: str = "fp32") -> list[dict[str, Any]]:
     shape, batch, layout = SETTINGS[setting]
     torch.manual_seed(0)
     walt = WALTStep(layout)
@@ -159,19 +184,21 @@ def bench(setting: str, device: torch.device, repeats: int, peak: float) -> list
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
 
         def step(model: nn.Module = model, opt: torch.optim.Optimizer = opt) -> None:
-            loss = (model(x, t) - x).pow(2).mean()
+            with precision(device, dtype):
+                loss = (model(x, t) - x).pow(2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
         def forward(model: nn.Module = model) -> None:
-            with torch.no_grad():
+            with torch.no_grad(), precision(device, dtype):
                 model(x, t)
 
         step()  # warm-up (and AdamW state)
         with FlopCounterMode(display=False) as flops:
             step()
-        _, activations = saved_bytes(lambda model=model: model(x, t).pow(2).mean())
+        with precision(device, dtype):
+            _, activations = saved_bytes(lambda model=model: model(x, t).pow(2).mean())
         state[name] = {"step": step, "forward": forward, "flops": flops.get_total_flops(), "activations": activations,
                        "times": {"step": [], "forward": []}}
     for _ in tqdm(range(repeats), desc=setting, unit="rep"):
@@ -208,15 +235,23 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak (GPU); default: measured")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: forward passes under torch.autocast(bfloat16) (weights and AdamW state fp32)")
+    parser.add_argument("--peak-tflops", type=float, default=0.0,
+                        help="the device's peak in --dtype (GPU); default: measured (1024^3 matmul in --dtype)")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     args = parser.parse_args()
     device = torch.device(args.device)
     _count_cpu_attention()
-    peak = args.peak_tflops * 1e3 if args.peak_tflops else peak_gflops(device)
-    rows = [row for setting in args.settings for row in bench(setting, device, args.repeats, peak)]
-    print(f"device {device}, peak {peak:.0f} GFLOP/s ({'given' if args.peak_tflops else 'fp32 1024^3 matmul'}), "
-          f"{torch.get_num_threads()} threads, median of {args.repeats} interleaved repetitions")
+    if args.peak_tflops:
+        peak, source = args.peak_tflops * 1e3, "given"
+    elif args.dtype == "bf16":
+        peak, source = matmul_peak(device, torch.bfloat16, 1024) / 1e9, "bf16 1024^3 matmul"
+    else:
+        peak, source = peak_gflops(device), "fp32 1024^3 matmul"
+    rows = [row for setting in args.settings for row in bench(setting, device, args.repeats, peak, args.dtype)]
+    print(f"device {device}, {args.dtype}, peak {peak:.0f} GFLOP/s ({source}), {torch.get_num_threads()} threads, "
+          f"median of {args.repeats} interleaved repetitions")
     head = (f"{'setting':<22}{'model':<11}{'size':<22}{'params':>10}{'step ms (min-max)':>22}{'x walt':>8}"
             f"{'fwd ms':>9}{'GFLOP':>8}{'GFLOP/s':>9}{'MFU':>6}{'mem MB':>8}")
     print(head + "\n" + "-" * len(head))
@@ -225,7 +260,8 @@ def main() -> None:
         print(f"{r['setting']:<22}{r['model']:<11}{r['size']:<22}{r['params']:>10,}{spread:>22}"
               f"{r['step_vs_walt']:>8.2f}{r['forward_ms']:>9.0f}{r['step_gflop']:>8.1f}{r['gflops_per_s']:>9.1f}"
               f"{r['mfu']:>6.0%}{r['memory_mb']:>8.0f}")
-    atomic_write_json(args.out, {"device": str(device), "peak_gflops": peak, "repeats": args.repeats, "rows": rows})
+    atomic_write_json(args.out, {"device": str(device), "dtype": args.dtype, "peak_gflops": peak,
+                                 "peak_source": source, "repeats": args.repeats, "rows": rows})
     print(f"wrote {args.out}")
 
 
