@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import platform
 import shutil
 import statistics
 import tempfile
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import peak_gflops, sync  # benchmarks/_common.py (the script's folder is on sys.path)
+from _common import cpu_name, peak_gflops, sync  # benchmarks/_common.py (the script's folder is on sys.path)
 from tqdm import tqdm
 
 from diffprobe.backbones.base import Backbone
@@ -326,16 +325,6 @@ def main() -> None:
     print_table(result)
     atomic_write_json(args.out, result)
     print(f"wrote {args.out}")
-
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
 
 
 def _seconds(node: Any, key: str = "") -> list[float]:

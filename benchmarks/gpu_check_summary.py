@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -48,34 +46,11 @@ JUNIT = "pytest_gpu.xml"
 STUDY = "study"
 
 
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to a temp file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 -> what open() would have made
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, allow_nan=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def env(device: str, out: Path) -> int:
     import torch
+    from _common import cpu_name  # benchmarks/_common.py (the script's folder is on sys.path)
+
+    from diffprobe.utils.io import atomic_write_json
 
     dev = torch.device(device)
     info: dict[str, Any] = {
@@ -109,7 +84,7 @@ def env(device: str, out: Path) -> int:
             print(f"{key:<15}{info[key]}")
     print("nvidia-smi     " + ("not found" if info["nvidia_smi"] is None else
                                "\n               ".join(info["nvidia_smi"]["output"].splitlines())))
-    write_json_atomic(out, info)
+    atomic_write_json(out, info)
     if not ok:
         print(f"error: device {device} asked for, but torch.cuda.is_available() is False", file=sys.stderr)
     return 0 if ok else 1
@@ -264,7 +239,9 @@ def summary(out: Path, mode: str, device: str, started: float | None = None) -> 
         "pytest": pytest_counts(out / JUNIT),
         "study": study_section(out / STUDY),
     }
-    write_json_atomic(out / "gpu_check.json", result)
+    from diffprobe.utils.io import atomic_write_json
+
+    atomic_write_json(out / "gpu_check.json", result)
     print_table(result)
     print(f"wrote {out / 'gpu_check.json'}")
     return 0 if result["ok"] else 1
