@@ -33,6 +33,7 @@ from diffprobe.metrics.i3d import I3D
 from diffprobe.models import WALT, CausalAutoencoder
 from diffprobe.readouts.queries import BoxQueries, PointQueries
 from diffprobe.study.config import TOKENIZER, StudyConfig
+from diffprobe.study.run import plan_jobs
 from diffprobe.tasks import TASKS, Task, TaskContext, make_task
 from diffprobe.tasks.probing import ProbeConfig
 from diffprobe.tasks.runner import task_context, task_roles
@@ -46,6 +47,8 @@ QUERY_INPUTS: dict[type[nn.Module], Callable[[int, TaskContext, ProbeConfig], tu
 }
 
 
+#: backbone kinds whose networks the estimate knows (the study's own runs and its controls)
+OWN_KINDS = ("walt", "walt-untrained", "latents")
 #: clips per extraction batch (only the step count depends on it)
 EXTRACT_BATCH: int = inspect.signature(extract_features).parameters["batch_size"].default
 
@@ -110,8 +113,6 @@ def _probe_forward(probe: nn.Module, feats: torch.Tensor, *queries: torch.Tensor
 def estimate_study(cfg: StudyConfig, run_dir: str | Path = "runs/estimate") -> StudyCost:
     """The model FLOPs of every stage of ``cfg``'s study (``run_dir`` only names the plan's run folders; nothing is
     read or written there)."""
-    from diffprobe.study.run import plan_jobs  # the plan is the study's; run.py is the only module that imports this
-
     ds = open_dataset(cfg.dataset)
     frames, height, width = ds.frames, ds.height, ds.width
     tok = cfg.tokenizer
@@ -145,25 +146,23 @@ def estimate_study(cfg: StudyConfig, run_dir: str | Path = "runs/estimate") -> S
     jobs = plan_jobs(cfg, Path(run_dir))
     walts = {name: (cfg.sizes[name.split("@", 1)[1]] if "@" in name and name.split("@", 1)[1] in cfg.sizes
                     else cfg.twin.model) for name in {j.backbone for j in jobs}}
-    uncounted = sorted({spec for spec in cfg.backbones.values()
-                        if parse_backbone_spec(spec)[0] not in ("walt", "walt-untrained", "latents")})
-    own = [j for j in jobs if parse_backbone_spec(j.spec)[0] in ("walt", "walt-untrained", "latents")]
+    uncounted = sorted({spec for spec in cfg.backbones.values() if parse_backbone_spec(spec)[0] not in OWN_KINDS})
+    own = [j for j in jobs if parse_backbone_spec(j.spec)[0] in OWN_KINDS]
     clips = sum(cfg.probe_clips.values())
     groups: dict[tuple, int] = {}  # (backbone, t, noise seed, view) -> deepest block
     for j in own:
         key = (j.backbone, j.t, j.noise_seed, TASKS[j.task].view)
         groups[key] = max(groups.get(key, 0), j.block)
-    extract, encoded = 0.0, set()
+    views = {view for _, _, _, view in groups}  # the tokenizer's latents are cached once per view of the clips
+    extract = sum(clips * encode * (latent[1] if view == "clip" else 1) / latent[1] for view in views)
+    forward: dict[tuple[str, int], float] = {}  # (backbone, latent frames) -> FLOPs of one full denoiser forward
     for (backbone, _, _, view), block in groups.items():
         frames_in = latent[1] if view == "clip" else 1
-        if (view, backbone.startswith("latents")) not in encoded:  # latents are encoded once per view
-            encoded.add((view, backbone.startswith("latents")))
-            extract += clips * encode * frames_in / latent[1]
         if not backbone.startswith("latents"):
-            depth = walts[backbone].depth
-            full = count_flops(lambda m=walts[backbone]: WALT(m), lambda f=frames_in: (
-                torch.zeros(1, latent[0], f, *latent[2:]), torch.zeros(1)), backward=False)
-            extract += clips * full * block / depth
+            if (backbone, frames_in) not in forward:
+                forward[backbone, frames_in] = count_flops(lambda m=walts[backbone]: WALT(m), lambda f=frames_in: (
+                    torch.zeros(1, latent[0], f, *latent[2:]), torch.zeros(1)), backward=False)
+            extract += clips * forward[backbone, frames_in] * block / walts[backbone].depth
     batches = len(groups) * math.ceil(clips / EXTRACT_BATCH)
     stages.append(StageCost("extract", extract, batches, f"{len(groups)} extraction groups x {clips} clips"))
     probe_flops, probe_steps = _probe_flops(cfg, own, walts, latent)
