@@ -200,16 +200,14 @@ def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, i
 def _probe_pass(task: Task, p: ProbeConfig, dim: int, grid: tuple[int, int, int], batch: int,
                 backward: bool) -> float:
     """FLOPs of one pass of ``task``'s probe over ``batch`` clips of ``(grid, dim)`` features."""
-    def build() -> nn.Module:
-        return task.make_probe(p.readout, dim, grid)
+    with torch.device("meta"):
+        probe = task.make_probe(p.readout, dim, grid)
+    make_extra = QUERY_INPUTS.get(type(probe.queries))
 
-    def inputs() -> tuple[torch.Tensor, ...]:
-        with torch.device("meta"):
-            kind = type(build().queries)
-        extra = QUERY_INPUTS[kind](batch, task.ctx, p) if kind in QUERY_INPUTS else ()
-        return (torch.zeros(batch, *grid, dim), *extra)  # (B, T_f, H_f, W_f, C), the query encoder's inputs
+    def inputs() -> tuple[torch.Tensor, ...]:  # (B, T_f, H_f, W_f, C) features, then the query encoder's inputs
+        return (torch.zeros(batch, *grid, dim), *(make_extra(batch, task.ctx, p) if make_extra else ()))
 
-    return count_flops(build, inputs, backward, _probe_forward)
+    return count_flops(lambda: probe, inputs, backward, _probe_forward)
 
 
 def device_flops_per_s(device: torch.device) -> float:
