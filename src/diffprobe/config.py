@@ -121,6 +121,21 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
+#: fields counted in steps that a run's schedule places relative to its total ``steps`` (see ``Config.override``)
+SCHEDULE_FIELDS = ("warmup_steps", "ema_start")
+
+
+def _scale_schedule(node: dict[str, Any], steps: Any, prefix: str, assigned: list[str]) -> None:
+    """Scale ``node``'s schedule fields by ``steps / node["steps"]`` unless assigned (in place)."""
+    old = node.get("steps")
+    if not isinstance(old, int) or not isinstance(steps, int) or isinstance(steps, bool) or old < 1 or steps < 1:
+        return  # not a step count: from_dict reports a wrong type
+    for name in SCHEDULE_FIELDS:
+        key = f"{prefix}.{name}" if prefix else name
+        if name in node and key not in assigned and isinstance(node[name], int):
+            node[name] = min(steps, round(node[name] * steps / old))
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Base of every diffprobe config: strict construction from dicts, presets, overrides, JSON round trip."""
@@ -184,9 +199,14 @@ class Config:
         data.update({k: _to_jsonable(v) for k, v in changes.items()})
         return type(self).from_dict(data)
 
-    def override(self: C, assignments: Iterable[str]) -> C:
-        """A copy with ``key=value`` assignments applied; dotted keys reach nested configs."""
+    def override(self: C, assignments: Iterable[str], *, scale_schedule: bool = True) -> C:
+        """A copy with ``key=value`` assignments applied; dotted keys reach nested configs.
+
+        A changed ``steps`` scales the fields of :data:`SCHEDULE_FIELDS` beside it (warm-up, EMA start) by the same
+        ratio unless they are assigned too, so a shortened or lengthened run keeps the shape of its schedule;
+        ``scale_schedule=False`` keeps them (a resumed run, whose schedule has already begun)."""
         data = self.to_dict()
+        assigned = [item.split("=", 1)[0].strip() for item in assignments if "=" in item]
         for item in assignments:
             if "=" not in item:
                 raise ConfigError(f"override {item!r}: expected key=value")
@@ -199,6 +219,8 @@ class Config:
                 node = node[p]
             if parts[-1] not in node:
                 raise ConfigError(f"override {item!r}: unknown key {key!r}; known keys are {sorted(node)}")
+            if scale_schedule and parts[-1] == "steps":
+                _scale_schedule(node, _parse_scalar(text), ".".join(parts[:-1]), assigned)
             node[parts[-1]] = _parse_scalar(text)
         return type(self).from_dict(data, where=f"{type(self).__name__} (with overrides)")
 

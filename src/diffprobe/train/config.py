@@ -67,6 +67,9 @@ class TrainConfig(Config):
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"TrainConfig.{name}: must be >= 0, got {value}")
+        if self.warmup_steps > self.steps:
+            raise ConfigError(f"TrainConfig.warmup_steps: {self.warmup_steps} exceeds steps={self.steps}; lower it "
+                              f"(a command line that sets train.steps alone scales the warm-up with it)")
         if not self.lr > 0:
             raise ConfigError(f"TrainConfig.lr: must be > 0, got {self.lr}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
