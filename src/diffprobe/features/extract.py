@@ -19,6 +19,7 @@ from diffprobe.backbones.base import Backbone
 from diffprobe.errors import MissingFile
 from diffprobe.features.cache import FeatureCache, FeatureKey
 from diffprobe.train.distributed import DistContext, broadcast_object, rank_share, wait_for_all
+from diffprobe.utils.lock import folder_lock
 
 #: seconds rank 0 waits for the other ranks' shards to appear before it calls the cache unshared
 SHARED_DISK_GRACE = 60.0
@@ -65,6 +66,16 @@ def extract_features(
         todo = broadcast_object(todo, ctx)  # every rank takes the same path, whatever its view of a shared disk
     if not todo:
         return keys
+    # one extraction writes a (backbone, clips, view) folder at a time: a second process is refused, not mixed in
+    with folder_lock(cache.path(key).parent, what="feature extraction"):
+        _extract_shards(forward, read, backbone.device, num_clips, key, todo, cache, batch_size, shard_size, dtype,
+                        progress, ctx, distributed)
+    return keys
+
+
+def _extract_shards(forward: Callable, read: Callable, device: torch.device, num_clips: int, key: FeatureKey,
+                    todo: list[FeatureKey], cache: FeatureCache, batch_size: int, shard_size: int,
+                    dtype: torch.dtype, progress: bool, ctx: DistContext | None, distributed: bool) -> None:
     num_shards = -(-num_clips // shard_size)
     shards = rank_share(range(num_shards), ctx) if distributed else range(num_shards)
     share = sum(min(num_clips, (s + 1) * shard_size) - s * shard_size for s in shards)
@@ -78,7 +89,7 @@ def extract_features(
         outs: dict[int, list[torch.Tensor]] = {k.block: [] for k in todo}
         batches = [list(range(start, min(hi, start + batch_size))) for start in range(lo, hi, batch_size)]
         for ids, inputs in zip(batches, read(batches), strict=True):
-            inputs = inputs.to(backbone.device)
+            inputs = inputs.to(device)
             with torch.no_grad():
                 feats = forward(inputs, torch.tensor(ids), [k.block for k in todo], key.t, key.noise_seed,
                                 key.ensemble)
@@ -99,7 +110,6 @@ def extract_features(
             cache.mark_complete(k, num_clips, shard_size, shape, str(dtype).removeprefix("torch."))
     if distributed:
         wait_for_all(ctx)  # complete.json is written before any rank reads the features
-    return keys
 
 
 def _check_shards(cache: FeatureCache, keys: Sequence[FeatureKey], num_shards: int) -> None:

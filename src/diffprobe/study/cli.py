@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,54 +19,73 @@ if TYPE_CHECKING:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory; running again resumes and redoes only unfinished work.  [default: "
                    "runs/study-PRESET]")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="A JSON object of overrides over the preset, one KEY: VALUE per field in the grammar of --set "
+                   "(dotted keys reach nested configs; --set still applies after it). See the README's "
+                   "\"Your own data and models\".")
 @overrides_option
 @click.option("--no-report", is_flag=True, help="Do not write report/report.html at the end.")
 @quiet_option
 @click.option("--estimate", is_flag=True, help="Print the study's model FLOPs per stage and the wall time they imply, "
               "and exit (runs nothing, writes nothing).")
-@click.option("--peak-tflops", type=float, default=None, help="With --estimate: a device's peak (e.g. 989 for an "
-              "H100's dense bf16). [default: this machine's measured matmul peak on the study's device]")
-@click.option("--mfu", type=float, default=0.3, show_default=True, help="With --estimate: the fraction of the peak "
-              "sustained.")
-@click.option("--step-ms", type=float, default=0.0, show_default=True, help="With --estimate: overhead per step "
-              "(kernel launches, Python) on top of the FLOPs.")
-@click.option("--devices", type=int, default=1, show_default=True, help="With --estimate: torchrun ranks sharing "
-              "the work (ideal scaling).")
-def study_cmd(preset: str, out_dir: Path | None, assignments: tuple[str, ...], no_report: bool, quiet: bool,
-              estimate: bool, peak_tflops: float | None, mfu: float, step_ms: float, devices: int) -> None:
+@click.option("--peak-tflops", type=click.FloatRange(0, min_open=True), default=None,
+              help="With --estimate: a device's peak (e.g. 989 for an H100's dense bf16). [default: this machine's "
+                   "measured matmul peak on the study's device]")
+@click.option("--mfu", type=click.FloatRange(0, 1, min_open=True), default=0.3, show_default=True,
+              help="With --estimate: the fraction of the peak sustained.")
+@click.option("--step-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="With --estimate: overhead per step (kernel launches, Python) on top of the FLOPs.")
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --estimate: torchrun ranks sharing the work (ideal scaling).")
+def study_cmd(preset: str, out_dir: Path | None, config_file: Path | None, assignments: tuple[str, ...],
+              no_report: bool, quiet: bool, estimate: bool, peak_tflops: float | None, mfu: float, step_ms: float,
+              devices: int) -> None:
     """Train the tokenizer and the image and video twins, probe every task, print the table, write the report.
     Launched by torchrun, the ranks share the training (DDP), the feature extraction and the probe cells."""
     from diffprobe.study.config import StudyConfig
 
-    cfg = StudyConfig.preset(preset).override(assignments)
+    cfg = StudyConfig.preset(preset).override([*config_assignments(config_file), *assignments])
     if estimate:
         _print_estimate(cfg, peak_tflops, mfu, step_ms, devices)
         return
     from diffprobe.study.run import headline_table, run_study
     from diffprobe.train.distributed import cleanup_distributed, setup_distributed
+    from diffprobe.utils.lock import folder_lock
 
     out_dir = out_dir or Path(f"runs/study-{preset}")
     ctx = setup_distributed(cfg.device)
     try:
-        if cfg.caveat and ctx.is_main:
-            click.echo(f"note: {cfg.caveat}", err=True)
-        store = run_study(cfg, out_dir, progress=not quiet)
-        if ctx.is_main:
-            click.echo(headline_table(cfg, store))
-            if not no_report:
-                from diffprobe.study.report import write_report
+        with folder_lock(out_dir, what="study"):  # the study and its report: one writer
+            if cfg.caveat and ctx.is_main:
+                click.echo(f"note: {cfg.caveat}", err=True)
+            store = run_study(cfg, out_dir, progress=not quiet)
+            if ctx.is_main:
+                click.echo(headline_table(cfg, store))
+                if not no_report:
+                    from diffprobe.study.report import write_report
 
-                click.echo(f"report: {write_report(out_dir, study=cfg.name)}")
+                    click.echo(f"report: {write_report(out_dir, study=cfg.name)}")
     finally:
         cleanup_distributed()
+
+
+def config_assignments(path: Path | None) -> list[str]:
+    """The ``KEY=VALUE`` overrides of a ``--config`` JSON file (a JSON object; each value is given as JSON)."""
+    if path is None:
+        return []
+    from diffprobe.config import ConfigError
+    from diffprobe.utils.io import read_json
+
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object of KEY: VALUE overrides, got {type(data).__name__}")
+    return [f"{key}={json.dumps(value)}" for key, value in data.items()]
 
 
 def _print_estimate(cfg: StudyConfig, peak_tflops: float | None, mfu: float, step_ms: float, devices: int) -> None:
     from diffprobe.study.estimate import device_flops_per_s, estimate_study, format_estimate
     from diffprobe.utils.runtime import resolve_device
 
-    if not 0 < mfu <= 1 or devices < 1 or step_ms < 0:
-        raise click.BadParameter("need 0 < --mfu <= 1, --devices >= 1 and --step-ms >= 0")
     if peak_tflops:
         peak, source = peak_tflops * 1e12, "given"
     else:

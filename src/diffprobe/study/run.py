@@ -71,6 +71,7 @@ from diffprobe.train.feature_net import FrechetEvaluator, load_feature_net, trai
 from diffprobe.train.sample import generate
 from diffprobe.train.tokenizer import train_tokenizer
 from diffprobe.utils.io import atomic_path, atomic_write_json, read_json
+from diffprobe.utils.lock import folder_lock
 
 MAIN = "main"  #: size name of the headline twins
 
@@ -429,8 +430,14 @@ def _prefetch_training_data(cfg: StudyConfig, stages: list[tuple[str, Callable[[
 
 def run_study(cfg: StudyConfig, run_dir: str | Path, progress: bool = True) -> Path:
     """Run (or finish) the study in ``run_dir``; returns the results store's path. Under torchrun every rank calls
-    it alike (see the module docstring); progress and files are rank 0's."""
+    it alike (see the module docstring); progress and files are rank 0's. The study holds its folder's lock
+    (``utils.lock``) while it runs: a second process on the same folder is refused."""
     run_dir = Path(run_dir)
+    with folder_lock(run_dir, what="study"):
+        return _run_study(cfg, run_dir, progress)
+
+
+def _run_study(cfg: StudyConfig, run_dir: Path, progress: bool) -> Path:
     ctx = setup_distributed(cfg.device)
     cfg_path = run_dir / "study_config.json"
     if cfg_path.is_file():  # every rank checks, so every rank stops with the same error
