@@ -25,7 +25,14 @@ from diffprobe.backbones.base import Backbone
 from diffprobe.backbones.walt import LatentBackbone, WALTBackbone
 from diffprobe.errors import DiffprobeError
 from diffprobe.models import WALT
-from diffprobe.models.exports import latents_identity, load_tokenizer, read_export, read_walt_run, run_kind
+from diffprobe.models.exports import (
+    export_clip_size,
+    latents_identity,
+    load_tokenizer,
+    read_walt_run,
+    resolve_recorded_spec,
+    run_kind,
+)
 
 
 class SpecError(DiffprobeError, ValueError):
@@ -38,6 +45,8 @@ class ResolvedBackbone:
     mode: str  #: "video" or "image" (how the backbone sees a clip)
     step: int  #: training step of the weights (0 for untrained / not applicable)
     trained_on: str | None  #: dataset spec its weights were trained on, when known
+    #: clip size (frames, height, width) its weights were trained on, when known (our runs); other sizes need asking
+    trained_size: tuple[int, int, int] | None = None
 
 
 #: a factory: (path, options, spec, device) -> resolved backbone
@@ -68,7 +77,7 @@ def _walt(path: Path, options: dict[str, str], spec: str, device: torch.device) 
     else:
         step, denoiser, identity = run.step, run.denoiser(), f"walt-{run.mode}-{run.sha256[:12]}"
     return ResolvedBackbone(WALTBackbone(tokenizer, denoiser, run.mode, identity, device, encoder_identity=encoder),
-                            run.mode, step, run.dataset)
+                            run.mode, step, run.dataset, export_clip_size(path))
 
 
 def _walt_untrained(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
@@ -80,7 +89,7 @@ def _walt_untrained(path: Path, options: dict[str, str], spec: str, device: torc
     identity = f"walt-untrained-{run.model.hash()}-{tok_meta['sha256'][:12]}" + (f"-seed{seed}" if seed else "")
     backbone = WALTBackbone(tokenizer, denoiser, run.mode, identity, device,
                             encoder_identity=latents_identity(tok_meta["sha256"], run.mode))
-    return ResolvedBackbone(backbone, run.mode, 0, run.dataset)
+    return ResolvedBackbone(backbone, run.mode, 0, run.dataset, export_clip_size(path))
 
 
 def _latents(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
@@ -88,7 +97,7 @@ def _latents(path: Path, options: dict[str, str], spec: str, device: torch.devic
     tok_run = path if run_kind(path) == "tokenizer" else read_walt_run(path).tokenizer_dir
     tokenizer, meta = load_tokenizer(tok_run)
     return ResolvedBackbone(LatentBackbone(tokenizer, latents_identity(meta["sha256"], "video"), device), "video", 0,
-                            read_export(tok_run, "tokenizer")["config"]["dataset"])
+                            resolve_recorded_spec(tok_run, meta["config"]["dataset"]), export_clip_size(tok_run))
 
 
 #: the packages of the ``hf`` extra, which the external kinds import when they load a model

@@ -48,6 +48,9 @@ DATASETS: dict[str, Factory] = {
 }
 
 
+#: kinds whose PATH names a preset, not a file or folder (runs record these specs as given)
+NAMED_KINDS: frozenset[str] = frozenset({"probeworld"})
+
 def parse_options(text: str, spec: str) -> dict[str, Any]:
     """``"a=1,b=x"`` -> ``{"a": 1, "b": "x"}``; a malformed item is an error naming the spec."""
     out: dict[str, Any] = {}

@@ -9,41 +9,55 @@ import click
 
 from diffprobe.utils.cliopts import cache_option, dataset_option, quiet_option, report_skipped, workers_option
 
+# shared by the commands that read a backbone's features of a dataset (extract, probe)
+t_option = click.option("--t", "t", type=click.FloatRange(0, 1000), default=0.0, show_default=True,
+                        help="Noise level, 0 (clean) .. 1000.")
+noise_seed_option = click.option("--noise-seed", type=click.IntRange(min=0), default=0, show_default=True)
+ensemble_option = click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True,
+                               help="Average features over this many noise draws.")
+allow_size_change_option = click.option(
+    "--allow-size-change", is_flag=True,
+    help="Read clips of another size than the backbone was trained on (otherwise an error; never a silent resize).")
+
 
 @click.command("extract")
 @click.option("--backbone", "spec", required=True,
               help="KIND[@OPTIONS]:PATH, e.g. walt:runs/video, walt@500:runs/video, walt-untrained:runs/video, "
                    "latents:runs/tok.")
 @dataset_option
-@click.option("--block", "blocks", type=int, multiple=True, required=True, help="Block(s) to read (repeatable).")
-@click.option("--t", "t", type=float, default=0.0, show_default=True, help="Noise level, 0 (clean) .. 1000.")
-@click.option("--noise-seed", default=0, show_default=True)
-@click.option("--ensemble", default=1, show_default=True, help="Average features over this many noise draws.")
+@click.option("--block", "blocks", type=click.IntRange(min=0), multiple=True, required=True,
+              help="Block(s) to read (repeatable).")
+@t_option
+@noise_seed_option
+@ensemble_option
 @click.option("--split", "splits", multiple=True, help="Split(s) of the dataset (default: all of its splits).")
 @click.option("--view", type=click.Choice(["clip", "frame0"]), default="clip", show_default=True,
               help="clip: the whole clip; frame0: the first frame as an image (image classification).")
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--shard-size", default=256, show_default=True, type=click.IntRange(min=1),
               help="Clips per cache shard (the unit of resumption and of the work split across torchrun ranks).")
 @click.option("--device", default="auto", show_default=True)
+@allow_size_change_option
 @cache_option
 @workers_option
 @quiet_option
 def extract_cmd(spec: str, dataset: str | None, blocks: tuple[int, ...], t: float, noise_seed: int, ensemble: int,
-                splits: tuple[str, ...], view: str, batch_size: int, shard_size: int, device: str, cache_dir: Path,
-                workers: int, quiet: bool) -> None:
+                splits: tuple[str, ...], view: str, batch_size: int, shard_size: int, device: str,
+                allow_size_change: bool, cache_dir: Path, workers: int, quiet: bool) -> None:
     """Extract features at (blocks, t, noise seed) for each split; finished shards are never recomputed. Launched by
     torchrun, the ranks share the shards."""
     from diffprobe.backbones.registry import load_backbone
     from diffprobe.data.registry import open_dataset
     from diffprobe.features.cache import FeatureCache
     from diffprobe.features.sources import ensure_features
+    from diffprobe.models.exports import check_clip_size
     from diffprobe.train.distributed import cleanup_distributed, setup_distributed
 
     ctx = setup_distributed(device)
     try:
         resolved = load_backbone(spec, ctx.device)
         ds = open_dataset(dataset or resolved.trained_on or "probeworld:tiny")
+        check_clip_size(resolved.trained_size, ds, f"the backbone {spec}", allow_size_change)
         cache = FeatureCache(cache_dir)
         for split in splits or ds.splits:
             sets = ensure_features(resolved.backbone, ds.clips(split), view, list(blocks), t, noise_seed, cache,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffprobe.errors import DiffprobeError, FileProblem, MissingFile
+from diffprobe.errors import DiffprobeError, FileProblem, InputError, MissingFile
 from diffprobe.models.autoencoder import CausalAutoencoder, CausalAutoencoderConfig
 from diffprobe.models.walt import WALT, WALTConfig
 from diffprobe.utils.io import load_tensors, read_json
@@ -100,13 +100,65 @@ def load_tokenizer(run_dir: str | Path) -> tuple[CausalAutoencoder, dict[str, An
     return load_export(run_dir, model).eval(), meta
 
 
+def resolve_recorded_path(run_dir: str | Path, recorded: str | Path, what: str) -> Path:
+    """A path a run recorded (see ``train.rundir.record_path``): absolute as it is; relative, looked up beside the run
+    folder (a study stores ``../../tokenizer``), or for runs made before paths were recorded that way, relative to the
+    working directory. Missing in both places: an error naming the run, what it expected and where it looked."""
+    path = Path(recorded)
+    if path.is_absolute():
+        if not path.exists():
+            raise MissingFile(f"{run_dir}: its {what} {path} does not exist (moved or deleted?)")
+        return path
+    beside = Path(os.path.normpath(Path(run_dir) / path))  # lexical: the run's own directory may not exist yet
+    if beside.exists():
+        return beside
+    if path.exists():  # a run recorded before paths were stored relative to the run folder
+        return path
+    raise MissingFile(f"{run_dir}: its {what} {str(recorded)!r} is not at {beside} (paths a run records are relative "
+                      f"to the run folder); put it back there, or train the run again")
+
+
 def resolve_tokenizer_dir(run_dir: str | Path, tokenizer: str | Path) -> Path:
-    """The tokenizer run of the twin in ``run_dir``. A relative path is looked up relative to the twin's run
-    directory first (a study stores ``../../tokenizer``, so its runs work from any directory and can be moved), then
-    relative to the working directory (``diffprobe train --tokenizer runs/tok``)."""
-    path = Path(tokenizer)
-    beside = Path(os.path.normpath(Path(run_dir) / path))  # lexical: the twin's own directory may not exist yet
-    return beside if not path.is_absolute() and beside.is_dir() else path
+    """The tokenizer run of the twin in ``run_dir`` (see :func:`resolve_recorded_path`)."""
+    return resolve_recorded_path(run_dir, tokenizer, "tokenizer run")
+
+
+def resolve_recorded_spec(run_dir: str | Path, spec: str) -> str:
+    """A dataset spec a run recorded, with its file or folder path resolved as :func:`resolve_recorded_path` does
+    (absolute paths and preset kinds such as ``probeworld:tiny`` are returned as they are)."""
+    from diffprobe.data.registry import NAMED_KINDS, parse_spec
+
+    kind, path, _ = parse_spec(spec.split("#")[0])
+    if kind in NAMED_KINDS or Path(path).is_absolute():
+        return spec
+    rest = spec[len(kind) + 1 + len(path):]  # "@options" and/or "#split"
+    return f"{kind}:{resolve_recorded_path(run_dir, path, f'dataset {spec!r}')}{rest}"
+
+
+def export_clip_size(run_dir: str | Path) -> tuple[int, int, int]:
+    """The clip size ``(frames, height, width)`` a finished run was trained on: recorded in its export, or for runs
+    exported before that was recorded, the size of its recorded dataset (every run config names one)."""
+    from diffprobe.data.registry import open_dataset
+
+    meta = read_json(Path(run_dir) / META_FILE)
+    if "clip_size" in meta:
+        return tuple(meta["clip_size"])
+    ds = open_dataset(resolve_recorded_spec(run_dir, meta["config"]["dataset"]))
+    return ds.frames, ds.height, ds.width
+
+
+def check_clip_size(trained: tuple[int, int, int] | None, ds: Any, what: str, allow: bool) -> None:
+    """A dataset ``ds`` (with ``height`` and ``width``) whose frames differ in size from those ``what`` was trained on
+    (``trained``: frames, height, width) is an error naming both sizes, unless ``allow`` (``--allow-size-change``):
+    never a silent resize. The frame count may differ (images are 1-frame clips; the tokenizer checks what it
+    takes)."""
+    if trained is None or allow:
+        return
+    _, h, w = trained
+    if (ds.height, ds.width) != (h, w):
+        raise InputError(f"dataset {ds.spec!r}: frames of {ds.height}x{ds.width} px, but {what} was trained on "
+                         f"{h}x{w} px; pass --allow-size-change to use them anyway, or give the dataset the trained "
+                         f"size (its size or height/width option)")
 
 
 def latents_identity(tokenizer_sha: str, mode: str) -> str:
@@ -147,7 +199,8 @@ def read_walt_run(run_dir: str | Path) -> WALTRun:
     cfg = meta["config"]
     return WALTRun(run_dir=run_dir, mode=cfg["mode"], model=WALTConfig.from_dict(cfg["model"]),
                    tokenizer_dir=resolve_tokenizer_dir(run_dir, cfg["tokenizer"]),
-                   ema=cfg["train"]["ema_decay"] > 0, dataset=cfg["dataset"], step=int(meta["step"]),
+                   ema=cfg["train"]["ema_decay"] > 0, dataset=resolve_recorded_spec(run_dir, cfg["dataset"]),
+                   step=int(meta["step"]),
                    sha256=meta["sha256"])
 
 

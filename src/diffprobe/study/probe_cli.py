@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from diffprobe.features.cli import allow_size_change_option, ensemble_option, noise_seed_option, t_option
 from diffprobe.utils.cliopts import (
     cache_option,
     dataset_option,
@@ -24,10 +25,10 @@ from diffprobe.utils.cliopts import (
 @click.option("--train-data", default=None, metavar="SPEC", help="Dataset of the train role (default: --dataset).")
 @click.option("--val-data", default=None, metavar="SPEC", help="Dataset of the val role (default: --dataset).")
 @click.option("--test-data", default=None, metavar="SPEC", help="Dataset of the test role (default: --dataset).")
-@click.option("--block", type=int, required=True)
-@click.option("--t", "t", type=float, default=0.0, show_default=True, help="Noise level, 0 (clean) .. 1000.")
-@click.option("--noise-seed", default=0, show_default=True)
-@click.option("--ensemble", default=1, show_default=True)
+@click.option("--block", type=click.IntRange(min=0), required=True)
+@t_option
+@noise_seed_option
+@ensemble_option
 @click.option("--preset", default="tiny", show_default=True, help="ProbeConfig preset (tiny, base).")
 @overrides_option
 @click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.sqlite"),
@@ -35,19 +36,21 @@ from diffprobe.utils.cliopts import (
 @click.option("--study", default="adhoc", show_default=True, help="Study name the row is filed under.")
 @click.option("--name", default=None, help="Display name of the backbone in the store (default: the spec).")
 @click.option("--device", default="auto", show_default=True)
+@allow_size_change_option
 @cache_option
 @workers_option
 @quiet_option
 def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | None, val_data: str | None,
               test_data: str | None, block: int, t: float, noise_seed: int, ensemble: int, preset: str,
-              assignments: tuple[str, ...], store: Path, study: str, name: str | None, device: str, cache_dir: Path,
-              workers: int, quiet: bool) -> None:
+              assignments: tuple[str, ...], store: Path, study: str, name: str | None, device: str,
+              allow_size_change: bool, cache_dir: Path, workers: int, quiet: bool) -> None:
     """Train a task's probe on frozen features; the test metric of the validation-selected probe is stored.
 
     The train / val / test roles come from --dataset (its own splits, or a seeded division of a dataset without
     them; SPEC#SPLIT picks a split), each overridable with --train-data / --val-data / --test-data."""
     from diffprobe.backbones.registry import load_backbone
     from diffprobe.features.cache import FeatureCache
+    from diffprobe.models.exports import check_clip_size
     from diffprobe.study.store import Cell, ResultsStore, clips_key
     from diffprobe.tasks.probing import ProbeConfig
     from diffprobe.tasks.runner import data_identity, run_probe, task_roles
@@ -59,6 +62,8 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
     default = dataset or resolved.trained_on or "probeworld:tiny"
     roles = task_roles(task_name, {"train": train_data or default, "val": val_data or default,
                                    "test": test_data or default})
+    for rd in roles.values():
+        check_clip_size(resolved.trained_size, rd.dataset, f"the backbone {spec}", allow_size_change)
     cell = Cell(study=study, backbone=name or spec, identity=resolved.backbone.identity, mode=resolved.mode,
                 checkpoint_step=resolved.step, block=block, t=t, noise_seed=noise_seed, ensemble=ensemble,
                 task=task_name, dataset=data_identity(roles), clips=clips_key(None), probe_seed=cfg.seed,

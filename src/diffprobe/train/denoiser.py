@@ -23,12 +23,13 @@ from diffprobe.diffusion import diffusion_loss
 from diffprobe.features.cache import FeatureCache
 from diffprobe.features.latents import ensure_latents
 from diffprobe.models import WALT, WALTConfig
-from diffprobe.models.exports import load_tokenizer, resolve_tokenizer_dir
+from diffprobe.models.exports import load_tokenizer, resolve_recorded_spec, resolve_tokenizer_dir
 from diffprobe.train.batching import make_batch_fn
 from diffprobe.train.config import TrainConfig
 from diffprobe.train.distributed import setup_distributed
-from diffprobe.train.export import export_model, load_export, read_export
+from diffprobe.train.export import export_model, finished_export, load_export, read_export
 from diffprobe.train.loop import CheckpointHook, fit
+from diffprobe.utils.lock import folder_lock
 
 # CPU-sized (about 4 minutes a twin on 2 cores): batch 16 runs 4.8-5.5 steps/s here against 3.0 at batch 32. Motion
 # shows in the video twin's features only after about 1000 steps (action top-1 0.11 at step 300, 0.15 at 600, 0.23
@@ -89,9 +90,19 @@ def train_denoiser(cfg: DenoiserRunConfig, run_dir: str | Path, cache: FeatureCa
     """Train (or finish training) one WALT twin in ``run_dir``; returns the exported (EMA) model file."""
     if not cfg.tokenizer:
         raise ConfigError("DenoiserRunConfig.tokenizer: give the run directory of a trained tokenizer")
+    run_dir = Path(run_dir)
+    done = finished_export(run_dir, cfg, "denoiser")
+    if done is not None:
+        return done
+    with folder_lock(run_dir):
+        return _train_denoiser(cfg, run_dir, cache, resume, progress, on_checkpoint)
+
+
+def _train_denoiser(cfg: DenoiserRunConfig, run_dir: Path, cache: FeatureCache, resume: bool, progress: bool,
+                    on_checkpoint: CheckpointHook | None) -> Path:
     ctx = setup_distributed(cfg.train.device)
     tokenizer, meta = load_tokenizer(cfg.tokenizer_dir(run_dir))
-    train = resolve_roles({"train": cfg.dataset})["train"]
+    train = resolve_roles({"train": resolve_recorded_spec(run_dir, cfg.dataset)})["train"]
     latents = ensure_latents(train.clips, tokenizer, meta["sha256"], cfg.mode, cache, ctx.device, progress, ctx=ctx)
     ds = train.dataset
     batch_size = twin_batch_size(cfg, tokenizer.latent_shape(ds.frames, ds.height, ds.width)[1])
@@ -102,7 +113,8 @@ def train_denoiser(cfg: DenoiserRunConfig, run_dir: str | Path, cache: FeatureCa
     result = fit(model, _loss(cfg.per_frame_t), batches, train_cfg, run_dir, cfg, resume=resume,
                  on_checkpoint=on_checkpoint, progress=progress)
     return export_model(run_dir, result.ema_model(), cfg, kind="denoiser", step=result.step,
-                        extra={"mode": cfg.mode, "tokenizer_sha256": meta["sha256"]}, ctx=ctx)
+                        extra={"mode": cfg.mode, "tokenizer_sha256": meta["sha256"],
+                               "clip_size": [ds.frames, ds.height, ds.width]}, ctx=ctx)
 
 
 def load_denoiser(run_dir: str | Path) -> tuple[WALT, DenoiserRunConfig, dict[str, Any]]:

@@ -18,6 +18,16 @@ from diffprobe.utils.io import atomic_write_json, save_tensors, tensors_sha256
 __all__ = ["META_FILE", "MODEL_FILE", "export_model", "load_export", "read_export"]
 
 
+def finished_export(run_dir: str | Path, cfg: Config, kind: str) -> Path | None:
+    """The export of a run in ``run_dir`` that already finished with exactly ``cfg``, else ``None`` (a finished run
+    asked again returns at once and rewrites nothing)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / META_FILE).is_file() or not (run_dir / MODEL_FILE).is_file():
+        return None
+    meta = read_export(run_dir, kind)
+    return run_dir / MODEL_FILE if meta["config"] == cfg.to_dict() else None
+
+
 def export_model(run_dir: str | Path, model: nn.Module, cfg: Config, kind: str, step: int,
                  extra: dict[str, Any] | None = None, ctx: DistContext | None = None) -> Path:
     """Write ``model``'s weights and a description (run config, kind, step, extras, weights hash); returns the file.

@@ -32,11 +32,13 @@ from diffprobe.features.sources import ensure_videos
 from diffprobe.metrics import feature_statistics, frechet_distance
 from diffprobe.metrics.i3d import I3D, I3DConfig, video_features
 from diffprobe.models import frames_to_input
+from diffprobe.models.exports import resolve_recorded_spec
 from diffprobe.train.batching import make_batch_fn
 from diffprobe.train.config import TrainConfig
 from diffprobe.train.distributed import setup_distributed
-from diffprobe.train.export import export_model, load_export, read_export
+from diffprobe.train.export import export_model, finished_export, load_export, read_export
 from diffprobe.train.loop import fit
+from diffprobe.utils.lock import folder_lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +102,19 @@ def _top1(net: nn.Module, data: _LabelledVideos, sizes: list[int], fields: list[
 def train_feature_net(cfg: FeatureNetRunConfig, run_dir: str | Path, cache: FeatureCache, resume: bool = True,
                       progress: bool = True) -> Path:
     """Train (or finish) the feature network in ``run_dir``; returns its exported weights."""
+    run_dir = Path(run_dir)
+    done = finished_export(run_dir, cfg, "feature-net")
+    if done is not None:
+        return done
+    with folder_lock(run_dir):
+        return _train_feature_net(cfg, run_dir, cache, resume, progress)
+
+
+def _train_feature_net(cfg: FeatureNetRunConfig, run_dir: Path, cache: FeatureCache, resume: bool,
+                       progress: bool) -> Path:
     ctx = setup_distributed(cfg.train.device)
-    roles = resolve_roles({"train": cfg.dataset, "val": cfg.dataset})
+    spec = resolve_recorded_spec(run_dir, cfg.dataset)
+    roles = resolve_roles({"train": spec, "val": spec})
     ds = roles["train"].dataset
     fields = [f for f in LABEL_FIELDS if f in ds.fields]
     sizes = [len(ds.label_spaces[f]) for f in fields]

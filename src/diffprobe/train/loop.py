@@ -49,6 +49,7 @@ from diffprobe.train.logging import MetricsLogger
 from diffprobe.train.optim import build_optimizer, config_lr_at, set_lr
 from diffprobe.train.precision import autocast
 from diffprobe.train.rng import restore_rng_state, seed_step_globals, step_generator
+from diffprobe.train.rundir import RUN_CONFIG_FILE, check_same_run
 from diffprobe.utils.io import atomic_write_json
 from diffprobe.utils.runtime import cuda_tf32
 
@@ -56,7 +57,6 @@ LossFn = Callable[[nn.Module, Any, torch.Generator], tuple[torch.Tensor, Mapping
 BatchFn = Callable[[int], Any]
 CheckpointHook = Callable[[int, Path], None]
 
-RUN_CONFIG_FILE = "config.json"
 
 
 @dataclasses.dataclass
@@ -181,6 +181,8 @@ def fit(
     autocast(cfg.precision, ctx.device)  # fail on an unsupported precision before any work
     run_dir = Path(run_dir)
     if ctx.is_main:
+        if isinstance(config, Config):
+            check_same_run(run_dir, config)  # a folder holding another run is never trained over
         run_dir.mkdir(parents=True, exist_ok=True)
         clean_partial_checkpoints(run_dir)
     barrier(ctx)

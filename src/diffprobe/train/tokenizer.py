@@ -16,11 +16,13 @@ from diffprobe.data.splits import resolve_roles
 from diffprobe.features.cache import FeatureCache
 from diffprobe.features.sources import ensure_videos
 from diffprobe.models import CausalAutoencoder, CausalAutoencoderConfig, frames_to_input
+from diffprobe.models.exports import resolve_recorded_spec
 from diffprobe.train.batching import make_batch_fn
 from diffprobe.train.config import TrainConfig
 from diffprobe.train.distributed import setup_distributed
-from diffprobe.train.export import export_model
+from diffprobe.train.export import export_model, finished_export
 from diffprobe.train.loop import fit
+from diffprobe.utils.lock import folder_lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +64,17 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, cache: Feature
     with ``run_dir/model.json``.
     """
     run_dir = Path(run_dir)
+    done = finished_export(run_dir, cfg, "tokenizer")
+    if done is not None:
+        return done
+    with folder_lock(run_dir):
+        return _train_tokenizer(cfg, run_dir, cache, resume, progress)
+
+
+def _train_tokenizer(cfg: TokenizerRunConfig, run_dir: Path, cache: FeatureCache, resume: bool, progress: bool) -> Path:
     ctx = setup_distributed(cfg.train.device)
-    clips = resolve_roles({"train": cfg.dataset})["train"].clips
+    train = resolve_roles({"train": resolve_recorded_spec(run_dir, cfg.dataset)})["train"]
+    clips, ds = train.clips, train.dataset
     videos = ensure_videos(clips, cache, progress=progress, ctx=ctx).rows()  # clip i: uint8 (T, H, W, 3), on demand
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same model
     model = CausalAutoencoder(cfg.model)
@@ -80,4 +91,5 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, cache: Feature
         mse = float((model.decode(model.encode(x)) - x).square().mean())
     psnr = 10 * math.log10(4.0 / mse)  # pixels span [-1, 1]: peak-to-peak 2
     return export_model(run_dir, model, cfg, kind="tokenizer", step=result.step,
-                        extra={"latent_scale": scale, "latent_shift": shift, "train_psnr_db": psnr}, ctx=ctx)
+                        extra={"latent_scale": scale, "latent_shift": shift, "train_psnr_db": psnr,
+                               "clip_size": [ds.frames, ds.height, ds.width]}, ctx=ctx)
