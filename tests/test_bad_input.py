@@ -93,6 +93,13 @@ def test_every_backbone_kind_checks_blocks_noise_and_seeds() -> None:
         with pytest.raises(InputError, match=message):
             bb.features(video, ids, **args)
 
+    class Wrapped(Constant):  # an override that passes its arguments on as *args / **kwargs is checked alike
+        def features(self, video, clip_ids, *args, **kwargs):
+            return super().features(video, clip_ids, *args, **kwargs)
+
+    with pytest.raises(InputError, match=r"block\(s\) \[5\] out of range"):
+        Wrapped().features(video, ids, [5], 0.0, noise_seed=0)
+
 
 def test_debug_shows_the_traceback_and_bugs_keep_theirs(monkeypatch) -> None:
     with pytest.raises(DiffprobeError, match="unknown kind"):

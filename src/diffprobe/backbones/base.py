@@ -36,13 +36,14 @@ def clip_noise(z: torch.Tensor, clip_ids: torch.Tensor, noise_seed: int, draw: i
     return torch.stack(out)
 
 
-def _checked(method: Callable[..., Any]) -> Callable[..., Any]:
-    """``method`` (a ``features``-like method) preceded by :meth:`Backbone.check_request` on its arguments."""
-    signature = inspect.signature(method)
+def _checked(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` (a subclass's ``features`` or ``features_from_encoded``: ``name``) preceded by
+    :meth:`Backbone.check_request`; its arguments are read by the base method's signature, whatever names or
+    ``*args`` the override uses."""
 
     @functools.wraps(method)
     def checked(self: Backbone, *args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind(self, *args, **kwargs)
+        bound = _SIGNATURES[name].bind(self, *args, **kwargs)
         bound.apply_defaults()
         a = bound.arguments
         self.check_request(a["blocks"], a["t"], a["noise_seed"], a["ensemble"])
@@ -75,12 +76,13 @@ class Backbone(ABC):
         for name in ("features", "features_from_encoded"):
             method = cls.__dict__.get(name)
             if callable(method) and not getattr(method, "__wrapped_by_check__", False):
-                setattr(cls, name, _checked(method))
+                setattr(cls, name, _checked(name, method))
 
     def check_request(self, blocks: Sequence[int], t: float = 0.0, noise_seed: int = 0, ensemble: int = 1) -> None:
         """An :class:`~diffprobe.errors.InputError` naming the problem if this backbone cannot serve ``blocks`` at
-        noise level ``t`` (0..1000) with ``noise_seed`` (>= 0) and ``ensemble`` (>= 1) draws; commands call it right
-        after loading a backbone, so a mistake is refused before any clip is read."""
+        noise level ``t`` (0..1000) with ``noise_seed`` (>= 0) and ``ensemble`` (>= 1) draws. Every kind's feature
+        methods run it; a command that calls it right after loading the backbone refuses a mistake before any clip
+        is read or encoded."""
         bad = [b for b in blocks if not 0 <= b <= self.num_blocks]
         if bad:
             raise InputError(f"block(s) {bad} out of range: {self.identity} has blocks 0..{self.num_blocks} (0: its "
@@ -106,3 +108,7 @@ class Backbone(ABC):
         :func:`clip_generator` (noise_seed, clip id); ``ensemble`` > 1 averages features over that many noise
         draws (as DIFT does).
         """
+
+
+#: the signatures every override is called by (the base class's own methods)
+_SIGNATURES = {name: inspect.signature(getattr(Backbone, name)) for name in ("features", "features_from_encoded")}
