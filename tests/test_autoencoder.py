@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from diffprobe.config import ConfigError
+from diffprobe.errors import InputError
 from diffprobe.models import CausalAutoencoder, CausalAutoencoderConfig, frames_to_input, output_to_frames
 
 
@@ -64,10 +65,13 @@ def test_image_is_one_frame_video(tiny: CausalAutoencoder) -> None:
 
 
 def test_bad_shapes_are_named(tiny: CausalAutoencoder) -> None:
-    with pytest.raises(ValueError, match=r"\(1, 3, 8, 32, 32\).*1 \+ k \* 2"):
+    with pytest.raises(InputError,
+                       match=r"^clips of 8 frames: this tokenizer takes 1 \+ k \* 2 frames.*e\.g\. 7 or 9"):
         tiny.encode(torch.zeros(1, 3, 8, 32, 32))
-    with pytest.raises(ValueError, match=r"\(1, 3, 9, 30, 32\).*not divisible"):
+    with pytest.raises(InputError, match=r"^clips of 30 x 32 px: .* multiples of 4"):
         tiny.encode(torch.zeros(1, 3, 9, 30, 32))
+    with pytest.raises(InputError, match=r"clips of 0 frames: .*e\.g\. 1\b"):
+        tiny.latent_shape(0, 32, 32)
     with pytest.raises(ValueError, match="latents"):
         tiny.decode(torch.zeros(1, 4, 5, 8, 8))
     with pytest.raises(ConfigError, match="spatial_downsample"):

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from fixtures_runs import WORLD, tiny_runs
 
 from diffprobe.cli import main
 from diffprobe.errors import DiffprobeError, FileProblem
@@ -45,6 +46,59 @@ def test_every_command_answers_bad_input_with_one_line(tmp_path) -> None:
     ]
     for args, fragment in cases:
         assert fragment in _error(args), args
+
+
+def test_mistakes_with_a_valid_run_are_one_line(tmp_path_factory, tmp_path) -> None:
+    """An unknown task, a block the model lacks (every backbone kind: the check is the Backbone base class's) and a
+    clip size the tokenizer cannot take, each with a finished run: one line naming the value and what is valid."""
+    from diffprobe.tasks import TASKS
+
+    runs = tiny_runs(tmp_path_factory.getbasetemp())
+    video, store = f"walt:{runs.video}", ["--store", str(tmp_path / "r.sqlite")]
+    cache = ["--cache", str(runs.cache), "--quiet"]
+    line = _error(["probe", "--task", "acton", "--backbone", video, "--block", "4", "--dataset", WORLD, *store, *cache])
+    assert line == f"Error: unknown task 'acton'; known tasks are {', '.join(TASKS)}"
+    probe = ["probe", "--task", "action", "--backbone", video, "--dataset", WORLD, *store, *cache]
+    for args in (["extract", "--backbone", video, "--block", "9", "--dataset", WORLD, "--split", "test", *cache],
+                 [*probe, "--block", "9"]):
+        line = _error(args)
+        assert line.startswith("Error: block(s) [9] out of range: walt-video-") and line.endswith(
+            f"has blocks 0..{runs.depth} (0: its input tokens)"), line
+    line = _error(["extract", "--backbone", f"latents:{runs.tokenizer}", "--block", "1", "--dataset", WORLD, *cache])
+    assert "block(s) [1] out of range: latents-" in line and "has blocks 0..0" in line
+    eight = WORLD + ",frames=8"
+    line = _error(["extract", "--backbone", video, "--block", "2", "--dataset", eight, "--split", "test", *cache])
+    assert line == ("Error: clips of 8 frames: this tokenizer takes 1 + k * 2 frames (temporal compression 2), e.g. 7 "
+                    "or 9; set the dataset's frames option")
+
+
+def test_every_backbone_kind_checks_blocks_noise_and_seeds() -> None:
+    from diffprobe.backbones.base import Backbone
+    from diffprobe.errors import InputError
+
+    class Constant(Backbone):  # a new kind that checks nothing itself
+        identity, num_blocks, device = "constant", 2, torch.device("cpu")
+
+        def features(self, video, clip_ids, blocks, t, noise_seed, ensemble=1):
+            return {b: torch.zeros(len(video), 1, 1, 1, 1) for b in blocks}
+
+    bb, video, ids = Constant(), torch.zeros(1, 1, 8, 8, 3, dtype=torch.uint8), torch.zeros(1, dtype=torch.long)
+    assert set(bb.features(video, ids, [0, 2], 1000.0, 0)) == {0, 2}
+    for kwargs, message in [({"blocks": [3]}, r"block\(s\) \[3\] out of range: constant has blocks 0\.\.2"),
+                            ({"t": 1000.5}, "noise level t=1000.5: must be in 0..1000"),
+                            ({"t": float("nan")}, "noise level t=nan"),
+                            ({"noise_seed": -1}, "noise seed -1: must be >= 0"),
+                            ({"ensemble": 0}, "ensemble 0: must be >= 1")]:
+        args = {"blocks": [1], "t": 0.0, "noise_seed": 0, **kwargs}
+        with pytest.raises(InputError, match=message):
+            bb.features(video, ids, **args)
+
+    class Wrapped(Constant):  # an override that passes its arguments on as *args / **kwargs is checked alike
+        def features(self, video, clip_ids, *args, **kwargs):
+            return super().features(video, clip_ids, *args, **kwargs)
+
+    with pytest.raises(InputError, match=r"block\(s\) \[5\] out of range"):
+        Wrapped().features(video, ids, [5], 0.0, noise_seed=0)
 
 
 def test_debug_shows_the_traceback_and_bugs_keep_theirs(monkeypatch) -> None:

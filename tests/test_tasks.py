@@ -77,7 +77,7 @@ def test_wrong_predictions_score_worse(clips) -> None:
 def test_per_clip_scores_average_to_the_split_metric(clips) -> None:
     """Each clip scored alone: their mean is the split's primary metric (per-clip means for every task but box
     tracking, which pools (box, frame) pairs), a clip with nothing to score is NaN, and the reported standard error
-    is the spread of those scores over sqrt(N)."""
+    is the spread of those scores over sqrt(N), or for an accuracy (a proportion) the Agresti-Coull one."""
     tasks = [make_task(n, CTX) for n in TASKS]
     targets = compute_targets(tasks, clips, len(clips), progress=False)
     for task in tasks:
@@ -89,17 +89,24 @@ def test_per_clip_scores_average_to_the_split_metric(clips) -> None:
         if task.name != "box_tracking":
             assert np.nanmean(per) == pytest.approx(m[task.primary_metric], rel=1e-9), task.name
         finite = per[np.isfinite(per)]
-        assert m[f"{task.primary_metric}_se"] == pytest.approx(np.std(finite, ddof=1) / np.sqrt(finite.size))
-    # classification: a clip's score is whether it is right, so the s.e. is sqrt(p (1 - p) / (N - 1))
+        if task.primary_metric != "top1":
+            assert m[f"{task.primary_metric}_se"] == pytest.approx(np.std(finite, ddof=1) / np.sqrt(finite.size))
+    # classification: a clip's score is whether it is right, so the s.e. is a proportion's: with k of N right,
+    # p~ = (k + 2) / (N + 4) and se = sqrt(p~ (1 - p~) / (N + 4)) (Agresti-Coull; never 0)
     task = make_task("action", CTX)
     tgt = targets["action"]
     logits = np.zeros((len(clips), len(MOTIONS)), np.float32)
     logits[np.arange(len(clips)), tgt["label"]] = 1.0
     logits[:3] = np.roll(logits[:3], 1, axis=1)  # three clips wrong
     assert task.per_clip({"logits": logits}, tgt).tolist() == [0.0] * 3 + [1.0] * (len(clips) - 3)
-    p = (len(clips) - 3) / len(clips)
+    p = (len(clips) - 3 + 2) / (len(clips) + 4)
     assert task.metrics_with_se({"logits": logits}, tgt)["top1_se"] == pytest.approx(
-        np.sqrt(p * (1 - p) / (len(clips) - 1)))
+        np.sqrt(p * (1 - p) / (len(clips) + 4)))
+    logits[:3] = np.roll(logits[:3], -1, axis=1)  # every clip right: the s.e. is not 0
+    p = (len(clips) + 2) / (len(clips) + 4)
+    m = task.metrics_with_se({"logits": logits}, tgt)
+    assert m["top1"] == 1.0 and m["top1_se"] > 0
+    assert m["top1_se"] == pytest.approx(np.sqrt(p * (1 - p) / (len(clips) + 4)))
     # point tracking: a clip without a valid query has no score
     task = make_task("point_tracking", CTX)
     tgt = {k: v.copy() for k, v in targets["point_tracking"].items()}

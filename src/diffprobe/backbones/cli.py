@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import click
 
+from diffprobe.backbones.base import T_MAX
 from diffprobe.errors import InputError
 from diffprobe.utils.cliopts import dataset_option
 
@@ -17,8 +18,9 @@ def backbone_group() -> None:
 
 @backbone_group.command("info")
 @click.argument("spec")
-@click.option("--frames", type=int, default=9, show_default=True, help="Clip length to report the grids for.")
-@click.option("--size", type=int, default=32, show_default=True, help="Frame side in pixels.")
+@click.option("--frames", type=click.IntRange(min=1), default=9, show_default=True,
+              help="Clip length to report the grids for.")
+@click.option("--size", type=click.IntRange(min=1), default=32, show_default=True, help="Frame side in pixels.")
 @click.option("--device", default="auto", show_default=True)
 def info_cmd(spec: str, frames: int, size: int, device: str) -> None:
     """Print the backbone's identity and, for a clip of FRAMES x SIZE x SIZE, every block's token grid (T_f, H_f,
@@ -37,10 +39,12 @@ def info_cmd(spec: str, frames: int, size: int, device: str) -> None:
 @backbone_group.command("check")
 @click.argument("spec")
 @dataset_option
-@click.option("--t", "ts", type=float, multiple=True, default=(100.0, 300.0, 600.0), show_default=True,
-              help="Noise levels (0..1000) to check (repeatable).")
-@click.option("--clips", type=int, default=4, show_default=True, help="Test clips to noise and denoise.")
-@click.option("--steps", type=int, default=10, show_default=True, help="Denoising steps of the model's scheduler.")
+@click.option("--t", "ts", type=click.FloatRange(0.0, T_MAX), multiple=True, default=(100.0, 300.0, 600.0),
+              show_default=True, help="Noise levels (0..1000) to check (repeatable).")
+@click.option("--clips", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Test clips to noise and denoise.")
+@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Denoising steps of the model's scheduler.")
 @click.option("--device", default="auto", show_default=True)
 def check_cmd(spec: str, dataset: str | None, ts: tuple[float, ...], clips: int, steps: int, device: str) -> None:
     """Noise a few test clips' latents to each t, denoise them with the model's own scheduler back to 0, and print

@@ -7,10 +7,16 @@ Conventions are documented in each module and in ``docs/metrics.md``. The I3D vi
 from diffprobe.metrics.boxes import box_area, box_iou, mean_box_iou
 from diffprobe.metrics.classification import top1_accuracy
 from diffprobe.metrics.depth import align_depth, depth_metrics
-from diffprobe.metrics.directions import HIGHER_IS_BETTER
+from diffprobe.metrics.directions import HIGHER_IS_BETTER, PROPORTIONS
 from diffprobe.metrics.frechet import feature_statistics, frechet_distance, psd_sqrt
 from diffprobe.metrics.pose import invert_rigid, pose_errors, relative_poses, rotation_angle_deg
-from diffprobe.metrics.stats import finite_mean, paired_difference, standard_error
+from diffprobe.metrics.stats import (
+    finite_mean,
+    metric_standard_error,
+    paired_difference,
+    proportion_standard_error,
+    standard_error,
+)
 from diffprobe.metrics.tapvid import (
     THRESHOLDS,
     rescale_query_points,
@@ -21,6 +27,7 @@ from diffprobe.metrics.tapvid import (
 
 __all__ = [
     "HIGHER_IS_BETTER",
+    "PROPORTIONS",
     "THRESHOLDS",
     "align_depth",
     "box_area",
@@ -31,8 +38,10 @@ __all__ = [
     "frechet_distance",
     "invert_rigid",
     "mean_box_iou",
+    "metric_standard_error",
     "paired_difference",
     "pose_errors",
+    "proportion_standard_error",
     "psd_sqrt",
     "relative_poses",
     "rescale_query_points",

@@ -1,5 +1,5 @@
-"""Which way is better for each metric diffprobe reports (True: higher is better). Declared once, here; tasks, probe
-selection and the report read it."""
+"""Which way is better for each metric diffprobe reports (True: higher is better), and which metrics are proportions
+of test clips. Declared once, here; tasks, probe selection, standard errors and the report read it."""
 
 from __future__ import annotations
 
@@ -22,3 +22,7 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "mean_iou": True,
     "loss": False,
 }
+
+#: metrics that are a share of the test clips (each clip scored 0 or 1 alone): their standard error is a proportion's
+#: (:func:`~diffprobe.metrics.stats.proportion_standard_error`)
+PROPORTIONS: frozenset[str] = frozenset({"top1"})

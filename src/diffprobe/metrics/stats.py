@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from diffprobe.metrics.directions import PROPORTIONS
+
 
 def _finite(values: np.ndarray | list[float]) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64).ravel()
@@ -20,11 +22,36 @@ def finite_mean(values: np.ndarray | list[float]) -> float:
 def standard_error(values: np.ndarray | list[float]) -> float:
     """Standard error of the mean of per-clip ``values`` (N,): ``std(ddof=1) / sqrt(n)`` over the finite ones.
 
-    NaN entries (clips with nothing to score) are left out; fewer than two finite values give NaN."""
+    NaN entries (clips with nothing to score) are left out; fewer than two finite values give NaN. For a proportion
+    (per-clip outcomes of 0 or 1, such as top-1 accuracy) use :func:`proportion_standard_error`."""
     v = _finite(values)
     if v.size < 2:
         return float("nan")
     return float(np.std(v, ddof=1) / np.sqrt(v.size))
+
+
+def proportion_standard_error(outcomes: np.ndarray | list[float]) -> float:
+    """Standard error of a proportion (an accuracy) from per-clip ``outcomes`` (N,) of 0 or 1 (NaN: not scored).
+
+    Agresti-Coull: with k successes of n, ``p~ = (k + 2) / (n + 4)`` and ``se = sqrt(p~ (1 - p~) / (n + 4))``. Unlike
+    the plain ``sqrt(p (1 - p) / (n - 1))`` of :func:`standard_error` it is never 0 when every clip is right (or
+    every clip wrong) and it is defined for one clip; at n = 512, p ~ 0.2 it is within 3e-5 of the plain one. NaN
+    when no clip is scored."""
+    v = _finite(outcomes)
+    if not np.isin(v, (0.0, 1.0)).all():
+        raise ValueError(f"proportion_standard_error: outcomes must be 0 or 1, got {sorted(set(v.tolist()))[:5]}")
+    if not v.size:
+        return float("nan")
+    n = v.size + 4.0
+    p = (v.sum() + 2.0) / n
+    return float(np.sqrt(p * (1.0 - p) / n))
+
+
+def metric_standard_error(metric: str, per_clip: np.ndarray | list[float]) -> float:
+    """The standard error of ``metric`` over the test clips from its per-clip values (N,): a proportion's
+    (:func:`proportion_standard_error`) for the metrics in ``PROPORTIONS``, the mean's (:func:`standard_error`)
+    for every other."""
+    return (proportion_standard_error if metric in PROPORTIONS else standard_error)(per_clip)
 
 
 def paired_difference(a: np.ndarray | list[float], b: np.ndarray | list[float], higher_is_better: bool = True,

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from diffprobe.config import Config, ConfigError
+from diffprobe.errors import InputError
 from diffprobe.models.causal_conv import CausalConv3d, Downsample3d, FrameGroupNorm, ResBlock3d, Upsample3d
 
 
@@ -163,17 +164,24 @@ class CausalAutoencoder(nn.Module):
         s, tc = self.config.spatial_downsample, self.config.temporal_downsample
         return self.config.latent_channels, 1 + (frames - 1) // tc, height // s, width // s
 
+    def check_clip(self, frames: int, height: int, width: int) -> None:
+        """An :class:`~diffprobe.errors.InputError` naming the clip size and the sizes this tokenizer takes, unless
+        ``frames = 1 + k * temporal_downsample`` and ``height``, ``width`` are multiples of ``spatial_downsample``."""
+        tc, s = self.config.temporal_downsample, self.config.spatial_downsample
+        if frames < 1 or (frames - 1) % tc:
+            below = 1 + max(0, (frames - 1) // tc) * tc
+            near = sorted({below, below + tc} - {frames})
+            raise InputError(f"clips of {frames} frames: this tokenizer takes 1 + k * {tc} frames (temporal "
+                             f"compression {tc}), e.g. {' or '.join(map(str, near))}; set the dataset's frames option")
+        if height % s or width % s:
+            raise InputError(f"clips of {height} x {width} px: this tokenizer takes sides that are multiples of {s} "
+                             f"(spatial compression {s}); set the dataset's clip size")
+
     def _check_input_shape(self, shape: tuple[int, ...]) -> None:
         cfg = self.config
         if len(shape) != 5 or shape[1] != cfg.in_channels:
             raise ValueError(f"CausalAutoencoder: expected input (B, {cfg.in_channels}, T, H, W), got {tuple(shape)}")
-        t, h, w = shape[2:]
-        if t < 1 or (t - 1) % cfg.temporal_downsample != 0:
-            raise ValueError(f"CausalAutoencoder: input shape {tuple(shape)} has T={t} frames; T must be "
-                             f"1 + k * {cfg.temporal_downsample} (temporal_downsample)")
-        if h % cfg.spatial_downsample or w % cfg.spatial_downsample:
-            raise ValueError(f"CausalAutoencoder: input shape {tuple(shape)} has H x W = {h} x {w}, not divisible "
-                             f"by spatial_downsample={cfg.spatial_downsample}")
+        self.check_clip(*shape[2:])
 
     # ---- encode / decode ----------------------------------------------------------------------
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

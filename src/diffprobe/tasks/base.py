@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffprobe.metrics import HIGHER_IS_BETTER, standard_error
+from diffprobe.metrics import HIGHER_IS_BETTER, metric_standard_error
 from diffprobe.readouts import Probe, ReadoutConfig
 
 Clip = dict[str, np.ndarray]
@@ -108,10 +108,12 @@ class Task(ABC):
 
     def evaluate(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]
                  ) -> tuple[dict[str, float], np.ndarray]:
-        """:meth:`metrics` plus ``<primary>_se`` (the primary metric's standard error over the split's clips), and
-        the per-clip primary metric ``(N,)`` it comes from (for paired comparisons of backbones on the same clips)."""
+        """:meth:`metrics` plus ``<primary>_se`` (the primary metric's standard error over the split's clips, see
+        :func:`~diffprobe.metrics.metric_standard_error`), and the per-clip primary metric ``(N,)`` it comes from (for
+        paired comparisons of backbones on the same clips)."""
         per = self.per_clip(preds, targets)
-        return {**self.metrics(preds, targets), f"{self.primary_metric}_se": standard_error(per)}, per
+        se = metric_standard_error(self.primary_metric, per)
+        return {**self.metrics(preds, targets), f"{self.primary_metric}_se": se}, per
 
     def metrics_with_se(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
         """:meth:`metrics` plus ``<primary>_se``, the primary metric's standard error over the split's clips."""

@@ -17,7 +17,7 @@ from diffprobe.data.dataset import ClipSequence, DatasetError
 from diffprobe.data.splits import ROLES, RoleData, resolve_roles
 from diffprobe.features.cache import FeatureCache
 from diffprobe.features.sources import ensure_features, iter_clips
-from diffprobe.tasks import TASKS, Task, TaskContext, make_task
+from diffprobe.tasks import TASKS, Task, TaskContext, make_task, task_class
 from diffprobe.tasks.probing import ProbeConfig, ProbeResult, train_probe
 from diffprobe.tasks.targets import Targets, compute_targets, load_targets, save_targets
 
@@ -61,14 +61,13 @@ def task_roles(task_name: str, specs: str | Mapping[str, str], divide: tuple[flo
                seed: int = 0) -> dict[str, RoleData]:
     """The train / val / test clips of a task: one dataset spec for all roles, or ``{role: spec}`` (see
     :func:`~diffprobe.data.splits.resolve_roles`); checked against the task's fields and for one context."""
-    if task_name not in TASKS:
-        raise ValueError(f"unknown task {task_name!r}; known tasks are {list(TASKS)}")
+    task = task_class(task_name)
     specs = dict.fromkeys(ROLES, specs) if isinstance(specs, str) else dict(specs)
     missing = [r for r in ROLES if r not in specs]
     if missing:
         raise DatasetError(f"task {task_name!r}: no dataset for role(s) {missing}")
     roles = resolve_roles(specs, divide, seed)
-    check_fields(TASKS[task_name], roles)
+    check_fields(task, roles)
     task_context(roles)
     return roles
 
