@@ -56,6 +56,7 @@ def extract_cmd(spec: str, dataset: str | None, blocks: tuple[int, ...], t: floa
     ctx = setup_distributed(device)
     try:
         resolved = load_backbone(spec, ctx.device)
+        resolved.backbone.check_request(blocks, t, noise_seed, ensemble)  # refused before any clip is read
         ds = open_dataset(dataset or resolved.trained_on or "probeworld:tiny")
         check_clip_size(resolved.trained_size, ds, f"the backbone {spec}", allow_size_change)
         cache = FeatureCache(cache_dir)

@@ -59,6 +59,7 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
     dev = resolve_device(device)
     cfg = ProbeConfig.preset(preset).override(assignments)
     resolved = load_backbone(spec, dev)
+    resolved.backbone.check_request([block], t, noise_seed, ensemble)  # refused before any clip is read
     default = dataset or resolved.trained_on or "probeworld:tiny"
     roles = task_roles(task_name, {"train": train_data or default, "val": val_data or default,
                                    "test": test_data or default})

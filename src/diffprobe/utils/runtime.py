@@ -9,16 +9,25 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from diffprobe.errors import InputError
+
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; any other name is passed to ``torch.device`` as is."""
+    """``auto`` picks CUDA, then MPS, then CPU; any other name is passed to ``torch.device``. A name torch does not
+    know, or a CUDA device on a machine without one, is an :class:`~diffprobe.errors.InputError` naming it."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"device {name!r}: not a device name torch knows (cpu, cuda, cuda:1, mps, auto)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r}: this machine has no CUDA device (use cpu or auto)")
+    return device
 
 
 def seed_everything(seed: int) -> None:
