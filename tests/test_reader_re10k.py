@@ -162,7 +162,7 @@ def test_missing_frame_names_the_file_and_skip(small: Path) -> None:
 
 
 def test_short_clip_and_changing_intrinsics(small: Path) -> None:
-    with pytest.raises(DatasetError, match=rf"{TRAIN[0]}\.txt: 6 frame\(s\), too short for frames=4 stride=2"):
+    with pytest.raises(DatasetError, match=rf"{TRAIN[0]}\.txt: only 6 frame\(s\), needs 7 for frames=4 at stride=2"):
         re10k(small, frames=4, stride=2)
     path, lines = camera_line(small, "train", TRAIN[0], 3)
     parts = lines[3].split()
