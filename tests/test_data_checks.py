@@ -18,6 +18,9 @@ pytest.importorskip("av")
 pytest.importorskip("skvideo")
 pytest.importorskip("skimage")
 
+import fixtures_geometry  # noqa: E402
+import fixtures_tracking  # noqa: E402
+import fixtures_video  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from fixtures_tracking import write_tapvid_davis_fixture  # noqa: E402
 from fixtures_video import real_frames, real_image, truncate, write_video  # noqa: E402
@@ -117,6 +120,27 @@ def test_full_reads_every_clip(sources, tmp_path) -> None:
     assert [(s.split, s.clips, s.checked, len(s.skipped)) for s in check.splits] == [("all", 2, 2, 1)]
 
 
+#: kind -> (fixture writer, spec options): every reader's fixture in its real on-disk format
+READERS = {
+    "kinetics": (fixtures_video.write_kinetics_fixture, "frames=4,stride=2,size=32"),
+    "ssv2": (fixtures_video.write_ssv2_fixture, "frames=4,stride=2,size=32"),
+    "imagefolder": (fixtures_video.write_imagefolder_fixture, "size=32"),
+    "images": (fixtures_video.write_image_folder_fixture, "size=32"),
+    "videos": (fixtures_video.write_video_folder_fixture, "frames=4,size=32"),
+    "tapvid": (fixtures_tracking.write_tapvid_davis_fixture, "frames=8,size=32"),
+    "davis": (fixtures_tracking.write_davis_fixture, "frames=4,size=32"),
+    "scannet": (fixtures_geometry.write_scannet_fixture, "frames=4,stride=2,size=32"),
+    "re10k": (fixtures_geometry.write_re10k_fixture, "frames=4,stride=2,size=32"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(READERS))
+def test_every_reader_passes_the_full_check(kind, tmp_path) -> None:
+    write, options = READERS[kind]
+    check = check_dataset(open_dataset(f"{kind}:{write(tmp_path / kind)}@{options}"), full=True, progress=False)
+    assert check.clips > 0 and all(s.checked == s.clips and not s.skipped for s in check.splits)
+
+
 def test_a_clip_that_breaks_the_contract_is_a_problem_and_skipped() -> None:
     from test_datasets import Toy
 
@@ -182,6 +206,15 @@ def test_every_skip_path_records_its_reason(sources, tmp_path) -> None:
         reasons = {Path(r["source"]).name: r["error"] for r in ds.skipped["all"]}
         assert sorted(reasons) == ["b.mp4", "c.mp4", "d.mp4"], reasons
         assert all(r.startswith(str(root)) and not ERRNO.search(r) for r in reasons.values())
+    classes = tmp_path / "classes"
+    for name in ("cat", "cup"):
+        (classes / name).mkdir(parents=True)
+        Image.fromarray(real_image("coffee", (20, 20))).save(classes / name / "a.png")
+    (classes / "cup" / "b.png").write_bytes(b"")
+    with pytest.raises(DatasetError, match=f"^{classes / 'cup' / 'b.png'}: empty file \\(0 bytes\\)$"):
+        open_dataset(f"imagefolder:{classes}")
+    ds = open_dataset(f"imagefolder:{classes}@on_bad=skip")
+    assert len(ds.clips("all")) == 2 and [r["source"] for r in ds.skipped["all"]] == [str(classes / "cup" / "b.png")]
 
 
 def test_skipped_json_is_merged_by_spec_in_the_named_folder(sources, tmp_path, monkeypatch, capsys) -> None:
