@@ -31,7 +31,8 @@ from diffprobe.data.check import check_dataset, clip_problem  # noqa: E402
 from diffprobe.data.dataset import DatasetError, IndexedClips  # noqa: E402
 from diffprobe.data.decode import read_video, video_length  # noqa: E402
 from diffprobe.data.preview import SHEET_DPI, SHEET_MAX_HEIGHT_IN, SHEET_MAX_WIDTH_IN, spread_over_labels  # noqa: E402
-from diffprobe.data.registry import open_dataset  # noqa: E402
+from diffprobe.data.registry import open_dataset, opened_datasets  # noqa: E402
+from diffprobe.data.splits import resolve_roles  # noqa: E402
 from diffprobe.utils.cliopts import overrides_option, report_skipped  # noqa: E402
 from diffprobe.utils.media import av_error_text  # noqa: E402
 
@@ -248,6 +249,21 @@ def test_skipped_json_is_merged_by_spec_in_the_named_folder(sources, tmp_path, m
     report_skipped([datasets[1]], run)
     assert list(json.loads((run / "skipped.json").read_text())) == [specs[1]]
     assert (run / "skipped.json.unreadable").read_text() == "{torn"
+
+
+def test_a_command_can_collect_the_datasets_a_function_opens(sources, tmp_path, capsys) -> None:
+    root = folder(tmp_path / "v", {"a.mp4": sources["f20"], "b.mp4": sources["damaged"], "c.mp4": sources["f20"]})
+    spec = f"videos:{root}@size=32,frames=9,on_bad=skip"
+    with opened_datasets() as outer:
+        with opened_datasets() as inner:
+            clips = resolve_roles({"train": spec})["train"].clips  # as train_tokenizer reads its data
+        open_dataset(f"videos:{root}@size=32,frames=9,on_bad=skip,stride=2")
+    open_dataset(spec)  # outside both blocks: not collected
+    assert [ds.spec for ds in inner] == [spec] and len(outer) == 2 and len(clips) == 2
+    capsys.readouterr()
+    assert report_skipped(outer, tmp_path / "run") == 1
+    assert f"{root / 'b.mp4'}: not a readable video" in capsys.readouterr().err
+    assert list(json.loads((tmp_path / "run" / "skipped.json").read_text())) == [spec]
 
 
 # ---- PyAV errors in words -------------------------------------------------------------------------------------------
