@@ -208,11 +208,11 @@ def test_jpeg_that_does_not_decode(davis: Path) -> None:
 
 
 def test_too_short_and_missing_lists(davis: Path) -> None:
-    with pytest.raises(DatasetError, match=r"bikes: 6 frames, too short for a clip of frames=16 stride=1"):
+    with pytest.raises(DatasetError, match=r"bikes: only 6 frame\(s\), needs 16 for frames=16 at stride=1"):
         _open(davis)  # default frames=16
     ds = _open(davis, frames=6, on_bad="skip")  # cat (5 frames) is too short
     assert [len(ds.clips(s)) for s in ds.splits] == [1, 1]
-    assert "cat: 5 frames, too short" in ds.skipped["val"][0]["error"]
+    assert "cat: only 5 frame(s), needs 6" in ds.skipped["val"][0]["error"]
     (davis / "ImageSets" / "2017" / "train.txt").unlink()
     assert _open(davis, frames=4).splits == ("val",)
     (davis / "ImageSets" / "2017" / "val.txt").unlink()

@@ -64,8 +64,8 @@ def test_videos_defaults_and_too_short(videos: Path) -> None:
         16, 1, 128, "crop", "first", "first")
     seq = ds.clips("all")
     assert seq[1]["video"].shape == (16, 128, 128, 3)  # a/clip.MP4 has 20 frames
-    with pytest.raises(DatasetError, match=re.escape(f"{videos / 'a/b/deep.webm'}: video has 14 frame(s), too short "
-                                                     "for frames=16 stride=1")):
+    with pytest.raises(DatasetError, match=re.escape(f"{videos / 'a/b/deep.webm'}: only 14 frame(s), needs 16 "
+                                                     "for frames=16 at stride=1")):
         seq[0]
     skip = open_videos(str(videos), {"on_bad": "skip"}, "videos:x")
     assert len(skip.clips("all")) == 1
@@ -121,7 +121,7 @@ def test_bad_videos(videos: Path, tmp_path: Path) -> None:
     (root / "b.mkv").unlink()
     (root / "c.avi").unlink()
     write_video(root / "short.mp4", real_frames("bikes.mp4", count=3))
-    with pytest.raises(DatasetError, match=re.escape(f"{root / 'short.mp4'}: video has 3 frame(s), too short")):
+    with pytest.raises(DatasetError, match=re.escape(f"{root / 'short.mp4'}: only 3 frame(s), needs 6")):
         open_v(root, windows="all", frames=6, on_bad="error")
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)

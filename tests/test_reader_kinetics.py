@@ -79,7 +79,8 @@ def test_defaults_and_too_short_clip(source: Path) -> None:
     assert (ds.opts.frames, ds.opts.stride, ds.opts.size, ds.opts.resize, ds.opts.start) == (16, 4, 128, "crop",
                                                                                              "center")
     path = kinetics_clip_path(source, "train", KINETICS_ROWS["train"][0])
-    with pytest.raises(DatasetError, match=f"{path}.*{VIDEO_FRAMES} frame.*too short for frames=16 stride=4"):
+    with pytest.raises(DatasetError, match=rf"{path}: only {VIDEO_FRAMES} frame\(s\), needs 61 for frames=16 at "
+                                           "stride=4"):
         ds.clips("train")[0]
 
 

@@ -162,7 +162,7 @@ def test_missing_frame_names_the_file_and_skip(small: Path) -> None:
 
 
 def test_short_clip_and_changing_intrinsics(small: Path) -> None:
-    with pytest.raises(DatasetError, match=rf"{TRAIN[0]}\.txt: 6 frame\(s\), too short for frames=4 stride=2"):
+    with pytest.raises(DatasetError, match=rf"{TRAIN[0]}\.txt: only 6 frame\(s\), needs 7 for frames=4 at stride=2"):
         re10k(small, frames=4, stride=2)
     path, lines = camera_line(small, "train", TRAIN[0], 3)
     parts = lines[3].split()
@@ -188,3 +188,18 @@ def test_unknown_option_and_missing_dir(small: Path) -> None:
         open_dataset(f"re10k:{small}@window=all")
     with pytest.raises(DatasetError, match="no split folder"):
         re10k(small / "train")
+
+
+def test_intrinsics_in_pixels_are_refused(small: Path) -> None:
+    path, lines = camera_line(small, "train", TRAIN[0], 0)
+    h, w = RE10K_HW
+    for n in range(1, len(lines)):  # fx fy cx cy given in pixels instead of normalised by the frame's size
+        v = lines[n].split()
+        v[1:5] = [f"{float(x) * s:g}" for x, s in zip(v[1:5], (w, h, w, h), strict=True)]
+        lines[n] = " ".join(v)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=rf"^{path}: principal points \(cx, cy\) look like pixels: max "
+                                           rf"{RE10K_K[2] * w:.1f}, expected \[0, 1\]"):
+        re10k(small, frames=3, stride=2)
+    ds = re10k(small, frames=3, stride=2, on_bad="skip")
+    assert len(ds.clips("train")) == 0 and "look like pixels" in ds.skipped["train"][0]["error"]

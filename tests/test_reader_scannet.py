@@ -254,7 +254,7 @@ def test_bad_pixels_at_read_time(small: Path) -> None:
 
 
 def test_short_scene_and_odd_names(small: Path) -> None:
-    with pytest.raises(DatasetError, match=rf"{SCENES[0]}: 6 frame\(s\), too short for frames=4 stride=2"):
+    with pytest.raises(DatasetError, match=rf"{SCENES[0]}: only 6 frame\(s\), needs 7 for frames=4 at stride=2"):
         scannet(small, frames=4, stride=2)
     shutil.copy(small / SCENES[0] / "color" / "0.jpg", small / SCENES[0] / "color" / "frame.jpg")
     with pytest.raises(DatasetError, match=r"color/frame\.jpg: colour frame name is not a frame number"):

@@ -88,7 +88,8 @@ def test_defaults_and_too_short_video(source: Path) -> None:
     assert (ds.opts.frames, ds.opts.stride, ds.opts.size, ds.opts.resize, ds.opts.start) == (16, 2, 128, "crop",
                                                                                              "center")
     path = video_path(source, "train", 0)
-    with pytest.raises(DatasetError, match=f"{path}: video has {VIDEO_FRAMES} frame.*frames=16 stride=2"):
+    with pytest.raises(DatasetError, match=rf"{path}: only {VIDEO_FRAMES} frame\(s\), needs 31 for frames=16 at "
+                                           "stride=2"):
         ds.clips("train")[0]
 
 

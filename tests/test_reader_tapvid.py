@@ -215,9 +215,9 @@ def test_bad_video_names_file_and_video(davis_pkl: Path, change, message: str) -
 
 
 def test_video_too_short(davis_pkl: Path) -> None:
-    with pytest.raises(DatasetError, match=r"video 'bear': 12 frames, too short for a clip of frames=16 stride=1"):
+    with pytest.raises(DatasetError, match=r"video 'bear': only 12 frame\(s\), needs 16 for frames=16 at stride=1"):
         _open(davis_pkl)  # default frames=16
-    with pytest.raises(DatasetError, match="too short"):
+    with pytest.raises(DatasetError, match="needs 13 for frames=5 at stride=3"):
         _open(davis_pkl, frames=5, stride=3)  # 13 frames needed
     data = pickle.loads(davis_pkl.read_bytes())
     data["bear"] = {k: v[:, :6] if k != "video" else v[:6] for k, v in data["bear"].items()}

@@ -3,7 +3,7 @@ world, and readers of real datasets on disk; the Clip contract; which clips play
 
 from diffprobe.data.collate import collate_clips
 from diffprobe.data.dataset import ClipDataset, ClipSequence, DatasetError
-from diffprobe.data.registry import DATASETS, open_dataset
+from diffprobe.data.registry import DATASETS, open_dataset, opened_datasets
 from diffprobe.data.splits import ROLES, resolve_roles
 from diffprobe.data.world import (
     CAMERA_PATHS,
@@ -18,4 +18,4 @@ from diffprobe.data.world import (
 
 __all__ = ["CAMERA_PATHS", "CATEGORIES", "DATASETS", "MOTIONS", "MOTION_REVERSE", "ROLES", "SPLITS", "ClipDataset",
            "ClipSequence", "DatasetError", "ProbeWorld", "ProbeWorldConfig", "collate_clips", "open_dataset",
-           "reverse_clip", "resolve_roles"]
+           "opened_datasets", "reverse_clip", "resolve_roles"]

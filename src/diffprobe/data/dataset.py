@@ -8,8 +8,10 @@ frames to them), so a split's task targets stack into fixed-shape arrays. A fiel
 ``fields`` and from its clips, never faked.
 
 Readers build on :class:`IndexedClips`: a list of index entries (files, frame numbers) and a ``load(entry)`` that
-decodes one clip. ``on_bad=skip`` (an option of every reader) replaces a clip that fails to decode by nothing: the
-split is checked once, the failures are listed in :attr:`ClipDataset.skipped` and never silently dropped.
+decodes one clip. ``on_bad=skip`` (an option of every reader) replaces a clip that fails to decode (or breaks the
+Clip contract, :func:`diffprobe.data.check.clip_problem`) by nothing: the split is checked once, the failures are
+listed in :attr:`ClipDataset.skipped` with their reasons and never silently dropped (a reader that finds a problem
+while indexing, at open, records it there too). ``diffprobe.utils.cliopts.report_skipped`` reports them.
 """
 
 from __future__ import annotations
@@ -213,11 +215,13 @@ class ClipDataset(ABC):
     def _good_clips(self, split: str) -> ClipSequence:
         from tqdm.auto import tqdm
 
+        from diffprobe.data.check import read_checked
+
         seq = self.split(split)
         good, bad = [], []
         for i in tqdm(range(len(seq)), desc=f"check {split}", unit="clip", dynamic_ncols=True, leave=False):
             try:
-                seq[i]
+                read_checked(self, seq, i)  # decodes, and checks the clip against the contract
             except DatasetError as e:
                 bad.append({"index": i, "source": seq.describe(i), "error": str(e)})
             else:

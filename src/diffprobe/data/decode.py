@@ -13,6 +13,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from diffprobe.data.dataset import DatasetError
+from diffprobe.utils.media import av_error_text
+
+#: the start of the message for a file that does not open as a video
+NOT_A_VIDEO = "not a readable video"
 
 
 def video_length(path: str | Path) -> int:
@@ -29,7 +33,7 @@ def video_length(path: str | Path) -> int:
                 return int(stream.frames)
             return sum(1 for packet in container.demux(stream) if packet.size)
     except (av.FFmpegError, OSError) as e:
-        raise DatasetError(f"{path}: cannot read video: {e}") from e
+        raise DatasetError(f"{path}: {NOT_A_VIDEO}: {av_error_text(e)}") from e
 
 
 def read_video(path: str | Path, indices: Sequence[int] | None = None) -> np.ndarray:
@@ -57,13 +61,17 @@ def read_video(path: str | Path, indices: Sequence[int] | None = None) -> np.nda
                 if last is not None and i >= last:
                     break
     except (av.FFmpegError, OSError) as e:
-        raise DatasetError(f"{path}: cannot decode video: {e}") from e
+        if not count:
+            raise DatasetError(f"{path}: {NOT_A_VIDEO}: {av_error_text(e)}") from e
+        raise DatasetError(f"{path}: video breaks off after {count} decodable frame(s): {av_error_text(e)}") from e
     if wanted is None:
         wanted = list(range(count))
     missing = [i for i in wanted if i not in frames]
+    if not count:
+        raise DatasetError(f"{path}: {NOT_A_VIDEO}: no decodable frame (empty or damaged file)")
     if missing or not wanted:
-        raise DatasetError(f"{path}: video has {count} decodable frame(s), frame {missing[0] if missing else 0} "
-                           f"asked for (truncated or too short)")
+        raise DatasetError(f"{path}: only {count} decodable frame(s), frame {missing[0] if missing else 0} asked "
+                           f"for (truncated or too short)")
     return np.stack([frames[i] for i in wanted])
 
 

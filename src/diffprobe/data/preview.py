@@ -8,6 +8,8 @@ the clip lacks is simply not drawn.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -136,11 +138,71 @@ def clip_mosaic(clip: dict[str, Any], times: Sequence[int], scale: int = 6) -> n
     return out
 
 
+#: the contact sheet's largest size in inches, at :data:`SHEET_DPI` (1600 x 4000 pixels); a sheet of many clips
+#: shrinks every cell to fit
+SHEET_MAX_WIDTH_IN, SHEET_MAX_HEIGHT_IN = 16.0, 40.0
+SHEET_DPI = 100
+#: widest clip cell (a row of 9 frames) and narrowest (a still image), inches
+CELL_MAX_WIDTH_IN, CELL_MIN_WIDTH_IN = 11.0, 2.4
+#: mosaic pixels drawn per inch of the sheet (a 192-pixel frame: 2 inches)
+MOSAIC_PX_PER_IN = 96.0
+TITLE_IN = 0.28  #: room for a clip's title above its cell
+
+
+@dataclasses.dataclass(frozen=True)
+class SheetLayout:
+    """Where a contact sheet puts its clips: ``cols`` x ``rows`` cells, each an image of ``image_w`` x ``image_h``
+    inches with ``pad_left`` / ``pad_bottom`` for its tick labels and :data:`TITLE_IN` above it, all scaled by
+    ``shrink`` (< 1 when the sheet would pass :data:`SHEET_MAX_HEIGHT_IN`)."""
+
+    cols: int
+    rows: int
+    image_w: float
+    image_h: float
+    pad_left: float
+    pad_bottom: float
+    shrink: float
+
+    @property
+    def cell_w(self) -> float:
+        return self.pad_left + self.image_w + 0.06
+
+    @property
+    def cell_h(self) -> float:
+        return self.image_h + self.pad_bottom + TITLE_IN
+
+    @property
+    def size_in(self) -> tuple[float, float]:
+        """(width, height) of the sheet in inches."""
+        return self.cols * self.cell_w * self.shrink, self.rows * self.cell_h * self.shrink
+
+
+def sheet_layout(n: int, mosaic_h: int, mosaic_w: int, ticks: bool) -> SheetLayout:
+    """The grid of a contact sheet of ``n`` clip mosaics of ``mosaic_h`` x ``mosaic_w`` pixels: a wide mosaic (a
+    row of frames) fills a row of the sheet; narrow ones (still images) share rows, the grid about as wide as tall,
+    at most :data:`SHEET_MAX_WIDTH_IN` wide; the whole shrunk to at most :data:`SHEET_MAX_HEIGHT_IN` tall."""
+    pad_left, pad_bottom = (0.5, 0.2) if ticks else (0.04, 0.04)
+    image_w = min(CELL_MAX_WIDTH_IN - pad_left, max(CELL_MIN_WIDTH_IN, mosaic_w / MOSAIC_PX_PER_IN))
+    layout = SheetLayout(1, n, image_w, image_w * mosaic_h / mosaic_w, pad_left, pad_bottom, 1.0)
+    cols = max(1, min(n, int(SHEET_MAX_WIDTH_IN // layout.cell_w),
+                      round(math.sqrt(n * layout.cell_h / layout.cell_w))))
+    rows = math.ceil(n / cols)
+    shrink = min(1.0, SHEET_MAX_HEIGHT_IN / (rows * layout.cell_h))
+    return dataclasses.replace(layout, cols=cols, rows=rows, shrink=shrink)
+
+
+def _fit(text: str, width_in: float, fontsize: float) -> str:
+    """``text`` cut (with an ellipsis) to about the characters that fit ``width_in`` inches at ``fontsize``."""
+    most = max(8, int(width_in * 72 / (0.55 * fontsize)))
+    return text if len(text) <= most else text[: most - 1] + "\u2026"
+
+
 def contact_sheet(clips: Sequence[dict[str, Any]], path: str | Path, max_frames: int = 9, scale: int | None = None,
                   names: dict[str, Sequence[str]] | None = None) -> None:
-    """PNG of clips: per clip one row of annotated frames above one row of depth maps (at most ``max_frames``
-    evenly spaced frames), titled with its labels; ``names`` maps the class fields (``label``, ``action``) to
-    class names (a dataset's ``label_spaces``)."""
+    """PNG of clips: per clip its annotated frames (at most ``max_frames``, evenly spaced) above its depth maps,
+    titled with its labels; ``names`` maps the class fields (``label``, ``action``) to class names (a dataset's
+    ``label_spaces``). A clip of several frames fills a row; still images (1-frame clips) share rows in a grid. The
+    sheet is at most :data:`SHEET_MAX_WIDTH_IN` x :data:`SHEET_MAX_HEIGHT_IN` inches at :data:`SHEET_DPI`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,21 +213,42 @@ def contact_sheet(clips: Sequence[dict[str, Any]], path: str | Path, max_frames:
     times = [int(v) for v in np.unique(np.round(np.linspace(0, t - 1, min(t, max_frames))).astype(int))]
     mosaics = [clip_mosaic(c, times, scale) for c in clips]
     mh, mw = max(m.shape[0] for m in mosaics), mosaics[0].shape[1]
-    width_in = 11.0
-    row_in = width_in * mh / mw + 0.28
-    fig, axes = plt.subplots(len(clips), 1, figsize=(width_in, row_in * len(clips)), squeeze=False)
+    ticks = len(times) > 1 or any("depth" in c for c in clips)
+    lay = sheet_layout(len(clips), mh, mw, ticks)
+    sheet_w, sheet_h = lay.cols * lay.cell_w, lay.rows * lay.cell_h  # before the shrink: the axes' fractions
+    fig = plt.figure(figsize=lay.size_in)
+    fontsize = 8 if ticks else 7
     for c, (clip, mosaic) in enumerate(zip(clips, mosaics, strict=True)):
-        ax = axes[c, 0]
+        row, col = divmod(c, lay.cols)
+        ax = fig.add_axes(((col * lay.cell_w + lay.pad_left) / sheet_w,
+                           1 - ((row + 1) * lay.cell_h - lay.pad_bottom) / sheet_h,
+                           lay.image_w / sheet_w, lay.image_h / sheet_h))
         ax.imshow(mosaic, interpolation="nearest")
-        ax.set_xticks([(j + 0.5) * mw / len(times) for j in range(len(times))], [f"t={ti}" for ti in times],
-                      fontsize=6)
-        ax.tick_params(length=0, pad=1)
-        ax.set_yticks([mh * 0.25, mh * 0.75] if "depth" in clip else [mh * 0.5],
-                      ["frames", "depth"] if "depth" in clip else ["frames"], fontsize=6)
-        ax.set_title(f"clip {c}: " + _title(clip, names), fontsize=8, loc="left", pad=2)
+        if ticks:
+            ax.set_xticks([(j + 0.5) * mw / len(times) for j in range(len(times))], [f"t={ti}" for ti in times],
+                          fontsize=6)
+            ax.set_yticks([mh * 0.25, mh * 0.75] if "depth" in clip else [mh * 0.5],
+                          ["frames", "depth"] if "depth" in clip else ["frames"], fontsize=6)
+            ax.tick_params(length=0, pad=1)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        title = _fit(f"clip {c}: " + _title(clip, names), (lay.image_w + lay.pad_left) * lay.shrink, fontsize)
+        ax.set_title(title, fontsize=fontsize, loc="left", pad=2)
         for side in ax.spines.values():
             side.set_visible(False)
-    fig.subplots_adjust(left=0.05, right=0.995, top=1 - 0.2 / (row_in * len(clips)), bottom=0.01, hspace=0.16)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=SHEET_DPI)
     plt.close(fig)
+
+
+def spread_over_labels(labels: np.ndarray, num: int) -> list[int]:
+    """Indices of ``num`` clips taken from the classes in turn: the first clip of every class (in class order),
+    then the second of every class that has one, ...; so every class shows when ``num`` is at least the number of
+    classes. ``labels``: ``(N,)`` class index of each clip."""
+    labels = np.asarray(labels)
+    by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    out: list[int] = []
+    for k in range(max((len(b) for b in by_class), default=0)):
+        out.extend(int(b[k]) for b in by_class if k < len(b))
+    return out[:max(num, 0)]

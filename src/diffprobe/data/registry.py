@@ -6,14 +6,16 @@
 
 Option values are parsed as JSON where they parse (numbers, true/false) and taken as strings otherwise; each kind
 declares its options as a typed config, so an unknown option or a wrong type is an error that lists the known ones.
-Reader modules are imported when their kind is opened.
+Reader modules are imported when their kind is opened. :func:`opened_datasets` collects the datasets a block of code
+opens (a training function opens its own), so a command can report what ``on_bad=skip`` left out of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from diffprobe.data.dataset import ClipDataset, DatasetError
@@ -75,9 +77,35 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
     return kind, path, parse_options(options, spec)
 
 
+#: the lists of the :func:`opened_datasets` blocks running now (innermost last)
+_COLLECTORS: list[list[ClipDataset]] = []
+
+
 def open_dataset(spec: str) -> ClipDataset:
     """The dataset a spec names (see the module docstring); unknown kinds are an error listing the known ones."""
     kind, path, options = parse_spec(spec)
     if kind not in DATASETS:
         raise DatasetError(f"dataset spec {spec!r}: unknown kind {kind!r}; known kinds are {sorted(DATASETS)}")
-    return DATASETS[kind](path, options, spec)
+    ds = DATASETS[kind](path, options, spec)
+    for found in _COLLECTORS:
+        found.append(ds)
+    return ds
+
+
+@contextlib.contextmanager
+def opened_datasets() -> Iterator[list[ClipDataset]]:
+    """A list of every dataset :func:`open_dataset` opens inside the ``with`` block (by any caller, e.g. a training
+    function), for a command to report their skips when it ends::
+
+        with opened_datasets() as opened:
+            try:
+                train_tokenizer(cfg, out_dir, cache)
+            finally:
+                report_skipped(opened, out_dir)
+    """
+    found: list[ClipDataset] = []
+    _COLLECTORS.append(found)
+    try:
+        yield found
+    finally:  # by identity: an outer block's list may hold the same datasets
+        del _COLLECTORS[next(i for i, f in enumerate(_COLLECTORS) if f is found)]

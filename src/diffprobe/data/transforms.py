@@ -144,3 +144,31 @@ def windows(length: int, frames: int, stride: int) -> list[np.ndarray]:
     """Every non-overlapping window of ``frames`` frames ``stride`` apart in a video of ``length`` frames."""
     span = (frames - 1) * stride + 1
     return [s + stride * np.arange(frames) for s in range(0, length - span + 1, span)]
+
+
+def too_short(length: int, frames: int, stride: int) -> str:
+    """The problem of a video of ``length`` frames that holds no clip of ``frames`` frames ``stride`` apart, in
+    words (after the file's name in a message): "only 5 frame(s), needs 9 for frames=5 at stride=2"."""
+    return f"only {length} frame(s), needs {(frames - 1) * stride + 1} for frames={frames} at stride={stride}"
+
+
+#: how far outside [0, 1] a normalised coordinate may lie (a point annotated on the frame's edge), in frame fractions
+UNIT_TOLERANCE = 0.01
+
+
+def unit_range_problem(values: np.ndarray, name: str) -> str | None:
+    """The problem of coordinates that should be normalised to [0, 1] of the frame (TAP-Vid's points, RealEstate10K's
+    principal points) but are not finite or lie outside it (beyond :data:`UNIT_TOLERANCE`), in words: "points look
+    like pixels: max 212.0, expected [0, 1]"; ``None`` when they are fine."""
+    v = np.asarray(values, np.float64)
+    if not v.size:
+        return None
+    if not np.isfinite(v).all():
+        return f"{name} are not all finite (NaN or infinite), expected [0, 1]"
+    lo, hi = float(v.min()), float(v.max())
+    if lo >= -UNIT_TOLERANCE and hi <= 1 + UNIT_TOLERANCE:
+        return None
+    if hi > 2:
+        return f"{name} look like pixels: max {hi:.1f}, expected [0, 1]"
+    return f"{name} lie outside the frame: {f'max {hi:.3f}' if hi > 1 + UNIT_TOLERANCE else f'min {lo:.3f}'}, " \
+           f"expected [0, 1]"

@@ -44,7 +44,15 @@ from diffprobe.data.dataset import (
     require_files,
 )
 from diffprobe.data.decode import read_image, read_png_map
-from diffprobe.data.transforms import Geometry, apply_boxes, apply_video, frame_indices, plan_geometry, windows
+from diffprobe.data.transforms import (
+    Geometry,
+    apply_boxes,
+    apply_video,
+    frame_indices,
+    plan_geometry,
+    too_short,
+    windows,
+)
 
 SPLITS = ("train", "val")
 VOID = 255  # the annotation value of pixels DAVIS leaves unlabelled
@@ -209,8 +217,7 @@ class DavisDataset(FileDataset):
         else:
             clips = windows(len(seq.images), o.frames, o.stride)
         if not clips:
-            raise DatasetError(f"{self.image_dir / seq.name}: {len(seq.images)} frames, too short for a clip of "
-                               f"frames={o.frames} stride={o.stride} ({(o.frames - 1) * o.stride + 1} frames)")
+            raise DatasetError(f"{self.image_dir / seq.name}: {too_short(len(seq.images), o.frames, o.stride)}")
         return clips
 
     def _describe(self, entry: tuple[str, tuple[int, ...]]) -> str:

@@ -39,8 +39,9 @@ from diffprobe.data.dataset import (
     fingerprint,
     require_files,
 )
-from diffprobe.data.decode import read_image, read_video, video_length
-from diffprobe.data.transforms import apply_video, frame_indices, plan_geometry, windows
+from diffprobe.data.decode import NOT_A_VIDEO, read_image, read_video, video_length
+from diffprobe.data.transforms import apply_video, frame_indices, plan_geometry, too_short, windows
+from diffprobe.utils.media import av_error_text
 
 #: file name endings of the videos and images the readers pick up (compared in lower case)
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
@@ -132,8 +133,7 @@ class VideoLoader:
         length = video_length(path)
         found = frame_indices(length, self.frames, self.stride, self.start)
         if found is None:
-            raise DatasetError(f"{path}: video has {length} frame(s), too short for frames={self.frames} "
-                               f"stride={self.stride} (needs {(self.frames - 1) * self.stride + 1})")
+            raise DatasetError(f"{path}: {too_short(length, self.frames, self.stride)}")
         return tuple(int(i) for i in found)
 
     def __call__(self, entry: FileClip) -> Clip:
@@ -183,7 +183,7 @@ def video_frame_size(path: Path) -> tuple[int, int]:
                 raise DatasetError(f"{path}: video stream header has no frame size")
             return int(ctx.height), int(ctx.width)
     except (av.FFmpegError, OSError) as e:
-        raise DatasetError(f"{path}: cannot read video: {e}") from e
+        raise DatasetError(f"{path}: {NOT_A_VIDEO}: {av_error_text(e)}") from e
 
 
 def image_frame_size(path: Path) -> tuple[int, int]:
@@ -222,6 +222,15 @@ def skip_or_raise(skipped: list[dict[str, Any]], on_bad: str, index: int, source
     if on_bad != "skip":
         raise DatasetError(error)
     skipped.append({"index": index, "source": str(source), "error": error})
+
+
+def has_bytes(path: Path, skipped: list[dict[str, Any]], on_bad: str, index: int) -> bool:
+    """Whether a file found by an index holds any bytes: an empty (0-byte) file, a broken download, is an error
+    at open (``on_bad=error``) or recorded in ``skipped`` (``on_bad=skip``) and not indexed. Costs one ``stat``."""
+    if path.stat().st_size:
+        return True
+    skip_or_raise(skipped, on_bad, index, path, f"{path}: empty file (0 bytes)")
+    return False
 
 
 # ---- videos:DIR and images:DIR ---------------------------------------------------------------------------------
@@ -276,21 +285,23 @@ def open_videos(path: str, options: dict[str, Any], spec: str) -> VideosDataset:
     files = find_files(root, VIDEO_EXTENSIONS)
     if not files:
         raise DatasetError(f"{root}: no videos ({' '.join(VIDEO_EXTENSIONS)}) found")
-    entries, skipped = [], []
-    if opts.windows == "first":
-        entries = [FileClip(f) for f in files]
-    else:
-        for i, f in enumerate(files):
-            try:
-                length = video_length(f)
-            except DatasetError as e:
-                skip_or_raise(skipped, opts.on_bad, i, f, str(e))
-                continue
-            found = windows(length, opts.frames, opts.stride)
-            if not found:
-                skip_or_raise(skipped, opts.on_bad, i, f, f"{f}: video has {length} frame(s), too short for "
-                              f"frames={opts.frames} stride={opts.stride}")
-            entries.extend(FileClip(f, tuple(int(j) for j in w)) for w in found)
+    entries: list[FileClip] = []
+    skipped: list[dict[str, Any]] = []
+    for i, f in enumerate(files):
+        if not has_bytes(f, skipped, opts.on_bad, i):
+            continue
+        if opts.windows == "first":  # the length is read with the clip
+            entries.append(FileClip(f))
+            continue
+        try:
+            length = video_length(f)
+        except DatasetError as e:
+            skip_or_raise(skipped, opts.on_bad, i, f, str(e))
+            continue
+        found = windows(length, opts.frames, opts.stride)
+        if not found:
+            skip_or_raise(skipped, opts.on_bad, i, f, f"{f}: {too_short(length, opts.frames, opts.stride)}")
+        entries.extend(FileClip(f, tuple(int(j) for j in w)) for w in found)
     good = [e.path for e in entries]
     height, width = output_size(opts.size, opts.resize, good[0] if good else None, is_video=True, where=root)
     return VideosDataset(root, spec, opts, entries, files, VideoLoader.of(opts, height, width), skipped)
@@ -303,7 +314,9 @@ def open_images(path: str, options: dict[str, Any], spec: str) -> ImagesDataset:
     files = find_files(root, IMAGE_EXTENSIONS)
     if not files:
         raise DatasetError(f"{root}: no images ({' '.join(IMAGE_EXTENSIONS)}) found")
-    height, width = output_size(opts.size, opts.resize, files[0], is_video=False, where=root)
-    entries = [FileClip(f) for f in files]
-    return ImagesDataset(root, spec, opts, entries, files, ImageLoader.of(opts, height, width), [])
+    skipped: list[dict[str, Any]] = []
+    entries = [FileClip(f) for i, f in enumerate(files) if has_bytes(f, skipped, opts.on_bad, i)]
+    height, width = output_size(opts.size, opts.resize, entries[0].path if entries else None, is_video=False,
+                                where=root)
+    return ImagesDataset(root, spec, opts, entries, files, ImageLoader.of(opts, height, width), skipped)
 

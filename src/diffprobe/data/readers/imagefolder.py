@@ -36,6 +36,7 @@ from diffprobe.data.readers.folders import (
     ImageOptions,
     describe_entry,
     find_files,
+    has_bytes,
     output_size,
 )
 
@@ -81,8 +82,7 @@ class ImageFolderDataset(FileDataset):
         if not names:
             raise DatasetError(f"{root}: no class folders")
         index = {name: i for i, name in enumerate(names)}
-        self.entries = {split: [FileClip(p, targets=(("label", index[name]),)) for name, paths in table.items()
-                                for p in paths] for split, table in tables.items()}
+        self.entries = {split: self._index(split, table, index) for split, table in tables.items()}
         images = [e.path for entries in self.entries.values() for e in entries]
         if not images:
             raise DatasetError(f"{root}: no images ({' '.join(IMAGE_EXTENSIONS)}) in its class folders")
@@ -95,6 +95,17 @@ class ImageFolderDataset(FileDataset):
         self.loader = ImageLoader.of(opts, self.height, self.width)
         # the class folders too: an added (even empty) class folder changes the label space
         self.identity = dataset_identity(self.kind, root, opts, fingerprint(images + class_folders, root))
+
+    def _index(self, split: str, table: dict[str, list[Path]], index: dict[str, int]) -> list[FileClip]:
+        """The clips of one split, class by class; an empty (0-byte) image is an error or (``on_bad=skip``)
+        skipped."""
+        skipped: list[dict[str, Any]] = []
+        paths = [(p, name) for name, ps in table.items() for p in ps]
+        entries = [FileClip(p, targets=(("label", index[name]),)) for i, (p, name) in enumerate(paths)
+                   if has_bytes(p, skipped, self.on_bad, i)]
+        if skipped:
+            self.skipped[split] = skipped
+        return entries
 
     def split(self, name: str) -> ClipSequence:
         entries = self.entries[name]

@@ -39,6 +39,7 @@ from diffprobe.data.dataset import (
 from diffprobe.data.readers.folders import (
     FileClip,
     VideoLoader,
+    has_bytes,
     labelled_clips,
     output_size,
     skip_or_raise,
@@ -189,7 +190,8 @@ class KineticsDataset(FileDataset):
                 skip_or_raise(skipped, self.on_bad, i, tried[0], f"{tried[0]}: no such clip (row {row.line} of "
                               f"{csv_path}; nor {others})")
                 continue
-            entries.append(FileClip(path, targets=(("action", index[row.label]),)))
+            if has_bytes(path, skipped, self.on_bad, i):
+                entries.append(FileClip(path, targets=(("action", index[row.label]),)))
         if skipped:
             self.skipped[split] = skipped
         return entries

@@ -45,7 +45,7 @@ from diffprobe.data.dataset import (
 )
 from diffprobe.data.decode import read_image
 from diffprobe.data.readers.scannet import image_size, one_size, same_size, select_windows, tile_windows
-from diffprobe.data.transforms import apply_intrinsics, apply_video, plan_geometry
+from diffprobe.data.transforms import apply_intrinsics, apply_video, plan_geometry, too_short, unit_range_problem
 
 KIND = "re10k"
 SPLITS: tuple[str, ...] = ("train", "test")  #: the release's split folders
@@ -98,6 +98,9 @@ def read_camera_file(path: Path) -> CameraFile:
     if not np.isfinite(v).all():
         n = 2 + int(np.flatnonzero(~np.isfinite(v).all(axis=1))[0])
         raise DatasetError(f"{path}: line {n}: a value is not finite")
+    problem = unit_range_problem(v[:, 2:4], "principal points (cx, cy)")
+    if problem:
+        raise DatasetError(f"{path}: {problem} (normalised by the frame's width and height)")
     w2c = np.tile(np.eye(4), (len(v), 1, 1))
     w2c[:, :3, :] = v[:, 6:].reshape(-1, 3, 4)
     return CameraFile(path, np.array(stamps, np.int64), v[:, :4], w2c)
@@ -147,8 +150,7 @@ class RE10KDataset(FileDataset):
                 cams = read_camera_file(path)
                 cands = tile_windows(len(cams.timestamps), self.opts.frames, self.opts.stride, self.opts.start)
                 if not cands:
-                    raise DatasetError(f"{path}: {len(cams.timestamps)} frame(s), too short for "
-                                       f"frames={self.opts.frames} stride={self.opts.stride}")
+                    raise DatasetError(f"{path}: {too_short(len(cams.timestamps), self.opts.frames, self.opts.stride)}")
                 folder = path.with_suffix("")
                 if not folder.is_dir():
                     raise DatasetError(f"{folder}: no such folder (the frames of {path.name})")

@@ -56,7 +56,15 @@ from diffprobe.data.dataset import (
     require_files,
 )
 from diffprobe.data.decode import read_image, read_png_map
-from diffprobe.data.transforms import Geometry, apply_depth, apply_intrinsics, apply_video, plan_geometry, windows
+from diffprobe.data.transforms import (
+    Geometry,
+    apply_depth,
+    apply_intrinsics,
+    apply_video,
+    plan_geometry,
+    too_short,
+    windows,
+)
 
 KIND = "scannet"
 #: split name -> the official split file in DIR
@@ -272,8 +280,7 @@ class ScanNetDataset(FileDataset):
                 k = read_depth_intrinsics(scene / "intrinsic" / "intrinsic_depth.txt")
                 cands = tile_windows(len(frames), self.opts.frames, self.opts.stride, self.opts.start)
                 if not cands:
-                    raise DatasetError(f"{scene}: {len(frames)} frame(s), too short for frames={self.opts.frames} "
-                                       f"stride={self.opts.stride}")
+                    raise DatasetError(f"{scene}: {too_short(len(frames), self.opts.frames, self.opts.stride)}")
             except DatasetError as e:
                 self._bad(split, len(entries) + len(self.skipped.get(split, [])), scene, e)
                 continue

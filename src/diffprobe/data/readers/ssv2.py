@@ -36,6 +36,7 @@ from diffprobe.data.dataset import (
 from diffprobe.data.readers.folders import (
     FileClip,
     VideoLoader,
+    has_bytes,
     labelled_clips,
     output_size,
     skip_or_raise,
@@ -147,7 +148,8 @@ class SSv2Dataset(FileDataset):
             if video_id not in videos:
                 skip_or_raise(skipped, self.on_bad, i, path, f"{path}: no such video (entry {i} of {split_path})")
                 continue
-            entries.append(FileClip(path, targets=(("action", action),)))
+            if has_bytes(path, skipped, self.on_bad, i):
+                entries.append(FileClip(path, targets=(("action", action),)))
         if skipped:
             self.skipped[split] = skipped
         return entries

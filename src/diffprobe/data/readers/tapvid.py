@@ -13,10 +13,12 @@ On-disk format (one pickle file, as released by TAP-Vid, Doersch et al. 2022)::
 Field mapping: ``video`` <- the record's frames (resized / cropped by the options); ``tracks`` float32 (N, T, 2)
 <- ``points`` scaled to source pixels (``x * W0, y * H0``; pixel ``i`` spans ``[i, i + 1)``) and then through the
 same geometry as the frames (with ``resize=stretch`` this is ``x * W_out, y * H_out``); ``visible`` bool (N, T) <-
-``not occluded`` and inside the output frame. One split, ``all``: one clip per video (``windows=first``, its first
-``frames`` frames ``stride`` apart, or centred with ``start=center``) or one per non-overlapping window
-(``windows=all``). ``mode`` (``first`` | ``strided``) is the dataset's ``query_mode``: how the point-tracking task
-samples query points from a clip (:func:`diffprobe.metrics.tapvid.sample_queries`).
+``not occluded`` and inside the output frame. A video whose visible points are not in [0, 1] (points given in
+pixels, say) is an error at open naming the file and the video (under ``on_bad=skip``: left out and listed). One
+split, ``all``: one clip per video (``windows=first``, its first ``frames`` frames ``stride`` apart, or centred with
+``start=center``) or one per non-overlapping window (``windows=all``). ``mode`` (``first`` | ``strided``) is the
+dataset's ``query_mode``: how the point-tracking task samples query points from a clip
+(:func:`diffprobe.metrics.tapvid.sample_queries`).
 
 The format is one pickle, so it is loaded whole: on first use in a process (at open, and again in each worker
 process that does not inherit it), then kept in memory for that process (:data:`_CACHE`, keyed by the file's path,
@@ -47,7 +49,16 @@ from diffprobe.data.dataset import (
     require_files,
 )
 from diffprobe.data.decode import read_image
-from diffprobe.data.transforms import apply_points, apply_video, frame_indices, in_frame, plan_geometry, windows
+from diffprobe.data.transforms import (
+    apply_points,
+    apply_video,
+    frame_indices,
+    in_frame,
+    plan_geometry,
+    too_short,
+    unit_range_problem,
+    windows,
+)
 
 #: (resolved path, size, mtime_ns) -> the unpickled file; one entry per file, for the life of the process
 _CACHE: dict[tuple[str, int, int], Any] = {}
@@ -145,6 +156,10 @@ def _index_video(key: str | int, name: str, record: Any, where: str) -> _Video:
         raise DatasetError(f"{where}: 'occluded' is {occluded}, 'points' is {points}: expected (N, T) = {points[:2]}")
     if points[1] != t:
         raise DatasetError(f"{where}: 'points' cover {points[1]} frames, 'video' has {t}")
+    visible = np.asarray(record["points"], np.float64)[~np.asarray(record["occluded"], bool)]  # (M, 2) normalised
+    problem = unit_range_problem(visible, "points")
+    if problem:  # (pixels would leave every track out of frame: invisible)
+        raise DatasetError(f"{where}: {problem} (x, y normalised by the frame's width and height)")
     return _Video(key, name, t, h, w)
 
 
@@ -201,8 +216,7 @@ class TapVidDataset(FileDataset):
         else:
             clips = windows(video.length, o.frames, o.stride)
         if not clips:
-            raise DatasetError(f"{where}: {video.length} frames, too short for a clip of frames={o.frames} "
-                               f"stride={o.stride} ({(o.frames - 1) * o.stride + 1} frames)")
+            raise DatasetError(f"{where}: {too_short(video.length, o.frames, o.stride)}")
         return clips
 
     def _data(self) -> Any:
