@@ -32,11 +32,6 @@ BEYOND = {"block": "1000", "blocks": "1000", "t": "1001", "ts": "1001"}
 #: declare the range on the click option, or make the shared helper raise an InputError. Emptied as they are fixed
 #: (a stale entry fails test_every_command_has_base_arguments_and_cases).
 NOT_YET_FIXED: set[tuple[str, str, str]] = {
-    # data/cli.py world: --num IntRange(min=1), --shard-size IntRange(min=1), --preview IntRange(min=0)
-    ("world", "num", "out of range -1"), ("world", "shard_size", "out of range -1"),
-    ("world", "num_preview", "out of range -1"),
-    # utils/cliopts.py workers_option: --workers IntRange(min=0) (a traceback from DataLoader in probe)
-    ("extract", "workers", "out of range -1"), ("probe", "workers", "out of range -1"),
     # study/report.py report: --block IntRange(min=0), --t FloatRange(0, 1000), and a headline cell the store does
     # not hold an error listing the (block, t) it holds (today any value writes a report)
     ("report", "block", "out of range -1"), ("report", "block", "out of range 1000"),

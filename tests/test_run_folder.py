@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -209,3 +210,22 @@ def test_shortened_runs_scale_their_warmup_and_an_impossible_one_is_named() -> N
     assert kept.train.warmup_steps == 30
     with pytest.raises(ConfigError, match=r"warmup_steps: 90 exceeds steps=60"):
         TokenizerRunConfig.preset("tiny").override(["train.steps=60", "train.warmup_steps=90"])
+
+
+def test_training_reports_skipped_clips_into_its_run_folder(tmp_path, monkeypatch) -> None:
+    """A broken file under on_bad=skip is named at the end of train-tokenizer and listed in the run's own
+    skipped.json, never in the working directory."""
+    from fixtures_video import real_frames, truncate, write_video
+
+    for i, source in enumerate(("bikes.mp4", "carphone_pristine.mp4")):
+        write_video(tmp_path / "clips" / f"v{i}.mp4", real_frames(source, count=20, hw=(32, 32)))
+    truncate(write_video(tmp_path / "clips" / "broken.mp4", real_frames("bikes.mp4", count=20, hw=(32, 32))))
+    monkeypatch.chdir(tmp_path)
+    spec = "videos:clips@frames=9,stride=1,size=32,windows=all,on_bad=skip"
+    out = _run(["train-tokenizer", "--out", "runs/tok", "--dataset", spec, "--set", "train.steps=2",
+                "--set", "train.batch_size=2", "--cache", "cache", *FAST])
+    assert "broken.mp4" in out and "skipped" in out
+    listed = json.loads((tmp_path / "runs/tok/skipped.json").read_text())
+    (records,) = [r for splits in listed.values() for r in splits.values()]
+    assert [Path(r["source"]).name for r in records] == ["broken.mp4"]
+    assert not (tmp_path / "skipped.json").exists()

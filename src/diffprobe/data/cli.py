@@ -19,12 +19,13 @@ from diffprobe.utils.io import atomic_write_json
 
 @click.command("world")
 @click.option("--preset", default="tiny", show_default=True, help=f"one of {sorted(ProbeWorldConfig.PRESETS)}")
-@click.option("--num", type=int, default=16, show_default=True, help="clips to write (the first NUM of the split)")
+@click.option("--num", type=click.IntRange(min=1), default=16, show_default=True,
+              help="clips to write (the first NUM of the split)")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--split", type=click.Choice(list(SPLITS)), default="train", show_default=True)
 @overrides_option
-@click.option("--shard-size", type=int, default=256, show_default=True, help="clips per shard file")
-@click.option("--preview", "num_preview", type=int, default=8, show_default=True,
+@click.option("--shard-size", type=click.IntRange(min=1), default=256, show_default=True, help="clips per shard file")
+@click.option("--preview", "num_preview", type=click.IntRange(min=0), default=8, show_default=True,
               help="clips shown in the GIFs and the contact sheet (0: none)")
 def world(preset: str, num: int, out_dir: Path, split: str, assignments: tuple[str, ...], shard_size: int,
           num_preview: int) -> None:

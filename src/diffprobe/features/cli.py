@@ -7,17 +7,17 @@ from pathlib import Path
 
 import click
 
-from diffprobe.utils.cliopts import cache_option, dataset_option, quiet_option, report_skipped, workers_option
-
-# shared by the commands that read a backbone's features of a dataset (extract, probe)
-t_option = click.option("--t", "t", type=click.FloatRange(0, 1000), default=0.0, show_default=True,
-                        help="Noise level, 0 (clean) .. 1000.")
-noise_seed_option = click.option("--noise-seed", type=click.IntRange(min=0), default=0, show_default=True)
-ensemble_option = click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True,
-                               help="Average features over this many noise draws.")
-allow_size_change_option = click.option(
-    "--allow-size-change", is_flag=True,
-    help="Read clips of another size than the backbone was trained on (otherwise an error; never a silent resize).")
+from diffprobe.utils.cliopts import (
+    allow_size_change_option,
+    cache_option,
+    dataset_option,
+    ensemble_option,
+    noise_seed_option,
+    quiet_option,
+    report_skipped,
+    t_option,
+    workers_option,
+)
 
 
 @click.command("extract")

@@ -6,13 +6,16 @@ from pathlib import Path
 
 import click
 
-from diffprobe.features.cli import allow_size_change_option, ensemble_option, noise_seed_option, t_option
 from diffprobe.utils.cliopts import (
+    allow_size_change_option,
     cache_option,
     dataset_option,
+    ensemble_option,
+    noise_seed_option,
     overrides_option,
     quiet_option,
     report_skipped,
+    t_option,
     workers_option,
 )
 
@@ -80,4 +83,4 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
     sources = ", ".join(f"{r} {rd.dataset.spec} [{rd.source}, {len(rd.clips)} clips]" for r, rd in roles.items())
     click.echo(f"{task_name} on {resolved.backbone.identity} block {block} t={t:g} (lr {res.chosen_lr:g}, "
                f"step {res.chosen_step}; {sources}): " + ", ".join(f"{k}={v:.4f}" for k, v in res.test.items()))
-    report_skipped([rd.dataset for rd in roles.values()], store.parent)
+    report_skipped([rd.dataset for rd in roles.values()], cache_dir)

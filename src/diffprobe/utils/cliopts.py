@@ -30,7 +30,17 @@ dataset_option = click.option(
     help="Dataset spec KIND:PATH[@KEY=VALUE,...] (probeworld:tiny, tapvid:FILE.pkl, kinetics:DIR, ...; see "
          "`diffprobe data info`). Default: the data the backbone was trained on.")
 workers_option = click.option(
-    "--workers", default=0, show_default=True, help="DataLoader worker processes decoding clips (0: none).")
+    "--workers", type=click.IntRange(min=0), default=0, show_default=True,
+    help="DataLoader worker processes decoding clips (0: none).")
+# shared by the commands that read a backbone's features of a dataset (extract, probe)
+t_option = click.option("--t", "t", type=click.FloatRange(0, 1000), default=0.0, show_default=True,
+                        help="Noise level, 0 (clean) .. 1000.")
+noise_seed_option = click.option("--noise-seed", type=click.IntRange(min=0), default=0, show_default=True)
+ensemble_option = click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True,
+                               help="Average features over this many noise draws.")
+allow_size_change_option = click.option(
+    "--allow-size-change", is_flag=True,
+    help="Read clips of another size than the backbone was trained on (otherwise an error; never a silent resize).")
 
 
 #: the file that lists the clips ``on_bad=skip`` left out, in a run's or a cache's folder, keyed by dataset spec
