@@ -58,3 +58,5 @@ def test_dataset_specs_are_stored_with_the_cell(tmp_path) -> None:
     with ResultsStore(path) as store:
         assert store.data_specs() == {"dA": specs}
         assert [r["dataset"] for r in store.query(metric="top1")] == ["d0", "dA"]  # the cell's key is unchanged
+        store.add_data_specs("d0", {"test": "videos:/clips"})  # naming a cell stored before specs were given
+        assert store.data_specs() == {"dA": specs, "d0": {"test": "videos:/clips"}}

@@ -131,10 +131,19 @@ class ResultsStore:
                 scores = json.dumps([None if not np.isfinite(v) else float(v) for v in np.asarray(per_clip).ravel()])
                 self._db.execute(f"INSERT OR REPLACE INTO clip_scores ({', '.join(CELL_COLUMNS)}, scores) VALUES "
                                  f"({', '.join('?' * (len(CELL_COLUMNS) + 1))})", (*astuple_cell(cell), scores))
-            if data_specs is not None:  # the table is made here, so an older store opens read-only as before
-                self._db.execute(_DATASETS_SCHEMA)
-                self._db.execute("INSERT OR REPLACE INTO datasets (dataset, roles) VALUES (?, ?)",
-                                 (cell.dataset, json.dumps(dict(data_specs), sort_keys=True)))
+            if data_specs is not None:
+                self._put_specs(cell.dataset, data_specs)
+
+    def add_data_specs(self, dataset: str, data_specs: Mapping[str, str]) -> None:
+        """Record the spec of each role behind the ``dataset`` hash on its own (e.g. for cells stored before specs
+        were recorded)."""
+        with self._db:
+            self._put_specs(dataset, data_specs)
+
+    def _put_specs(self, dataset: str, data_specs: Mapping[str, str]) -> None:
+        self._db.execute(_DATASETS_SCHEMA)  # made here, so an older store still opens read-only
+        self._db.execute("INSERT OR REPLACE INTO datasets (dataset, roles) VALUES (?, ?)",
+                         (dataset, json.dumps(dict(data_specs), sort_keys=True)))
 
     def data_specs(self) -> dict[str, dict[str, str]]:
         """``{dataset hash: {role: spec}}`` of every dataset whose specs were recorded (none in an older store)."""
