@@ -8,6 +8,7 @@ import io
 import json
 import math
 import re
+from html import escape as html_escape
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,13 @@ import pytest
 from click.testing import CliRunner
 from matplotlib.image import imread
 
+from diffprobe.study.config import StudyConfig
 from diffprobe.study.pca import frame_to_feature_index, pca_figure, pca_rgb, upsample_nearest
 from diffprobe.study.report import write_report
 from diffprobe.study.report_data import (
     Bar,
     Stat,
+    aggregate,
     default_headline,
     headlines,
     load_study,
@@ -218,6 +221,7 @@ def test_write_report_is_self_contained_and_complete(full_run) -> None:
     assert "video beats image on camera_pose by +100.0%" in html
     assert "<b>0.2 ± 0</b>" in html  # walt-video's abs_rel at the headline: the best of depth
     assert "<details><summary>study config" in html and "&quot;blocks&quot;" in html
+    assert 'class="caveat"' not in html  # a config without a caveat shows no warning box
     names = {"fig_video_vs_image.png", "fig_sweeps.png", "fig_relative_change.png", "fig_scaling.png",
              "fig_pca_clip0.png"}
     assert {p.name for p in path.parent.glob("fig_*.png")} == names
@@ -278,3 +282,81 @@ def test_pca_figure_maps_frames_proportionally() -> None:
     fig = pca_figure(frames, {"a": np.random.default_rng(0).normal(size=(2, 4, 4, 8))})
     assert len(fig.axes) == 3 * 4  # frames row + PCA row + PC1 row, 4 frames each
     assert "⌊i·2/4⌋" in fig.axes[4].get_ylabel()
+
+
+QUICK_CAVEAT = StudyConfig.preset("quick").caveat
+
+
+def _two_datasets(run_dir: Path) -> Path:
+    """Two adhoc probes of one backbone, task, block and t on two Kinetics folders (one seed each), and two seeds on
+    a third dataset whose spec the store was not told (as in a store written before specs were recorded)."""
+    def cell(dataset: str, seed: int) -> Cell:
+        return Cell("adhoc", "walt:runs/video", "walt-video-abc", "video", 1000, 2, 0.0, 0, 1, "action", dataset,
+                    "all", seed, "h1")
+
+    with ResultsStore(run_dir / "results.sqlite") as store:
+        store.add(cell("dA", 0), {"top1": 1.0}, data_specs=dict.fromkeys(("train", "val", "test"), "kinetics:/k/a"))
+        store.add(cell("dB", 0), {"top1": 0.6}, data_specs={"train": "kinetics:/k/b#train",
+                                                             "val": "kinetics:/k/b#val", "test": "kinetics:/k/b#test"})
+        for seed, value in ((0, 0.5), (1, 0.7)):
+            store.add(cell("dC", seed), {"top1": value})
+    return run_dir
+
+
+def test_cells_on_different_datasets_are_not_pooled(tmp_path) -> None:
+    run = _two_datasets(tmp_path)
+    data = load_study(run / "results.sqlite")
+    b_label = "train=kinetics:/k/b#train, val=kinetics:/k/b#val, test=kinetics:/k/b#test"
+    assert {k.dataset: (s.n, s.mean) for k, s in data.stats.items()} == {
+        "kinetics:/k/a": (1, 1.0), b_label: (1, 0.6), "dataset dC": (2, pytest.approx(0.6))}
+    assert data.measure("action", "kinetics:/k/a") == "action on kinetics:/k/a"
+    html = write_report(run).read_text()
+    rows = re.findall(r"<tr[^>]*><td>(kinetics:/k/a|train=[^<]*|dataset dC)</td><td>top1</td>.*?</tr>", html)
+    assert len(rows) == 3, rows  # one full-table row per dataset
+    assert "<td>kinetics:/k/a</td><td>top1</td><td>walt:runs/video</td><td>video</td><td class=\"num\">1000</td>" \
+           '<td class="num">2</td><td class="num">0</td><td class="num"><b>1</b></td><td class="num">1</td>' in html
+    assert "<code>dC</code>" in html and "<i>not recorded</i>" in html  # the datasets table names each hash
+
+
+def test_report_cli_prints_each_dataset_from_another_folder(tmp_path, monkeypatch) -> None:
+    from diffprobe.cli import main
+
+    run = _two_datasets(tmp_path / "run")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    res = CliRunner().invoke(main, ["report", "../run"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    a = next(ln for ln in lines if "kinetics:/k/a" in ln)
+    b = next(ln for ln in lines if "kinetics:/k/b#test" in ln)
+    c = next(ln for ln in lines if "dataset dC" in ln)
+    assert a.split()[-2:] == ["1", "1"] and b.split()[-2:] == ["0.6", "1"] and c.split()[-4:] == ["0.6", "±", "0.14",
+                                                                                                   "2"]
+    assert "0.8" not in res.output and not lines[0].startswith("note:")  # nothing pooled; no caveat in this run
+    assert lines[-1] == "report: ../run/report/report.html" and (run / "report" / "report.html").is_file()
+
+
+def test_other_probe_configs_of_one_backbone_are_other_cells() -> None:
+    def row(config_hash: str, seed: int, value: float, time: str) -> dict:
+        cell = Cell("s", "walt-video", "id", "video", 1, 2, 0.0, 0, 1, "action", "d", "all", seed, config_hash)
+        return {**dataclasses.asdict(cell), "metric": "top1", "value": value, "time": time}
+
+    data = aggregate("s", [row("old-config", 0, 0.2, "2025-01-01T00:00:00"), row("new-config", 0, 0.6,
+                           "2025-02-01T00:00:00"), row("new-config", 1, 0.8, "2025-02-01T00:00:01")])
+    assert {k.backbone: (s.n, s.mean) for k, s in data.stats.items()} == {
+        "walt-video": (2, pytest.approx(0.7)), "walt-video[probe config old-conf]": (1, 0.2)}
+    assert any("the latest is shown as walt-video" in n for n in data.notes)
+
+
+def test_the_caveat_heads_the_page_and_the_printed_table(tmp_path) -> None:
+    from diffprobe.cli import main
+
+    run = make_run(tmp_path, full=False)
+    atomic_write_json(run / "study_config.json", {"name": "demo", "caveat": QUICK_CAVEAT})
+    res = CliRunner().invoke(main, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[0] == f"note: {QUICK_CAVEAT}"
+    html = (run / "report" / "report.html").read_text()
+    box = html.index('<div class="caveat"')
+    assert html_escape(QUICK_CAVEAT) in html[box:html.index("</div>", box)] and box < html.index("<table")
+    assert box < html.index("<details><summary>study config")  # not only inside the collapsed config

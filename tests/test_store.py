@@ -43,3 +43,20 @@ def test_corrupt_store_is_named(tmp_path) -> None:
     bad.write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(ValueError, match="bad.sqlite"):
         ResultsStore(bad)
+
+
+def test_dataset_specs_are_stored_with_the_cell(tmp_path) -> None:
+    path = tmp_path / "results.sqlite"
+    specs = {"train": "kinetics:/data/a#train", "val": "kinetics:/data/a#val", "test": "kinetics:/data/a#test"}
+    with ResultsStore(path) as store:
+        store.add(_cell(), {"top1": 0.5})
+        assert store.data_specs() == {}  # no spec given, no table made: an older store reads the same way
+        store.add(_cell(dataset="dA"), {"top1": 0.5}, data_specs=specs)
+        with pytest.raises(TypeError):  # a spec that cannot be written undoes the whole cell
+            store.add(_cell(dataset="dB"), {"top1": 0.7}, data_specs={"train": object()})
+        assert not store.has(_cell(dataset="dB"))
+    with ResultsStore(path) as store:
+        assert store.data_specs() == {"dA": specs}
+        assert [r["dataset"] for r in store.query(metric="top1")] == ["d0", "dA"]  # the cell's key is unchanged
+        store.add_data_specs("d0", {"test": "videos:/clips"})  # naming a cell stored before specs were given
+        assert store.data_specs() == {"dA": specs, "d0": {"test": "videos:/clips"}}

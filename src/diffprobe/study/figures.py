@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from diffprobe.study.report_data import Bar, Curve, ScalePoint, fmt_num
+from diffprobe.study.report_data import Bar, Curve, ScalePoint, fmt_num, measure_labels
 from diffprobe.study.report_tasks import (
     CONTROLS,
     IMAGE,
@@ -50,21 +50,24 @@ def _arrow(metric: str) -> str:
 
 
 def relative_bars_figure(bars: Sequence[Bar], reference: str = IMAGE) -> Figure:
-    """Figure 1: per task, each backbone's primary metric relative to ``reference`` (= 100%), min-max whiskers
-    over replicates when there are several."""
-    tasks = task_order({b.task for b in bars})
+    """Figure 1: per task (and dataset, where a task has several), each backbone's primary metric relative to
+    ``reference`` (= 100%), min-max whiskers over replicates when there are several; the legend sits above the
+    axes, clear of the bars and their labels."""
+    names = measure_labels((b.task, b.dataset) for b in bars)
+    order = {t: i for i, t in enumerate(task_order({b.task for b in bars}))}
+    tasks = sorted(names, key=lambda m: (order[m[0]], m[1]))  # (task, dataset) groups along x
     backbones = backbone_order({b.backbone for b in bars})
     col = colours(backbones)
-    by = {(b.task, b.backbone): b for b in bars}
+    by = {(b.task, b.dataset, b.backbone): b for b in bars}
     metric_of = {b.task: b.metric for b in bars}
-    fig = Figure(figsize=(max(6.0, 1.5 * len(tasks) + 2), 4.6))
+    fig = Figure(figsize=(max(6.0, len(tasks) * max(1.5, 0.25 * len(backbones)) + 2), 4.6))
     ax = fig.subplots()
     width = 0.8 / len(backbones)
     top = 100.0
     labelled: set[str] = set()
     for j, name in enumerate(backbones):
-        for i, task in enumerate(tasks):
-            bar = by.get((task, name))
+        for i, (task, ds) in enumerate(tasks):
+            bar = by.get((task, ds, name))
             if bar is None:
                 continue
             x = i - 0.4 + width * (j + 0.5)
@@ -81,28 +84,44 @@ def relative_bars_figure(bars: Sequence[Bar], reference: str = IMAGE) -> Figure:
             top = max(top, y)
             ax.text(x, y + 1, f"{bar.percent:.0f}", ha="center", va="bottom", fontsize=7)
     ax.axhline(100.0, color="#333333", lw=0.8, ls="--")
-    ax.set_xticks(range(len(tasks)), [f"{t}\n({metric_of[t]} {_arrow(metric_of[t])})" for t in tasks], fontsize=8)
+    ax.set_xticks(range(len(tasks)), [f"{_wrap(names[m])}\n({metric_of[m[0]]} {_arrow(metric_of[m[0]])})"
+                                      for m in tasks], fontsize=8)
     ax.set_ylabel(f"relative to {reference} (%)\nabove 100 = better")
     ax.set_ylim(0, top * 1.12)
-    ax.legend(fontsize=8, ncol=min(4, len(labelled)), loc="upper left", frameon=False)
     ax.set_title(f"Video vs image per task (headline block and t; {reference} = 100%)", fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
+    if labelled:  # outside the axes, right of them: never over a bar or its label
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
 
+def _wrap(text: str, width: int = 22) -> str:
+    """``text`` broken into lines of at most ``width`` characters (at spaces or '/', long parts kept whole)."""
+    lines, cur = [], ""
+    for part in text.replace("/", "/\0").replace(" ", " \0").split("\0"):
+        if cur and len(cur) + len(part) > width:
+            lines.append(cur.rstrip())
+            cur = ""
+        cur += part
+    return "\n".join([*lines, cur.rstrip()])
+
+
 def sweeps_figure(curves: Sequence[Curve]) -> Figure:
-    """Figure 5 (absolute): per task, primary metric vs t (left) and vs block (right); one curve per backbone,
-    ±std bands over replicates, the headline point circled; a backbone with a single value is a dashed line."""
-    tasks = task_order({c.task for c in curves})
+    """Figure 5 (absolute): per task (and dataset), primary metric vs t (left) and vs block (right); one curve per
+    backbone, ±std bands over replicates, the headline point circled; a backbone with a single value is a dashed
+    line."""
+    names = measure_labels((c.task, c.dataset) for c in curves)
+    order = {t: i for i, t in enumerate(task_order({c.task for c in curves}))}
+    tasks = sorted(names, key=lambda m: (order[m[0]], m[1]))
     col = colours(backbone_order({c.backbone for c in curves}))
     fig = Figure(figsize=(10, 2.5 * len(tasks) + 0.4))
     axes = fig.subplots(len(tasks), 2, squeeze=False)
     legend: dict[str, Artist] = {}
-    for r, task in enumerate(tasks):
+    for r, (task, ds) in enumerate(tasks):
         for c_idx, axis in enumerate(("t", "block")):
             ax = axes[r, c_idx]
-            mine = [c for c in curves if c.task == task and c.axis == axis]
+            mine = [c for c in curves if c.task == task and c.dataset == ds and c.axis == axis]
             swept = [c for c in mine if len(c.xs) > 1]
             for c in mine:
                 means = [s.mean for s in c.stats]
@@ -115,16 +134,25 @@ def sweeps_figure(curves: Sequence[Curve]) -> Figure:
                                     color=col[c.backbone], alpha=0.18, lw=0)
                 ax.plot([c.headline_x], [c.headline_stat.mean], "o", ms=8, mfc="none", mec=col[c.backbone])
             metric = mine[0].metric if mine else ""
-            ax.set_title(f"{task}: {metric} vs {'noise level t' if axis == 't' else 'block'} "
+            ax.set_title(f"{names[task, ds]}: {metric} vs {'noise level t' if axis == 't' else 'block'} "
                          f"{_fixed_label(swept or mine, axis)}", fontsize=9)
             _style_axis(ax, axis)
             if metric:
                 ax.set_ylabel(f"{metric} {_arrow(metric)}", fontsize=8)
             for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
                 legend.setdefault(lab, h)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
-    fig.legend(legend.values(), legend.keys(), loc="upper center", ncol=len(legend), fontsize=8, frameon=False)
+    _top_legend(fig, legend)
     return fig
+
+
+def _top_legend(fig: Figure, handles: dict[str, Artist], per_row: int = 5) -> None:
+    """Lay ``fig`` out below a strip it reserves at its top, and put the legend of ``handles`` there (rows of at
+    most ``per_row`` entries), where it covers no panel."""
+    rows = -(-len(handles) // per_row)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.1 + 0.25 * rows) / fig.get_figheight()))
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=min(per_row, len(handles)), fontsize=8,
+                   frameon=False)
 
 
 def _fixed_label(curves: Sequence[Curve], axis: str) -> str:
@@ -149,7 +177,9 @@ def relative_change_figure(curves: Sequence[Curve], floor: float = -50.0) -> Fig
     swept = [c for c in curves if len(c.xs) > 1]
     names = [b for b in backbone_order({c.backbone for c in swept}) if b not in CONTROLS] or \
         backbone_order({c.backbone for c in swept})
-    tasks = task_order({c.task for c in swept})
+    names_of = measure_labels((c.task, c.dataset) for c in swept)
+    order = {t: i for i, t in enumerate(task_order({c.task for c in swept}))}
+    tasks = sorted(names_of, key=lambda m: (order[m[0]], m[1]))
     tcol = dict(zip(tasks, cycle(_TASK_COLOURS), strict=False))
     fig = Figure(figsize=(10, 2.9 * max(1, len(names)) + 0.3))
     axes = fig.subplots(max(1, len(names)), 2, squeeze=False)
@@ -163,7 +193,8 @@ def relative_change_figure(curves: Sequence[Curve], floor: float = -50.0) -> Fig
                     continue
                 rel = c.relative_changes()
                 clipped += sum(v < floor for v in rel if not math.isnan(v))
-                ax.plot(c.xs, [max(v, floor) for v in rel], "-o", ms=3, color=tcol[c.task], label=c.task)
+                ax.plot(c.xs, [max(v, floor) for v in rel], "-o", ms=3, color=tcol[c.task, c.dataset],
+                        label=names_of[c.task, c.dataset])
             for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
                 legend.setdefault(lab, h)
             ax.axhline(0.0, color="#333333", lw=0.8, ls="--")
@@ -175,8 +206,7 @@ def relative_change_figure(curves: Sequence[Curve], floor: float = -50.0) -> Fig
             if clipped:
                 ax.text(0.99, 0.98, f"{clipped} point(s) below {floor:.0f}% drawn at {floor:.0f}%",
                         transform=ax.transAxes, ha="right", va="top", fontsize=7, color="#AA0000")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
-    fig.legend(legend.values(), legend.keys(), loc="upper center", ncol=len(legend), fontsize=8, frameon=False)
+    _top_legend(fig, legend)
     return fig
 
 
@@ -202,18 +232,19 @@ def scaling_figure(points: Sequence[ScalePoint], reference: str = IMAGE) -> Figu
     steps = [p.step for p in points if p.step > 0]
     if steps and max(steps) / min(steps) > 20:
         ax_step.set_xscale("log")
+    legend: dict[str, Artist] = {}
     for ax in (ax_fd, ax_step):
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(lab, h)
         ax.axhline(100.0, color="#333333", lw=0.8, ls="--")
         ax.set_ylabel(f"representation quality\n(mean over tasks, % of {reference} final)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.spines[["top", "right"]].set_visible(False)
-        if ax.lines[:-1]:
-            ax.legend(fontsize=7, frameon=False)
     ax_fd.set_xlabel("Fréchet distance (generation; ← better)", fontsize=8)
     ax_fd.set_title("representation vs generation quality", fontsize=9)
     if not any(p.frechet is not None for p in points):
         ax_fd.text(0.5, 0.5, "no generation.json rows match", transform=ax_fd.transAxes, ha="center")
     ax_step.set_xlabel("checkpoint step (training budget)", fontsize=8)
     ax_step.set_title("representation quality vs training budget", fontsize=9)
-    fig.tight_layout()
+    _top_legend(fig, legend, per_row=8)
     return fig

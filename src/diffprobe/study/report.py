@@ -1,8 +1,8 @@
 """``diffprobe report RUN_DIR``: one self-contained HTML page (plus its PNG figures) from a study's run directory.
 
 Reads ``RUN_DIR/results.sqlite`` and, when present, ``RUN_DIR/generation.json``, ``RUN_DIR/pca/*.npz`` and
-``RUN_DIR/study_config.json``; writes ``RUN_DIR/report/report.html`` and ``RUN_DIR/report/fig_*.png``.
-Sections and formulas are described in docs/report.md.
+``RUN_DIR/study_config.json``; writes ``RUN_DIR/report/report.html`` and ``RUN_DIR/report/fig_*.png``, and prints
+the headline cells as a table. Sections and formulas are described in docs/report.md.
 """
 
 from __future__ import annotations
@@ -11,14 +11,17 @@ import datetime
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
+from diffprobe.data.splits import ROLES
 from diffprobe.study import figures, pca
 from diffprobe.study.config import StudyConfig
 from diffprobe.study.report_data import (
     StudyData,
+    TableRow,
     fmt_num,
     fmt_pct,
     headlines,
@@ -30,8 +33,8 @@ from diffprobe.study.report_data import (
     sweep_curves,
     table_rows,
 )
-from diffprobe.study.report_html import esc, img, note, page, table
-from diffprobe.study.report_tasks import IMAGE, VIDEO
+from diffprobe.study.report_html import caveat_box, esc, img, note, page, table
+from diffprobe.study.report_tasks import IMAGE, TASK_METRICS, VIDEO
 from diffprobe.study.run import planned_cells
 from diffprobe.utils.io import atomic_write_bytes, atomic_write_text, read_json
 
@@ -51,7 +54,18 @@ def _mean_std(stat_mean: float, stat_std: float, n: int) -> str:
     return fmt_num(stat_mean) if n == 1 else f"{fmt_num(stat_mean)} ± {stat_std:.2g}"
 
 
-def _header(run_dir: Path, data: StudyData, heads: Heads) -> str:
+def _datasets(data: StudyData) -> str:
+    """The datasets of the results: each label, the spec of each role and the hash the store keys them by."""
+    rows = []
+    for label, info in sorted(data.datasets.items()):
+        roles = info.roles or {}
+        specs = [esc(roles.get(r, "")) for r in ROLES] if roles else ['<i>not recorded</i>'] + [""] * (len(ROLES) - 1)
+        rows.append([esc(label), *specs, f"<code>{esc(info.digest)}</code>"])
+    return ("<h3>datasets</h3>" + table(["dataset", *(f"{r} spec" for r in ROLES), "hash"], rows)
+            + '<p class="meta">Results on different datasets are different cells: a mean is only ever over seeds.</p>')
+
+
+def _header(run_dir: Path, data: StudyData, heads: Heads, caveat: str) -> str:
     rows = []
     for b in data.backbones:
         steps = data.steps(b)
@@ -64,11 +78,11 @@ def _header(run_dir: Path, data: StudyData, heads: Heads) -> str:
             f"<tr><td>results</td><td>{data.n_rows} metric rows, {len(data.stats)} cells, "
             f"from {esc(data.first_time)} to {esc(data.last_time)}</td></tr>"
             f"<tr><td>config hashes</td><td>{esc(', '.join(data.config_hashes))}</td></tr></table>")
-    out = [f"<h1>diffprobe study: {esc(data.study)}</h1>", meta,
+    out = [f"<h1>diffprobe study: {esc(data.study)}</h1>", *([caveat_box(caveat)] if caveat else []), meta,
            '<nav><a href="#summary">summary</a><a href="#fig1">video vs image</a><a href="#fig5">noise &amp; block'
            '</a><a href="#scaling">size &amp; budget</a><a href="#pca">PCA</a><a href="#table">full table</a></nav>',
            table(["backbone", "mode", "checkpoint steps", "headline block", "headline t", "tasks"], rows,
-                 [False, False, False, True, True, True])]
+                 [False, False, False, True, True, True]), _datasets(data)]
     cfg_path = run_dir / "study_config.json"
     if cfg_path.is_file():
         cfg = json.dumps(read_json(cfg_path), indent=2, sort_keys=True)
@@ -115,12 +129,12 @@ def _fig1(bars: list, notes: list[str], figs: dict[str, bytes], image: str) -> s
         return "".join(out) + "".join(note(n) for n in notes)
     figs["fig_video_vs_image.png"] = figures.png_bytes(figures.relative_bars_figure(bars, image))
     out.append(img(figs["fig_video_vs_image.png"], "video vs image per task", FORMULA))
-    rows = [[esc(b.task), esc(b.metric), esc(b.backbone), esc(b.block), esc(fmt_num(b.t)),
+    rows = [[esc(b.task), esc(b.dataset), esc(b.metric), esc(b.backbone), esc(b.block), esc(fmt_num(b.t)),
              esc(_mean_std(b.stat.mean, b.stat.std, b.stat.n)), esc(b.stat.n), esc(fmt_pct(b.percent)),
              esc(f"{fmt_pct(b.lo)} – {fmt_pct(b.hi)}" if b.stat.n > 1 else "")] for b in bars]
     out.append("<details><summary>numbers behind the figure</summary>"
-               + table(["task", "metric", "backbone", "block", "t", "mean ± std", "n", "relative to image",
-                        "replicate range"], rows, [False, False, False, True, True, True, True, True, True])
+               + table(["task", "dataset", "metric", "backbone", "block", "t", "mean ± std", "n", "relative to image",
+                        "replicate range"], rows, [False, False, False, False, True, True, True, True, True, True])
                + "</details>")
     return "".join(out) + "".join(note(n) for n in notes)
 
@@ -168,7 +182,7 @@ def _scaling(run_dir: Path, data: StudyData, heads: Heads, figs: dict[str, bytes
                    f"relative to {image} at its final checkpoint (100&middot;v/i, or 100&middot;i/v for errors), "
                    f"each at the backbone's headline block and t. Fréchet distance from "
                    f"<code>generation.json</code> (lower is better)."))
-    tasks = sorted({t for p in points for t in p.per_task}, key=data.tasks.index)
+    tasks = list(points[0].per_task)  # every point has the same tasks, in the report's order
     rows = [[esc(p.backbone), esc(p.mode), esc(p.model if p.model is not None else ""), esc(p.step),
              esc(fmt_num(p.frechet) if p.frechet is not None else ""), f"<b>{esc(fmt_pct(p.quality))}</b>"]
             + [esc(fmt_pct(p.per_task[t])) for t in tasks] for p in points]
@@ -202,26 +216,47 @@ def _pca(run_dir: Path, figs: dict[str, bytes]) -> str:
 def _full_table(data: StudyData, heads: Heads) -> str:
     out = ['<h2 id="table">5. Full table</h2>',
            "<p class=\"meta\">Mean ± sample std over replicates (noise seed &times; probe seed), n replicates. "
-           "<b>Bold</b>: best mean of its task and metric in the study. Highlighted: the backbone's headline "
-           "(block, t) at its final checkpoint.</p>"]
+           "<b>Bold</b>: best mean of its task, dataset and metric in the study. Highlighted: the backbone's "
+           "headline (block, t) at its final checkpoint.</p>"]
     rows = table_rows(data, heads)
     for task in data.tasks:
         mine = [r for r in rows if r.key.task == task]
         cells = []
         for r in mine:
             ms = esc(_mean_std(r.stat.mean, r.stat.std, r.stat.n))
-            cells.append([esc(r.key.metric), esc(r.key.backbone), esc(r.key.mode), esc(r.key.step),
+            cells.append([esc(r.key.dataset), esc(r.key.metric), esc(r.key.backbone), esc(r.key.mode), esc(r.key.step),
                           esc(r.key.block), esc(fmt_num(r.key.t)), f"<b>{ms}</b>" if r.best else ms,
                           esc(r.stat.n)])
         out.append(f"<h3>{esc(task)}</h3>")
-        out.append(table(["metric", "backbone", "mode", "step", "block", "t", "mean ± std", "n"], cells,
-                         [False, False, False, True, True, True, True, True],
+        out.append(table(["dataset", "metric", "backbone", "mode", "step", "block", "t", "mean ± std", "n"], cells,
+                         [False, False, False, False, True, True, True, True, True],
                          ["headline" if r.headline else "" for r in mine]))
     return "".join(out)
 
 
-def write_report(run_dir: Path, study: str | None = None, headline: tuple[int, float] | None = None) -> Path:
-    """Write ``run_dir/report/report.html`` and its ``fig_*.png`` figures; return the HTML path.
+@dataclass
+class ReportInput:
+    """What a report is made of: the run, its config (None without one), its caveat and its averaged results."""
+
+    run_dir: Path
+    cfg: StudyConfig | None
+    caveat: str
+    data: StudyData
+    heads: dict[str, tuple[int, float]]
+    head_notes: list[str]
+    pair: tuple[str, str]  #: (video, image) reference pair
+
+
+def _caveat(run_dir: Path) -> str:
+    """The study config's ``caveat`` (e.g. the quick preset's: trained too little to measure anything); "" if none."""
+    cfg_path = run_dir / "study_config.json"
+    raw = read_json(cfg_path) if cfg_path.is_file() else {}
+    caveat = raw.get("caveat", "") if isinstance(raw, dict) else ""
+    return caveat.strip() if isinstance(caveat, str) else ""
+
+
+def load_report(run_dir: Path, study: str | None = None, headline: tuple[int, float] | None = None) -> ReportInput:
+    """Read a run directory's results and config, and choose each backbone's headline (block, t).
 
     ``study`` selects a study when the store holds several; ``headline=(block, t)`` overrides the headline point
     of every backbone measured there. Raises ``ValueError`` naming the file when the store is missing or empty.
@@ -234,11 +269,17 @@ def write_report(run_dir: Path, study: str | None = None, headline: tuple[int, f
     if cfg is not None and headline is None:  # the config states the headline; guessing is for runs without one
         heads.update(config_headlines(cfg, data))
     pair = cfg.reference if cfg is not None else (VIDEO, IMAGE)
+    return ReportInput(run_dir, cfg, _caveat(run_dir), data, heads, head_notes, pair)
+
+
+def render_html(inp: ReportInput) -> Path:
+    """Write ``run_dir/report/report.html`` and its ``fig_*.png`` figures; return the HTML path."""
+    run_dir, data, heads, pair = inp.run_dir, inp.data, inp.heads, inp.pair
     bars, bar_notes = relative_bars(data, heads, pair[1])
     figs: dict[str, bytes] = {}
     body = "\n".join([
-        _header(run_dir, data, heads),
-        _summary(bars, data.notes + head_notes, pair),
+        _header(run_dir, data, heads, inp.caveat),
+        _summary(bars, data.notes + inp.head_notes, pair),
         _fig1(bars, bar_notes, figs, pair[1]),
         _fig5(data, heads, figs),
         _scaling(run_dir, data, heads, figs, pair[1]),
@@ -256,14 +297,59 @@ def write_report(run_dir: Path, study: str | None = None, headline: tuple[int, f
     return html_path
 
 
+def write_report(run_dir: Path, study: str | None = None, headline: tuple[int, float] | None = None) -> Path:
+    """Write ``run_dir/report/report.html`` and its ``fig_*.png`` figures; return the HTML path (arguments as
+    :func:`load_report`)."""
+    return render_html(load_report(run_dir, study, headline))
+
+
+def headline_rows(data: StudyData, heads: Heads) -> list[TableRow]:
+    """The rows the printed table shows: for each task, dataset and backbone, the primary metric (every metric of
+    a task without a known one) at the backbone's headline and final checkpoint, or, where that cell was not
+    measured, at every (block, t) it was measured at its final checkpoint, so that no result goes unshown."""
+    rows = table_rows(data, heads)
+    out = []
+    for task, ds in data.measures():
+        metrics = TASK_METRICS[task][:1] if task in TASK_METRICS else sorted({r.key.metric for r in rows
+                                                                           if r.key.task == task})
+        for b in data.backbones:
+            mine = [r for r in rows if r.key.task == task and r.key.dataset == ds and r.key.backbone == b
+                    and r.key.metric in metrics and r.key.step == data.final_step(b)]
+            out += [r for r in mine if r.headline] or mine
+    return out
+
+
+def text_table(inp: ReportInput) -> str:
+    """The printed report: the config's caveat first, then :func:`headline_rows` as a plain-text table."""
+    data = inp.data
+    head = ["task", "dataset", "metric", "backbone", "block", "t", "mean ± std", "n"]
+    rows = [[r.key.task, r.key.dataset, r.key.metric, r.key.backbone, str(r.key.block), fmt_num(r.key.t),
+             _mean_std(r.stat.mean, r.stat.std, r.stat.n), str(r.stat.n)] for r in headline_rows(data, inp.heads)]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+    right = {4, 5, 6, 7}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths,
+                                                                                                strict=True))).rstrip()
+
+    n_data = len({k.dataset for k in data.stats})
+    out = [f"note: {inp.caveat}"] if inp.caveat else []
+    out += [f"study {data.study}: {len(data.backbones)} backbone(s), {len(data.tasks)} task(s), {n_data} dataset(s);"
+            " each backbone at its headline block and t and final checkpoint; mean ± std over n seeds",
+            line(head), "-" * len(line(head)), *(line(r) for r in rows)]
+    return "\n".join(out)
+
+
 @click.command("report")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--study", default=None, help="Study to report when the store holds several.")
 @click.option("--block", type=int, default=None, help="Headline block (with --t); default: centre of the sweep.")
 @click.option("--t", "t", type=float, default=None, help="Headline noise level 0..1000 (with --block).")
 def report(run_dir: Path, study: str | None, block: int | None, t: float | None) -> None:
-    """Write RUN_DIR/report/report.html (self-contained) and its PNG figures from RUN_DIR/results.sqlite."""
+    """Print the headline cells and write RUN_DIR/report/report.html (self-contained) and its PNG figures from
+    RUN_DIR/results.sqlite."""
     if (block is None) != (t is None):
         raise click.UsageError("give both --block and --t, or neither")
-    path = write_report(run_dir, study, None if block is None else (block, t))
-    click.echo(f"report: {path}")
+    inp = load_report(run_dir, study, None if block is None else (block, t))
+    click.echo(text_table(inp))
+    click.echo(f"report: {render_html(inp)}")

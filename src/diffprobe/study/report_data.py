@@ -1,8 +1,14 @@
 """The report's data: results-store rows averaged over seeds, each backbone's headline (block, t), and the derived
 series every figure draws (relative bars, sweeps, model-size / training-budget points).
 
-A *replicate* is one (noise seed, probe seed) pair; every statistic is over the replicates of one
-(backbone, mode, checkpoint step, block, t, task, metric) cell.
+A *cell* is everything of a store row but its seeds: backbone, mode, checkpoint step, block, t, task, dataset,
+metric, and the backbone's identity, ensemble size, clips per role and probe config. A *replicate* is one (noise
+seed, probe seed) pair; every statistic is over the replicates of one cell, never over datasets or configs.
+
+Cells are labelled for display: a dataset by its spec (``{role: spec}`` recorded in the store beside its hash; the
+hash where no spec was recorded), a backbone by its display name, qualified (``name[...]``) where one name covers
+several modes, or several identities, ensembles, clip counts or probe configs (then the latest of those keeps the
+plain name and the others name what differs).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diffprobe.data.splits import ROLES
 from diffprobe.errors import FileProblem, InputError, MissingFile
 from diffprobe.study.report_tasks import (
     CONTROLS,
@@ -35,7 +42,8 @@ from diffprobe.study.store import ResultsStore
 
 @dataclass(frozen=True)
 class Key:
-    """One aggregated cell: everything but the seeds (and the config hash)."""
+    """One aggregated cell: everything but the seeds (the backbone label carries its identity, ensemble, clips and
+    probe config where they vary; see the module docstring)."""
 
     backbone: str
     mode: str
@@ -43,6 +51,7 @@ class Key:
     block: int
     t: float
     task: str
+    dataset: str  #: the dataset's label (see :func:`dataset_labels`)
     metric: str
 
 
@@ -73,6 +82,14 @@ class Stat:
         return max(self.values)
 
 
+@dataclass(frozen=True)
+class DataInfo:
+    """A dataset of the store: its hash (``Cell.dataset``) and the spec of each role (None: not recorded)."""
+
+    digest: str
+    roles: dict[str, str] | None
+
+
 @dataclass
 class StudyData:
     """All of one study's results, averaged over replicates."""
@@ -84,6 +101,7 @@ class StudyData:
     last_time: str
     n_rows: int
     notes: list[str] = field(default_factory=list)
+    datasets: dict[str, DataInfo] = field(default_factory=dict)  #: label -> what it names
 
     @property
     def backbones(self) -> list[str]:
@@ -92,6 +110,18 @@ class StudyData:
     @property
     def tasks(self) -> list[str]:
         return task_order({k.task for k in self.stats})
+
+    def task_datasets(self, task: str) -> list[str]:
+        """The labels of the datasets ``task`` was measured on, sorted."""
+        return sorted({k.dataset for k in self.stats if k.task == task})
+
+    def measures(self) -> list[tuple[str, str]]:
+        """Every measured (task, dataset), tasks in the report's order."""
+        return [(task, ds) for task in self.tasks for ds in self.task_datasets(task)]
+
+    def measure(self, task: str, dataset: str) -> str:
+        """How (task, dataset) is named: the task alone when it was measured on one dataset."""
+        return measure_labels(self.measures())[task, dataset]
 
     def mode(self, backbone: str) -> str:
         modes = {k.mode for k in self.stats if k.backbone == backbone}
@@ -106,9 +136,33 @@ class StudyData:
         """The backbone's last checkpoint step (its fully trained model)."""
         return self.steps(backbone)[-1]
 
-    def get(self, backbone: str, step: int, block: int, t: float, task: str, metric: str) -> Stat | None:
+    def get(self, backbone: str, step: int, block: int, t: float, task: str, dataset: str, metric: str
+            ) -> Stat | None:
         """The cell's statistic, or None when it was not measured."""
-        return self.stats.get(Key(backbone, self.mode(backbone), step, block, t, task, metric))
+        return self.stats.get(Key(backbone, self.mode(backbone), step, block, t, task, dataset, metric))
+
+
+def measure_labels(pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """``(task, dataset) -> label``: the task alone where it appears with one dataset, else ``task on dataset``."""
+    pairs = list(dict.fromkeys(pairs))
+    count = Counter(task for task, _ in pairs)
+    return {(task, ds): task if count[task] == 1 else f"{task} on {ds}" for task, ds in pairs}
+
+
+def dataset_labels(digests: Iterable[str], specs: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """``{hash: label}``: a dataset's spec when every role used the same one, else ``train=A, val=B, test=C``;
+    ``dataset HASH`` when no spec was recorded; the hash appended where two datasets would share a label."""
+    labels = {}
+    for digest in sorted(set(digests)):
+        roles = specs.get(digest)
+        if not roles:
+            labels[digest] = f"dataset {digest}"
+            continue
+        order = [r for r in ROLES if r in roles] + sorted(set(roles) - set(ROLES))
+        values = {roles[r] for r in order}
+        labels[digest] = values.pop() if len(values) == 1 else ", ".join(f"{r}={roles[r]}" for r in order)
+    shared = Counter(labels.values())
+    return {d: f"{lab} ({d})" if shared[lab] > 1 else lab for d, lab in labels.items()}
 
 
 def load_study(store_path: Path, study: str | None = None,
@@ -123,6 +177,7 @@ def load_study(store_path: Path, study: str | None = None,
         raise MissingFile(f"{store_path}: no results store (run the study first)")
     with ResultsStore(store_path) as store:
         rows = store.query()
+        specs = store.data_specs()
     if not rows:
         raise FileProblem(f"{store_path}: the results store holds no results")
     studies = sorted({r["study"] for r in rows})
@@ -136,26 +191,56 @@ def load_study(store_path: Path, study: str | None = None,
         r["backbone"], int(r["checkpoint_step"]), int(r["block"]), float(r["t"]), r["task"]) in keep)]
     if not rows:
         raise FileProblem(f"{store_path}: holds no results of the study's plan (run the study first)")
-    return aggregate(study, rows)
+    return aggregate(study, rows, specs)
 
 
-def aggregate(study: str, rows: Iterable[Mapping[str, Any]]) -> StudyData:
-    """Group store rows by :class:`Key` (a backbone probed in several modes is labelled ``backbone[mode]``)."""
-    rows = list(rows)
+#: the coordinates of a cell that are neither seeds nor in :class:`Key`, and how a label names a value of each
+_SETUP = {"identity": "id {}", "ensemble": "ensemble {}", "clips": "clips {}", "config_hash": "probe config {:.8}"}
+
+
+def _backbone_labels(rows: list[Mapping[str, Any]]) -> tuple[dict[tuple[Any, ...], str], list[str]]:
+    """``(backbone, mode, *setup) -> label`` and notes (see the module docstring)."""
     modes: dict[str, set[str]] = defaultdict(set)
+    setups: dict[tuple[str, str], dict[tuple[Any, ...], str]] = defaultdict(dict)  # -> setup -> its latest time
     for r in rows:
         modes[r["backbone"]].add(r["mode"])
+        setup = tuple(r[c] for c in _SETUP)
+        seen = setups[r["backbone"], r["mode"]]
+        seen[setup] = max(seen.get(setup, ""), r["time"])
     notes = [f"backbone {b!r} was probed in modes {sorted(m)}; shown as {b}[mode]"
              for b, m in sorted(modes.items()) if len(m) > 1]
+    labels = {}
+    for (name, mode), seen in sorted(setups.items()):
+        base = [mode] if len(modes[name]) > 1 else []
+        latest = max(seen, key=lambda s: (seen[s], s))
+        for setup in seen:
+            parts = base + [fmt.format(v) for fmt, v, w in zip(_SETUP.values(), setup, latest, strict=True) if v != w]
+            labels[(name, mode, *setup)] = f"{name}[{', '.join(parts)}]" if parts else name
+        if len(seen) > 1:
+            plain = f"{name}[{mode}]" if base else name
+            notes.append(f"backbone {plain!r} has results of {len(seen)} setups (identity, ensemble, clips or probe "
+                         f"config); the latest is shown as {plain}, each other one named by what differs from it")
+    return labels, notes
+
+
+def aggregate(study: str, rows: Iterable[Mapping[str, Any]],
+              specs: Mapping[str, Mapping[str, str]] | None = None) -> StudyData:
+    """Group store rows by :class:`Key`; ``specs`` (``ResultsStore.data_specs()``) names the datasets."""
+    rows = list(rows)
+    labels, notes = _backbone_labels(rows)
+    data_label = dataset_labels((r["dataset"] for r in rows), specs or {})
     groups: dict[Key, list[float]] = defaultdict(list)
     for r in rows:
-        label = r["backbone"] if len(modes[r["backbone"]]) == 1 else f"{r['backbone']}[{r['mode']}]"
-        key = Key(label, r["mode"], int(r["checkpoint_step"]), int(r["block"]), float(r["t"]), r["task"], r["metric"])
+        label = labels[(r["backbone"], r["mode"], *(r[c] for c in _SETUP))]
+        key = Key(label, r["mode"], int(r["checkpoint_step"]), int(r["block"]), float(r["t"]), r["task"],
+                  data_label[r["dataset"]], r["metric"])
         groups[key].append(float(r["value"]))
     times = sorted(r["time"] for r in rows)
+    datasets = {lab: DataInfo(d, dict((specs or {})[d]) if d in (specs or {}) else None)
+                for d, lab in data_label.items()}
     return StudyData(study=study, stats={k: Stat(tuple(v)) for k, v in groups.items()},
                      config_hashes=sorted({r["config_hash"] for r in rows}), first_time=times[0],
-                     last_time=times[-1], n_rows=len(rows), notes=notes)
+                     last_time=times[-1], n_rows=len(rows), notes=notes, datasets=datasets)
 
 
 # --- headline (block, t) -------------------------------------------------------------------------------------------
@@ -214,6 +299,7 @@ class Bar:
     lo: float  # the worst replicate, relative to reference.mean
     hi: float  # the best replicate, relative to reference.mean
     se: float = math.nan  # the metric's standard error over test clips (mean over replicates); NaN: not stored
+    dataset: str = ""  # the dataset's label
 
 
 def main_backbones(data: StudyData) -> list[str]:
@@ -223,42 +309,47 @@ def main_backbones(data: StudyData) -> list[str]:
 
 def relative_bars(data: StudyData, heads: Mapping[str, tuple[int, float]],
                   reference: str = IMAGE) -> tuple[list[Bar], list[str]]:
-    """Figure 1: each main backbone's primary metric per task at its headline and final checkpoint, relative to
-    ``reference`` (also at its headline and final checkpoint). Returns the bars and notes on what is missing."""
+    """Figure 1: each main backbone's primary metric per task and dataset at its headline and final checkpoint,
+    relative to ``reference`` on the same task and dataset (also at its headline and final checkpoint). Returns
+    the bars and notes on what is missing."""
     if reference not in data.backbones:
         return [], [f"no {reference} results: the video-vs-image comparison needs the image twin as reference "
                     f"(backbones present: {', '.join(data.backbones)})"]
     bars, notes = [], []
-    for task in data.tasks:
+    for task, ds in data.measures():
         if task not in TASK_METRICS:
             notes.append(f"task {task!r} has no known primary metric; it appears only in the full table")
             continue
+        name = data.measure(task, ds)
         metric = primary_metric(task)
         hib = higher_is_better(metric)
         rb, rt = heads[reference]
-        ref = data.get(reference, data.final_step(reference), rb, rt, task, metric)
+        ref = data.get(reference, data.final_step(reference), rb, rt, task, ds, metric)
         if ref is None:
-            notes.append(f"{task}: {reference} has no {metric} at its headline (block {rb}, t {fmt_num(rt)})")
+            notes.append(f"{name}: {reference} has no {metric} at its headline (block {rb}, t {fmt_num(rt)})")
             continue
         for b in main_backbones(data):
             blk, t = heads[b]
-            st = data.get(b, data.final_step(b), blk, t, task, metric)
+            st = data.get(b, data.final_step(b), blk, t, task, ds, metric)
             if st is None:
-                if any(k.backbone == b and k.task == task for k in data.stats):
-                    notes.append(f"{task}: {b} has no {metric} at its headline (block {blk}, t {fmt_num(t)})")
+                if any(k.backbone == b and k.task == task and k.dataset == ds for k in data.stats):
+                    notes.append(f"{name}: {b} has no {metric} at its headline (block {blk}, t {fmt_num(t)})")
                 continue
             ends = [relative_percent(v, ref.mean, hib) for v in (st.lo, st.hi)]
-            se = data.get(b, data.final_step(b), blk, t, task, f"{metric}_se")
+            se = data.get(b, data.final_step(b), blk, t, task, ds, f"{metric}_se")
             bars.append(Bar(task, metric, b, blk, t, st, ref, relative_percent(st.mean, ref.mean, hib),
-                            min(ends), max(ends), math.nan if se is None else se.mean))
+                            min(ends), max(ends), math.nan if se is None else se.mean, ds))
     return bars, notes
 
 
 def summary_sentences(bars: Iterable[Bar], video: str, image: str = IMAGE) -> list[str]:
-    """One sentence per task comparing ``video`` with ``image`` (and the controls), computed from the bars."""
+    """One sentence per task (and dataset, where a task has several) comparing ``video`` with ``image`` (and the
+    controls), computed from the bars."""
+    bars = list(bars)
+    names = measure_labels((b.task, b.dataset) for b in bars)
     by_task: dict[str, dict[str, Bar]] = defaultdict(dict)
     for bar in bars:
-        by_task[bar.task][bar.backbone] = bar
+        by_task[names[bar.task, bar.dataset]][bar.backbone] = bar
     out = []
     for task, bs in by_task.items():
         if video not in bs or image not in bs:
@@ -303,6 +394,7 @@ class Curve:
     xs: tuple[float, ...]
     stats: tuple[Stat, ...]
     headline_x: float
+    dataset: str = ""  # the dataset's label
 
     @property
     def headline_stat(self) -> Stat:
@@ -316,11 +408,11 @@ class Curve:
 
 
 def sweep_curves(data: StudyData, heads: Mapping[str, tuple[int, float]]) -> tuple[list[Curve], list[str]]:
-    """Figure 5: for every known task and main backbone, the primary metric vs t (at the headline block) and vs
-    block (at the headline t), at the final checkpoint. A curve that lacks its headline point is left out (it has
-    nothing to be relative to) and named in the returned notes."""
+    """Figure 5: for every known task (and dataset) and main backbone, the primary metric vs t (at the headline
+    block) and vs block (at the headline t), at the final checkpoint. A curve that lacks its headline point is left
+    out (it has nothing to be relative to) and named in the returned notes."""
     curves, notes = [], []
-    for task in data.tasks:
+    for task, ds in data.measures():
         if task not in TASK_METRICS:
             continue
         metric = primary_metric(task)
@@ -328,7 +420,7 @@ def sweep_curves(data: StudyData, heads: Mapping[str, tuple[int, float]]) -> tup
             blk, t = heads[b]
             step = data.final_step(b)
             keys = [k for k in data.stats if k.backbone == b and k.step == step and k.task == task
-                    and k.metric == metric]
+                    and k.dataset == ds and k.metric == metric]
             for axis, fixed, head_x in (("t", blk, t), ("block", t, blk)):
                 on = sorted((k for k in keys if (k.block if axis == "t" else k.t) == fixed),
                             key=lambda k: k.t if axis == "t" else k.block)
@@ -336,11 +428,11 @@ def sweep_curves(data: StudyData, heads: Mapping[str, tuple[int, float]]) -> tup
                     continue
                 xs = tuple(float(k.t if axis == "t" else k.block) for k in on)
                 if float(head_x) not in xs:
-                    notes.append(f"{task}: {b} vs {axis} left out, no {metric} at its headline (block {blk}, "
-                                 f"t {fmt_num(t)})")
+                    notes.append(f"{data.measure(task, ds)}: {b} vs {axis} left out, no {metric} at its headline "
+                                 f"(block {blk}, t {fmt_num(t)})")
                     continue
                 curves.append(Curve(task, metric, b, axis, float(fixed), xs, tuple(data.stats[k] for k in on),
-                                    float(head_x)))
+                                    float(head_x), ds))
     return curves, notes
 
 
@@ -356,7 +448,7 @@ class ScalePoint:
     model: str | None  # generation.json's "model" field
     frechet: float | None  # Fréchet distance (lower is better)
     quality: float  # mean over tasks of relative_percent(primary metric, image twin at its final checkpoint)
-    per_task: dict[str, float]
+    per_task: dict[str, float]  # StudyData.measure(task, dataset) -> relative percent, in the report's task order
 
 
 def read_generation(rows: Any, source: Path) -> list[dict[str, Any]]:
@@ -373,30 +465,33 @@ def read_generation(rows: Any, source: Path) -> list[dict[str, Any]]:
 
 def scale_points(data: StudyData, heads: Mapping[str, tuple[int, float]], generation: list[dict[str, Any]],
                  reference: str = IMAGE) -> tuple[list[ScalePoint], list[str]]:
-    """One point per (backbone, checkpoint step) that has every task the reference has at its final checkpoint.
+    """One point per (backbone, checkpoint step) that has every (task, dataset) the reference has at its final
+    checkpoint.
 
-    Each task's primary metric (at the backbone's headline (block, t)) is taken relative to the reference at its
-    final checkpoint and headline; the point's quality is the mean over tasks. Returns the points and notes.
+    Each task's primary metric (at the backbone's headline (block, t)) is taken relative to the reference on the
+    same dataset at its final checkpoint and headline; the point's quality is the mean over tasks. Returns the
+    points and notes.
     """
     if reference not in data.backbones:
         return [], [f"no {reference} results to normalise against"]
     rb, rt = heads[reference]
     rstep = data.final_step(reference)
-    ref = {task: data.get(reference, rstep, rb, rt, task, primary_metric(task))
-           for task in data.tasks if task in TASK_METRICS}
-    ref = {task: s for task, s in ref.items() if s is not None}
+    ref = {(task, ds): data.get(reference, rstep, rb, rt, task, ds, primary_metric(task))
+           for task, ds in data.measures() if task in TASK_METRICS}
+    ref = {m: s for m, s in ref.items() if s is not None}
     gen = {(r["backbone"], int(r["checkpoint_step"])): r for r in generation}
     points, notes = [], []
     for b in data.backbones:
         blk, t = heads[b]
         for step in data.steps(b):
             per_task = {}
-            for task, rs in ref.items():
-                st = data.get(b, step, blk, t, task, primary_metric(task))
+            for (task, ds), rs in ref.items():
+                st = data.get(b, step, blk, t, task, ds, primary_metric(task))
                 if st is not None:
-                    per_task[task] = relative_percent(st.mean, rs.mean, higher_is_better(primary_metric(task)))
-            if set(per_task) != set(ref):
-                missing = sorted(set(ref) - set(per_task))
+                    per_task[data.measure(task, ds)] = relative_percent(st.mean, rs.mean,
+                                                                        higher_is_better(primary_metric(task)))
+            if len(per_task) != len(ref):
+                missing = [data.measure(*m) for m in ref if data.measure(*m) not in per_task]
                 notes.append(f"{b} step {step}: left out, no headline result for {', '.join(missing)}")
                 continue
             g = gen.get((b, step))
@@ -415,12 +510,13 @@ def scale_points(data: StudyData, heads: Mapping[str, tuple[int, float]], genera
 class TableRow:
     key: Key
     stat: Stat
-    best: bool  # best mean of its (task, metric) over the whole study
+    best: bool  # best mean of its (task, dataset, metric) over the whole study
     headline: bool  # at its backbone's headline (block, t) and final checkpoint
 
 
 def table_rows(data: StudyData, heads: Mapping[str, tuple[int, float]]) -> list[TableRow]:
-    """Every cell, ordered by task, metric, backbone, step, block, t; best per (task, metric) flagged."""
+    """Every cell, ordered by task, dataset, metric, backbone, step, block, t; best per (task, dataset, metric)
+    flagged."""
     border = {b: i for i, b in enumerate(data.backbones)}
     torder = {t: i for i, t in enumerate(data.tasks)}
 
@@ -428,18 +524,18 @@ def table_rows(data: StudyData, heads: Mapping[str, tuple[int, float]]) -> list[
         known = TASK_METRICS.get(k.task, ())
         return (known.index(k.metric), "") if k.metric in known else (len(known), k.metric)
 
-    keys = sorted(data.stats, key=lambda k: (torder[k.task], metric_rank(k), border[k.backbone], k.step, k.block,
-                                             k.t))
-    best: dict[tuple[str, str], float] = {}
+    keys = sorted(data.stats, key=lambda k: (torder[k.task], k.dataset, metric_rank(k), border[k.backbone], k.step,
+                                             k.block, k.t))
+    best: dict[tuple[str, str, str], float] = {}
     for k in keys:
         if k.metric not in HIGHER_IS_BETTER:  # no known direction: no best is marked for this metric
             continue
         hib = HIGHER_IS_BETTER[k.metric]
         m = data.stats[k].mean
-        cur = best.get((k.task, k.metric))
+        cur = best.get((k.task, k.dataset, k.metric))
         if cur is None or (m > cur if hib else m < cur):
-            best[(k.task, k.metric)] = m
-    return [TableRow(k, data.stats[k], best.get((k.task, k.metric)) == data.stats[k].mean,
+            best[(k.task, k.dataset, k.metric)] = m
+    return [TableRow(k, data.stats[k], best.get((k.task, k.dataset, k.metric)) == data.stats[k].mean,
                      (k.block, k.t) == heads[k.backbone] and k.step == data.final_step(k.backbone)) for k in keys]
 
 

@@ -20,6 +20,8 @@ nav a { margin-right: 14px; color: #2a5db0; text-decoration: none; }
 .summary li { margin: 3px 0; }
 .note { color: #7a5200; background: #fff7e6; border-left: 4px solid #e0a030; padding: 6px 12px; margin: 8px 0;
         font-size: 13px; }
+.caveat { color: #7a1010; background: #fdecea; border: 2px solid #c0392b; border-radius: 4px; padding: 10px 16px;
+          margin: 12px 0 16px; font-size: 15px; }
 .formula { font-size: 13px; color: #333; background: #f6f6f6; padding: 8px 12px; border-radius: 4px; }
 code { font-size: 12.5px; background: #f0f0f0; padding: 0 3px; border-radius: 3px; }
 figure { margin: 12px 0; }
@@ -49,6 +51,11 @@ def img(png: bytes, alt: str, caption: str | None = None) -> str:
 
 def note(text: str) -> str:
     return f'<div class="note">{esc(text)}</div>'
+
+
+def caveat_box(text: str) -> str:
+    """A prominent warning box (the study config's caveat), for the top of the page."""
+    return f'<div class="caveat" role="alert"><b>Caveat:</b> {esc(text)}</div>'
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool] | None = None,

@@ -6,6 +6,10 @@ the clips of its train / val / test roles and how many of each were used, probe 
 cell's metric rows are written in one transaction, so a cell is either fully in the store or absent, and a cell
 already present is never recomputed.
 
+The ``dataset`` column is a hash of the clips (``tasks.runner.data_identity``); the side table ``datasets`` maps each
+hash to the dataset spec of each role (``{role: spec}`` as JSON), written with the cell when the caller gives it, so
+a report can name the data. Stores written before that table existed read as having no specs.
+
 A store has one writing process: under torchrun the study's rank 0 writes the cells every rank computed (gathered
 after each round, see ``study.run._run_probes``), since SQLite's file locking is not to be trusted on the network
 filesystems that several machines share.
@@ -74,6 +78,10 @@ _SCORES_SCHEMA = (
 )
 
 
+#: the dataset spec of each role behind a ``dataset`` hash (JSON ``{role: spec}``)
+_DATASETS_SCHEMA = "CREATE TABLE IF NOT EXISTS datasets (dataset TEXT PRIMARY KEY, roles TEXT NOT NULL)"
+
+
 class ResultsStore:
     """Append-only results in SQLite (standard library); safe against a kill between cells."""
 
@@ -109,8 +117,10 @@ class ResultsStore:
         row = self._db.execute(f"SELECT 1 FROM results WHERE {where} LIMIT 1", astuple_cell(cell)).fetchone()
         return row is not None
 
-    def add(self, cell: Cell, metrics: Mapping[str, float], per_clip: np.ndarray | None = None) -> None:
-        """Store every metric of ``cell``, and its per-clip primary metric, in one transaction (all or nothing)."""
+    def add(self, cell: Cell, metrics: Mapping[str, float], per_clip: np.ndarray | None = None,
+            data_specs: Mapping[str, str] | None = None) -> None:
+        """Store every metric of ``cell``, its per-clip primary metric and the dataset spec of each role
+        (``{role: spec}``, recorded under ``cell.dataset``) in one transaction (all or nothing)."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         rows = [(*astuple_cell(cell), name, float(value), stamp) for name, value in metrics.items()]
         with self._db:  # one transaction
@@ -121,6 +131,26 @@ class ResultsStore:
                 scores = json.dumps([None if not np.isfinite(v) else float(v) for v in np.asarray(per_clip).ravel()])
                 self._db.execute(f"INSERT OR REPLACE INTO clip_scores ({', '.join(CELL_COLUMNS)}, scores) VALUES "
                                  f"({', '.join('?' * (len(CELL_COLUMNS) + 1))})", (*astuple_cell(cell), scores))
+            if data_specs is not None:
+                self._put_specs(cell.dataset, data_specs)
+
+    def add_data_specs(self, dataset: str, data_specs: Mapping[str, str]) -> None:
+        """Record the spec of each role behind the ``dataset`` hash on its own (e.g. for cells stored before specs
+        were recorded)."""
+        with self._db:
+            self._put_specs(dataset, data_specs)
+
+    def _put_specs(self, dataset: str, data_specs: Mapping[str, str]) -> None:
+        self._db.execute(_DATASETS_SCHEMA)  # made here, so an older store still opens read-only
+        self._db.execute("INSERT OR REPLACE INTO datasets (dataset, roles) VALUES (?, ?)",
+                         (dataset, json.dumps(dict(data_specs), sort_keys=True)))
+
+    def data_specs(self) -> dict[str, dict[str, str]]:
+        """``{dataset hash: {role: spec}}`` of every dataset whose specs were recorded (none in an older store)."""
+        found = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'datasets'").fetchone()
+        if found is None:
+            return {}
+        return {ds: json.loads(roles) for ds, roles in self._db.execute("SELECT dataset, roles FROM datasets")}
 
     def clip_scores(self, **filters: Any) -> list[tuple[dict[str, Any], np.ndarray]]:
         """``(cell columns, per-clip primary metric (N,))`` of the cells matching ``column=value`` filters."""
