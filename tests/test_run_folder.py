@@ -229,3 +229,21 @@ def test_training_reports_skipped_clips_into_its_run_folder(tmp_path, monkeypatc
     (records,) = [r for splits in listed.values() for r in splits.values()]
     assert [Path(r["source"]).name for r in records] == ["broken.mp4"]
     assert not (tmp_path / "skipped.json").exists()
+
+
+def test_probes_on_two_datasets_are_two_report_cells(tmp_path_factory, tmp_path, monkeypatch) -> None:
+    """Two `diffprobe probe` results on different data are two report cells, each named by its spec (n=1 each);
+    before issue #22 the report pooled them as replicates."""
+    from fixtures_runs import PROBE, tiny_runs
+
+    runs = tiny_runs(tmp_path_factory.getbasetemp())
+    worlds = [f"probeworld:tiny@train_size=8,val_size=4,test_size=4,num_tracks=4,seed={s}" for s in (1, 2)]
+    monkeypatch.chdir(tmp_path)
+    for world in worlds:
+        _run(["probe", "--task", "action", "--backbone", f"walt:{runs.video}", "--block", "1", "--dataset", world,
+              "--store", "run/results.sqlite", "--cache", str(runs.cache), "--quiet", *PROBE])
+    lines = _run(["report", "run"]).splitlines()
+    for world in worlds:
+        (row,) = [ln for ln in lines if world in ln and " top1 " in ln]
+        assert row.split()[-1] == "1"  # n = 1: one seed on this dataset
+    assert (tmp_path / "run/report/report.html").is_file()

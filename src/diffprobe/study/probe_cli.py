@@ -64,8 +64,8 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
     resolved = load_backbone(spec, dev)
     resolved.backbone.check_request([block], t, noise_seed, ensemble)  # refused before any clip is read
     default = dataset or resolved.trained_on or "probeworld:tiny"
-    roles = task_roles(task_name, {"train": train_data or default, "val": val_data or default,
-                                   "test": test_data or default})
+    specs = {"train": train_data or default, "val": val_data or default, "test": test_data or default}
+    roles = task_roles(task_name, specs)
     for rd in roles.values():
         check_clip_size(resolved.trained_size, rd.dataset, f"the backbone {spec}", allow_size_change)
     cell = Cell(study=study, backbone=name or spec, identity=resolved.backbone.identity, mode=resolved.mode,
@@ -79,7 +79,7 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
             return
         res = run_probe(resolved.backbone, roles, task_name, block, t, noise_seed, cfg, FeatureCache(cache_dir),
                         dev, ensemble, progress=not quiet, workers=workers)
-        results.add(cell, res.test, res.per_clip)
+        results.add(cell, res.test, res.per_clip, data_specs=specs)
     sources = ", ".join(f"{r} {rd.dataset.spec} [{rd.source}, {len(rd.clips)} clips]" for r, rd in roles.items())
     click.echo(f"{task_name} on {resolved.backbone.identity} block {block} t={t:g} (lr {res.chosen_lr:g}, "
                f"step {res.chosen_step}; {sources}): " + ", ".join(f"{k}={v:.4f}" for k, v in res.test.items()))

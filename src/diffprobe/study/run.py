@@ -23,7 +23,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +271,21 @@ def _prior_cell(cfg: StudyConfig, task: str, roles: dict[str, dict[str, RoleData
                 clips_key(cfg.probe_clips), 0, cfg.probe.hash())
 
 
+def _current_cells(cfg: StudyConfig) -> dict[str, dict[str, Any]]:
+    """task -> the cell columns every headline row of this study's config has on that task (its datasets' identity and
+    clip counts), so a table never averages in rows of an earlier config of the same study (other data, other
+    probe settings)."""
+    return {task: {"dataset": data_identity(task_roles(task, cfg.roles(task))), "clips": clips_key(cfg.probe_clips)}
+            for task in cfg.tasks}
+
+
+def _is_current(row: Mapping[str, Any], cfg: StudyConfig, current: dict[str, dict[str, Any]]) -> bool:
+    """Whether a stored row belongs to this config's headline cells (see :func:`_current_cells`)."""
+    want = current[row["task"]]
+    hashes = {cfg.probe.hash()} if row["backbone"] == PRIOR else {cfg.probe.replace(seed=0).hash()}
+    return row["dataset"] == want["dataset"] and row["clips"] == want["clips"] and row["config_hash"] in hashes
+
+
 def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, ctx: DistContext,
                 timed: Timings, progress: bool) -> None:
     """Probe every cell of the plan not in the store yet, in three steps, each finished by every rank before the
@@ -298,6 +313,8 @@ def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, ctx: DistC
     with ResultsStore(run_dir / "results.sqlite") if ctx.is_main else contextlib.nullcontext() as store:
         left = None
         if store is not None:
+            for task, task_roles_ in roles.items():  # name the datasets of cells stored before specs were recorded
+                store.add_data_specs(data_identity(task_roles_), cfg.roles(task))
             left = ([i for i, cell in enumerate(cells) if not store.has(cell)],
                     [task for task in cfg.tasks if not store.has(_prior_cell(cfg, task, roles))])
         todo_ids, priors = broadcast_object(left, ctx)
@@ -326,13 +343,15 @@ def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, ctx: DistC
                 out = (mine[k], {m: float(v) for m, v in res.test.items()}, np.asarray(res.per_clip))  # CPU only
             for item in gather_objects(out, ctx) or []:  # rank 0: this round's results, in rank order
                 if item is not None:
-                    store.add(todo[item[0]][1], item[1], item[2])
+                    job, cell = todo[item[0]]
+                    store.add(cell, item[1], item[2], data_specs=cfg.roles(job.task))
                     bar.update(1)
         bar.close()
         if store is not None:
             for task in priors:  # each task's no-information baseline, for reference
                 store.add(_prior_cell(cfg, task, roles),
-                          *prior_metrics(roles[task], task, cache, cfg.probe_clips, progress=False))
+                          *prior_metrics(roles[task], task, cache, cfg.probe_clips, progress=False),
+                          data_specs=cfg.roles(task))
             store.export_csv(run_dir / "results.csv")
 
 
@@ -478,8 +497,9 @@ def headline_table(cfg: StudyConfig, store_path: Path) -> str:
     relative to its image side, and the video side against the control in standard errors (``z = (video - control)
     / sqrt(se_v^2 + se_c^2)``, positive when the video side is better; |z| > 2 is a difference larger than test-set
     noise). The paired block below it compares the same test clips (see :func:`paired_table`)."""
+    current = _current_cells(cfg)
     with ResultsStore(store_path) as store:
-        rows = store.query(study=cfg.name)
+        rows = [r for r in store.query(study=cfg.name) if r["task"] in current and _is_current(r, cfg, current)]
     names = [*cfg.backbones, PRIOR]
     video, image = cfg.reference
     control = cfg.control
@@ -536,12 +556,14 @@ def paired_table(cfg: StudyConfig, store_path: Path) -> list[str]:
     steps = {name: _final_step(cfg, spec) for name, spec in cfg.backbones.items()}
     seeded = cfg.replicates() > 1
     width = 44 if seeded else 36
+    current = _current_cells(cfg)
     with ResultsStore(store_path) as store:
         def per_clip(name: str, task: str) -> dict[tuple[int, int], np.ndarray]:
             """(noise seed, probe seed) -> the per-clip scores of that replicate."""
             block, t = cfg.headline_of(name)
             return {(c["noise_seed"], c["probe_seed"]): a for c, a in store.clip_scores(
-                study=cfg.name, backbone=name, task=task, block=block, t=t, checkpoint_step=steps[name])}
+                study=cfg.name, backbone=name, task=task, block=block, t=t, checkpoint_step=steps[name])
+                if _is_current(c, cfg, current)}
 
         head = f"{'paired, same test clips':<24}" + "".join(f"{f'{video} - {o}':>{width}}" for o in others)
         sub = "diff   z [95% CI of diff]" + (" min z" if seeded else "")
