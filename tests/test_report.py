@@ -360,3 +360,17 @@ def test_the_caveat_heads_the_page_and_the_printed_table(tmp_path) -> None:
     box = html.index('<div class="caveat"')
     assert html_escape(QUICK_CAVEAT) in html[box:html.index("</div>", box)] and box < html.index("<table")
     assert box < html.index("<details><summary>study config")  # not only inside the collapsed config
+
+
+def test_an_earlier_checkpoint_is_its_own_cell_not_another_setup() -> None:
+    """A budget checkpoint (walt@100) has its own identity and step: it keeps the backbone's plain name at its own
+    step, and the final checkpoint's cells (written earlier) are not relabelled as an older setup."""
+    def row(identity: str, step: int, value: float, time: str) -> dict:
+        cell = Cell("s", "walt-video", identity, "video", step, 4, 200.0, 0, 1, "action", "d", "all", 0, "h")
+        return {**dataclasses.asdict(cell), "metric": "top1", "value": value, "time": time}
+
+    data = aggregate("s", [row("walt-video-abc", 200, 0.6, "2025-01-01T00:00:00"),
+                           row("walt-video-abc-step100", 100, 0.4, "2025-01-01T00:00:05")])
+    assert {(k.backbone, k.step): s.mean for k, s in data.stats.items()} == {
+        ("walt-video", 200): 0.6, ("walt-video", 100): 0.4}
+    assert not data.notes

@@ -199,23 +199,25 @@ _SETUP = {"identity": "id {}", "ensemble": "ensemble {}", "clips": "clips {}", "
 
 
 def _backbone_labels(rows: list[Mapping[str, Any]]) -> tuple[dict[tuple[Any, ...], str], list[str]]:
-    """``(backbone, mode, *setup) -> label`` and notes (see the module docstring)."""
+    """``(backbone, mode, checkpoint step, *setup) -> label`` and notes (see the module docstring). Setups are
+    compared within one checkpoint step: an earlier checkpoint has its own identity and is its own cell already."""
     modes: dict[str, set[str]] = defaultdict(set)
-    setups: dict[tuple[str, str], dict[tuple[Any, ...], str]] = defaultdict(dict)  # -> setup -> its latest time
+    # (backbone, mode, checkpoint step) -> setup -> its latest time
+    setups: dict[tuple[str, str, int], dict[tuple[Any, ...], str]] = defaultdict(dict)
     for r in rows:
         modes[r["backbone"]].add(r["mode"])
         setup = tuple(r[c] for c in _SETUP)
-        seen = setups[r["backbone"], r["mode"]]
+        seen = setups[r["backbone"], r["mode"], int(r["checkpoint_step"])]
         seen[setup] = max(seen.get(setup, ""), r["time"])
     notes = [f"backbone {b!r} was probed in modes {sorted(m)}; shown as {b}[mode]"
              for b, m in sorted(modes.items()) if len(m) > 1]
     labels = {}
-    for (name, mode), seen in sorted(setups.items()):
+    for (name, mode, step), seen in sorted(setups.items()):
         base = [mode] if len(modes[name]) > 1 else []
         latest = max(seen, key=lambda s: (seen[s], s))
         for setup in seen:
             parts = base + [fmt.format(v) for fmt, v, w in zip(_SETUP.values(), setup, latest, strict=True) if v != w]
-            labels[(name, mode, *setup)] = f"{name}[{', '.join(parts)}]" if parts else name
+            labels[(name, mode, step, *setup)] = f"{name}[{', '.join(parts)}]" if parts else name
         if len(seen) > 1:
             plain = f"{name}[{mode}]" if base else name
             notes.append(f"backbone {plain!r} has results of {len(seen)} setups (identity, ensemble, clips or probe "
@@ -231,7 +233,7 @@ def aggregate(study: str, rows: Iterable[Mapping[str, Any]],
     data_label = dataset_labels((r["dataset"] for r in rows), specs or {})
     groups: dict[Key, list[float]] = defaultdict(list)
     for r in rows:
-        label = labels[(r["backbone"], r["mode"], *(r[c] for c in _SETUP))]
+        label = labels[(r["backbone"], r["mode"], int(r["checkpoint_step"]), *(r[c] for c in _SETUP))]
         key = Key(label, r["mode"], int(r["checkpoint_step"]), int(r["block"]), float(r["t"]), r["task"],
                   data_label[r["dataset"]], r["metric"])
         groups[key].append(float(r["value"]))
