@@ -27,9 +27,8 @@ from diffprobe.models.exports import load_tokenizer, resolve_recorded_spec, reso
 from diffprobe.train.batching import make_batch_fn
 from diffprobe.train.config import TrainConfig
 from diffprobe.train.distributed import setup_distributed
-from diffprobe.train.export import export_model, finished_export, load_export, read_export
+from diffprobe.train.export import export_model, load_export, read_export, train_once
 from diffprobe.train.loop import CheckpointHook, fit
-from diffprobe.utils.lock import folder_lock
 
 # CPU-sized (about 4 minutes a twin on 2 cores): batch 16 runs 4.8-5.5 steps/s here against 3.0 at batch 32. Motion
 # shows in the video twin's features only after about 1000 steps (action top-1 0.11 at step 300, 0.15 at 600, 0.23
@@ -91,11 +90,8 @@ def train_denoiser(cfg: DenoiserRunConfig, run_dir: str | Path, cache: FeatureCa
     if not cfg.tokenizer:
         raise ConfigError("DenoiserRunConfig.tokenizer: give the run directory of a trained tokenizer")
     run_dir = Path(run_dir)
-    done = finished_export(run_dir, cfg, "denoiser")
-    if done is not None:
-        return done
-    with folder_lock(run_dir):
-        return _train_denoiser(cfg, run_dir, cache, resume, progress, on_checkpoint)
+    return train_once(run_dir, cfg, "denoiser",
+                      lambda: _train_denoiser(cfg, run_dir, cache, resume, progress, on_checkpoint))
 
 
 def _train_denoiser(cfg: DenoiserRunConfig, run_dir: Path, cache: FeatureCache, resume: bool, progress: bool,

@@ -5,6 +5,7 @@ Checkpoints under ``ckpt/`` are for resuming; the export is what later stages lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ from diffprobe.config import Config
 from diffprobe.models.exports import META_FILE, MODEL_FILE, load_export, read_export
 from diffprobe.train.distributed import DistContext, wait_for_all
 from diffprobe.utils.io import atomic_write_json, save_tensors, tensors_sha256
+from diffprobe.utils.lock import folder_lock
 
-__all__ = ["META_FILE", "MODEL_FILE", "export_model", "load_export", "read_export"]
+__all__ = ["META_FILE", "MODEL_FILE", "export_model", "finished_export", "load_export", "read_export", "train_once"]
 
 
 def finished_export(run_dir: str | Path, cfg: Config, kind: str) -> Path | None:
@@ -26,6 +28,16 @@ def finished_export(run_dir: str | Path, cfg: Config, kind: str) -> Path | None:
         return None
     meta = read_export(run_dir, kind)
     return run_dir / MODEL_FILE if meta["config"] == cfg.to_dict() else None
+
+
+def train_once(run_dir: str | Path, cfg: Config, kind: str, train: Callable[[], Path]) -> Path:
+    """The export of a run in ``run_dir`` that finished with exactly ``cfg`` (nothing rewritten), else ``train()``
+    under the folder's lock (one writer per run folder, see ``utils.lock``)."""
+    done = finished_export(run_dir, cfg, kind)
+    if done is not None:
+        return done
+    with folder_lock(run_dir):
+        return train()
 
 
 def export_model(run_dir: str | Path, model: nn.Module, cfg: Config, kind: str, step: int,

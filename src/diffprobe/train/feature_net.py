@@ -36,9 +36,8 @@ from diffprobe.models.exports import resolve_recorded_spec
 from diffprobe.train.batching import make_batch_fn
 from diffprobe.train.config import TrainConfig
 from diffprobe.train.distributed import setup_distributed
-from diffprobe.train.export import export_model, finished_export, load_export, read_export
+from diffprobe.train.export import export_model, load_export, read_export, train_once
 from diffprobe.train.loop import fit
-from diffprobe.utils.lock import folder_lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,11 +102,7 @@ def train_feature_net(cfg: FeatureNetRunConfig, run_dir: str | Path, cache: Feat
                       progress: bool = True) -> Path:
     """Train (or finish) the feature network in ``run_dir``; returns its exported weights."""
     run_dir = Path(run_dir)
-    done = finished_export(run_dir, cfg, "feature-net")
-    if done is not None:
-        return done
-    with folder_lock(run_dir):
-        return _train_feature_net(cfg, run_dir, cache, resume, progress)
+    return train_once(run_dir, cfg, "feature-net", lambda: _train_feature_net(cfg, run_dir, cache, resume, progress))
 
 
 def _train_feature_net(cfg: FeatureNetRunConfig, run_dir: Path, cache: FeatureCache, resume: bool,

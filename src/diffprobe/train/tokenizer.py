@@ -20,9 +20,8 @@ from diffprobe.models.exports import resolve_recorded_spec
 from diffprobe.train.batching import make_batch_fn
 from diffprobe.train.config import TrainConfig
 from diffprobe.train.distributed import setup_distributed
-from diffprobe.train.export import export_model, finished_export
+from diffprobe.train.export import export_model, train_once
 from diffprobe.train.loop import fit
-from diffprobe.utils.lock import folder_lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +63,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, run_dir: str | Path, cache: Feature
     with ``run_dir/model.json``.
     """
     run_dir = Path(run_dir)
-    done = finished_export(run_dir, cfg, "tokenizer")
-    if done is not None:
-        return done
-    with folder_lock(run_dir):
-        return _train_tokenizer(cfg, run_dir, cache, resume, progress)
+    return train_once(run_dir, cfg, "tokenizer", lambda: _train_tokenizer(cfg, run_dir, cache, resume, progress))
 
 
 def _train_tokenizer(cfg: TokenizerRunConfig, run_dir: Path, cache: FeatureCache, resume: bool, progress: bool) -> Path:
