@@ -247,3 +247,14 @@ def test_probes_on_two_datasets_are_two_report_cells(tmp_path_factory, tmp_path,
         (row,) = [ln for ln in lines if world in ln and " top1 " in ln]
         assert row.split()[-1] == "1"  # n = 1: one seed on this dataset
     assert (tmp_path / "run/report/report.html").is_file()
+
+
+def test_a_clip_shape_the_backbone_cannot_take_is_refused_before_any_compute(runs, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(runs)
+    bad = WORLD.replace("@", "@frames=8,")
+    for args in (["extract", "--backbone", "walt:runs/video", "--block", "1"],
+                 ["probe", "--task", "action", "--backbone", "walt:runs/video", "--block", "1", "--store",
+                  str(tmp_path / "r.sqlite")]):
+        out = _run([*args, "--dataset", bad, "--cache", str(tmp_path / "c"), "--quiet"], code=2)
+        assert "clips of 8 frames: this tokenizer takes 1 + k * 2 frames" in out
+        assert not (tmp_path / "c").exists() and not (tmp_path / "r.sqlite").exists()  # no pixels rendered

@@ -51,7 +51,7 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
 
     The train / val / test roles come from --dataset (its own splits, or a seeded division of a dataset without
     them; SPEC#SPLIT picks a split), each overridable with --train-data / --val-data / --test-data."""
-    from diffprobe.backbones.registry import load_backbone
+    from diffprobe.backbones.registry import block_shapes, load_backbone
     from diffprobe.features.cache import FeatureCache
     from diffprobe.models.exports import check_clip_size
     from diffprobe.study.store import Cell, ResultsStore, clips_key
@@ -68,6 +68,8 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
     roles = task_roles(task_name, specs)
     for rd in roles.values():
         check_clip_size(resolved.trained_size, rd.dataset, f"the backbone {spec}", allow_size_change)
+    ds = roles["train"].dataset  # the roles of a task agree on the clip shape (task_roles checks)
+    block_shapes(resolved.backbone, ds.frames, ds.height, ds.width)  # one grey clip: a shape it cannot take
     cell = Cell(study=study, backbone=name or spec, identity=resolved.backbone.identity, mode=resolved.mode,
                 checkpoint_step=resolved.step, block=block, t=t, noise_seed=noise_seed, ensemble=ensemble,
                 task=task_name, dataset=data_identity(roles), clips=clips_key(None), probe_seed=cfg.seed,
