@@ -72,6 +72,13 @@ def test_mistakes_with_a_valid_run_are_one_line(tmp_path_factory, tmp_path) -> N
                     "or 9; set the dataset's frames option")
 
 
+def test_a_report_headline_the_store_does_not_hold_is_named(tmp_path_factory) -> None:
+    runs = tiny_runs(tmp_path_factory.getbasetemp())  # its store holds one cell, at block 1, t 0
+    line = _error(["report", str(runs.report), "--block", "3", "--t", "200"])
+    assert line == ("Error: no backbone of study 'adhoc' was measured at block 3, t 200; the store holds (block, t) "
+                    "(1, 0)")
+
+
 def test_every_backbone_kind_checks_blocks_noise_and_seeds() -> None:
     from diffprobe.backbones.base import Backbone
     from diffprobe.errors import InputError

@@ -28,16 +28,6 @@ CREATED = {"out_dir", "cache_dir", "store"}
 #: noise level past 1000
 BEYOND = {"block": "1000", "blocks": "1000", "t": "1001", "ts": "1001"}
 
-#: (command, parameter, case) not refused yet (accepted, or a traceback), each to be fixed in the module named:
-#: declare the range on the click option, or make the shared helper raise an InputError. Emptied as they are fixed
-#: (a stale entry fails test_every_command_has_base_arguments_and_cases).
-NOT_YET_FIXED: set[tuple[str, str, str]] = {
-    # study/report.py report: --block IntRange(min=0), --t FloatRange(0, 1000), and a headline cell the store does
-    # not hold an error listing the (block, t) it holds (today any value writes a report)
-    ("report", "block", "out of range -1"), ("report", "block", "out of range 1000"),
-    ("report", "t", "out of range -1"), ("report", "t", "out of range 1001"),
-}
-
 
 def commands() -> Iterator[tuple[str, click.Command]]:
     """``(path, command)`` of every command, the sub-commands of groups (``data info``, ``config show``) included."""
@@ -143,13 +133,13 @@ def argv(path: str, cmd: click.Command, values: dict[str, object]) -> list[str]:
 
 ALL = [(path, param.name, case, value) for path, cmd in commands() for param in cmd.params
        for case, value in cases(path, param)]
-CASES = [c for c in ALL if c[:3] not in NOT_YET_FIXED]
+CASES = ALL
 
 
 def test_every_command_has_base_arguments_and_cases(tmp_path_factory, tmp_path) -> None:
     base = _base(tmp_path_factory.getbasetemp(), tmp_path)
     assert sorted(base) == sorted(path for path, _ in commands())
-    assert len(ALL) > 100 and {c[:3] for c in ALL} >= NOT_YET_FIXED  # nothing stale in the exclusions
+    assert len(ALL) > 100
     kinds = {case.split(" ")[0] for _, _, case, _ in ALL}
     assert kinds == {"wrong", "out", "missing"}
 

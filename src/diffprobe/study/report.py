@@ -343,8 +343,10 @@ def text_table(inp: ReportInput) -> str:
 @click.command("report")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--study", default=None, help="Study to report when the store holds several.")
-@click.option("--block", type=int, default=None, help="Headline block (with --t); default: centre of the sweep.")
-@click.option("--t", "t", type=float, default=None, help="Headline noise level 0..1000 (with --block).")
+@click.option("--block", type=click.IntRange(min=0), default=None,
+              help="Headline block (with --t); default: centre of the sweep.")
+@click.option("--t", "t", type=click.FloatRange(0, 1000), default=None,
+              help="Headline noise level 0..1000 (with --block).")
 def report(run_dir: Path, study: str | None, block: int | None, t: float | None) -> None:
     """Print the headline cells and write RUN_DIR/report/report.html (self-contained) and its PNG figures from
     RUN_DIR/results.sqlite."""

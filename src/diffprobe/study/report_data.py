@@ -268,7 +268,14 @@ def default_headline(data: StudyData, backbone: str) -> tuple[int, float]:
 
 def headlines(data: StudyData, override: tuple[int, float] | None = None) -> tuple[dict[str, tuple[int, float]],
                                                                                  list[str]]:
-    """Headline (block, t) per backbone, and notes; ``override`` applies to every backbone that measured it."""
+    """Headline (block, t) per backbone, and notes; ``override`` applies to every backbone that measured it (one that
+    no backbone measured is an :class:`~diffprobe.errors.InputError` listing the points the store holds)."""
+    if override is not None:
+        held = sorted({(k.block, k.t) for k in data.stats})
+        if (override[0], float(override[1])) not in held:
+            raise InputError(f"no backbone of study {data.study!r} was measured at block {override[0]}, t "
+                             f"{fmt_num(override[1])}; the store holds (block, t) "
+                             + ", ".join(f"({b}, {fmt_num(t)})" for b, t in held))
     out, notes = {}, []
     for b in data.backbones:
         own = default_headline(data, b)
