@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from diffprobe.cli import COMMANDS, main
 from diffprobe.config import Config
-from diffprobe.config_cli import CONFIGS, config_class
+from diffprobe.study.config_cli import CONFIGS, config_class
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -88,10 +88,10 @@ def test_it_runs_from_another_folder_and_nothing_in_the_package_imports_it(tmp_p
     out = subprocess.run([sys.executable, "-m", "diffprobe.cli", "config", "show", "probe"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "  steps: int = 500  # optimiser steps of every probe" in out.stdout, out.stderr
-    assert COMMANDS["config"] == "diffprobe.config_cli:config_group"
-    entry = {SRC / "diffprobe" / "cli.py", SRC / "diffprobe" / "config_cli.py"}
+    assert COMMANDS["config"] == "diffprobe.study.config_cli:config_group"
+    entry = {SRC / "diffprobe" / "cli.py", SRC / "diffprobe" / "study" / "config_cli.py"}
     users = [p for p in (SRC / "diffprobe").rglob("*.py") if "config_cli" in p.read_text() and p not in entry]
     assert users == [] and "config_cli" not in (SRC / "diffprobe" / "cli.py").read_text().replace(
-        '"diffprobe.config_cli:config_group"', "")
-    code = "import sys, diffprobe.config_cli; assert 'torch' not in sys.modules, 'the CLI module imports torch'"
+        '"diffprobe.study.config_cli:config_group"', "")
+    code = "import sys, diffprobe.study.config_cli; assert 'torch' not in sys.modules, 'the CLI module imports torch'"
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60).returncode == 0

@@ -29,7 +29,7 @@ COMMANDS: dict[str, str] = {
     "probe": "diffprobe.study.probe_cli:probe_cmd",
     "study": "diffprobe.study.cli:study_cmd",
     "report": "diffprobe.study.report:report",
-    "config": "diffprobe.config_cli:config_group",
+    "config": "diffprobe.study.config_cli:config_group",
 }
 
 

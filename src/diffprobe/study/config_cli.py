@@ -1,8 +1,9 @@
 """``diffprobe config show KIND [--preset NAME] [--json]``: the fields, types and defaults (or a preset's values) of
 a run's config, nested configs indented, each field with the comment its dataclass gives it.
 
-A command-line entry module like ``study/cli.py``: nothing in the package imports it, and each config class is
-imported only when it is shown (``diffprobe --help`` stays fast).
+A command-line entry module like ``study/cli.py`` (in ``study``, the top of the pipeline, since it reads every
+stage's config): nothing in the package imports it, and each config class is imported only when it is shown
+(``diffprobe --help`` stays fast).
 """
 
 from __future__ import annotations
