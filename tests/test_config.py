@@ -67,3 +67,12 @@ def test_presets_and_overrides() -> None:
     assert o.inner.width == 7 and o.name == "hello" and o.shape == (5,) and o.maybe is None
     with pytest.raises(ConfigError, match="nope"):
         big.override(["inner.nope=1"])
+
+
+def test_dict_changes_names_each_differing_path_with_both_values() -> None:
+    from diffprobe.config import dict_changes
+
+    a = {"dataset": "x", "train": {"steps": 4, "seed": 0, "keep_steps": [1]}, "gone": 1}
+    b = {"dataset": "x", "train": {"steps": 6, "seed": 0, "keep_steps": [1, 4]}}
+    assert dict_changes(a, b) == {"gone": (1, None), "train.keep_steps": ([1], [1, 4]), "train.steps": (4, 6)}
+    assert dict_changes(a, a) == {}

@@ -121,6 +121,17 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
+def dict_changes(a: Any, b: Any, where: str = "") -> dict[str, tuple[Any, Any]]:
+    """The dotted paths where two JSON-like values (e.g. two configs' ``to_dict()``) differ, each with its two values
+    ``(a's, b's)``; nested dicts are compared key by key, anything else whole."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: dict[str, tuple[Any, Any]] = {}
+        for k in sorted(set(a) | set(b)):
+            out.update(dict_changes(a.get(k), b.get(k), f"{where}.{k}" if where else k))
+        return out
+    return {} if a == b else {where: (a, b)}
+
+
 #: fields counted in steps that a run's schedule places relative to its total ``steps`` (see ``Config.override``)
 SCHEDULE_FIELDS = ("warmup_steps", "ema_start")
 

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffprobe.backbones.registry import ResolvedBackbone, load_backbone, parse_backbone_spec
-from diffprobe.config import ConfigError
+from diffprobe.config import ConfigError, dict_changes
 from diffprobe.data.splits import ROLES, RoleData, resolve_roles
 from diffprobe.features.cache import FeatureCache
 from diffprobe.features.sources import ensure_features, ensure_videos
@@ -415,19 +415,13 @@ def _pca(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: torch.dev
             np.savez(fh, **arrays)
 
 
-def _diff(a: Any, b: Any, where: str) -> list[str]:
-    """Dotted paths where two JSON-like values differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{where}.{k}" if where else k)]
-    return [] if a == b else [where]
-
-
 def check_artifacts(stored: StudyConfig, cfg: StudyConfig, path: Path) -> None:
     """A study's trained artifacts (its data, tokenizer, twins, model sizes already trained and feature network) may
     not change under a run directory; its plan (tasks, backbones, sweeps, seeds, probes) may. An error names every
     changed artifact field."""
     old, new = stored.artifacts(), cfg.artifacts()
-    changed = _diff({k: v for k, v in old.items() if k != "sizes"}, {k: v for k, v in new.items() if k != "sizes"}, "")
+    changed = list(dict_changes({k: v for k, v in old.items() if k != "sizes"},
+                                {k: v for k, v in new.items() if k != "sizes"}))
     changed += [f"sizes.{name}" for name in old["sizes"] if name in new["sizes"] and old["sizes"][name] !=
                 new["sizes"][name]]
     if changed:

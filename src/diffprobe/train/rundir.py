@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, TypeVar
 
-from diffprobe.config import Config, ConfigError
+from diffprobe.config import Config, ConfigError, dict_changes
 from diffprobe.data.registry import NAMED_KINDS, parse_spec
 from diffprobe.models.exports import META_FILE, MODEL_FILE
 from diffprobe.utils.io import atomic_write_json, read_json
@@ -39,20 +39,9 @@ RESUMABLE = frozenset({
 })
 
 
-def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config dict as ``{"a.b": value}`` (lists kept whole)."""
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def config_changes(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
     """Fields whose values differ, dotted name -> (old, new)."""
-    a, b = flat(old.to_dict()), flat(new.to_dict())
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    return dict_changes(old.to_dict(), new.to_dict())
 
 
 def holds_run(run_dir: Path) -> bool:
