@@ -258,3 +258,13 @@ def test_a_clip_shape_the_backbone_cannot_take_is_refused_before_any_compute(run
         out = _run([*args, "--dataset", bad, "--cache", str(tmp_path / "c"), "--quiet"], code=2)
         assert "clips of 8 frames: this tokenizer takes 1 + k * 2 frames" in out
         assert not (tmp_path / "c").exists() and not (tmp_path / "r.sqlite").exists()  # no pixels rendered
+
+
+def test_a_spec_records_its_path_relative_to_the_run_and_keeps_options_and_split() -> None:
+    from diffprobe.data.registry import map_spec_path
+    from diffprobe.train.rundir import record_spec
+
+    assert record_spec("videos:clips@frames=9,size=32#train", Path("runs/tok")) == \
+        "videos:../../clips@frames=9,size=32#train"
+    assert record_spec(WORLD, Path("runs/tok")) == WORLD  # a preset name, not a path
+    assert map_spec_path("kinetics:/data/k400@size=32", str.upper) == "kinetics:/data/k400@size=32"  # absolute

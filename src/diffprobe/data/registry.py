@@ -16,6 +16,7 @@ import contextlib
 import importlib
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from diffprobe.data.dataset import ClipDataset, DatasetError
@@ -79,6 +80,17 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
 
 #: the lists of the :func:`opened_datasets` blocks running now (innermost last)
 _COLLECTORS: list[list[ClipDataset]] = []
+
+
+def map_spec_path(spec: str, fn: Callable[[str], str]) -> str:
+    """``spec`` with its file or folder PATH replaced by ``fn(PATH)``, options and ``#SPLIT`` kept; a kind whose PATH
+    names a preset (:data:`NAMED_KINDS`) and an absolute PATH are returned as they are. How runs record the data they
+    read relative to their own folder, and read it back."""
+    kind, path, _ = parse_spec(spec.split("#")[0])
+    if kind in NAMED_KINDS or Path(path).is_absolute():
+        return spec
+    rest = spec[len(kind) + 1 + len(path):]  # "@options" and/or "#split"
+    return f"{kind}:{fn(path)}{rest}"
 
 
 def open_dataset(spec: str) -> ClipDataset:

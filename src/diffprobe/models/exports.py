@@ -126,13 +126,9 @@ def resolve_tokenizer_dir(run_dir: str | Path, tokenizer: str | Path) -> Path:
 def resolve_recorded_spec(run_dir: str | Path, spec: str) -> str:
     """A dataset spec a run recorded, with its file or folder path resolved as :func:`resolve_recorded_path` does
     (absolute paths and preset kinds such as ``probeworld:tiny`` are returned as they are)."""
-    from diffprobe.data.registry import NAMED_KINDS, parse_spec
+    from diffprobe.data.registry import map_spec_path
 
-    kind, path, _ = parse_spec(spec.split("#")[0])
-    if kind in NAMED_KINDS or Path(path).is_absolute():
-        return spec
-    rest = spec[len(kind) + 1 + len(path):]  # "@options" and/or "#split"
-    return f"{kind}:{resolve_recorded_path(run_dir, path, f'dataset {spec!r}')}{rest}"
+    return map_spec_path(spec, lambda path: str(resolve_recorded_path(run_dir, path, f"dataset {spec!r}")))
 
 
 def export_clip_size(run_dir: str | Path) -> tuple[int, int, int]:

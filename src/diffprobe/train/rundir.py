@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from diffprobe.config import Config, ConfigError, dict_changes
-from diffprobe.data.registry import NAMED_KINDS, parse_spec
+from diffprobe.data.registry import map_spec_path
 from diffprobe.models.exports import META_FILE, MODEL_FILE
 from diffprobe.utils.io import atomic_write_json, read_json
 from diffprobe.utils.lock import LOCK_FILE
@@ -136,8 +136,4 @@ def record_path(path: str | Path, run_dir: Path) -> str:
 def record_spec(spec: str, run_dir: Path) -> str:
     """A dataset spec as a run records it: its file or folder path as :func:`record_path` does (a kind whose PATH
     names a preset, such as ``probeworld:tiny``, is kept as it is)."""
-    kind, path, _ = parse_spec(spec.split("#")[0])
-    if kind in NAMED_KINDS or Path(path).is_absolute():
-        return spec
-    rest = spec[len(kind) + 1 + len(path):]  # "@options" and/or "#split"
-    return f"{kind}:{record_path(path, run_dir)}{rest}"
+    return map_spec_path(spec, lambda path: record_path(path, run_dir))
