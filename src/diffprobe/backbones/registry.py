@@ -14,7 +14,7 @@ were trained on (``trained_on``), which commands use as their default dataset.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,11 @@ import torch
 
 from diffprobe.backbones.base import Backbone
 from diffprobe.backbones.walt import LatentBackbone, WALTBackbone
+from diffprobe.data.dataset import ClipDataset
 from diffprobe.errors import DiffprobeError
 from diffprobe.models import WALT
 from diffprobe.models.exports import (
+    check_clip_size,
     export_clip_size,
     latents_identity,
     load_tokenizer,
@@ -47,6 +49,17 @@ class ResolvedBackbone:
     trained_on: str | None  #: dataset spec its weights were trained on, when known
     #: clip size (frames, height, width) its weights were trained on, when known (our runs); other sizes need asking
     trained_size: tuple[int, int, int] | None = None
+
+    def check_clips(self, datasets: Iterable[ClipDataset], spec: str, allow_size_change: bool) -> None:
+        """Before any clip is read: each dataset's frames are the size the weights were trained on (unless
+        ``allow_size_change``), and one grey clip of each clip shape goes through the backbone, so a shape it cannot
+        take (frames the tokenizer does not) is an :class:`~diffprobe.errors.InputError` now, not after extraction."""
+        shapes = set()
+        for ds in datasets:
+            check_clip_size(self.trained_size, ds, f"the backbone {spec}", allow_size_change)
+            shapes.add((ds.frames, ds.height, ds.width))
+        for shape in sorted(shapes):
+            block_shapes(self.backbone, *shape)
 
 
 #: a factory: (path, options, spec, device) -> resolved backbone

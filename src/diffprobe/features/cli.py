@@ -46,11 +46,10 @@ def extract_cmd(spec: str, dataset: str | None, blocks: tuple[int, ...], t: floa
                 allow_size_change: bool, cache_dir: Path, workers: int, quiet: bool) -> None:
     """Extract features at (blocks, t, noise seed) for each split; finished shards are never recomputed. Launched by
     torchrun, the ranks share the shards."""
-    from diffprobe.backbones.registry import block_shapes, load_backbone
+    from diffprobe.backbones.registry import load_backbone
     from diffprobe.data.registry import open_dataset
     from diffprobe.features.cache import FeatureCache
     from diffprobe.features.sources import ensure_features
-    from diffprobe.models.exports import check_clip_size
     from diffprobe.train.distributed import cleanup_distributed, setup_distributed
 
     ctx = setup_distributed(device)
@@ -58,8 +57,7 @@ def extract_cmd(spec: str, dataset: str | None, blocks: tuple[int, ...], t: floa
         resolved = load_backbone(spec, ctx.device)
         resolved.backbone.check_request(blocks, t, noise_seed, ensemble)  # refused before any clip is read
         ds = open_dataset(dataset or resolved.trained_on or "probeworld:tiny")
-        check_clip_size(resolved.trained_size, ds, f"the backbone {spec}", allow_size_change)
-        block_shapes(resolved.backbone, ds.frames, ds.height, ds.width)  # one grey clip: a shape it cannot take
+        resolved.check_clips([ds], spec, allow_size_change)
         cache = FeatureCache(cache_dir)
         for split in splits or ds.splits:
             sets = ensure_features(resolved.backbone, ds.clips(split), view, list(blocks), t, noise_seed, cache,

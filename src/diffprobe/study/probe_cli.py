@@ -51,9 +51,8 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
 
     The train / val / test roles come from --dataset (its own splits, or a seeded division of a dataset without
     them; SPEC#SPLIT picks a split), each overridable with --train-data / --val-data / --test-data."""
-    from diffprobe.backbones.registry import block_shapes, load_backbone
+    from diffprobe.backbones.registry import load_backbone
     from diffprobe.features.cache import FeatureCache
-    from diffprobe.models.exports import check_clip_size
     from diffprobe.study.store import Cell, ResultsStore, clips_key
     from diffprobe.tasks.probing import ProbeConfig
     from diffprobe.tasks.runner import data_identity, run_probe, task_roles
@@ -66,10 +65,7 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
     default = dataset or resolved.trained_on or "probeworld:tiny"
     specs = {"train": train_data or default, "val": val_data or default, "test": test_data or default}
     roles = task_roles(task_name, specs)
-    for rd in roles.values():
-        check_clip_size(resolved.trained_size, rd.dataset, f"the backbone {spec}", allow_size_change)
-    ds = roles["train"].dataset  # the roles of a task agree on the clip shape (task_roles checks)
-    block_shapes(resolved.backbone, ds.frames, ds.height, ds.width)  # one grey clip: a shape it cannot take
+    resolved.check_clips([rd.dataset for rd in roles.values()], spec, allow_size_change)
     cell = Cell(study=study, backbone=name or spec, identity=resolved.backbone.identity, mode=resolved.mode,
                 checkpoint_step=resolved.step, block=block, t=t, noise_seed=noise_seed, ensemble=ensemble,
                 task=task_name, dataset=data_identity(roles), clips=clips_key(None), probe_seed=cfg.seed,
