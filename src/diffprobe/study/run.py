@@ -536,21 +536,20 @@ def headline_table(cfg: StudyConfig, store_path: Path) -> str:
             if seeded:
                 lines.append(f"{'':<16}{'  seed sd':<28}" + "".join(
                     f"{seed_sd(n, task, metric):>16.4f}" for n in names))
-    return "\n".join(lines + ["", *paired_table(cfg, store_path)])
+    return "\n".join(lines + ["", *paired_table(cfg, store_path, current)])
 
 
-def paired_table(cfg: StudyConfig, store_path: Path) -> list[str]:
+def paired_table(cfg: StudyConfig, store_path: Path, current: dict[str, dict[str, Any]]) -> list[str]:
     """Lines of the paired comparisons at the headline cells: the video side against the control and against the
     image side, from the per-clip primary metric on the same test clips, averaged over probe and noise seeds: the
     mean difference (positive: the video side is better), its paired z and a bootstrap 95% interval; with several
     seeds also the smallest of the per-seed z (seed i of one side against seed i of the other), so a claim can be
-    seen to hold on every seed."""
+    seen to hold on every seed. ``current`` is :func:`_current_cells` (the table above computed it)."""
     video, image = cfg.reference
     others = [n for n in (cfg.control, image) if n]
     steps = {name: _final_step(cfg, spec) for name, spec in cfg.backbones.items()}
     seeded = cfg.replicates() > 1
     width = 44 if seeded else 36
-    current = _current_cells(cfg)
     with ResultsStore(store_path) as store:
         def per_clip(name: str, task: str) -> dict[tuple[int, int], np.ndarray]:
             """(noise seed, probe seed) -> the per-clip scores of that replicate."""
