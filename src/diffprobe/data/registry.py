@@ -107,13 +107,7 @@ def open_dataset(spec: str) -> ClipDataset:
 @contextlib.contextmanager
 def opened_datasets() -> Iterator[list[ClipDataset]]:
     """A list of every dataset :func:`open_dataset` opens inside the ``with`` block (by any caller, e.g. a training
-    function), for a command to report their skips when it ends::
-
-        with opened_datasets() as opened:
-            try:
-                train_tokenizer(cfg, out_dir, cache)
-            finally:
-                report_skipped(opened, out_dir)
+    function), for a command to report their skips when it ends (:func:`skips_reported` does both).
     """
     found: list[ClipDataset] = []
     _COLLECTORS.append(found)
@@ -121,3 +115,18 @@ def opened_datasets() -> Iterator[list[ClipDataset]]:
         yield found
     finally:  # by identity: an outer block's list may hold the same datasets
         del _COLLECTORS[next(i for i, f in enumerate(_COLLECTORS) if f is found)]
+
+
+@contextlib.contextmanager
+def skips_reported(out_dir: str | Path, enabled: bool = True) -> Iterator[None]:
+    """Run a command's block, then (also when it fails) report the clips ``on_bad=skip`` left out of every dataset
+    opened inside it, into ``out_dir/skipped.json`` (see :func:`~diffprobe.utils.cliopts.report_skipped`);
+    ``enabled=False`` (a torchrun rank other than 0) collects without reporting."""
+    from diffprobe.utils.cliopts import report_skipped
+
+    with opened_datasets() as opened:
+        try:
+            yield
+        finally:
+            if enabled:
+                report_skipped(opened, out_dir)

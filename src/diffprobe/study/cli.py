@@ -48,10 +48,9 @@ def study_cmd(preset: str, out_dir: Path | None, config_file: Path | None, assig
     if estimate:
         _print_estimate(cfg, peak_tflops, mfu, step_ms, devices)
         return
-    from diffprobe.data.registry import opened_datasets
+    from diffprobe.data.registry import skips_reported
     from diffprobe.study.run import headline_table, run_study
     from diffprobe.train.distributed import cleanup_distributed, setup_distributed
-    from diffprobe.utils.cliopts import report_skipped
     from diffprobe.utils.lock import folder_lock
 
     out_dir = out_dir or Path(f"runs/study-{preset}")
@@ -60,12 +59,8 @@ def study_cmd(preset: str, out_dir: Path | None, config_file: Path | None, assig
         with folder_lock(out_dir, what="study"):  # the study and its report: one writer
             if cfg.caveat and ctx.is_main:
                 click.echo(f"note: {cfg.caveat}", err=True)
-            with opened_datasets() as opened:
-                try:
-                    store = run_study(cfg, out_dir, progress=not quiet)
-                finally:
-                    if ctx.is_main:
-                        report_skipped(opened, out_dir)
+            with skips_reported(out_dir, enabled=ctx.is_main):
+                store = run_study(cfg, out_dir, progress=not quiet)
             if ctx.is_main:
                 click.echo(headline_table(cfg, store))
                 if not no_report:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from diffprobe.utils.cliopts import cache_option, overrides_option, quiet_option, report_skipped, resume_option
+from diffprobe.utils.cliopts import cache_option, overrides_option, quiet_option, resume_option
 
 dataset_train_option = click.option(
     "--dataset", default=None, metavar="SPEC",
@@ -80,7 +80,7 @@ def _run_config(out_dir: Path, cls: type, preset: str, preset_given: bool, assig
 def train_tokenizer_cmd(ctx: click.Context, preset: str, out_dir: Path, dataset: str | None,
                         assignments: tuple[str, ...], cache_dir: Path, resume: bool, force: bool, quiet: bool) -> None:
     """Train the causal video tokenizer (on Probe World unless --dataset) and fix its latent scale."""
-    from diffprobe.data.registry import opened_datasets
+    from diffprobe.data.registry import skips_reported
     from diffprobe.features.cache import FeatureCache
     from diffprobe.train.export import read_export
     from diffprobe.train.rundir import record_spec
@@ -90,11 +90,8 @@ def train_tokenizer_cmd(ctx: click.Context, preset: str, out_dir: Path, dataset:
     with folder_lock(out_dir):
         given = {"dataset": record_spec(dataset, out_dir)} if dataset else {}
         cfg = _run_config(out_dir, TokenizerRunConfig, preset, _preset_given(ctx), assignments, given, resume, force)
-        with opened_datasets() as opened:
-            try:
-                path = train_tokenizer(cfg, out_dir, FeatureCache(cache_dir), resume=resume, progress=not quiet)
-            finally:
-                report_skipped(opened, out_dir)
+        with skips_reported(out_dir):
+            path = train_tokenizer(cfg, out_dir, FeatureCache(cache_dir), resume=resume, progress=not quiet)
     meta = read_export(out_dir, "tokenizer")
     click.echo(f"tokenizer: {path}  latent_scale={meta['latent_scale']:.4f}  latent_shift={meta['latent_shift']:.4f}"
                f"  train PSNR={meta['train_psnr_db']:.2f} dB")
@@ -123,7 +120,7 @@ def train_cmd(ctx: click.Context, preset: str, mode: str | None, tokenizer_dir: 
     """Train a WALT twin (image or video mode) on the tokenizer's latents of a dataset (the tokenizer's own data
     unless --dataset; image mode: every frame of its clips on its own)."""
     from diffprobe.config import ConfigError
-    from diffprobe.data.registry import open_dataset, opened_datasets
+    from diffprobe.data.registry import open_dataset, skips_reported
     from diffprobe.features.cache import FeatureCache
     from diffprobe.models.exports import check_clip_size, export_clip_size, resolve_recorded_spec
     from diffprobe.train.denoiser import DenoiserRunConfig, train_denoiser
@@ -149,11 +146,8 @@ def train_cmd(ctx: click.Context, preset: str, mode: str | None, tokenizer_dir: 
         tok_dir = cfg.tokenizer_dir(out_dir)
         ds = open_dataset(resolve_recorded_spec(out_dir, cfg.dataset))
         check_clip_size(export_clip_size(tok_dir), ds, f"the tokenizer in {tok_dir}", allow_size_change)
-        with opened_datasets() as opened:
-            try:
-                path = train_denoiser(cfg, out_dir, FeatureCache(cache_dir), resume=resume, progress=not quiet)
-            finally:
-                report_skipped(opened, out_dir)
+        with skips_reported(out_dir):
+            path = train_denoiser(cfg, out_dir, FeatureCache(cache_dir), resume=resume, progress=not quiet)
     click.echo(f"denoiser ({cfg.mode}): {path}")
 
 
