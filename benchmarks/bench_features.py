@@ -50,7 +50,7 @@ from diffprobe.features.extract import VIEWS
 from diffprobe.features.sources import ensure_features, ensure_videos
 from diffprobe.models import WALT, CausalAutoencoder
 from diffprobe.models.exports import read_export
-from diffprobe.readouts import ProbeBank
+from diffprobe.readouts import Member, ProbeBank
 from diffprobe.tasks import Task, make_task
 from diffprobe.tasks.probing import ProbeConfig, _batch_targets, _train_batches
 from diffprobe.tasks.runner import ensure_targets, task_context, task_roles
@@ -193,10 +193,9 @@ class ProbeLoop:
         t_f, h_f, w_f, c = feature_shape
         prior = task.baseline(targets)  # the task's prior as head output, as train_probe sets it
         baseline = None if prior is None else torch.from_numpy(prior)
-        torch.manual_seed(cfg.seed)  # every bank starts from the same probes
-        self.bank = ProbeBank.from_config(
-            cfg.readout.replace(learning_rates=rates),
-            lambda: task.make_probe(cfg.readout, c, (t_f, h_f, w_f)).set_baseline(baseline)).to(device)
+        members = [Member(cfg.seed, lr, wd, cfg.grad_clip) for lr in rates for wd in cfg.readout.weight_decays]
+        self.bank = ProbeBank(lambda: task.make_probe(cfg.readout, c, (t_f, h_f, w_f)).set_baseline(baseline),
+                              members, task.query_inputs, task.loss).to(device)
         self.task, self.cfg, self.targets, self.batches, self.device = task, cfg, targets, batches, device
         self.queries = torch.Generator().manual_seed(cfg.seed)
         self.done = 0
@@ -209,8 +208,9 @@ class ProbeLoop:
             index, feats = next(self.batches)  # (b,), (b, T_f, H_f, W_f, C)
             tgt = task.training_batch(_batch_targets(self.targets, index, self.device), cfg.train_queries,
                                       self.queries)
-            self.bank.step(lambda out, tgt=tgt: task.loss(out, tgt), feats.to(self.device, torch.float32),
-                           *task.query_inputs(tgt), grad_clip=cfg.grad_clip)
+            p = len(self.bank)  # every probe of the bank reads this one stream
+            feats = feats.to(self.device, torch.float32)
+            self.bank.step(feats.expand(p, *feats.shape), {k: v.expand(p, *v.shape) for k, v in tgt.items()})
             self.done += 1
 
 

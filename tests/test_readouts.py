@@ -17,7 +17,6 @@ from diffprobe.readouts import (
     PatchQueries,
     PointQueries,
     Probe,
-    ProbeBank,
     ReadoutConfig,
     box_loss,
     class_logits,
@@ -366,27 +365,3 @@ def test_readout_overfits_a_tiny_batch_on_every_task(one_thread) -> None:
     }
     for task, (first, last) in runs.items():
         assert last < first / 10, f"{task}: loss {first:.4f} -> {last:.4f}"
-
-
-# ---- probe bank -------------------------------------------------------------------------------------------------
-def test_probe_bank_trains_each_probe_at_its_own_rate() -> None:
-    def make() -> Probe:
-        torch.manual_seed(3)  # identical initial weights, so only the learning rate differs
-        return Probe(CFG, LearnedQueries(CFG, 3), C, GRID)
-
-    bank = ProbeBank(make, learning_rates=(1e-4, 1e-3), weight_decay=0.0)
-    assert len(bank) == 2 and len(bank.optimizer.param_groups) == 2
-    before = [torch.cat([p.detach().flatten().clone() for p in probe.parameters()]) for probe in bank.probes]
-    labels = torch.tensor([0, 1, 2, 0])
-    losses = bank.step(lambda o: classification_loss(class_logits(o), labels), _features())
-    assert losses.shape == (2,) and not losses.requires_grad
-    assert losses[0].item() == pytest.approx(losses[1].item())  # same weights, same batch
-    after = [torch.cat([p.detach().flatten() for p in probe.parameters()]) for probe in bank.probes]
-    moves = [(a - b).abs().max().item() for a, b in zip(after, before, strict=True)]
-    assert moves[0] == pytest.approx(1e-4, rel=0.05) and moves[1] == pytest.approx(1e-3, rel=0.05)  # Adam: |step|~lr
-    bank.set_lr_scale(0.5)
-    assert [g["lr"] for g in bank.optimizer.param_groups] == [5e-5, 5e-4]
-    index, best = bank.best([0.2, 0.7])
-    assert index == 1 and best is bank.probes[1]
-    assert bank.best([0.2, 0.7], higher_is_better=False)[0] == 0
-    assert len(ProbeBank.from_config(CFG, make)) == len(CFG.learning_rates)

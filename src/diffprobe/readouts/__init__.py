@@ -1,5 +1,6 @@
 """Query-based cross-attention readouts: one readout for every task, task-specific queries, losses and decoders."""
 
+from diffprobe.readouts.bank import Member, ProbeBank
 from diffprobe.readouts.config import ReadoutConfig
 from diffprobe.readouts.coords import (
     denormalise_boxes,
@@ -29,7 +30,7 @@ from diffprobe.readouts.losses import (
     silog_loss,
     tracking_loss,
 )
-from diffprobe.readouts.probe import Probe, ProbeBank
+from diffprobe.readouts.probe import Probe
 from diffprobe.readouts.queries import (
     POSE_DIM,
     BoxQueries,
@@ -50,6 +51,7 @@ __all__ = [
     "CoordEncoder",
     "FrameQueries",
     "LearnedQueries",
+    "Member",
     "PatchQueries",
     "PointQueries",
     "Probe",

@@ -16,8 +16,8 @@ class ReadoutConfig(Config):
     multi-head attention; ``mlp_ratio`` sizes the residual MLP (hidden = ratio * D); ``num_queries`` is the number
     of learned query tokens for classification-style tasks (their logits are averaged); ``fourier_bands`` is the
     number of octaves used to encode normalised coordinates; ``dropout`` applies to attention weights and the MLP.
-    ``learning_rates`` are trained side by side by a :class:`~diffprobe.readouts.bank.ProbeBank` (best kept on
-    validation) with AdamW and ``weight_decay``.
+    Every pair of ``learning_rates`` x ``weight_decays`` (AdamW's decoupled decay) trains as one probe of a
+    :class:`~diffprobe.readouts.bank.ProbeBank`; a cell keeps the pair that scores best on validation.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -33,7 +33,7 @@ class ReadoutConfig(Config):
     dropout: float = 0.0
     feature_norm: Literal["layer", "batch"] = "layer"
     learning_rates: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
-    weight_decay: float = 0.05
+    weight_decays: tuple[float, ...] = (0.05,)
 
     def validate(self) -> None:
         if self.width <= 0 or self.heads <= 0:
@@ -52,5 +52,5 @@ class ReadoutConfig(Config):
             raise ConfigError(f"ReadoutConfig.dropout: must be in [0, 1), got {self.dropout}")
         if not self.learning_rates or any(lr <= 0 for lr in self.learning_rates):
             raise ConfigError(f"ReadoutConfig.learning_rates: need positive rates, got {self.learning_rates}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"ReadoutConfig.weight_decay: must be >= 0, got {self.weight_decay}")
+        if not self.weight_decays or any(wd < 0 for wd in self.weight_decays):
+            raise ConfigError(f"ReadoutConfig.weight_decays: need rates >= 0, got {self.weight_decays}")

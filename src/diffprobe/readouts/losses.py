@@ -1,5 +1,9 @@
 """Task losses of the readouts. Every function returns a scalar; inputs are decoded head outputs
-(see :mod:`diffprobe.readouts.decode`) in normalised coordinates (see :mod:`diffprobe.readouts.coords`)."""
+(see :mod:`diffprobe.readouts.decode`) in normalised coordinates (see :mod:`diffprobe.readouts.coords`).
+
+Masks weight terms instead of selecting them, and nothing branches on values: a probe bank computes every probe's
+loss inside one ``torch.func.vmap`` (:mod:`diffprobe.readouts.bank`), where neither works. A loss with nothing to
+score is 0 (with zero gradient)."""
 
 from __future__ import annotations
 
@@ -27,6 +31,11 @@ def _masked_frames(pred: Tensor, target: Tensor, valid: Tensor | None) -> tuple[
     return pred.flatten(-2).flatten(0, -2), target.flatten(-2).flatten(0, -2), mask.flatten(-2).flatten(0, -2)
 
 
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` where ``mask`` is set (0 where it never is); NaN or inf outside the mask never leak."""
+    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp(min=1).to(values.dtype)
+
+
 def silog_loss(pred_log_depth: Tensor, target: Tensor, valid: Tensor | None = None, lam: float = 0.5) -> Tensor:
     """Scale-invariant log loss (Eigen et al. 2014), per frame then averaged over frames with valid pixels.
 
@@ -36,21 +45,15 @@ def silog_loss(pred_log_depth: Tensor, target: Tensor, valid: Tensor | None = No
     """
     pred, target, mask = _masked_frames(pred_log_depth, target, valid)  # (F, P)
     d = torch.where(mask, pred - torch.log(torch.where(mask, target, torch.ones_like(target))), 0.0)  # (F, P)
-    n = mask.sum(-1)  # (F,)
-    has = n > 0
-    n = n.clamp(min=1)
-    if not has.any():
-        return pred.sum() * 0.0
+    n = mask.sum(-1).clamp(min=1)  # (F,)
     per_frame = (d**2).sum(-1) / n - lam * (d.sum(-1) / n) ** 2  # (F,)
-    return per_frame[has].mean()
+    return _masked_mean(per_frame, mask.any(-1))
 
 
 def depth_l1_loss(pred_log_depth: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
     """Mean absolute error of ``exp(pred_log_depth)`` against the target depth over valid pixels."""
     pred, target, mask = _masked_frames(pred_log_depth, target, valid)
-    if not mask.any():
-        return pred.sum() * 0.0
-    return (torch.exp(pred) - target).abs()[mask].mean()
+    return _masked_mean((torch.exp(pred) - torch.where(mask, target, 0.0)).abs(), mask)
 
 
 def depth_loss(
@@ -80,16 +83,20 @@ def tracking_loss(
     visible: Tensor,
     delta: float = 1.0 / 64.0,
     visibility_weight: float = 1.0,
+    valid: Tensor | None = None,
 ) -> Tensor:
     """Huber (smooth-L1 with threshold ``delta``, in L1 units) on ``(x, y)`` of visible frames, plus binary
-    cross-entropy of the visibility logits on every frame.
+    cross-entropy of the visibility logits on every frame; only queries with ``valid`` set count (default: all).
 
-    Shapes: ``pred_xy, tracks (B, N, T, 2)`` normalised; ``vis_logits (B, N, T)``; ``visible (B, N, T)`` bool.
+    Shapes: ``pred_xy, tracks (B, N, T, 2)`` normalised; ``vis_logits (B, N, T)``; ``visible (B, N, T)`` bool;
+    ``valid (B, N)`` bool.
     """
+    scored = torch.ones_like(visible) if valid is None else valid[..., None].expand_as(visible)  # (B, N, T)
     err = F.smooth_l1_loss(pred_xy, tracks, reduction="none", beta=delta).sum(-1)  # (B, N, T)
     vis = visible.to(err.dtype)
-    position = (err * vis).sum() / (2.0 * vis.sum()).clamp(min=1.0)  # mean over visible coordinates
-    return position + visibility_weight * F.binary_cross_entropy_with_logits(vis_logits, vis)
+    position = _masked_mean(err, scored & visible) / 2.0  # mean over visible coordinates
+    bce = F.binary_cross_entropy_with_logits(vis_logits, vis, reduction="none")  # (B, N, T)
+    return position + visibility_weight * _masked_mean(bce, scored)
 
 
 def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
@@ -110,7 +117,5 @@ def box_loss(
 ) -> Tensor:
     """``l1_weight`` x mean L1 over box coordinates + ``giou_weight`` x mean ``(1 - GIoU)``, on visible frames only
     (DETR's weights). Shapes: ``pred, target (B, K, T, 4)`` normalised; ``visible (B, K, T)`` bool."""
-    if not visible.any():
-        return pred.sum() * 0.0
-    p, t = pred[visible], target[visible]  # (V, 4)
-    return l1_weight * (p - t).abs().mean() + giou_weight * (1.0 - generalized_box_iou(p, t)).mean()
+    l1 = _masked_mean((pred - target).abs(), visible[..., None].expand_as(pred))
+    return l1_weight * l1 + giou_weight * _masked_mean(1.0 - generalized_box_iou(pred, target), visible)

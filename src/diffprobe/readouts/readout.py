@@ -15,6 +15,15 @@ from torch import Tensor, nn
 from diffprobe.readouts.config import ReadoutConfig
 
 
+def norm_linear(x: Tensor, norm: nn.LayerNorm, linear: nn.Linear) -> Tensor:
+    """``linear(norm(x))`` with the norm's affine folded into the linear map: ``W (gamma * x_hat + beta) + b`` as
+    ``(W gamma) x_hat + (W beta + b)``, the same function of the same parameters with two passes less over ``x``
+    (a large token grid, and a probe bank's P of them)."""
+    weight = linear.weight * norm.weight  # (out, C)
+    bias = linear.bias + linear.weight @ norm.bias  # (out,)
+    return F.linear(F.layer_norm(x, norm.normalized_shape, eps=norm.eps), weight, bias)
+
+
 class SpaceTimePosEmbed(nn.Module):
     """Learned factorised position embedding: ``t_table[t] + h_table[y] + w_table[x]`` for a fixed token grid."""
 
@@ -78,15 +87,16 @@ class AttentionReadout(nn.Module):
         tokens = rearrange(features, "b t h w c -> b (t h w) c")  # (B, N, C)
         if isinstance(self.feature_norm, nn.BatchNorm1d):
             tokens = self.feature_norm(tokens.transpose(1, 2)).transpose(1, 2)  # statistics over (B, N) per channel
+            tokens = self.feature_proj(tokens)  # (B, N, D)
         else:
-            tokens = self.feature_norm(tokens)
-        return rearrange(self.feature_proj(tokens), "b (t h w) d -> b t h w d", t=t, h=h, w=w)
+            tokens = norm_linear(tokens, self.feature_norm, self.feature_proj)  # (B, N, D)
+        return rearrange(tokens, "b (t h w) d -> b t h w d", t=t, h=h, w=w)
 
     def attend(self, tokens: Tensor, queries: Tensor) -> Tensor:
         """Embedded ``tokens (B, T_f, H_f, W_f, D)`` (see :meth:`embed`), ``queries (B, Q, D)`` -> ``(B, Q, out)``."""
         tokens = rearrange(tokens + self.pos(), "b t h w d -> b (t h w) d")  # (B, N, D)
         q = self.to_q(self.query_norm(queries))  # (B, Q, D)
-        k, v = self.to_kv(self.kv_norm(tokens)).chunk(2, dim=-1)  # (B, N, D) each
+        k, v = norm_linear(tokens, self.kv_norm, self.to_kv).chunk(2, dim=-1)  # (B, N, D) each
         q, k, v = (rearrange(x, "b n (h e) -> b h n e", h=self.heads) for x in (q, k, v))
         p = self.dropout if self.training else 0.0
         attn = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, heads, Q, D/heads)

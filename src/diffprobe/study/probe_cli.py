@@ -80,5 +80,6 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
         results.add(cell, res.test, res.per_clip, data_specs=specs)
     sources = ", ".join(f"{r} {rd.dataset.spec} [{rd.source}, {len(rd.clips)} clips]" for r, rd in roles.items())
     click.echo(f"{task_name} on {resolved.backbone.identity} block {block} t={t:g} (lr {res.chosen_lr:g}, "
-               f"step {res.chosen_step}; {sources}): " + ", ".join(f"{k}={v:.4f}" for k, v in res.test.items()))
+               f"wd {res.chosen_weight_decay:g}, step {res.chosen_step}; {sources}): "
+               + ", ".join(f"{k}={v:.4f}" for k, v in res.test.items()))
     report_skipped([rd.dataset for rd in roles.values()], cache_dir)

@@ -50,10 +50,11 @@ from diffprobe.study.report_tasks import (
 from diffprobe.study.store import Cell, ResultsStore, clips_key
 from diffprobe.tasks import TASKS, make_task
 from diffprobe.tasks.runner import (
+    CellRequest,
     data_identity,
     ensure_targets,
     prior_metrics,
-    run_probe,
+    run_probes,
     targets_path,
     task_context,
     task_roles,
@@ -286,6 +287,20 @@ def _is_current(row: Mapping[str, Any], cfg: StudyConfig, current: dict[str, dic
     return row["dataset"] == want["dataset"] and row["clips"] == want["clips"] and row["config_hash"] in hashes
 
 
+def bank_groups(cfg: StudyConfig, jobs: Sequence[Job], world_size: int = 1) -> list[list[int]]:
+    """The indices of ``jobs`` grouped into the probe banks the study trains: every cell of a task on the same
+    clips (every backbone, block, noise level and seed: :func:`~diffprobe.tasks.runner.run_probes` splits them by
+    feature shape and memory), each group then cut into ``world_size`` near-equal parts for the ranks to share."""
+    by_task: dict[tuple[str, tuple[tuple[str, str], ...]], list[int]] = {}
+    for i, job in enumerate(jobs):
+        by_task.setdefault((job.task, tuple(sorted(cfg.roles(job.task).items()))), []).append(i)
+    groups = []
+    for ids in by_task.values():
+        parts = min(world_size, len(ids))
+        groups += [ids[r::parts] for r in range(parts)]
+    return groups
+
+
 def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, ctx: DistContext,
                 timed: Timings, progress: bool) -> None:
     """Probe every cell of the plan not in the store yet, in three steps, each finished by every rank before the
@@ -294,16 +309,16 @@ def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, ctx: DistC
     1. extraction: one collective :func:`_prefetch` per extraction group (every rank extracts its share of the
        shards), so features are complete before any rank reads them and no two ranks extract the same shard;
     2. targets: each missing clip sequence's targets, on one rank each;
-    3. cells, round-robin over the todo list in plan order: in round ``k`` rank ``r`` trains cell ``k·W + r``.
-       Neighbouring cells differ only in seeds or task, so a round's cells share an extraction and cost about the
-       same, and the ranks wait little for each other at the round's end.
+    3. cells, in probe banks (:func:`bank_groups`: a task's cells train as one vectorised model, cut into one part
+       per rank), dealt round-robin: in round ``k`` rank ``r`` trains group ``k·W + r``.
 
     Rank 0 alone opens the results store: it decides the todo list (broadcast) and, after each round, gathers the
     round's results (``gather_objects``) and writes each cell once, in its own transaction. A single writer needs no
     cross-process locking, which SQLite cannot promise on the network filesystems multi-node runs share; and
     because every round lands in the store before the next begins, a rank killed mid-study (torchrun then stops the
-    others) loses at most the cells of one round, and a rerun recomputes no stored cell. In a single process this
-    is the same path, with rounds of one cell.
+    others) loses at most the banks of one round, and a rerun recomputes no stored cell (a probe's result does not
+    depend on which other probes share its bank). In a single process this is the same path, with rounds of one
+    bank.
     """
     jobs = plan_jobs(cfg, run_dir)
     backbones = {spec: load_backbone(spec, ctx.device) for spec in dict.fromkeys(j.spec for j in jobs)}
@@ -328,23 +343,26 @@ def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, ctx: DistC
         _prefetch_targets(cfg, [(j.task, r) for j, _ in todo for r in ROLES]
                           + [(task, r) for task in priors for r in ("train", "test")], roles, cache, ctx)
 
-        mine = rank_share(range(len(todo)), ctx)
+        groups = bank_groups(cfg, [job for job, _ in todo], ctx.world_size)
+        mine = rank_share(range(len(groups)), ctx)
         bar = tqdm(total=len(todo), desc="probes", unit="cell", disable=not show, dynamic_ncols=True)
-        for k in range(-(-len(todo) // ctx.world_size)):
+        for k in range(-(-len(groups) // ctx.world_size)):
             out = None
             if k < len(mine):
-                job, _ = todo[mine[k]]
-                bar.set_postfix_str(f"{job.backbone} {job.task} block={job.block} t={job.t:g}")
-                rb = backbones[job.spec]
-                probe_cfg = cfg.probe.replace(seed=job.probe_seed)
-                res = timed("probes", lambda rb=rb, job=job, probe_cfg=probe_cfg: run_probe(
-                    rb.backbone, roles[job.task], job.task, job.block, job.t, job.noise_seed, probe_cfg, cache,
-                    ctx.device, limits=cfg.probe_clips, progress=False))
-                out = (mine[k], {m: float(v) for m, v in res.test.items()}, np.asarray(res.per_clip))  # CPU only
-            for item in gather_objects(out, ctx) or []:  # rank 0: this round's results, in rank order
-                if item is not None:
-                    job, cell = todo[item[0]]
-                    store.add(cell, item[1], item[2], data_specs=cfg.roles(job.task))
+                ids = groups[mine[k]]
+                job = todo[ids[0]][0]
+                bar.set_postfix_str(f"{job.task}, {len(ids)} cells in one bank")
+                cells = [CellRequest(backbones[j.spec].backbone, j.block, j.t, j.noise_seed, j.probe_seed)
+                         for j in (todo[i][0] for i in ids)]
+                res = timed("probes", lambda job=job, cells=cells: run_probes(
+                    cells, roles[job.task], job.task, cfg.probe, cache, ctx.device, limits=cfg.probe_clips,
+                    progress=False))
+                out = [(i, {m: float(v) for m, v in r.test.items()}, np.asarray(r.per_clip))  # CPU only
+                       for i, r in zip(ids, res, strict=True)]
+            for items in gather_objects(out, ctx) or []:  # rank 0: this round's results, in rank order
+                for i, metrics, per_clip in items or []:
+                    job, cell = todo[i]
+                    store.add(cell, metrics, per_clip, data_specs=cfg.roles(job.task))
                     bar.update(1)
         bar.close()
         if store is not None:

@@ -1,15 +1,16 @@
 """Training a task's probes on cached frozen features, selecting on validation, scoring on test.
 
-Several probes (one per learning rate, :class:`~diffprobe.readouts.ProbeBank`) train on the same stream of feature
-batches with AdamW, linear warm-up + cosine decay and per-probe gradient clipping. The probe with the best
-validation score on the task's primary metric is the one whose test metrics are reported; test data never
-influences training or selection.
+Every probe of a call (its cells x the config's learning rates x weight decays) trains in one vectorised
+:class:`~diffprobe.readouts.bank.ProbeBank`, with AdamW, linear warm-up + cosine decay and per-probe gradient
+clipping, each on its own stream of feature batches (its cell's features and seed). A cell reports the probe of its
+grid with the best validation score on the task's primary metric (V-JEPA 2's protocol); test data never influences
+training or selection. Banks too large for ``bank_memory_gb`` are split into several, a cell's grid kept together.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from diffprobe.config import Config, ConfigError
 from diffprobe.errors import FileProblem
 from diffprobe.features.cache import FeatureSet
-from diffprobe.readouts import ProbeBank, ReadoutConfig
+from diffprobe.readouts import Member, ProbeBank, ReadoutConfig
 from diffprobe.tasks.base import Task
 from diffprobe.tasks.targets import Targets
 from diffprobe.train.optim import lr_at
@@ -50,6 +51,9 @@ class ProbeConfig(Config):
     seed: int = 0  #: probe seed: initialisation and batch order
     train_queries: int = 16  #: point tracking: random tracks per clip in a training step (0: all)
     eval_every: int = 0  #: score validation every N steps and keep each probe's best state (0: the final state)
+    #: GB that one bank's stacked batch may take (features and readout activations, see :func:`bank_size`); a
+    #: larger bank is split into several
+    bank_memory_gb: float = 4.0
 
     def validate(self) -> None:
         if self.train_queries < 0:
@@ -59,18 +63,32 @@ class ProbeConfig(Config):
                 raise ConfigError(f"ProbeConfig.{name}: must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0:
             raise ConfigError(f"ProbeConfig.eval_every: must be >= 0, got {self.eval_every}")
+        if self.bank_memory_gb <= 0:
+            raise ConfigError(f"ProbeConfig.bank_memory_gb: must be positive, got {self.bank_memory_gb}")
 
 
 @dataclasses.dataclass
 class ProbeResult:
-    """Test metrics of the validation-selected probe, with what selected it."""
+    """Test metrics of a cell's validation-selected probe, with what selected it."""
 
     test: dict[str, float]  #: the task's metrics and ``<primary>_se``, the primary metric's standard error
     per_clip: np.ndarray  #: (N,) the primary metric of every test clip scored alone (NaN: nothing to score)
-    val: list[dict[str, float]]  #: validation metrics of every probe's selected state, in learning-rate order
+    val: list[dict[str, float]]  #: validation metrics of every grid probe's selected state (rates x decays order)
     chosen_lr: float
+    chosen_weight_decay: float
     chosen_step: int  #: training steps of the reported probe's state
-    final_losses: list[float]  #: each probe's training loss over the last steps
+    final_losses: list[float]  #: each grid probe's training loss over the last steps
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeFeatures:
+    """One cell of a bank: the cached features of its train / val / test roles and its probe seed (initialisation,
+    batch order and query sampling)."""
+
+    train: FeatureSet
+    val: FeatureSet
+    test: FeatureSet
+    seed: int
 
 
 def _batch_targets(targets: Targets, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
@@ -79,34 +97,76 @@ def _batch_targets(targets: Targets, index: torch.Tensor, device: torch.device) 
 
 
 def _train_batches(features: FeatureSet, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless ``(index, features)`` batches: each epoch visits the shards in a seeded random order and each shard's
-    clips in a seeded random order, so no more than one shard is in memory."""
+    """Endless ``(index, features)`` batches of ``batch_size`` clips: each epoch visits the shards in a seeded random
+    order and each shard's clips in a seeded random order; a batch that a shard cannot fill takes the next shard's
+    first clips (so every batch is full, and no more than two shards are in memory)."""
     epoch = 0
+    carry: list[tuple[torch.Tensor, torch.Tensor]] = []  # the part of a batch that the last shard began
+    have = 0
     while True:
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         for shard in torch.randperm(features.num_shards, generator=g).tolist():
             index, feats = features.load_shard(shard)
             order = torch.randperm(len(index), generator=g)
-            for lo in range(0, len(order), batch_size):
-                pick = order[lo:lo + batch_size]
-                yield index[pick], feats[pick]
+            lo = 0
+            while lo < len(order):
+                pick = order[lo:lo + batch_size - have]
+                carry.append((index[pick], feats[pick]))
+                have, lo = have + len(pick), lo + len(pick)
+                if have == batch_size:
+                    yield torch.cat([c[0] for c in carry]), torch.cat([c[1] for c in carry])
+                    carry, have = [], 0
         epoch += 1
 
 
+def bank_size(cfg: ProbeConfig, feature_shape: Sequence[int], batch: int | None = None) -> int:
+    """How many probes one bank holds within ``cfg.bank_memory_gb``: each probe's batch (``batch`` clips, default
+    ``cfg.batch_size``) of fp32 features and normalised features (2C per token) and of the readout's activations
+    (about 8 of its width per token)."""
+    *grid, c = feature_shape
+    per_probe = (cfg.batch_size if batch is None else batch) * int(np.prod(grid)) * (2 * c + 8 * cfg.readout.width) * 4
+    return max(1, int(cfg.bank_memory_gb * 2**30 // per_probe))
+
+
+def _stack(parts: Sequence[torch.Tensor], pick: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One tensor per distinct input, ``pick (P,)`` naming each probe's -> ``(P, ...)`` in fp32 on ``device``
+    (expanded, not copied, when every probe reads the same one)."""
+    first = parts[0]
+    dtype = torch.float32 if first.is_floating_point() else first.dtype
+    if len(parts) == 1:
+        return first.to(device, dtype).expand(len(pick), *first.shape)
+    stacked = torch.stack(list(parts)).to(device, dtype)  # (U, ...)
+    if len(parts) == len(pick) and bool((pick == torch.arange(len(pick))).all()):
+        return stacked
+    return stacked[pick.to(device)]
+
+
 @torch.no_grad()
-def predict_split(task: Task, bank: ProbeBank, features: FeatureSet, targets: Targets, batch_size: int,
-                  device: torch.device, only: int | None = None) -> list[dict[str, np.ndarray]]:
-    """Every probe's predictions on a whole split (or just probe ``only``'s), stacked in clip-index order."""
+def predict_split(task: Task, bank: ProbeBank, features: Sequence[FeatureSet], targets: Targets, batch_size: int,
+                  device: torch.device, rows: Sequence[int] | None = None) -> list[dict[str, np.ndarray]]:
+    """Predictions of every probe of ``bank`` (or of ``rows``) on a whole split, one pass for all: ``features`` are
+    each probe's feature set of the split (the same clips); each probe's predictions are stacked in clip order."""
     bank.eval()
-    probes = list(bank.probes) if only is None else [bank.probes[only]]
-    parts: list[list[tuple[np.ndarray, dict[str, np.ndarray]]]] = [[] for _ in probes]
-    for index, feats in features.iter_shards():
+    rows = list(range(len(bank))) if rows is None else list(rows)
+    if len(features) != len(rows):
+        raise ValueError(f"{len(features)} feature sets for {len(rows)} probes")
+    unique = list({str(f.path): f for f in features}.values())
+    pick = torch.tensor([[str(u.path) for u in unique].index(str(f.path)) for f in features])
+    if len({u.num_shards for u in unique}) > 1:
+        raise FileProblem(f"{unique[0].path}: feature sets of one bank must hold the same clips in the same shards")
+    index_rows = torch.tensor(rows, device=device)
+    parts: list[list[tuple[np.ndarray, dict[str, np.ndarray]]]] = [[] for _ in rows]
+    for shards in zip(*(u.iter_shards() for u in unique), strict=True):
+        index = shards[0][0]
+        if any(not torch.equal(index, s[0]) for s in shards[1:]):
+            raise FileProblem(f"{unique[0].path}: feature sets of one bank must hold the same clips in the same shards")
         for lo in range(0, len(index), batch_size):
             idx = index[lo:lo + batch_size]
             tgt = _batch_targets(targets, idx, device)
-            x = feats[lo:lo + batch_size].to(device, torch.float32)
-            for p, probe in enumerate(probes):
-                parts[p].append((idx.numpy(), task.predict(probe(x, *task.query_inputs(tgt)), tgt)))
+            x = _stack([s[1][lo:lo + batch_size] for s in shards], pick, device)  # (R, b, T_f, H_f, W_f, C)
+            out = bank(x, {k: v.expand(len(rows), *v.shape) for k, v in tgt.items()}, index_rows)  # (R, b, Q, o)
+            for r in range(len(rows)):
+                parts[r].append((idx.numpy(), task.predict(out[r], tgt)))
     preds = []
     for chunks in parts:
         order = np.argsort(np.concatenate([c[0] for c in chunks]))
@@ -124,54 +184,104 @@ def _check_sizes(targets: Targets, features: FeatureSet) -> Targets:
 def train_probe(task: Task, cfg: ProbeConfig, train: tuple[FeatureSet, Targets], val: tuple[FeatureSet, Targets],
                 test: tuple[FeatureSet, Targets], device: torch.device, progress: bool = True,
                 prior_of: Callable[[Targets], np.ndarray | None] | None = None) -> ProbeResult:
-    """Train ``task``'s probe bank on ``train``, select on ``val`` by the primary metric, report ``test``.
-    ``prior_of`` computes the task's prior (as head output) from the training targets: ``task.baseline`` unless
-    given (the runner passes one that remembers it for the targets it keeps cached)."""
-    for feats, tgts in (train, val, test):
-        _check_sizes(tgts, feats)
-    torch.manual_seed(cfg.seed)
-    t_f, h_f, w_f, c = train[0].feature_shape
-    prior = (prior_of or task.baseline)(train[1])  # every probe starts at the task's prior (training targets only)
+    """One cell (seed ``cfg.seed``) of :func:`train_probes`."""
+    cell = ProbeFeatures(train[0], val[0], test[0], cfg.seed)
+    return train_probes(task, cfg, [cell], (train[1], val[1], test[1]), device, progress, prior_of)[0]
+
+
+def train_probes(task: Task, cfg: ProbeConfig, cells: Sequence[ProbeFeatures],
+                 targets: tuple[Targets, Targets, Targets], device: torch.device, progress: bool = True,
+                 prior_of: Callable[[Targets], np.ndarray | None] | None = None) -> list[ProbeResult]:
+    """Train every cell's grid of probes (``cfg.readout``'s learning rates x weight decays) on its ``train``
+    features, select each cell's best on ``val`` by the primary metric, report it on ``test``. The cells share the
+    targets of the three roles (the same clips) and their features' shape; ``cfg.seed`` is not read (each cell has
+    its own). ``prior_of`` computes the task's prior (as head output) from the training targets: ``task.baseline``
+    unless given (the runner passes one that remembers it for the targets it keeps cached)."""
+    if not cells:
+        return []
+    shape = cells[0].train.feature_shape
+    for cell in cells:
+        for feats, tgts in zip((cell.train, cell.val, cell.test), targets, strict=True):
+            _check_sizes(tgts, feats)
+            if feats.feature_shape != shape:
+                raise ValueError(f"{feats.path}: features of shape {feats.feature_shape}, but the bank's are {shape}")
+    prior = (prior_of or task.baseline)(targets[0])  # every probe starts at the task's prior (training targets only)
     baseline = None if prior is None else torch.from_numpy(prior)
-    bank = ProbeBank.from_config(
-        cfg.readout, lambda: task.make_probe(cfg.readout, c, (t_f, h_f, w_f)).set_baseline(baseline)).to(device)
-    batches = _train_batches(train[0], cfg.batch_size, cfg.seed)
-    query_gen = torch.Generator().manual_seed(cfg.seed)
+    grid = [(lr, wd) for lr in cfg.readout.learning_rates for wd in cfg.readout.weight_decays]
+    per_bank = max(1, bank_size(cfg, shape) // len(grid))  # cells per bank: a cell's grid stays in one bank
+    results: list[ProbeResult] = []
+    for lo in range(0, len(cells), per_bank):
+        results += _train_bank(task, cfg, cells[lo:lo + per_bank], grid, targets, baseline, device, progress)
+    return results
+
+
+def _train_bank(task: Task, cfg: ProbeConfig, cells: Sequence[ProbeFeatures], grid: list[tuple[float, float]],
+                targets: tuple[Targets, Targets, Targets], baseline: torch.Tensor | None, device: torch.device,
+                progress: bool) -> list[ProbeResult]:
+    """One bank: every cell x grid pair as one probe; see :func:`train_probes`."""
+    t_f, h_f, w_f, c = cells[0].train.feature_shape
+    owner = [i for i in range(len(cells)) for _ in grid]  # probe -> its cell
+    members = [Member(cells[i].seed, lr, wd, cfg.grad_clip) for i in range(len(cells)) for lr, wd in grid]
+    bank = ProbeBank(lambda: task.make_probe(cfg.readout, c, (t_f, h_f, w_f)).set_baseline(baseline), members,
+                     task.query_inputs, task.loss).to(device)
+    # one batch stream (and one query sampler) per distinct (features, seed): a probe sees what it would alone
+    keys = list(dict.fromkeys((str(cell.train.path), cell.seed) for cell in cells))
+    sources = {(str(cell.train.path), cell.seed): cell.train for cell in cells}
+    streams = {k: _train_batches(sources[k], cfg.batch_size, k[1]) for k in keys}
+    samplers = {k: torch.Generator().manual_seed(k[1]) for k in keys}
+    pick = torch.tensor([keys.index((str(cells[i].train.path), cells[i].seed)) for i in owner])  # (P,)
     recent: list[torch.Tensor] = []  # the last steps' losses, (P,) each, kept on the device (no sync per step)
     sign = 1.0 if task.higher_is_better else -1.0
-    best: list[tuple[float, int, dict[str, float], dict[str, torch.Tensor]]] = []  # per probe: score, step, val, state
+    scores = np.full(len(members), -np.inf)  # each probe's best validation score so far
+    steps = np.zeros(len(members), int)
+    val_metrics: list[dict[str, float]] = [{} for _ in members]
+    best = bank.snapshot()
+    eval_batch = min(cfg.eval_batch_size, max(1, bank_size(cfg, (t_f, h_f, w_f, c), cfg.eval_batch_size)
+                                              * cfg.eval_batch_size // len(members)))
 
     def validate(step: int) -> None:
         """Score every probe on validation; keep each one's best state so far (ties keep the later state)."""
-        for p, m in enumerate(predict_split(task, bank, *val, cfg.eval_batch_size, device)):
-            m = task.metrics(m, val[1])
+        nonlocal best
+        preds = predict_split(task, bank, [cells[i].val for i in owner], targets[1], eval_batch, device)
+        better = np.zeros(len(members), bool)
+        for p, pred in enumerate(preds):
+            m = task.metrics(pred, targets[1])
             score = sign * m[task.primary_metric] if np.isfinite(m[task.primary_metric]) else -np.inf
-            if p == len(best) or score >= best[p][0]:
-                state = {k: v.detach().clone() for k, v in bank.probes[p].state_dict().items()}
-                if p == len(best):
-                    best.append((score, step, m, state))
-                else:
-                    best[p] = (score, step, m, state)
+            if score >= scores[p]:
+                better[p], scores[p], steps[p], val_metrics[p] = True, score, step, m
+        now = bank.snapshot()
+        mask = torch.from_numpy(better).to(device)
+        best = [torch.where(mask.view(-1, *[1] * (n.dim() - 1)), n, b) for n, b in zip(now, best, strict=True)]
 
-    bar = tqdm(range(cfg.steps), desc=f"probe {task.name}", unit="step", disable=not progress, dynamic_ncols=True)
+    desc = f"probe {task.name}" + (f" ({len(members)} probes)" if len(members) > 1 else "")
+    bar = tqdm(range(cfg.steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
     for step in bar:
         bank.set_lr_scale(lr_at(step, base_lr=1.0, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                                 min_lr_ratio=cfg.min_lr_ratio))
-        index, feats = next(batches)
-        tgt = task.training_batch(_batch_targets(train[1], index, device), cfg.train_queries, query_gen)
-        losses = bank.step(lambda out, tgt=tgt: task.loss(out, tgt), feats.to(device, torch.float32),
-                           *task.query_inputs(tgt), grad_clip=cfg.grad_clip)
+        feats, tgts = [], []
+        for k in keys:
+            index, f = next(streams[k])
+            feats.append(f)
+            tgts.append(task.training_batch(_batch_targets(targets[0], index, device), cfg.train_queries,
+                                            samplers[k]))
+        batch = {name: _stack([t[name] for t in tgts], pick, device) for name in tgts[0]}  # (P, B, ...) each
+        losses = bank.step(_stack(feats, pick, device), batch)  # (P,)
         recent = (recent + [losses])[-20:]
         if progress and (step + 1) % POSTFIX_EVERY == 0:  # reading the loss waits for the device: not every step
             bar.set_postfix(loss=f"{losses.min().item():.4f}")
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             validate(step + 1)
     validate(cfg.steps)
-    chosen, _ = bank.best([b[0] for b in best])
-    _, step, _, state = best[chosen]
-    bank.probes[chosen].load_state_dict(state)
-    test_preds = predict_split(task, bank, *test, cfg.eval_batch_size, device, only=chosen)[0]
-    scores, per_clip = task.evaluate(test_preds, test[1])
-    return ProbeResult(test=scores, per_clip=per_clip, val=[b[2] for b in best],
-                       chosen_lr=bank.learning_rates[chosen], chosen_step=step,
-                       final_losses=np.mean(torch.stack(recent).cpu().double().numpy(), axis=0).tolist())
+    bank.restore(best, torch.ones(len(members), dtype=torch.bool, device=device))
+    chosen = [max(range(i * len(grid), (i + 1) * len(grid)), key=lambda p: scores[p]) for i in range(len(cells))]
+    test_preds = predict_split(task, bank, [cells[owner[p]].test for p in chosen], targets[2], eval_batch, device,
+                               rows=chosen)
+    final = np.mean(torch.stack(recent).cpu().double().numpy(), axis=0)  # (P,)
+    results = []
+    for i, (p, preds) in enumerate(zip(chosen, test_preds, strict=True)):
+        test, per_clip = task.evaluate(preds, targets[2])
+        mine = range(i * len(grid), (i + 1) * len(grid))
+        results.append(ProbeResult(test=test, per_clip=per_clip, val=[val_metrics[q] for q in mine],
+                                   chosen_lr=members[p].lr, chosen_weight_decay=members[p].weight_decay,
+                                   chosen_step=int(steps[p]), final_losses=[float(final[q]) for q in mine]))
+    return results

@@ -1,12 +1,14 @@
-"""Running one probe cell end to end: the clips of the task's train / val / test roles (from one dataset or three),
+"""Running probe cells end to end: the clips of the task's train / val / test roles (from one dataset or three),
 their features (extracted once, cached), their targets (computed once, cached per dataset, task and task version),
-the probe bank trained and selected, the test metrics returned."""
+every cell's probes trained as vectorised banks (cells whose features have one shape share a bank) and selected, the
+test metrics returned."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +20,8 @@ from diffprobe.data.splits import ROLES, RoleData, resolve_roles
 from diffprobe.features.cache import FeatureCache
 from diffprobe.features.sources import ensure_features, iter_clips
 from diffprobe.tasks import TASKS, Task, TaskContext, make_task, task_class
-from diffprobe.tasks.probing import ProbeConfig, ProbeResult, train_probe
+from diffprobe.tasks.probing import ProbeConfig, ProbeFeatures, ProbeResult, train_probes
 from diffprobe.tasks.targets import Targets, compute_targets, load_targets, save_targets
-
-SPLITS = ROLES
 
 
 def task_context(roles: Mapping[str, RoleData]) -> TaskContext:
@@ -129,22 +129,56 @@ def _prior(path: str, task: Task, targets: Targets) -> np.ndarray | None:
     return _PRIORS[path]
 
 
+@dataclasses.dataclass(frozen=True)
+class CellRequest:
+    """One probe cell of a task: whose features (backbone, block, noise level, noise seed, ensemble) and its probe
+    seed."""
+
+    backbone: Backbone
+    block: int
+    t: float
+    noise_seed: int
+    seed: int
+    ensemble: int = 1
+
+
+def run_probes(cells: Sequence[CellRequest], roles: Mapping[str, RoleData], task_name: str, cfg: ProbeConfig,
+               cache: FeatureCache, device: torch.device, limits: dict[str, int] | None = None,
+               progress: bool = True, workers: int = 0) -> list[ProbeResult]:
+    """Train and score ``task_name``'s probes of every cell (in order); ``limits`` caps the clips used from each role
+    (the first N). Cells whose features have the same shape train in one vectorised bank (:func:`train_probes`);
+    ``cfg.seed`` is not read (each cell has its own)."""
+    task = make_task(task_name, task_context(roles))
+    paths, targets = {}, {}
+    for role in ROLES:
+        limit = None if limits is None else limits[role]
+        paths[role] = str(ensure_targets(task, roles[role].clips, cache, limit, progress, workers))
+        targets[role] = _load_targets(paths[role], task.name)
+    inputs = []
+    for cell in cells:
+        feats = {}
+        for role in ROLES:
+            limit = None if limits is None else limits[role]
+            feats[role] = ensure_features(cell.backbone, roles[role].clips, task.view, [cell.block], cell.t,
+                                          cell.noise_seed, cache, cell.ensemble, limit, progress=progress,
+                                          workers=workers)[cell.block]
+        inputs.append(ProbeFeatures(feats["train"], feats["val"], feats["test"], cell.seed))
+    shapes = list(dict.fromkeys(f.train.feature_shape for f in inputs))
+    results: dict[int, ProbeResult] = {}
+    for shape in shapes:  # one bank (or several, see ProbeConfig.bank_memory_gb) per feature shape
+        which = [i for i, f in enumerate(inputs) if f.train.feature_shape == shape]
+        trained = train_probes(task, cfg, [inputs[i] for i in which], tuple(targets[r] for r in ROLES), device,
+                               progress=progress, prior_of=lambda tgt: _prior(paths["train"], task, tgt))
+        results.update(zip(which, trained, strict=True))
+    return [results[i] for i in range(len(cells))]
+
+
 def run_probe(backbone: Backbone, roles: Mapping[str, RoleData], task_name: str, block: int, t: float,
               noise_seed: int, cfg: ProbeConfig, cache: FeatureCache, device: torch.device, ensemble: int = 1,
               limits: dict[str, int] | None = None, progress: bool = True, workers: int = 0) -> ProbeResult:
-    """Train and score ``task_name``'s probe on ``backbone``'s features at (block, t, noise seed); ``limits`` caps
-    the clips used from each role (the first N)."""
-    task = make_task(task_name, task_context(roles))
-    data, paths = {}, {}
-    for role in SPLITS:
-        clips = roles[role].clips
-        limit = None if limits is None else limits[role]
-        feats = ensure_features(backbone, clips, task.view, [block], t, noise_seed, cache, ensemble, limit,
-                                progress=progress, workers=workers)[block]
-        paths[role] = str(ensure_targets(task, clips, cache, limit, progress, workers))
-        data[role] = (feats, _load_targets(paths[role], task.name))
-    return train_probe(task, cfg, data["train"], data["val"], data["test"], device, progress=progress,
-                       prior_of=lambda targets: _prior(paths["train"], task, targets))
+    """Train and score one cell of :func:`run_probes`, at probe seed ``cfg.seed``."""
+    cell = CellRequest(backbone, block, t, noise_seed, cfg.seed, ensemble)
+    return run_probes([cell], roles, task_name, cfg, cache, device, limits, progress, workers)[0]
 
 
 def prior_metrics(roles: Mapping[str, RoleData], task_name: str, cache: FeatureCache,

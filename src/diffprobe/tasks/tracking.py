@@ -100,9 +100,8 @@ class PointTracking(Task):
     def loss(self, out: Tensor, targets: dict[str, Tensor]) -> Tensor:
         c = self.ctx
         xy, vis_logits = head_to_tracks(out, c.frames, self._origin(targets))  # (B, N, T, 2), (B, N, T)
-        valid = targets["valid"]  # (B, N)
-        return tracking_loss(xy[valid], vis_logits[valid], normalise_xy(targets["tracks"], c.height, c.width)[valid],
-                             targets["visible"][valid])
+        return tracking_loss(xy, vis_logits, normalise_xy(targets["tracks"], c.height, c.width), targets["visible"],
+                             valid=targets["valid"])
 
     def predict(self, out: Tensor, targets: dict[str, Tensor]) -> dict[str, np.ndarray]:
         c = self.ctx
