@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffprobe.config import ConfigError
 from diffprobe.data import CATEGORIES, MOTIONS, ProbeWorld, ProbeWorldConfig
 from diffprobe.features.cache import FeatureCache, FeatureKey
 from diffprobe.readouts import Member, ProbeBank, ReadoutConfig
@@ -176,3 +177,14 @@ def test_the_study_trains_each_task_in_one_bank(tmp_path) -> None:
     shared = bank_groups(cfg, jobs, world_size=4)  # cut into one part per rank, none empty
     assert len(shared) == 4 * len(cfg.tasks) and all(shared)
     assert sorted(i for g in shared for i in g) == list(range(len(jobs)))
+
+
+def test_a_probe_config_saved_with_one_weight_decay_still_loads(tmp_path) -> None:
+    """Run folders written before the decay grid hold ``readout.weight_decay``: they load as a grid of one."""
+    old = ProbeConfig.preset("tiny").to_dict()
+    old["readout"]["weight_decay"] = old["readout"].pop("weight_decays")[0] * 2
+    cfg = ProbeConfig.from_dict(old)
+    assert cfg.readout.weight_decays == (0.1,)
+    # both keys at once is no earlier config: refused
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \[.weight_decay.\]"):
+        ProbeConfig.from_dict({**old, "readout": {**old["readout"], "weight_decays": [0.1]}})

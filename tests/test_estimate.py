@@ -75,3 +75,16 @@ def test_estimate_command_prints_and_writes_nothing(tmp_path, monkeypatch) -> No
     assert not list(tmp_path.iterdir())  # no run directory
     bad = CliRunner().invoke(main, ["study", "--estimate", "--mfu", "2"])
     assert bad.exit_code == 2 and "--mfu" in bad.output
+
+
+def test_probe_steps_are_the_banks_vectorised_steps() -> None:
+    """More seeds and a larger grid add probes to the same banks: FLOPs grow with the probes, steps do not."""
+    cfg = StudyConfig.preset("tiny").override(MINI)
+    one = {s.name: s for s in estimate_study(cfg).stages}["probes"]
+    many = {s.name: s for s in estimate_study(cfg.override(
+        ["probe_seeds=[0,1,2]", "probe.readout.learning_rates=[0.001,0.002]"])).stages}["probes"]
+    assert many.steps == one.steps
+    seeds = {s.name: s for s in estimate_study(cfg.override(["probe_seeds=[0,1,2]"])).stages}["probes"]
+    assert seeds.steps == one.steps and one.flops < seeds.flops < 3 * one.flops  # the sweeps keep one seed
+    assert many.flops == pytest.approx(2 * seeds.flops, rel=1e-12)  # two rates: every cell is two probes
+    assert "2 probes in" in many.detail

@@ -76,14 +76,15 @@ def test_study_fills_the_store_and_artifacts(mini) -> None:
 def test_rerun_recomputes_only_lost_cells(mini, monkeypatch) -> None:
     cfg, run_dir = mini
     calls = []
-    real = study_run.run_probe
-    monkeypatch.setattr(study_run, "run_probe", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
+    real = study_run.run_probes
+    monkeypatch.setattr(study_run, "run_probes",
+                        lambda *a, **kw: calls.extend((a[2], c.seed) for c in a[0]) or real(*a, **kw))
     run_study(cfg, run_dir, progress=False)
     assert calls == []  # everything was done: no training, no probe
     with sqlite3.connect(run_dir / "results.sqlite") as db:  # as if the study had been killed before this cell
         db.execute("DELETE FROM results WHERE backbone = 'latents' AND task = 'depth' AND probe_seed = 1")
     run_study(cfg, run_dir, progress=False)
-    assert calls == ["depth"]
+    assert calls == [("depth", 1)]  # one cell, in a bank of its own
 
 
 def test_changed_artifacts_are_refused_and_the_plan_grows(mini, monkeypatch) -> None:
@@ -92,8 +93,9 @@ def test_changed_artifacts_are_refused_and_the_plan_grows(mini, monkeypatch) -> 
         with pytest.raises(ValueError, match=rf"trained artifacts were made with other settings; changed: {field}"):
             run_study(cfg.override([change]), run_dir, progress=False)
     calls = []
-    real = study_run.run_probe
-    monkeypatch.setattr(study_run, "run_probe", lambda *a, **kw: calls.append((a[2], a[4])) or real(*a, **kw))
+    real = study_run.run_probes
+    monkeypatch.setattr(study_run, "run_probes",
+                        lambda *a, **kw: calls.extend((a[2], c.t) for c in a[0]) or real(*a, **kw))
     grown = cfg.replace(noise_sweep=[0.0, 200.0, 400.0])  # one more noise level: only its cells are computed
     run_study(grown, run_dir, progress=False)
     assert sorted(calls) == sorted((task, 400.0) for task in grown.sweep_tasks for _ in grown.reference)

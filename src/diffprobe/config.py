@@ -162,11 +162,18 @@ class Config:
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
+    def upgrade(cls, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A mapping saved by an earlier version of this config, in today's keys (subclasses that renamed a field
+        map the old key here, so a run folder written before still loads); the default changes nothing."""
+        return data
+
+    @classmethod
     def from_dict(cls: type[C], data: Mapping[str, Any], *, where: str | None = None) -> C:
         """Build from a mapping; unknown keys and wrong types raise :class:`ConfigError` naming the key."""
         where = where or cls.__name__
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        data = cls.upgrade(data)
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(data) - set(fields))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -34,6 +35,13 @@ class ReadoutConfig(Config):
     feature_norm: Literal["layer", "batch"] = "layer"
     learning_rates: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     weight_decays: tuple[float, ...] = (0.05,)
+
+    @classmethod
+    def upgrade(cls, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Configs saved before the decay became a grid have one ``weight_decay``: the grid of that one value."""
+        if "weight_decay" not in data or "weight_decays" in data:
+            return data
+        return {**{k: v for k, v in data.items() if k != "weight_decay"}, "weight_decays": [data["weight_decay"]]}
 
     def validate(self) -> None:
         if self.width <= 0 or self.heads <= 0:

@@ -8,8 +8,10 @@ not FLOPs and are not counted, so small models on a GPU, which are launch-bound,
 * tokenizer, each twin, the feature net: ``steps`` x one training step (forward + backward) at the run's batch;
 * extract: for each extraction group of the plan (backbone, t, noise seed, view), one tokenizer encoding and
   one denoiser forward up to the deepest block asked for, per probe clip of every role;
-* probes: per cell, ``steps`` x a training step of the task's probe at the probe batch, plus the forward passes of
-  its validation rounds and its test pass.
+* probes: per probe (every cell x its grid of learning rates x weight decays), ``steps`` x a training step of the
+  task's probe at the probe batch, plus the forward passes of its validation rounds and its test pass. The steps are
+  the vectorised ones: a task's cells train as banks (``study.run.bank_groups``, split by feature shape and by
+  ``probe.bank_memory_gb``), so a bank of any size counts ``steps`` optimiser steps plus its evaluation batches.
 
 Backbones that are not the study's own (external models) are left out and listed (``StudyCost.uncounted``).
 """
@@ -33,9 +35,9 @@ from diffprobe.metrics.i3d import I3D
 from diffprobe.models import WALT, CausalAutoencoder
 from diffprobe.readouts.queries import BoxQueries, PointQueries
 from diffprobe.study.config import TOKENIZER, StudyConfig
-from diffprobe.study.run import plan_jobs
+from diffprobe.study.run import bank_groups, plan_jobs
 from diffprobe.tasks import TASKS, Task, TaskContext, make_task
-from diffprobe.tasks.probing import ProbeConfig
+from diffprobe.tasks.probing import ProbeConfig, bank_size
 from diffprobe.tasks.runner import task_context, task_roles
 from diffprobe.train.denoiser import twin_batch_size
 from diffprobe.utils.runtime import matmul_peak
@@ -165,36 +167,52 @@ def estimate_study(cfg: StudyConfig, run_dir: str | Path = "runs/estimate") -> S
             extract += clips * forward[backbone, frames_in] * block / walts[backbone].depth
     batches = len(groups) * math.ceil(clips / EXTRACT_BATCH)
     stages.append(StageCost("extract", extract, batches, f"{len(groups)} extraction groups x {clips} clips"))
-    probe_flops, probe_steps = _probe_flops(cfg, own, walts, latent)
+    probe_flops, probe_steps, banks = _probe_flops(cfg, own, walts, latent)
+    grid = len(cfg.probe.readout.learning_rates) * len(cfg.probe.readout.weight_decays)
     stages.append(StageCost("probes", probe_flops, probe_steps,
-                            f"{len(own)} cells x {cfg.probe.steps} steps x batch {cfg.probe.batch_size}"))
+                            f"{len(own)} cells x {grid} probes in {banks} banks x {cfg.probe.steps} steps x batch "
+                            f"{cfg.probe.batch_size}"))
     return StudyCost(tuple(stages), tuple(uncounted))
 
 
 def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, int, int, int]
-                 ) -> tuple[float, int]:
-    """FLOPs of training and evaluating every cell's probe, and its steps (training steps and evaluation batches)."""
+                 ) -> tuple[float, int, int]:
+    """FLOPs of training and evaluating every probe of every cell, the vectorised steps that run them (each bank's
+    training steps and evaluation batches) and the number of banks."""
     p = cfg.probe
+    grid_size = len(p.readout.learning_rates) * len(p.readout.weight_decays)
     rounds = p.steps // p.eval_every if p.eval_every else 0
-    evals = rounds * cfg.probe_clips["val"] + cfg.probe_clips["test"]  # clips the probe reads without gradients
     tasks = {name: make_task(name, task_context(task_roles(name, cfg.roles(name)))) for name in {j.task for j in jobs}}
-    per_cell: dict[tuple, float] = {}
-    total = 0.0
-    for j in jobs:
-        task = tasks[j.task]
-        frames_in = latent[1] if task.view == "clip" else 1
-        if j.backbone.startswith("latents"):
-            dim, grid = latent[0], (frames_in, *latent[2:])
-        else:
-            m = walts[j.backbone]
-            dim, grid = m.hidden_size, (frames_in, latent[2] // m.patch_size, latent[3] // m.patch_size)
-        key = (j.task, dim, grid)
-        if key not in per_cell:
-            train = _probe_pass(task, p, dim, grid, p.batch_size, backward=True)
-            per_cell[key] = train * p.steps + _probe_pass(task, p, dim, grid, 1, backward=False) * evals
-        total += per_cell[key]
-    steps = len(jobs) * (p.steps + math.ceil(evals / p.eval_batch_size))
-    return total, steps
+    per_probe: dict[tuple, float] = {}
+    total, steps, banks = 0.0, 0, 0
+    for ids in bank_groups(cfg, jobs):
+        shapes: dict[tuple, int] = {}  # (task, C, grid) -> cells: run_probes trains one bank per feature shape
+        for j in (jobs[i] for i in ids):
+            task = tasks[j.task]
+            frames_in = latent[1] if task.view == "clip" else 1
+            if j.backbone.startswith("latents"):
+                dim, grid = latent[0], (frames_in, *latent[2:])
+            else:
+                m = walts[j.backbone]
+                dim, grid = m.hidden_size, (frames_in, latent[2] // m.patch_size, latent[3] // m.patch_size)
+            shapes[j.task, dim, grid] = shapes.get((j.task, dim, grid), 0) + 1
+        for (name, dim, grid), cells in shapes.items():
+            task = tasks[name]
+            key = (name, dim, grid)
+            if key not in per_probe:
+                train = _probe_pass(task, p, dim, grid, p.batch_size, backward=True)
+                evals = rounds * cfg.probe_clips["val"] + cfg.probe_clips["test"]  # clips read without gradients
+                per_probe[key] = train * p.steps + _probe_pass(task, p, dim, grid, 1, backward=False) * evals
+            total += per_probe[key] * cells * grid_size
+            per_bank = max(1, bank_size(p, (*grid, dim)) // grid_size)  # cells per bank, as train_probes cuts them
+            for lo in range(0, cells, per_bank):
+                probes = min(per_bank, cells - lo) * grid_size
+                clips = max(1, min(p.eval_batch_size, bank_size(p, (*grid, dim), p.eval_batch_size)
+                                   * p.eval_batch_size // probes))  # clips per evaluation call, as _train_bank
+                steps += p.steps + rounds * math.ceil(cfg.probe_clips["val"] / clips) + math.ceil(
+                    cfg.probe_clips["test"] / clips)
+                banks += 1
+    return total, steps, banks
 
 
 def _probe_pass(task: Task, p: ProbeConfig, dim: int, grid: tuple[int, int, int], batch: int,
