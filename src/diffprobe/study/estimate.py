@@ -37,7 +37,7 @@ from diffprobe.readouts.queries import BoxQueries, PointQueries
 from diffprobe.study.config import TOKENIZER, StudyConfig
 from diffprobe.study.run import bank_groups, plan_jobs
 from diffprobe.tasks import TASKS, Task, TaskContext, make_task
-from diffprobe.tasks.probing import ProbeConfig, bank_size
+from diffprobe.tasks.probing import ProbeConfig, bank_size, eval_batch
 from diffprobe.tasks.runner import task_context, task_roles
 from diffprobe.train.denoiser import twin_batch_size
 from diffprobe.utils.runtime import matmul_peak
@@ -204,14 +204,13 @@ def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, i
                 evals = rounds * cfg.probe_clips["val"] + cfg.probe_clips["test"]  # clips read without gradients
                 per_probe[key] = train * p.steps + _probe_pass(task, p, dim, grid, 1, backward=False) * evals
             total += per_probe[key] * cells * grid_size
-            per_bank = max(1, bank_size(p, (*grid, dim)) // grid_size)  # cells per bank, as train_probes cuts them
-            for lo in range(0, cells, per_bank):
-                probes = min(per_bank, cells - lo) * grid_size
-                clips = max(1, min(p.eval_batch_size, bank_size(p, (*grid, dim), p.eval_batch_size)
-                                   * p.eval_batch_size // probes))  # clips per evaluation call, as _train_bank
-                steps += p.steps + rounds * math.ceil(cfg.probe_clips["val"] / clips) + math.ceil(
-                    cfg.probe_clips["test"] / clips)
+            size = bank_size(p, (*grid, dim))  # probes per bank, as train_probes cuts them
+            for lo in range(0, cells * grid_size, size):
+                clips = eval_batch(p, (*grid, dim), min(size, cells * grid_size - lo))
+                steps += p.steps + rounds * math.ceil(cfg.probe_clips["val"] / clips)
                 banks += 1
+            for lo in range(0, cells, size):  # the chosen probe of every cell, on test
+                steps += math.ceil(cfg.probe_clips["test"] / eval_batch(p, (*grid, dim), min(size, cells - lo)))
     return total, steps, banks
 
 

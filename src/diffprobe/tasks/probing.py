@@ -4,7 +4,7 @@ Every probe of a call (its cells x the config's learning rates x weight decays) 
 :class:`~diffprobe.readouts.bank.ProbeBank`, with AdamW, linear warm-up + cosine decay and per-probe gradient
 clipping, each on its own stream of feature batches (its cell's features and seed). A cell reports the probe of its
 grid with the best validation score on the task's primary metric (V-JEPA 2's protocol); test data never influences
-training or selection. Banks too large for ``bank_memory_gb`` are split into several, a cell's grid kept together.
+training or selection. A bank too large for ``bank_memory_gb`` is split into several (selection waits for them all).
 """
 
 from __future__ import annotations
@@ -207,43 +207,82 @@ def train_probes(task: Task, cfg: ProbeConfig, cells: Sequence[ProbeFeatures],
                 raise ValueError(f"{feats.path}: features of shape {feats.feature_shape}, but the bank's are {shape}")
     prior = (prior_of or task.baseline)(targets[0])  # every probe starts at the task's prior (training targets only)
     baseline = None if prior is None else torch.from_numpy(prior)
+    t_f, h_f, w_f, c = shape
+
+    def bank(members: Sequence[Member]) -> ProbeBank:
+        return ProbeBank(lambda: task.make_probe(cfg.readout, c, (t_f, h_f, w_f)).set_baseline(baseline), members,
+                         task.query_inputs, task.loss).to(device)
+
     grid = [(lr, wd) for lr in cfg.readout.learning_rates for wd in cfg.readout.weight_decays]
-    per_bank = max(1, bank_size(cfg, shape) // len(grid))  # cells per bank: a cell's grid stays in one bank
-    results: list[ProbeResult] = []
-    for lo in range(0, len(cells), per_bank):
-        results += _train_bank(task, cfg, cells[lo:lo + per_bank], grid, targets, baseline, device, progress)
+    probes = [(i, Member(cell.seed, lr, wd, cfg.grad_clip)) for i, cell in enumerate(cells) for lr, wd in grid]
+    size = bank_size(cfg, shape)
+    trained: list[_Trained] = []
+    for lo in range(0, len(probes), size):  # one bank, unless it would pass cfg.bank_memory_gb
+        part = probes[lo:lo + size]
+        trained += _train_bank(task, cfg, bank([m for _, m in part]), [cells[i] for i, _ in part], targets[:2],
+                               device, progress)
+    # each cell's best probe on validation (the first of its grid on a tie), then every chosen probe on test
+    chosen = [max(range(i * len(grid), (i + 1) * len(grid)), key=lambda p: trained[p].score)
+              for i in range(len(cells))]
+    preds: list[dict[str, np.ndarray]] = []
+    for lo in range(0, len(chosen), size):
+        part = chosen[lo:lo + size]
+        tester = bank([probes[p][1] for p in part])
+        tester.restore([torch.stack(rows).to(device) for rows in zip(*(trained[p].state for p in part), strict=True)],
+                       torch.ones(len(part), dtype=torch.bool, device=device))
+        preds += predict_split(task, tester, [cells[probes[p][0]].test for p in part], targets[2],
+                               eval_batch(cfg, shape, len(part)), device)
+    results = []
+    for i, (p, pred) in enumerate(zip(chosen, preds, strict=True)):
+        test, per_clip = task.evaluate(pred, targets[2])
+        mine = trained[i * len(grid):(i + 1) * len(grid)]
+        results.append(ProbeResult(test=test, per_clip=per_clip, val=[t.val for t in mine],
+                                   chosen_lr=probes[p][1].lr, chosen_weight_decay=probes[p][1].weight_decay,
+                                   chosen_step=trained[p].step, final_losses=[t.final_loss for t in mine]))
     return results
 
 
-def _train_bank(task: Task, cfg: ProbeConfig, cells: Sequence[ProbeFeatures], grid: list[tuple[float, float]],
-                targets: tuple[Targets, Targets, Targets], baseline: torch.Tensor | None, device: torch.device,
-                progress: bool) -> list[ProbeResult]:
-    """One bank: every cell x grid pair as one probe; see :func:`train_probes`."""
-    t_f, h_f, w_f, c = cells[0].train.feature_shape
-    owner = [i for i in range(len(cells)) for _ in grid]  # probe -> its cell
-    members = [Member(cells[i].seed, lr, wd, cfg.grad_clip) for i in range(len(cells)) for lr, wd in grid]
-    bank = ProbeBank(lambda: task.make_probe(cfg.readout, c, (t_f, h_f, w_f)).set_baseline(baseline), members,
-                     task.query_inputs, task.loss).to(device)
+@dataclasses.dataclass
+class _Trained:
+    """One probe after training: its best validation score (signed: higher is better), the step and metrics of that
+    state, the state itself (its rows of the bank, on the CPU) and its final training loss."""
+
+    score: float
+    step: int
+    val: dict[str, float]
+    state: list[torch.Tensor]
+    final_loss: float
+
+
+def eval_batch(cfg: ProbeConfig, shape: Sequence[int], probes: int) -> int:
+    """Clips per evaluation call of a bank of ``probes``: ``cfg.eval_batch_size``, fewer if the bank's stacked batch
+    would pass ``cfg.bank_memory_gb``."""
+    return min(cfg.eval_batch_size, max(1, bank_size(cfg, shape, cfg.eval_batch_size) * cfg.eval_batch_size // probes))
+
+
+def _train_bank(task: Task, cfg: ProbeConfig, bank: ProbeBank, cells: Sequence[ProbeFeatures],
+                targets: tuple[Targets, Targets], device: torch.device, progress: bool) -> list[_Trained]:
+    """Train ``bank``, whose probe p reads ``cells[p]``'s features, on the train role, keeping each probe's best
+    state on the val role; see :func:`train_probes`."""
     # one batch stream (and one query sampler) per distinct (features, seed): a probe sees what it would alone
     keys = list(dict.fromkeys((str(cell.train.path), cell.seed) for cell in cells))
     sources = {(str(cell.train.path), cell.seed): cell.train for cell in cells}
     streams = {k: _train_batches(sources[k], cfg.batch_size, k[1]) for k in keys}
     samplers = {k: torch.Generator().manual_seed(k[1]) for k in keys}
-    pick = torch.tensor([keys.index((str(cells[i].train.path), cells[i].seed)) for i in owner])  # (P,)
+    pick = torch.tensor([keys.index((str(cell.train.path), cell.seed)) for cell in cells])  # (P,)
     recent: list[torch.Tensor] = []  # the last steps' losses, (P,) each, kept on the device (no sync per step)
     sign = 1.0 if task.higher_is_better else -1.0
-    scores = np.full(len(members), -np.inf)  # each probe's best validation score so far
-    steps = np.zeros(len(members), int)
-    val_metrics: list[dict[str, float]] = [{} for _ in members]
+    scores = np.full(len(cells), -np.inf)  # each probe's best validation score so far
+    steps = np.zeros(len(cells), int)
+    val_metrics: list[dict[str, float]] = [{} for _ in cells]
     best = bank.snapshot()
-    eval_batch = min(cfg.eval_batch_size, max(1, bank_size(cfg, (t_f, h_f, w_f, c), cfg.eval_batch_size)
-                                              * cfg.eval_batch_size // len(members)))
+    clips = eval_batch(cfg, cells[0].train.feature_shape, len(cells))
 
     def validate(step: int) -> None:
         """Score every probe on validation; keep each one's best state so far (ties keep the later state)."""
         nonlocal best
-        preds = predict_split(task, bank, [cells[i].val for i in owner], targets[1], eval_batch, device)
-        better = np.zeros(len(members), bool)
+        preds = predict_split(task, bank, [cell.val for cell in cells], targets[1], clips, device)
+        better = np.zeros(len(cells), bool)
         for p, pred in enumerate(preds):
             m = task.metrics(pred, targets[1])
             score = sign * m[task.primary_metric] if np.isfinite(m[task.primary_metric]) else -np.inf
@@ -253,7 +292,7 @@ def _train_bank(task: Task, cfg: ProbeConfig, cells: Sequence[ProbeFeatures], gr
         mask = torch.from_numpy(better).to(device)
         best = [torch.where(mask.view(-1, *[1] * (n.dim() - 1)), n, b) for n, b in zip(now, best, strict=True)]
 
-    desc = f"probe {task.name}" + (f" ({len(members)} probes)" if len(members) > 1 else "")
+    desc = f"probe {task.name}" + (f" ({len(cells)} probes)" if len(cells) > 1 else "")
     bar = tqdm(range(cfg.steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
     for step in bar:
         bank.set_lr_scale(lr_at(step, base_lr=1.0, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
@@ -272,16 +311,6 @@ def _train_bank(task: Task, cfg: ProbeConfig, cells: Sequence[ProbeFeatures], gr
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             validate(step + 1)
     validate(cfg.steps)
-    bank.restore(best, torch.ones(len(members), dtype=torch.bool, device=device))
-    chosen = [max(range(i * len(grid), (i + 1) * len(grid)), key=lambda p: scores[p]) for i in range(len(cells))]
-    test_preds = predict_split(task, bank, [cells[owner[p]].test for p in chosen], targets[2], eval_batch, device,
-                               rows=chosen)
     final = np.mean(torch.stack(recent).cpu().double().numpy(), axis=0)  # (P,)
-    results = []
-    for i, (p, preds) in enumerate(zip(chosen, test_preds, strict=True)):
-        test, per_clip = task.evaluate(preds, targets[2])
-        mine = range(i * len(grid), (i + 1) * len(grid))
-        results.append(ProbeResult(test=test, per_clip=per_clip, val=[val_metrics[q] for q in mine],
-                                   chosen_lr=members[p].lr, chosen_weight_decay=members[p].weight_decay,
-                                   chosen_step=int(steps[p]), final_losses=[float(final[q]) for q in mine]))
-    return results
+    return [_Trained(float(scores[p]), int(steps[p]), val_metrics[p], [b[p].cpu() for b in best], float(final[p]))
+            for p in range(len(cells))]
