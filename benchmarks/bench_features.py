@@ -11,9 +11,9 @@ measured at noise level t = 200 (the study's headline) through the library's own
    the cached latents, ``ensure_features`` at that block and at every block in one forward pass;
 2. the cache's ratio: seconds per probe step (the ``action`` task, a one-rate ProbeBank, ``train_probe``'s step)
    on cached features vs the same step recomputing the backbone's features of its batch (``backbone.features``:
-   tokenizer + denoiser, from clips held in memory), and vs recomputing only the denoiser from cached latents;
-3. seconds per step of a ProbeBank of 1, 2 and 4 learning rates on cached features, and the marginal cost of each
-   extra rate as a fraction of the one-rate step.
+   tokenizer + denoiser, from clips held in memory), and vs recomputing only the denoiser from cached latents.
+
+Banks of several probes (seeds, learning rates, backbones) are measured by ``benchmarks/bench_probes.py``.
 
 Every measurement runs ``--repeats`` times, interleaved with its peers; the table gives the median and the spread
 from the fastest to the slowest repetition. ``--tiny`` is a seconds-long dry run of every measurement (walt-tiny
@@ -63,8 +63,6 @@ from diffprobe.utils.io import atomic_write_json
 
 T = 200.0  #: noise level of every measurement (the study's headline t)
 TASK = "action"  #: the probed task (learned queries over the whole clip)
-RATES = (2e-3, 1e-3, 4e-3, 5e-4)  #: a bank of k learning rates trains the first k (2e-3: the tiny probe preset's)
-BANK_SIZES = (1, 2, 4)
 GOAL = 10.0  #: the project's goal for the cache's ratio
 #: model -> (DenoiserRunConfig preset, TokenizerRunConfig preset); the clips are the denoiser preset's dataset
 MODELS: dict[str, tuple[str, str]] = {"walt-tiny": ("walt-tiny", "tiny"), "walt-S": ("walt-S", "small")}
@@ -185,15 +183,16 @@ def recomputed_batches(forward: Callable[[torch.Tensor, torch.Tensor], torch.Ten
 
 
 class ProbeLoop:
-    """``train_probe``'s step loop (schedule, batch, task targets, ``ProbeBank.step``) over one batch stream."""
+    """``train_probe``'s step loop (schedule, batch, task targets, ``ProbeBank.step``) over one batch stream, for
+    the probes of ``cfg``'s learning rates x weight decays (the tiny preset: one)."""
 
-    def __init__(self, task: Task, cfg: ProbeConfig, rates: tuple[float, ...], feature_shape: tuple[int, ...],
-                 targets: Targets, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-                 device: torch.device) -> None:
+    def __init__(self, task: Task, cfg: ProbeConfig, feature_shape: tuple[int, ...], targets: Targets,
+                 batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> None:
         t_f, h_f, w_f, c = feature_shape
         prior = task.baseline(targets)  # the task's prior as head output, as train_probe sets it
         baseline = None if prior is None else torch.from_numpy(prior)
-        members = [Member(cfg.seed, lr, wd, cfg.grad_clip) for lr in rates for wd in cfg.readout.weight_decays]
+        members = [Member(cfg.seed, lr, wd, cfg.grad_clip) for lr in cfg.readout.learning_rates
+                   for wd in cfg.readout.weight_decays]
         self.bank = ProbeBank(lambda: task.make_probe(cfg.readout, c, (t_f, h_f, w_f)).set_baseline(baseline),
                               members, task.query_inputs, task.loss).to(device)
         self.task, self.cfg, self.targets, self.batches, self.device = task, cfg, targets, batches, device
@@ -215,8 +214,8 @@ class ProbeLoop:
 
 
 def bench_probes(backbone: Backbone, dataset: str, plan: Plan, device: torch.device, repeats: int,
-                 root: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Seconds per probe step on cached vs recomputed features, and of banks of 1, 2 and 4 rates."""
+                 root: Path) -> dict[str, Any]:
+    """Seconds per probe step on cached vs recomputed features."""
     roles = task_roles(TASK, world_spec(dataset, plan.probe_clips))
     task = make_task(TASK, task_context(roles))
     clips = roles["train"].clips
@@ -237,32 +236,26 @@ def bench_probes(backbone: Backbone, dataset: str, plan: Plan, device: torch.dev
     def denoised(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return backbone.features_from_encoded(z.to(device), index, [block], T, 0)[block]  # (b, T_f, H_f, W_f, C)
 
-    loops = {f"cached-{k}": ProbeLoop(task, cfg, RATES[:k], feats.feature_shape, targets,
-                                      _train_batches(feats, cfg.batch_size, cfg.seed), device) for k in BANK_SIZES}
-    loops["recompute"] = ProbeLoop(task, cfg, RATES[:1], feats.feature_shape, targets,
-                                   recomputed_batches(pixels, videos, cfg.batch_size, cfg.seed), device)
-    loops["recompute-latents"] = ProbeLoop(task, cfg, RATES[:1], feats.feature_shape, targets,
-                                           recomputed_batches(denoised, latents, cfg.batch_size, cfg.seed), device)
+    loops = {"cached": ProbeLoop(task, cfg, feats.feature_shape, targets,
+                                 _train_batches(feats, cfg.batch_size, cfg.seed), device),
+             "recompute": ProbeLoop(task, cfg, feats.feature_shape, targets,
+                                    recomputed_batches(pixels, videos, cfg.batch_size, cfg.seed), device),
+             "recompute-latents": ProbeLoop(task, cfg, feats.feature_shape, targets,
+                                            recomputed_batches(denoised, latents, cfg.batch_size, cfg.seed), device)}
     for loop in loops.values():
         loop.run(plan.warmup_steps)
     times: dict[str, list[float]] = {name: [] for name in loops}
     for _ in tqdm(range(repeats), desc="probe steps", unit="rep"):
         for name, loop in loops.items():  # interleaved
             times[name].append(timed(partial(loop.run, plan.probe_steps), device)[0] / plan.probe_steps)
-    cached, recompute, latent = (statistics.median(times[k]) for k in ("cached-1", "recompute", "recompute-latents"))
+    cached, recompute, latent = (statistics.median(times[k]) for k in ("cached", "recompute", "recompute-latents"))
     ratio = recompute / cached
     cache_row = {"task": TASK, "model": "walt-tiny", "block": block, "t": T, "batch": cfg.batch_size,
                  "clips": len(clips), "steps": plan.probe_steps, "feature_shape": list(feats.feature_shape),
-                 "cached_s": spread(times["cached-1"]), "recompute_s": spread(times["recompute"]),
+                 "cached_s": spread(times["cached"]), "recompute_s": spread(times["recompute"]),
                  "recompute_latents_s": spread(times["recompute-latents"]), "ratio": ratio,
                  "ratio_latents": latent / cached, "goal": GOAL, "meets_goal": ratio >= GOAL}
-    bank_rows = []
-    for k in BANK_SIZES:
-        med = statistics.median(times[f"cached-{k}"])
-        bank_rows.append({"rates": k, "learning_rates": list(RATES[:k]), "step_s": spread(times[f"cached-{k}"]),
-                          "vs_one": med / cached,
-                          "marginal_per_rate": (med - cached) / (k - 1) / cached if k > 1 else None})
-    return cache_row, bank_rows
+    return cache_row
 
 
 def _ms(s: dict[str, float]) -> str:
@@ -292,11 +285,6 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"  recomputed (tokenizer+denoiser) {_ms(c['recompute_s']):>24}   x{c['ratio']:.1f} the cached step "
           f"(goal x{c['goal']:g}: {'met' if c['meets_goal'] else 'NOT met'})")
     print(f"  recomputed from cached latents  {_ms(c['recompute_latents_s']):>24}   x{c['ratio_latents']:.1f}")
-    print("\nprobe bank on cached features, ms/step")
-    for b in result["bank"]:
-        extra = "" if b["marginal_per_rate"] is None else f"   +{b['marginal_per_rate']:.0%} of one rate per extra rate"
-        print(f"  {b['rates']} rate{'s' if b['rates'] > 1 else ' '}                         {_ms(b['step_s']):>24}"
-              f"   x{b['vs_one']:.2f}{extra}")
 
 
 def main() -> None:
@@ -315,11 +303,11 @@ def main() -> None:
         root = Path(tmp)
         backbones = {name: untrained_walt(name, root / name, device) for name in plan.extract_clips}
         extraction = bench_extraction(backbones, plan, device, args.repeats, root)
-        cache, bank = bench_probes(*backbones["walt-tiny"], plan, device, args.repeats, root)
+        cache = bench_probes(*backbones["walt-tiny"], plan, device, args.repeats, root)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     result = {"benchmark": "bench_features", "torch": torch.__version__, "device": str(device), "device_name": name,
               "threads": torch.get_num_threads(), "peak_gflops": peak, "repeats": args.repeats, "tiny": args.tiny,
-              "t": T, "extraction": extraction, "cache": cache, "bank": bank}
+              "t": T, "extraction": extraction, "cache": cache}
     if not all(math.isfinite(v) and v > 0 for v in _seconds(result)):
         raise RuntimeError(f"a timing is not a positive finite number: {sorted(_seconds(result))}")
     print_table(result)

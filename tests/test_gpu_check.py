@@ -87,7 +87,7 @@ def test_cpu_dry_run_passes_every_step_and_writes_the_json(tmp_path: Path) -> No
     features = result["bench_features"]
     assert features["tiny"] is True and features["repeats"] == 1 and features["device"] == "cpu"
     timings = feature_timings(features)
-    assert len(timings) == 3 * (4 + 3 + 3) + 4  # spreads: 4 extraction, 3 probe steps, 3 banks; 4 rates
+    assert len(timings) == 3 * (4 + 3) + 4  # spreads: 4 extraction, 3 probe steps; 4 rates
     assert all(positive(v) for v in timings), timings
 
     tests = gpu_test_ids()
