@@ -17,7 +17,7 @@ from diffprobe.readouts import Member, ProbeBank, ReadoutConfig
 from diffprobe.study.config import StudyConfig
 from diffprobe.study.run import bank_groups, plan_jobs
 from diffprobe.tasks import TASKS, TaskContext, make_task
-from diffprobe.tasks.probing import ProbeConfig, ProbeFeatures, _train_batches, train_probes
+from diffprobe.tasks.probing import ProbeConfig, ProbeFeatures, _train_batches, bank_size, train_probes
 from diffprobe.tasks.targets import compute_targets
 
 WORLD = ProbeWorldConfig.preset("tiny").replace(num_tracks=8, train_size=20, val_size=8, test_size=8)
@@ -67,7 +67,7 @@ def test_each_probe_of_a_bank_trains_as_it_would_alone(task_name, targets) -> No
     torch.optim.AdamW and clip_grad_norm_: the same losses at every step, the same outputs after."""
     task = make_task(task_name, CTX)
     tgt = targets["train"][task_name]
-    members = [Member(0, 1e-2, 0.05, 1.0), Member(1, 3e-2, 0.0, 0.0), Member(0, 2e-2, 0.5, 0.05)]
+    members = [Member(0, 1e-3, 0.05, 1.0), Member(1, 3e-3, 0.0, 0.0), Member(0, 2e-3, 0.5, 0.05)]
     rows = [[0, 1, 2, 3], [4, 5, 6, 7], [2, 9, 11, 3]]  # each probe's own clips
     gen = torch.Generator().manual_seed(0)
     steps = [(torch.randn(3, 4, *SHAPE, generator=gen), scale) for scale in (0.2, 1.0, 0.6)]  # batches, lr scales
@@ -137,13 +137,15 @@ def test_every_task_trains_in_a_bank_and_no_result_depends_on_its_bank(task_name
     and split by a tiny memory budget: every cell's selected state and test metrics are the same."""
     task = make_task(task_name, CTX)
     cfg = ProbeConfig.preset("tiny").replace(readout=READOUT.replace(learning_rates=(1e-3, 3e-3)), steps=6,
-                                             eval_every=3, batch_size=4, train_queries=4, warmup_steps=2)
+                                             eval_every=3, batch_size=4, train_queries=4, warmup_steps=2,
+                                             bank_size=0)
     roles = tuple(targets[r][task_name] for r in ("train", "val", "test"))
     cells = [ProbeFeatures(*(features[b, r] for r in ("train", "val", "test")), seed)
              for b, seed in (("one", 0), ("two", 1), ("one", 2))]
     together = train_probes(task, cfg, cells, roles, torch.device("cpu"), progress=False)
     alone = [train_probes(task, cfg, [c], roles, torch.device("cpu"), progress=False)[0] for c in cells[1:]]
     split = train_probes(task, cfg.replace(bank_memory_gb=1e-9), cells, roles, torch.device("cpu"), progress=False)
+    assert bank_size(cfg.replace(bank_memory_gb=1e-9), SHAPE) == 1 and bank_size(cfg.replace(bank_size=4), SHAPE) == 4
     assert len(together) == 3 and len(together[0].val) == 2
     for got, want in [*zip(together[1:], alone, strict=True), *zip(together, split, strict=True)]:
         assert got.chosen_lr == want.chosen_lr and got.chosen_step == want.chosen_step

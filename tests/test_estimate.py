@@ -78,8 +78,9 @@ def test_estimate_command_prints_and_writes_nothing(tmp_path, monkeypatch) -> No
 
 
 def test_probe_steps_are_the_banks_vectorised_steps() -> None:
-    """More seeds and a larger grid add probes to the same banks: FLOPs grow with the probes, steps do not."""
-    cfg = StudyConfig.preset("tiny").override(MINI)
+    """More seeds and a larger grid add probes to the same banks: FLOPs grow with the probes, steps do not (and a cap
+    on the bank size cuts the banks it passes)."""
+    cfg = StudyConfig.preset("tiny").override([*MINI, "probe.bank_size=0"])
     one = {s.name: s for s in estimate_study(cfg).stages}["probes"]
     many = {s.name: s for s in estimate_study(cfg.override(
         ["probe_seeds=[0,1,2]", "probe.readout.learning_rates=[0.001,0.002]"])).stages}["probes"]
@@ -88,3 +89,5 @@ def test_probe_steps_are_the_banks_vectorised_steps() -> None:
     assert seeds.steps == one.steps and one.flops < seeds.flops < 3 * one.flops  # the sweeps keep one seed
     assert many.flops == pytest.approx(2 * seeds.flops, rel=1e-12)  # two rates: every cell is two probes
     assert "2 probes in" in many.detail
+    capped = {s.name: s for s in estimate_study(cfg.override(["probe.bank_size=1"])).stages}["probes"]
+    assert capped.flops == one.flops and capped.steps > one.steps

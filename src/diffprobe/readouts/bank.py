@@ -16,7 +16,6 @@ its draws are vmapped with ``randomness="different"``).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from collections.abc import Callable, Sequence
@@ -25,7 +24,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from diffprobe.readouts.probe import Probe
 
@@ -108,10 +106,7 @@ class ProbeBank(nn.Module):
         def one(params: dict[str, Tensor], buffers: dict[str, Tensor], feats: Tensor, tgt: Targets) -> Tensor:
             return fn(functional_call(base, (params, buffers), (feats, *self._query_inputs(tgt))), tgt)
 
-        # CPU attention: the math kernel, which vmap batches (its flash kernel has no batching rule and would run the
-        # probes one by one); other devices keep their own choice
-        with sdpa_kernel(SDPBackend.MATH) if features.device.type == "cpu" else contextlib.nullcontext():
-            return vmap(one, randomness="different")(*self._state(rows), features, targets)
+        return vmap(one, randomness="different")(*self._state(rows), features, targets)
 
     def forward(self, features: Tensor, targets: Targets, rows: Tensor | None = None) -> Tensor:
         """``features (P, B, T_f, H_f, W_f, C)`` and each probe's batch targets ``(P, B, ...)`` -> every probe's

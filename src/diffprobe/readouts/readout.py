@@ -95,14 +95,19 @@ class AttentionReadout(nn.Module):
     def attend(self, tokens: Tensor, queries: Tensor) -> Tensor:
         """Embedded ``tokens (B, T_f, H_f, W_f, D)`` (see :meth:`embed`), ``queries (B, Q, D)`` -> ``(B, Q, out)``."""
         tokens = rearrange(tokens + self.pos(), "b t h w d -> b (t h w) d")  # (B, N, D)
-        q = self.to_q(self.query_norm(queries))  # (B, Q, D)
+        q = norm_linear(queries, self.query_norm, self.to_q)  # (B, Q, D)
         k, v = norm_linear(tokens, self.kv_norm, self.to_kv).chunk(2, dim=-1)  # (B, N, D) each
         q, k, v = (rearrange(x, "b n (h e) -> b h n e", h=self.heads) for x in (q, k, v))
         p = self.dropout if self.training else 0.0
-        attn = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, heads, Q, D/heads)
+        if q.device.type == "cpu":  # written out: the CPU kernels (flash and math) cost as much again in checks
+            weights = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)  # (B, heads, Q, N)
+            attn = F.dropout(weights, p) @ v if p else weights @ v  # (B, heads, Q, D/heads)
+        else:
+            attn = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, heads, Q, D/heads)
         x = queries + self.attn_out(rearrange(attn, "b h n e -> b n (h e)"))  # (B, Q, D)
-        x = x + self.mlp(x)  # (B, Q, D)
-        return self.head(self.head_norm(x))  # (B, Q, out_dim)
+        norm, up, act, drop, down = self.mlp
+        x = x + down(drop(act(norm_linear(x, norm, up))))  # (B, Q, D)
+        return norm_linear(x, self.head_norm, self.head)  # (B, Q, out_dim)
 
     def forward(self, features: Tensor, queries: Tensor) -> Tensor:
         """``features (B, T_f, H_f, W_f, C)``, ``queries (B, Q, D)`` -> ``(B, Q, out_dim)``."""

@@ -34,9 +34,10 @@ class ProbeConfig(Config):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         # CPU-sized: one learning rate, about 6 epochs of 2k clips; validation every 100 steps keeps each probe's
-        # best state (tiny probes overfit trained-WALT features within a few hundred steps).
+        # best state (tiny probes overfit trained-WALT features within a few hundred steps); banks of at most 4
+        # probes, the size that measured fastest per probe on a 2-core CPU (README, benchmarks/bench_probes.py).
         "tiny": {"readout": {**ReadoutConfig.PRESETS["tiny"], "learning_rates": [2e-3]}, "steps": 400,
-                 "batch_size": 32, "warmup_steps": 20, "eval_every": 100},
+                 "batch_size": 32, "warmup_steps": 20, "eval_every": 100, "bank_size": 4},
         "base": {"readout": ReadoutConfig.PRESETS["base"], "steps": 20_000, "batch_size": 128,
                  "warmup_steps": 1000, "eval_every": 2000},
     }
@@ -54,6 +55,9 @@ class ProbeConfig(Config):
     #: GB that one bank's stacked batch may take (features and readout activations, see :func:`bank_size`); a
     #: larger bank is split into several
     bank_memory_gb: float = 4.0
+    #: most probes in one bank (0: as many as ``bank_memory_gb`` allows); on a CPU, banks past a few probes of a
+    #: heavy task (depth, tracking) outgrow the caches and cost more per probe (README, benchmarks/bench_probes.py)
+    bank_size: int = 0
 
     def validate(self) -> None:
         if self.train_queries < 0:
@@ -63,6 +67,8 @@ class ProbeConfig(Config):
                 raise ConfigError(f"ProbeConfig.{name}: must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0:
             raise ConfigError(f"ProbeConfig.eval_every: must be >= 0, got {self.eval_every}")
+        if self.bank_size < 0:
+            raise ConfigError(f"ProbeConfig.bank_size: must be >= 0, got {self.bank_size}")
         if self.bank_memory_gb <= 0:
             raise ConfigError(f"ProbeConfig.bank_memory_gb: must be positive, got {self.bank_memory_gb}")
 
@@ -120,12 +126,13 @@ def _train_batches(features: FeatureSet, batch_size: int, seed: int) -> Iterator
 
 
 def bank_size(cfg: ProbeConfig, feature_shape: Sequence[int], batch: int | None = None) -> int:
-    """How many probes one bank holds within ``cfg.bank_memory_gb``: each probe's batch (``batch`` clips, default
-    ``cfg.batch_size``) of fp32 features and normalised features (2C per token) and of the readout's activations
-    (about 8 of its width per token)."""
+    """How many probes one bank holds: at most ``cfg.bank_size`` (if set), and within ``cfg.bank_memory_gb`` for each
+    probe's batch (``batch`` clips, default ``cfg.batch_size``) of fp32 features and normalised features (2C per
+    token) and of the readout's activations (about 8 of its width per token)."""
     *grid, c = feature_shape
     per_probe = (cfg.batch_size if batch is None else batch) * int(np.prod(grid)) * (2 * c + 8 * cfg.readout.width) * 4
-    return max(1, int(cfg.bank_memory_gb * 2**30 // per_probe))
+    fits = max(1, int(cfg.bank_memory_gb * 2**30 // per_probe))
+    return min(fits, cfg.bank_size) if cfg.bank_size else fits
 
 
 def _stack(parts: Sequence[torch.Tensor], pick: torch.Tensor, device: torch.device) -> torch.Tensor:
