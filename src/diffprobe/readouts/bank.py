@@ -106,7 +106,11 @@ class ProbeBank(nn.Module):
         def one(params: dict[str, Tensor], buffers: dict[str, Tensor], feats: Tensor, tgt: Targets) -> Tensor:
             return fn(functional_call(base, (params, buffers), (feats, *self._query_inputs(tgt))), tgt)
 
-        return vmap(one, randomness="different")(*self._state(rows), features, targets)
+        params, buffers = self._state(rows)
+        if len(features) == 1:  # one probe: the plain call (vmap's batching rules cost time and buy nothing here)
+            first = {n: v[0] for n, v in params.items()}, {n: b[0] for n, b in buffers.items()}
+            return one(*first, features[0], {k: v[0] for k, v in targets.items()})[None]
+        return vmap(one, randomness="different")(params, buffers, features, targets)
 
     def forward(self, features: Tensor, targets: Targets, rows: Tensor | None = None) -> Tensor:
         """``features (P, B, T_f, H_f, W_f, C)`` and each probe's batch targets ``(P, B, ...)`` -> every probe's
