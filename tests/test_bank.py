@@ -134,20 +134,22 @@ def test_per_probe_clip_and_decay_by_hand(targets) -> None:
 @pytest.mark.parametrize("task_name", list(TASKS))
 def test_every_task_trains_in_a_bank_and_no_result_depends_on_its_bank(task_name, targets, features) -> None:
     """Three cells (two backbones' features, two seeds) x two learning rates in one bank, in a bank of their own,
-    and split by a tiny memory budget: every cell's selected state and test metrics are the same."""
+    and split by a tiny memory or FLOP budget: every cell's selected state and test metrics are the same."""
     task = make_task(task_name, CTX)
     cfg = ProbeConfig.preset("tiny").replace(readout=READOUT.replace(learning_rates=(1e-3, 3e-3)), steps=6,
                                              eval_every=3, batch_size=4, train_queries=4, warmup_steps=2,
-                                             bank_size=0)
+                                             bank_size=0, bank_gflop=0.0)
     roles = tuple(targets[r][task_name] for r in ("train", "val", "test"))
     cells = [ProbeFeatures(*(features[b, r] for r in ("train", "val", "test")), seed)
              for b, seed in (("one", 0), ("two", 1), ("one", 2))]
     together = train_probes(task, cfg, cells, roles, torch.device("cpu"), progress=False)
     alone = [train_probes(task, cfg, [c], roles, torch.device("cpu"), progress=False)[0] for c in cells[1:]]
     split = train_probes(task, cfg.replace(bank_memory_gb=1e-9), cells, roles, torch.device("cpu"), progress=False)
+    by_flops = train_probes(task, cfg.replace(bank_gflop=1e-6), cells, roles, torch.device("cpu"), progress=False)
     assert bank_size(cfg.replace(bank_memory_gb=1e-9), SHAPE) == 1 and bank_size(cfg.replace(bank_size=4), SHAPE) == 4
     assert len(together) == 3 and len(together[0].val) == 2
-    for got, want in [*zip(together[1:], alone, strict=True), *zip(together, split, strict=True)]:
+    for got, want in [*zip(together[1:], alone, strict=True), *zip(together, split, strict=True),
+                      *zip(together, by_flops, strict=True)]:
         assert got.chosen_lr == want.chosen_lr and got.chosen_step == want.chosen_step
         assert got.test.keys() == want.test.keys()
         for k, v in want.test.items():

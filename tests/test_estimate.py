@@ -80,7 +80,7 @@ def test_estimate_command_prints_and_writes_nothing(tmp_path, monkeypatch) -> No
 def test_probe_steps_are_the_banks_vectorised_steps() -> None:
     """More seeds and a larger grid add probes to the same banks: FLOPs grow with the probes, steps do not (and a cap
     on the bank size cuts the banks it passes)."""
-    cfg = StudyConfig.preset("tiny").override([*MINI, "probe.bank_size=0"])
+    cfg = StudyConfig.preset("tiny").override([*MINI, "probe.bank_size=0", "probe.bank_gflop=0"])
     one = {s.name: s for s in estimate_study(cfg).stages}["probes"]
     many = {s.name: s for s in estimate_study(cfg.override(
         ["probe_seeds=[0,1,2]", "probe.readout.learning_rates=[0.001,0.002]"])).stages}["probes"]

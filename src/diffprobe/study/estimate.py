@@ -205,6 +205,9 @@ def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, i
                 per_probe[key] = train * p.steps + _probe_pass(task, p, dim, grid, 1, backward=False) * evals
             total += per_probe[key] * cells * grid_size
             size = bank_size(p, (*grid, dim))  # probes per bank, as train_probes cuts them
+            if p.bank_gflop:
+                step = _probe_pass(task, p, dim, grid, p.batch_size, backward=True)
+                size = min(size, max(1, int(p.bank_gflop * 1e9 // step)))
             for lo in range(0, cells * grid_size, size):
                 clips = eval_batch(p, (*grid, dim), min(size, cells * grid_size - lo))
                 steps += p.steps + rounds * math.ceil(cfg.probe_clips["val"] / clips)

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from diffprobe.config import Config, ConfigError
@@ -34,10 +35,11 @@ class ProbeConfig(Config):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         # CPU-sized: one learning rate, about 6 epochs of 2k clips; validation every 100 steps keeps each probe's
-        # best state (tiny probes overfit trained-WALT features within a few hundred steps); banks of at most 4
-        # probes, the size that measured fastest per probe on a 2-core CPU (README, benchmarks/bench_probes.py).
+        # best state (tiny probes overfit trained-WALT features within a few hundred steps); banks of at most 5 GFLOP
+        # a step (about 20 action probes, 4 depth or tracking probes), what measured fastest per probe on a 2-core CPU
+        # (README, benchmarks/bench_probes.py).
         "tiny": {"readout": {**ReadoutConfig.PRESETS["tiny"], "learning_rates": [2e-3]}, "steps": 400,
-                 "batch_size": 32, "warmup_steps": 20, "eval_every": 100, "bank_size": 4},
+                 "batch_size": 32, "warmup_steps": 20, "eval_every": 100, "bank_gflop": 5.0},
         "base": {"readout": ReadoutConfig.PRESETS["base"], "steps": 20_000, "batch_size": 128,
                  "warmup_steps": 1000, "eval_every": 2000},
     }
@@ -58,6 +60,9 @@ class ProbeConfig(Config):
     #: most probes in one bank (0: as many as ``bank_memory_gb`` allows); on a CPU, banks past a few probes of a
     #: heavy task (depth, tracking) outgrow the caches and cost more per probe (README, benchmarks/bench_probes.py)
     bank_size: int = 0
+    #: most GFLOP one bank step may count (0: no cap), counted on one probe's step: on a CPU a bank past a few GFLOP
+    #: a step outgrows the caches, so light tasks take many probes a bank and heavy ones few
+    bank_gflop: float = 0.0
 
     def validate(self) -> None:
         if self.train_queries < 0:
@@ -67,6 +72,8 @@ class ProbeConfig(Config):
                 raise ConfigError(f"ProbeConfig.{name}: must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0:
             raise ConfigError(f"ProbeConfig.eval_every: must be >= 0, got {self.eval_every}")
+        if self.bank_gflop < 0:
+            raise ConfigError(f"ProbeConfig.bank_gflop: must be >= 0, got {self.bank_gflop}")
         if self.bank_size < 0:
             raise ConfigError(f"ProbeConfig.bank_size: must be >= 0, got {self.bank_size}")
         if self.bank_memory_gb <= 0:
@@ -223,8 +230,11 @@ def train_probes(task: Task, cfg: ProbeConfig, cells: Sequence[ProbeFeatures],
     grid = [(lr, wd) for lr in cfg.readout.learning_rates for wd in cfg.readout.weight_decays]
     probes = [(i, Member(cell.seed, lr, wd, cfg.grad_clip)) for i, cell in enumerate(cells) for lr, wd in grid]
     size = bank_size(cfg, shape)
+    if cfg.bank_gflop:  # as many probes as that many GFLOP a step, counted on one probe's real step
+        flops = _step_flops(task, cfg, bank([probes[0][1]]), cells[0], targets[0], device)
+        size = min(size, max(1, int(cfg.bank_gflop * 1e9 // max(flops, 1.0))))
     trained: list[_Trained] = []
-    for lo in range(0, len(probes), size):  # one bank, unless it would pass cfg.bank_memory_gb
+    for lo in range(0, len(probes), size):  # one bank, unless it would pass cfg.bank_memory_gb or cfg.bank_gflop
         part = probes[lo:lo + size]
         trained += _train_bank(task, cfg, bank([m for _, m in part]), [cells[i] for i, _ in part], targets[:2],
                                device, progress)
@@ -259,6 +269,17 @@ class _Trained:
     val: dict[str, float]
     state: list[torch.Tensor]
     final_loss: float
+
+
+def _step_flops(task: Task, cfg: ProbeConfig, bank: ProbeBank, cell: ProbeFeatures, targets: Targets,
+                device: torch.device) -> float:
+    """FLOPs of one training step of a one-probe ``bank`` on ``cell``'s first batch (a throwaway bank and stream)."""
+    index, feats = next(_train_batches(cell.train, cfg.batch_size, cell.seed))
+    tgt = task.training_batch(_batch_targets(targets, index, device), cfg.train_queries,
+                              torch.Generator().manual_seed(cell.seed))
+    with FlopCounterMode(display=False) as counter:
+        bank.step(feats[None].to(device, torch.float32), {k: v[None] for k, v in tgt.items()})
+    return float(counter.get_total_flops())
 
 
 def eval_batch(cfg: ProbeConfig, shape: Sequence[int], probes: int) -> int:
