@@ -52,7 +52,7 @@ from diffprobe.models import WALT, CausalAutoencoder
 from diffprobe.models.exports import read_export
 from diffprobe.readouts import Member, ProbeBank
 from diffprobe.tasks import Task, make_task
-from diffprobe.tasks.probing import ProbeConfig, _batch_targets, _train_batches
+from diffprobe.tasks.probing import ProbeConfig, _batch_targets, _stack, _train_batches
 from diffprobe.tasks.runner import ensure_targets, task_context, task_roles
 from diffprobe.tasks.targets import Targets, load_targets
 from diffprobe.train.denoiser import DenoiserRunConfig
@@ -207,9 +207,9 @@ class ProbeLoop:
             index, feats = next(self.batches)  # (b,), (b, T_f, H_f, W_f, C)
             tgt = task.training_batch(_batch_targets(self.targets, index, self.device), cfg.train_queries,
                                       self.queries)
-            p = len(self.bank)  # every probe of the bank reads this one stream
-            feats = feats.to(self.device, torch.float32)
-            self.bank.step(feats.expand(p, *feats.shape), {k: v.expand(p, *v.shape) for k, v in tgt.items()})
+            pick = torch.zeros(len(self.bank), dtype=torch.long)  # every probe of the bank reads this one stream
+            self.bank.step(_stack([feats], pick, self.device),
+                           {k: _stack([v], pick, self.device) for k, v in tgt.items()})
             self.done += 1
 
 

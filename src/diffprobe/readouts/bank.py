@@ -74,12 +74,12 @@ class ProbeBank(nn.Module):
         for i, name in enumerate(self.buffer_names):
             self.register_buffer(f"buffer{i}", torch.stack([dict(probe.named_buffers())[name] for probe in probes]))
         self.register_buffer("base_lr", torch.tensor([m.lr for m in self.members]))  # (P,)
-        self.register_buffer("lr", self.base_lr.clone())  # (P,) the rates of the next step
         self.register_buffer("weight_decay", torch.tensor([m.weight_decay for m in self.members]))  # (P,)
         self.register_buffer("grad_clip", torch.tensor([m.grad_clip for m in self.members]))  # (P,)
         self.register_buffer("exp_avg", torch.zeros_like(self.flat))  # (P, N) AdamW's moments
         self.register_buffer("exp_avg_sq", torch.zeros_like(self.flat))
         self.steps = 0
+        self.lr_scale = 1.0  #: the schedule's factor on every probe's rate, for the next step
         self.betas, self.eps = betas, eps
         self._query_inputs, self._loss = query_inputs, loss
         # the architecture without storage: functional_call swaps every probe's tensors in (kept out of the module
@@ -134,7 +134,7 @@ class ProbeBank(nn.Module):
         """torch.optim.AdamW's update (decoupled decay, bias-corrected moments) with a rate and decay per row."""
         self.steps += 1
         b1, b2 = self.betas
-        lr = self.lr[:, None]  # (P, 1)
+        lr = self.base_lr[:, None] * self.lr_scale  # (P, 1)
         self.flat.mul_(1.0 - lr * self.weight_decay[:, None])
         self.exp_avg.lerp_(grad, 1.0 - b1)
         self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
@@ -143,20 +143,23 @@ class ProbeBank(nn.Module):
 
     def set_lr_scale(self, scale: float) -> None:
         """Set every probe's rate to ``scale`` times its own (warm-up / cosine schedules)."""
-        self.lr.copy_(self.base_lr * scale)
+        self.lr_scale = scale
 
-    def snapshot(self) -> list[Tensor]:
-        """A copy of every probe's weights and buffers (leading probe axis), for :meth:`restore`."""
-        return [self.flat.detach().clone()] + [getattr(self, f"buffer{i}").clone()
-                                               for i in range(len(self.buffer_names))]
+    def _tensors(self) -> list[Tensor]:
+        """Every probe's weights and buffers, each with a leading probe axis (what a snapshot holds)."""
+        return [self.flat] + [getattr(self, f"buffer{i}") for i in range(len(self.buffer_names))]
+
+    def snapshot(self, into: Sequence[Tensor] | None = None, rows: Tensor | None = None) -> list[Tensor]:
+        """A copy of every probe's weights and buffers (leading probe axis), for :meth:`restore`; with ``into`` (an
+        earlier snapshot) and ``rows`` (bool, ``(P,)``), that snapshot with only those probes' rows taken now."""
+        now = [t.detach().clone() for t in self._tensors()]
+        return now if into is None else [_where_rows(rows, n, old) for n, old in zip(now, into, strict=True)]
 
     @torch.no_grad()
     def restore(self, snapshot: Sequence[Tensor], rows: Tensor) -> None:
         """Put the probes where ``rows`` (bool, ``(P,)``) is set back to their state in ``snapshot``."""
-        for current, saved in zip([self.flat] + [getattr(self, f"buffer{i}") for i in range(len(self.buffer_names))],
-                                  snapshot, strict=True):
-            mask = rows.view(-1, *[1] * (current.dim() - 1))
-            current.copy_(torch.where(mask, saved, current))
+        for current, saved in zip(self._tensors(), snapshot, strict=True):
+            current.copy_(_where_rows(rows, saved, current))
 
     def probe(self, index: int) -> Probe:
         """Member ``index`` as a standalone :class:`Probe` (on the bank's device), with its current weights."""
@@ -168,3 +171,8 @@ class ProbeBank(nn.Module):
             for name, value in buffers.items():
                 module.get_buffer(name).copy_(value[0])
         return module
+
+
+def _where_rows(rows: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    """``new``'s rows where ``rows`` (bool, ``(P,)``) is set, ``old``'s elsewhere; both lead with the probe axis."""
+    return torch.where(rows.view(-1, *[1] * (new.dim() - 1)), new, old)

@@ -183,7 +183,8 @@ def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, i
     grid_size = len(p.readout.learning_rates) * len(p.readout.weight_decays)
     rounds = p.steps // p.eval_every if p.eval_every else 0
     tasks = {name: make_task(name, task_context(task_roles(name, cfg.roles(name)))) for name in {j.task for j in jobs}}
-    per_probe: dict[tuple, float] = {}
+    per_step: dict[tuple, float] = {}  # (task, C, grid) -> FLOPs of one training step of one probe
+    per_probe: dict[tuple, float] = {}  # the same -> FLOPs of one probe's training and evaluation
     total, steps, banks = 0.0, 0, 0
     for ids in bank_groups(cfg, jobs):
         shapes: dict[tuple, int] = {}  # (task, C, grid) -> cells: run_probes trains one bank per feature shape
@@ -200,14 +201,13 @@ def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, i
             task = tasks[name]
             key = (name, dim, grid)
             if key not in per_probe:
-                train = _probe_pass(task, p, dim, grid, p.batch_size, backward=True)
+                per_step[key] = _probe_pass(task, p, dim, grid, p.batch_size, backward=True)
                 evals = rounds * cfg.probe_clips["val"] + cfg.probe_clips["test"]  # clips read without gradients
-                per_probe[key] = train * p.steps + _probe_pass(task, p, dim, grid, 1, backward=False) * evals
+                per_probe[key] = per_step[key] * p.steps + _probe_pass(task, p, dim, grid, 1, backward=False) * evals
             total += per_probe[key] * cells * grid_size
             size = bank_size(p, (*grid, dim))  # probes per bank, as train_probes cuts them
             if p.bank_gflop:
-                step = _probe_pass(task, p, dim, grid, p.batch_size, backward=True)
-                size = min(size, max(1, int(p.bank_gflop * 1e9 // step)))
+                size = min(size, max(1, int(p.bank_gflop * 1e9 // per_step[key])))
             for lo in range(0, cells * grid_size, size):
                 clips = eval_batch(p, (*grid, dim), min(size, cells * grid_size - lo))
                 steps += p.steps + rounds * math.ceil(cfg.probe_clips["val"] / clips)

@@ -166,14 +166,15 @@ def predict_split(task: Task, bank: ProbeBank, features: Sequence[FeatureSet], t
         raise ValueError(f"{len(features)} feature sets for {len(rows)} probes")
     unique = list({str(f.path): f for f in features}.values())
     pick = torch.tensor([[str(u.path) for u in unique].index(str(f.path)) for f in features])
+    mismatch = f"{unique[0].path}: feature sets of one bank must hold the same clips in the same shards"
     if len({u.num_shards for u in unique}) > 1:
-        raise FileProblem(f"{unique[0].path}: feature sets of one bank must hold the same clips in the same shards")
+        raise FileProblem(mismatch)
     index_rows = torch.tensor(rows, device=device)
     parts: list[list[tuple[np.ndarray, dict[str, np.ndarray]]]] = [[] for _ in rows]
     for shards in zip(*(u.iter_shards() for u in unique), strict=True):
         index = shards[0][0]
         if any(not torch.equal(index, s[0]) for s in shards[1:]):
-            raise FileProblem(f"{unique[0].path}: feature sets of one bank must hold the same clips in the same shards")
+            raise FileProblem(mismatch)
         for lo in range(0, len(index), batch_size):
             idx = index[lo:lo + batch_size]
             tgt = _batch_targets(targets, idx, device)
@@ -316,9 +317,7 @@ def _train_bank(task: Task, cfg: ProbeConfig, bank: ProbeBank, cells: Sequence[P
             score = sign * m[task.primary_metric] if np.isfinite(m[task.primary_metric]) else -np.inf
             if score >= scores[p]:
                 better[p], scores[p], steps[p], val_metrics[p] = True, score, step, m
-        now = bank.snapshot()
-        mask = torch.from_numpy(better).to(device)
-        best = [torch.where(mask.view(-1, *[1] * (n.dim() - 1)), n, b) for n, b in zip(now, best, strict=True)]
+        best = bank.snapshot(into=best, rows=torch.from_numpy(better).to(device))
 
     desc = f"probe {task.name}" + (f" ({len(cells)} probes)" if len(cells) > 1 else "")
     bar = tqdm(range(cfg.steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
