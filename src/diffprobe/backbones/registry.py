@@ -5,10 +5,12 @@
 | ``walt@STEP:RUN`` (``walt@step=STEP:RUN``) | the same twin at training checkpoint STEP (EMA weights) |
 | ``walt-untrained:RUN`` | the same architecture and tokenizer as RUN, randomly initialised (``seed``, default 0) |
 | ``latents:RUN`` | the tokenizer latents themselves (RUN: a tokenizer run or a twin run), video mode |
+| ``pixels[@patch=P,tubelet=U]`` | the clip's own RGB in P x P x U patches (defaults 4 and 1); no path |
 
 Options are ``KEY=VALUE`` pairs separated by commas; each kind declares the ones it takes, so an unknown option is an
 error listing the known ones. The caller chooses the data: a backbone knows only the spec of the data its weights
-were trained on (``trained_on``), which commands use as their default dataset.
+were trained on (``trained_on``), which commands use as their default dataset. A kind that reads no files
+(``pixels``) takes no ``:PATH``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 
 from diffprobe.backbones.base import Backbone
+from diffprobe.backbones.pixels import PixelBackbone
 from diffprobe.backbones.walt import LatentBackbone, WALTBackbone
 from diffprobe.data.dataset import ClipDataset
 from diffprobe.errors import DiffprobeError
@@ -113,6 +116,12 @@ def _latents(path: Path, options: dict[str, str], spec: str, device: torch.devic
                             resolve_recorded_spec(tok_run, meta["config"]["dataset"]), export_clip_size(tok_run))
 
 
+def _pixels(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
+    opts = _options(spec, options, {"patch": int, "tubelet": int})
+    patch, tubelet = opts.get("patch", 4), opts.get("tubelet", 1)  # documented defaults (module docstring)
+    return ResolvedBackbone(PixelBackbone(patch, tubelet, device), "video", 0, None)
+
+
 #: the packages of the ``hf`` extra, which the external kinds import when they load a model
 HF_PACKAGES = ("diffusers", "transformers", "accelerate")
 
@@ -139,6 +148,7 @@ BACKBONES: dict[str, Factory] = {
     "walt": _walt,
     "walt-untrained": _walt_untrained,
     "latents": _latents,
+    "pixels": _pixels,
     "sd": _lazy("diffprobe.backbones.sd:load_sd"),
     "animatediff": _lazy("diffprobe.backbones.animatediff:load_animatediff"),
     "svd": _lazy("diffprobe.backbones.svd:load_svd"),
@@ -163,10 +173,21 @@ def block_shapes(backbone: Backbone, frames: int, height: int, width: int) -> di
     return {b: tuple(feats[b].shape[1:]) for b in blocks}
 
 
+#: kinds whose only block is 0 and that ignore the noise level: a study reads them at block 0, t 0
+BLOCKLESS_KINDS = frozenset({"latents", "pixels"})
+#: kinds that read no files: their spec is ``KIND[@OPTIONS]`` (path "")
+PATHLESS_KINDS = frozenset({"pixels"})
+
+
 def parse_backbone_spec(spec: str) -> tuple[str, dict[str, str], str]:
-    """``KIND[@OPTIONS]:PATH`` -> ``(kind, options, path)``; ``walt@STEP`` is short for ``walt@step=STEP``."""
+    """``KIND[@OPTIONS]:PATH`` -> ``(kind, options, path)``; ``walt@STEP`` is short for ``walt@step=STEP``; a
+    kind in :data:`PATHLESS_KINDS` has no ``:PATH``."""
     head, sep, path = spec.partition(":")
-    if not sep or not head or not path:
+    pathless = head.partition("@")[0] in PATHLESS_KINDS
+    if pathless and sep:
+        raise SpecError(f"backbone spec {spec!r}: this kind reads no files; write it without ':PATH', e.g. "
+                        f"pixels@patch=4,tubelet=1")
+    if not pathless and (not sep or not head or not path):
         raise SpecError(f"backbone spec {spec!r}: expected KIND[@OPTIONS]:PATH, e.g. walt:runs/video; known kinds "
                         f"are {sorted(BACKBONES)}")
     kind, _, text = head.partition("@")

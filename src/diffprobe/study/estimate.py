@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffprobe.backbones.registry import parse_backbone_spec
+from diffprobe.backbones.registry import block_shapes, load_backbone, parse_backbone_spec
 from diffprobe.data.registry import open_dataset
 from diffprobe.features.extract import extract_features
 from diffprobe.metrics.i3d import I3D
@@ -50,7 +50,7 @@ QUERY_INPUTS: dict[type[nn.Module], Callable[[int, TaskContext, ProbeConfig], tu
 
 
 #: backbone kinds whose networks the estimate knows (the study's own runs and its controls)
-OWN_KINDS = ("walt", "walt-untrained", "latents")
+OWN_KINDS = ("walt", "walt-untrained", "latents", "pixels")
 #: clips per extraction batch (only the step count depends on it)
 EXTRACT_BATCH: int = inspect.signature(extract_features).parameters["batch_size"].default
 
@@ -153,6 +153,8 @@ def estimate_study(cfg: StudyConfig, run_dir: str | Path = "runs/estimate") -> S
     clips = sum(cfg.probe_clips.values())
     groups: dict[tuple, int] = {}  # (backbone, t, noise seed, view) -> deepest block
     for j in own:
+        if parse_backbone_spec(j.spec)[0] == "pixels":  # a reshape of the cached clips: nothing to count
+            continue
         key = (j.backbone, j.t, j.noise_seed, TASKS[j.task].view)
         groups[key] = max(groups.get(key, 0), j.block)
     views = {view for _, _, _, view in groups}  # the tokenizer's latents are cached once per view of the clips
@@ -167,7 +169,7 @@ def estimate_study(cfg: StudyConfig, run_dir: str | Path = "runs/estimate") -> S
             extract += clips * forward[backbone, frames_in] * block / walts[backbone].depth
     batches = len(groups) * math.ceil(clips / EXTRACT_BATCH)
     stages.append(StageCost("extract", extract, batches, f"{len(groups)} extraction groups x {clips} clips"))
-    probe_flops, probe_steps, banks = _probe_flops(cfg, own, walts, latent)
+    probe_flops, probe_steps, banks = _probe_flops(cfg, own, walts, latent, clip)
     grid = len(cfg.probe.readout.learning_rates) * len(cfg.probe.readout.weight_decays)
     stages.append(StageCost("probes", probe_flops, probe_steps,
                             f"{len(own)} cells x {grid} probes in {banks} banks x {cfg.probe.steps} steps x batch "
@@ -175,8 +177,8 @@ def estimate_study(cfg: StudyConfig, run_dir: str | Path = "runs/estimate") -> S
     return StudyCost(tuple(stages), tuple(uncounted))
 
 
-def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, int, int, int]
-                 ) -> tuple[float, int, int]:
+def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, int, int, int],
+                 clip: tuple[int, int, int, int]) -> tuple[float, int, int]:
     """FLOPs of training and evaluating every probe of every cell, the vectorised steps that run them (each bank's
     training steps and evaluation batches) and the number of banks."""
     p = cfg.probe
@@ -191,7 +193,12 @@ def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, i
         for j in (jobs[i] for i in ids):
             task = tasks[j.task]
             frames_in = latent[1] if task.view == "clip" else 1
-            if j.backbone.startswith("latents"):
+            kind = parse_backbone_spec(j.spec)[0]
+            if kind == "pixels":  # its grid from a grey clip (a reshape, no model)
+                *grid, dim = block_shapes(load_backbone(j.spec, torch.device("cpu")).backbone,
+                                          clip[1] if task.view == "clip" else 1, *clip[2:])[0]
+                grid = tuple(grid)
+            elif kind == "latents":
                 dim, grid = latent[0], (frames_in, *latent[2:])
             else:
                 m = walts[j.backbone]

@@ -19,6 +19,7 @@ from diffprobe.study.report_tasks import (
     CONTROLS,
     IMAGE,
     LATENTS,
+    PIXELS,
     PRIOR,
     UNTRAINED,
     VIDEO,
@@ -27,7 +28,8 @@ from diffprobe.study.report_tasks import (
     task_order,
 )
 
-_FIXED_COLOURS = {IMAGE: "#4C72B0", VIDEO: "#DD8452", UNTRAINED: "#9A9A9A", LATENTS: "#8C613C", PRIOR: "#D0D0D0"}
+_FIXED_COLOURS = {IMAGE: "#4C72B0", VIDEO: "#DD8452", UNTRAINED: "#9A9A9A", LATENTS: "#8C613C", PIXELS: "#2E8B57",
+                  PRIOR: "#D0D0D0"}
 _OTHER_COLOURS = ("#55A868", "#C44E52", "#8172B3", "#DA8BC3", "#CCB974", "#64B5CD", "#2F4F4F")
 _TASK_COLOURS = ("#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#7F7F7F")
 

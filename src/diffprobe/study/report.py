@@ -34,7 +34,7 @@ from diffprobe.study.report_data import (
     table_rows,
 )
 from diffprobe.study.report_html import caveat_box, esc, img, note, page, table
-from diffprobe.study.report_tasks import IMAGE, TASK_METRICS, VIDEO
+from diffprobe.study.report_tasks import IMAGE, TASK_METRICS, VIDEO, control_legend
 from diffprobe.study.run import planned_cells
 from diffprobe.utils.io import atomic_write_bytes, atomic_write_text, read_json
 
@@ -128,7 +128,9 @@ def _fig1(bars: list, notes: list[str], figs: dict[str, bytes], image: str) -> s
     if not bars:
         return "".join(out) + "".join(note(n) for n in notes)
     figs["fig_video_vs_image.png"] = figures.png_bytes(figures.relative_bars_figure(bars, image))
-    out.append(img(figs["fig_video_vs_image.png"], "video vs image per task", FORMULA))
+    legend = "; ".join(esc(line) for line in control_legend({b.backbone for b in bars}))
+    out.append(img(figs["fig_video_vs_image.png"], "video vs image per task",
+                   FORMULA + (f" Controls: {legend}." if legend else "")))
     rows = [[esc(b.task), esc(b.dataset), esc(b.metric), esc(b.backbone), esc(b.block), esc(fmt_num(b.t)),
              esc(_mean_std(b.stat.mean, b.stat.std, b.stat.n)), esc(b.stat.n), esc(fmt_pct(b.percent)),
              esc(f"{fmt_pct(b.lo)} – {fmt_pct(b.hi)}" if b.stat.n > 1 else "")] for b in bars]

@@ -27,6 +27,7 @@ from diffprobe.study.report_tasks import (
     CONTROLS,
     HIGHER_IS_BETTER,
     IMAGE,
+    PIXELS,
     PRIOR,
     TASK_METRICS,
     backbone_order,
@@ -384,6 +385,10 @@ def summary_sentences(bars: Iterable[Bar], video: str, image: str = IMAGE) -> li
         if PRIOR in bs and not any(bs[b].percent > bs[PRIOR].percent for b in (video, image)):
             warn = (f" Neither twin beats the no-information prior on {task} ({v.metric} "
                     f"{fmt_num(bs[PRIOR].stat.mean)}): this difference measures nothing.")
+        if PRIOR in bs and PIXELS in bs and not bs[PIXELS].percent > bs[PRIOR].percent:
+            warn += (f" The pixels control does not beat the prior either ({fmt_num(bs[PIXELS].stat.mean)}): the "
+                     f"readout cannot read {task} from the raw clip at this budget, so a backbone at the prior says "
+                     f"nothing about the task, and one above it has made the task readable.")
         out.append(f"{verdict} ({detail}){tail}.{warn}")
     return out
 

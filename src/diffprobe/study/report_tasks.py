@@ -23,10 +23,21 @@ from diffprobe.tasks import TASKS
 TASK_METRICS: dict[str, tuple[str, ...]] = {name: cls.table_metrics for name, cls in TASKS.items()}
 
 #: the twins and controls, in the order the report shows them.
-IMAGE, VIDEO, UNTRAINED, LATENTS = "walt-image", "walt-video", "walt-untrained", "latents"
+IMAGE, VIDEO, UNTRAINED, LATENTS, PIXELS = "walt-image", "walt-video", "walt-untrained", "latents", "pixels"
 PRIOR = "prior"  #: each task's no-information baseline (Task.prior), stored beside the backbones
-BACKBONE_ORDER = (IMAGE, VIDEO, UNTRAINED, LATENTS, PRIOR)
-CONTROLS = (UNTRAINED, LATENTS, PRIOR)
+BACKBONE_ORDER = (IMAGE, VIDEO, UNTRAINED, LATENTS, PIXELS, PRIOR)
+#: what each control shows, as the table's legend, Figure 1's caption and the summary say it
+CONTROLS: dict[str, str] = {
+    UNTRAINED: "the twins' architecture and tokenizer without learning (what training adds is the margin over it)",
+    LATENTS: "the tokenizer's latents (what the twins start from)",
+    PIXELS: "the clip's own pixels, the positive control (what the readout can read from the clip itself)",
+    PRIOR: "the floor: each task's answer without looking (class frequencies, static points, mean depth)",
+}
+
+
+def control_legend(backbones: set[str] | list[str]) -> list[str]:
+    """``"name: what it shows"`` for each control among ``backbones``, in the report's order."""
+    return [f"{c}: {CONTROLS[c]}" for c in BACKBONE_ORDER if c in CONTROLS and c in backbones]
 
 
 def task_order(tasks: set[str] | list[str]) -> list[str]:
@@ -36,7 +47,7 @@ def task_order(tasks: set[str] | list[str]) -> list[str]:
 
 
 def backbone_order(backbones: set[str] | list[str]) -> list[str]:
-    """Twins and controls first (image, video, untrained, latents), then others alphabetically."""
+    """Twins and controls first (image, video, untrained, latents, pixels), then others alphabetically."""
     known = [b for b in BACKBONE_ORDER if b in backbones]
     return known + sorted(set(backbones) - set(BACKBONE_ORDER))
 

@@ -44,6 +44,7 @@ from diffprobe.study.report_tasks import (
     PRIOR,
     TASK_METRICS,
     UNTRAINED,
+    control_legend,
     margin_z,
     relative_percent,
 )
@@ -554,7 +555,9 @@ def headline_table(cfg: StudyConfig, store_path: Path) -> str:
             if seeded:
                 lines.append(f"{'':<16}{'  seed sd':<28}" + "".join(
                     f"{seed_sd(n, task, metric):>16.4f}" for n in names))
-    return "\n".join(lines + ["", *paired_table(cfg, store_path, current)])
+    legend = control_legend(names)
+    return "\n".join(lines + ["", *paired_table(cfg, store_path, current)]
+                     + (["", "controls:", *(f"  {line}" for line in legend)] if legend else []))
 
 
 def paired_table(cfg: StudyConfig, store_path: Path, current: dict[str, dict[str, Any]]) -> list[str]:
@@ -570,10 +573,10 @@ def paired_table(cfg: StudyConfig, store_path: Path, current: dict[str, dict[str
     width = 44 if seeded else 36
     with ResultsStore(store_path) as store:
         def per_clip(name: str, task: str) -> dict[tuple[int, int], np.ndarray]:
-            """(noise seed, probe seed) -> the per-clip scores of that replicate."""
-            block, t = cfg.headline_of(name)
+            """(noise seed, probe seed) -> the per-clip scores of that replicate (the prior: one replicate)."""
+            block, t = (0, 0.0) if name == PRIOR else cfg.headline_of(name)
             return {(c["noise_seed"], c["probe_seed"]): a for c, a in store.clip_scores(
-                study=cfg.name, backbone=name, task=task, block=block, t=t, checkpoint_step=steps[name])
+                study=cfg.name, backbone=name, task=task, block=block, t=t, checkpoint_step=steps.get(name, 0))
                 if _is_current(c, cfg, current)}
 
         head = f"{'paired, same test clips':<24}" + "".join(f"{f'{video} - {o}':>{width}}" for o in others)
@@ -597,4 +600,29 @@ def paired_table(cfg: StudyConfig, store_path: Path, current: dict[str, dict[str
                     cell += f"{min(paired_difference(v[k], o[k], better)['z'] for k in shared):>8.1f}"
                 cells.append(cell.rjust(width))
             lines.append(f"{task:<24}" + "".join(cells))
+        lines += ["", *_against_prior(cfg, per_clip)]
+    return lines
+
+
+def _against_prior(cfg: StudyConfig, per_clip: Callable[[str, str], dict[tuple[int, int], np.ndarray]]
+                   ) -> list[str]:
+    """Lines of every backbone's paired z against each task's prior (the same test clips; the seed mean, and with
+    several seeds the smallest per-seed z in brackets): a backbone reads a task only where this is well above 0,
+    and the pixels control shows whether the readout can read it from the clip at all."""
+    names = list(cfg.backbones)
+    lines = [f"{'paired z against the prior':<28}" + "".join(f"{n:>16}" for n in names)]
+    lines.append("-" * len(lines[0]))
+    for task in (t for t in TASKS if t in cfg.tasks):
+        better = HIGHER_IS_BETTER[TASK_METRICS[task][0]]
+        prior = next(iter(per_clip(PRIOR, task).values()), None)
+        cells = []
+        for name in names:
+            runs = list(per_clip(name, task).values())
+            if prior is None or not runs or {len(a) for a in runs} != {len(prior)}:
+                cells.append(f"{'-':>16}")
+                continue
+            z = paired_difference(np.mean(runs, axis=0), prior, better)["z"]
+            worst = min(paired_difference(a, prior, better)["z"] for a in runs)
+            cells.append(f"{z:>9.1f}" + (f" ({worst:4.1f})" if len(runs) > 1 else " " * 7))
+        lines.append(f"{task:<28}" + "".join(cells))
     return lines
