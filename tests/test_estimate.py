@@ -4,6 +4,8 @@ nothing."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -15,6 +17,7 @@ from diffprobe.cli import main
 from diffprobe.models import WALT, WALTConfig
 from diffprobe.study.config import StudyConfig
 from diffprobe.study.estimate import StageCost, StudyCost, count_flops, estimate_study
+from diffprobe.study.run import plan_jobs
 
 MINI = ["dataset=probeworld:tiny@train_size=48,val_size=16,test_size=16", "probe_seeds=[0]",
         'sweep_tasks=["action"]', "noise_sweep=[0,200]", "block_sweep=[2,4]", "tasks=[\"action\",\"depth\"]"]
@@ -91,3 +94,20 @@ def test_probe_steps_are_the_banks_vectorised_steps() -> None:
     assert "2 probes in" in many.detail
     capped = {s.name: s for s in estimate_study(cfg.override(["probe.bank_size=1"])).stages}["probes"]
     assert capped.flops == one.flops and capped.steps > one.steps
+
+
+def test_pixel_cells_count_their_probes_and_no_extraction() -> None:
+    """The pixels control's cells are counted (their own token grid and channels), and its extraction, a reshape of
+    the cached clips, adds nothing."""
+    cfg = StudyConfig.preset("tiny").override(MINI)
+    without = {k: v for k, v in cfg.backbones.items() if k != "pixels"}
+    full = {s.name: s for s in estimate_study(cfg).stages}
+    less = {s.name: s for s in estimate_study(cfg.replace(backbones=without)).stages}
+    assert estimate_study(cfg).uncounted == ()
+    assert full["extract"].flops == less["extract"].flops
+    assert full["probes"].flops > less["probes"].flops
+    assert f"{len(plan_jobs(cfg, Path('runs/estimate')))} cells" in full["probes"].detail
+    # the pixels' action cell as the latents' would be counted with the pixels' shape: more channels, same grid
+    only = {s.name: s for s in estimate_study(cfg.replace(backbones={**without, "pixels": "pixels@patch=8,tubelet=2"})
+                                              ).stages}["probes"]
+    assert less["probes"].flops < only.flops < full["probes"].flops  # 80 tokens of 384 < 320 tokens of 96
