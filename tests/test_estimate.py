@@ -107,7 +107,7 @@ def test_pixel_cells_count_their_probes_and_no_extraction() -> None:
     assert full["extract"].flops == less["extract"].flops
     assert full["probes"].flops > less["probes"].flops
     assert f"{len(plan_jobs(cfg, Path('runs/estimate')))} cells" in full["probes"].detail
-    # the pixels' action cell as the latents' would be counted with the pixels' shape: more channels, same grid
-    only = {s.name: s for s in estimate_study(cfg.replace(backbones={**without, "pixels": "pixels@patch=8,tubelet=2"})
-                                              ).stages}["probes"]
-    assert less["probes"].flops < only.flops < full["probes"].flops  # 80 tokens of 384 < 320 tokens of 96
+    # counted on its own grid: patch 4 makes 4x the tokens (of a quarter of the channels) of the default patch 8
+    finer = {s.name: s for s in estimate_study(cfg.replace(backbones={**without, "pixels": "pixels@patch=4,tubelet=2"})
+                                               ).stages}["probes"]
+    assert less["probes"].flops < full["probes"].flops < finer.flops

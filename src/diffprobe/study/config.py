@@ -30,17 +30,18 @@ _TINY: dict[str, Any] = {
     "feature_net": {**FeatureNetRunConfig.PRESETS["tiny"], "dataset": _TINY_WORLD},
     "probe": ProbeConfig.PRESETS["tiny"],
     "probe_seeds": [0, 1],
-    "noise_sweep": [0.0, 100.0, 200.0, 400.0, 700.0],
+    "noise_sweep": [0.0, 200.0, 700.0],
     "block_sweep": [2, 4, 6],
     "sweep_tasks": ["action"],
     "generation_samples": 64,
     "probe_clips": {"train": 2048, "val": 256, "test": 512},
     "sampling_steps": 20,
 }
-# The tiny study and the analyses past the paper's: every block in the sweep, a second model size (micro) and two
-# earlier checkpoints (training budget), each on the sweep tasks. Same study name: it can extend a tiny run
-# (--out runs/study-tiny), training only what the tiny study did not.
-_TINY_MORE: dict[str, Any] = {**_TINY, "block_sweep": [1, 2, 3, 4, 5, 6], "budget_steps": [400, 800],
+# The tiny study and the analyses past the paper's: five noise levels and every block in the sweeps, on action, depth
+# and point tracking, a second model size (micro) and two earlier checkpoints (training budget), each on the sweep
+# tasks. Same study name: it can extend a tiny run (--out runs/study-tiny), training only what the tiny study did not.
+_TINY_MORE: dict[str, Any] = {**_TINY, "noise_sweep": [0.0, 100.0, 200.0, 400.0, 700.0],
+                              "block_sweep": [1, 2, 3, 4, 5, 6], "budget_steps": [400, 800],
                               "sweep_tasks": ["action", "depth", "point_tracking"],
                               "sizes": {"micro": WALTConfig.PRESETS["micro"]}}
 
@@ -125,7 +126,7 @@ TWIN_VIDEO, TWIN_IMAGE, TOKENIZER = "{twin:video}", "{twin:image}", "{tokenizer}
 #: the default set: the study's own twins and the three backbone controls (the prior is added to every table)
 OWN_BACKBONES: dict[str, str] = {VIDEO: f"walt:{TWIN_VIDEO}", IMAGE: f"walt:{TWIN_IMAGE}",
                                  UNTRAINED: f"walt-untrained:{TWIN_VIDEO}", LATENTS: f"latents:{TOKENIZER}",
-                                 PIXELS: "pixels@patch=4,tubelet=2"}
+                                 PIXELS: "pixels@patch=8,tubelet=2"}
 
 
 @dataclasses.dataclass(frozen=True)
