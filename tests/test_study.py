@@ -4,6 +4,7 @@ nothing, a lost cell is recomputed alone, and the report renders. (The real `tin
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 
 import numpy as np
@@ -83,6 +84,24 @@ def test_study_fills_the_store_and_artifacts(mini) -> None:
     assert all(np.isfinite(r["value"]) and r["value"] >= 0 for r in rows if r["metric"].endswith("_se"))
     assert {r["metric"] for r in rows if r["backbone"] == "prior" and r["task"] == "action"} >= {"top1", "top1_se"}
     assert json.loads((run_dir / "study_config.json").read_text()) == cfg.to_dict()
+
+
+def test_the_table_reads_only_the_newest_weights_of_each_backbone(mini, tmp_path) -> None:
+    """Cells of weights a backbone was retrained away from (an older identity under the same name, as after --force
+    or in a store carried over from another seed) are left out of the table and of its paired blocks."""
+    cfg, run_dir = mini
+    store = tmp_path / "results.sqlite"
+    shutil.copy(run_dir / "results.sqlite", store)
+    before = headline_table(cfg, store)
+    with sqlite3.connect(store) as db:
+        cols = [r[1] for r in db.execute("PRAGMA table_info(results)")]
+        old = ", ".join("'walt-image-old'" if c == "identity" else "'2000-01-01T00:00:00'" if c == "time"
+                        else "value * 0.5" if c == "value" else c for c in cols)
+        db.execute(f"INSERT INTO results SELECT {old} FROM results WHERE backbone = 'walt-image'")
+        cols = [r[1] for r in db.execute("PRAGMA table_info(clip_scores)")]
+        old = ", ".join("'walt-image-old'" if c == "identity" else c for c in cols)
+        db.execute(f"INSERT INTO clip_scores SELECT {old} FROM clip_scores WHERE backbone = 'walt-image'")
+    assert headline_table(cfg, store) == before
 
 
 def test_rerun_recomputes_only_lost_cells(mini, monkeypatch) -> None:

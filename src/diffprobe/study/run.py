@@ -288,6 +288,17 @@ def _is_current(row: Mapping[str, Any], cfg: StudyConfig, current: dict[str, dic
     return row["dataset"] == want["dataset"] and row["clips"] == want["clips"] and row["config_hash"] in hashes
 
 
+def _latest_identities(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], str]:
+    """(backbone name, checkpoint step) -> the identity of its newest row: the weights the name stands for now,
+    so a table never averages in the cells of weights it was retrained away from (``--force``, another seed)."""
+    latest: dict[tuple[str, int], tuple[str, str]] = {}
+    for r in rows:
+        key = (r["backbone"], r["checkpoint_step"])
+        if key not in latest or r["time"] > latest[key][0]:
+            latest[key] = (r["time"], r["identity"])
+    return {key: identity for key, (_, identity) in latest.items()}
+
+
 def bank_groups(cfg: StudyConfig, jobs: Sequence[Job], world_size: int = 1) -> list[list[int]]:
     """The indices of ``jobs`` grouped into the probe banks the study trains: every cell of a task on the same
     clips (every backbone, block, noise level and seed: :func:`~diffprobe.tasks.runner.run_probes` splits them by
@@ -513,6 +524,8 @@ def headline_table(cfg: StudyConfig, store_path: Path) -> str:
     current = _current_cells(cfg)
     with ResultsStore(store_path) as store:
         rows = [r for r in store.query(study=cfg.name) if r["task"] in current and _is_current(r, cfg, current)]
+    identities = _latest_identities(rows)
+    rows = [r for r in rows if r["identity"] == identities[r["backbone"], r["checkpoint_step"]]]
     names = [*cfg.backbones, PRIOR]
     video, image = cfg.reference
     control = cfg.control
@@ -556,16 +569,18 @@ def headline_table(cfg: StudyConfig, store_path: Path) -> str:
                 lines.append(f"{'':<16}{'  seed sd':<28}" + "".join(
                     f"{seed_sd(n, task, metric):>16.4f}" for n in names))
     legend = control_legend(names)
-    return "\n".join(lines + ["", *paired_table(cfg, store_path, current)]
+    return "\n".join(lines + ["", *paired_table(cfg, store_path, current, identities)]
                      + (["", "controls:", *(f"  {line}" for line in legend)] if legend else []))
 
 
-def paired_table(cfg: StudyConfig, store_path: Path, current: dict[str, dict[str, Any]]) -> list[str]:
+def paired_table(cfg: StudyConfig, store_path: Path, current: dict[str, dict[str, Any]],
+                 identities: dict[tuple[str, int], str]) -> list[str]:
     """Lines of the paired comparisons at the headline cells: the video side against the control and against the
     image side, from the per-clip primary metric on the same test clips, averaged over probe and noise seeds: the
     mean difference (positive: the video side is better), its paired z and a bootstrap 95% interval; with several
     seeds also the smallest of the per-seed z (seed i of one side against seed i of the other), so a claim can be
-    seen to hold on every seed. ``current`` is :func:`_current_cells` (the table above computed it)."""
+    seen to hold on every seed. ``current`` is :func:`_current_cells` and ``identities`` :func:`_latest_identities`
+    (the table above computed both)."""
     video, image = cfg.reference
     others = [n for n in (cfg.control, image) if n]
     steps = {name: _final_step(cfg, spec) for name, spec in cfg.backbones.items()}
@@ -577,7 +592,7 @@ def paired_table(cfg: StudyConfig, store_path: Path, current: dict[str, dict[str
             block, t = (0, 0.0) if name == PRIOR else cfg.headline_of(name)
             return {(c["noise_seed"], c["probe_seed"]): a for c, a in store.clip_scores(
                 study=cfg.name, backbone=name, task=task, block=block, t=t, checkpoint_step=steps.get(name, 0))
-                if _is_current(c, cfg, current)}
+                if _is_current(c, cfg, current) and c["identity"] == identities.get((name, c["checkpoint_step"]))}
 
         head = f"{'paired, same test clips':<24}" + "".join(f"{f'{video} - {o}':>{width}}" for o in others)
         sub = "diff   z [95% CI of diff]" + (" min z" if seeded else "")
