@@ -386,7 +386,7 @@ def summary_sentences(bars: Iterable[Bar], video: str, image: str = IMAGE) -> li
             warn = (f" Neither twin beats the no-information prior on {task} ({v.metric} "
                     f"{fmt_num(bs[PRIOR].stat.mean)}): this difference measures nothing.")
         if PRIOR in bs and PIXELS in bs and not bs[PIXELS].percent > bs[PRIOR].percent:
-            warn += (f" The pixels control does not beat the prior either ({fmt_num(bs[PIXELS].stat.mean)}): the "
+            warn += (f" The pixels control does not beat the prior ({fmt_num(bs[PIXELS].stat.mean)}): the "
                      f"readout cannot read {task} from the raw clip at this budget, so a backbone at the prior says "
                      f"nothing about the task, and one above it has made the task readable.")
         out.append(f"{verdict} ({detail}){tail}.{warn}")
