@@ -104,5 +104,5 @@ def test_cpu_dry_run_passes_every_step_and_writes_the_json(tmp_path: Path) -> No
     assert "error" not in results, results
     assert results["study"] == "probeworld-tiny" and results["cells"] > 0 and results["non_finite"] == 0
     assert results["tasks"] == sorted(TASKS)
-    assert {"walt-video", "walt-image", "walt-untrained", "latents", "prior"} == set(results["backbones"])
+    assert {"walt-video", "walt-image", "walt-untrained", "latents", "pixels", "prior"} == set(results["backbones"])
     assert "video/image" in results["table"]
