@@ -187,6 +187,7 @@ def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, i
     tasks = {name: make_task(name, task_context(task_roles(name, cfg.roles(name)))) for name in {j.task for j in jobs}}
     per_step: dict[tuple, float] = {}  # (task, C, grid) -> FLOPs of one training step of one probe
     per_probe: dict[tuple, float] = {}  # the same -> FLOPs of one probe's training and evaluation
+    pixel_shapes: dict[tuple[str, str], tuple[int, ...]] = {}  # (pixels spec, view) -> (T_f, H_f, W_f, C)
     total, steps, banks = 0.0, 0, 0
     for ids in bank_groups(cfg, jobs):
         shapes: dict[tuple, int] = {}  # (task, C, grid) -> cells: run_probes trains one bank per feature shape
@@ -194,9 +195,12 @@ def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, i
             task = tasks[j.task]
             frames_in = latent[1] if task.view == "clip" else 1
             kind = parse_backbone_spec(j.spec)[0]
-            if kind == "pixels":  # its grid from a grey clip (a reshape, no model)
-                *grid, dim = block_shapes(load_backbone(j.spec, torch.device("cpu")).backbone,
-                                          clip[1] if task.view == "clip" else 1, *clip[2:])[0]
+            if kind == "pixels":  # its grid from a grey clip (a reshape, no model), once per spec and view
+                key = (j.spec, task.view)
+                if key not in pixel_shapes:
+                    pixel_shapes[key] = block_shapes(load_backbone(j.spec, torch.device("cpu")).backbone,
+                                                     clip[1] if task.view == "clip" else 1, *clip[2:])[0]
+                *grid, dim = pixel_shapes[key]
                 grid = tuple(grid)
             elif kind == "latents":
                 dim, grid = latent[0], (frames_in, *latent[2:])
@@ -212,9 +216,7 @@ def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, i
                 evals = rounds * cfg.probe_clips["val"] + cfg.probe_clips["test"]  # clips read without gradients
                 per_probe[key] = per_step[key] * p.steps + _probe_pass(task, p, dim, grid, 1, backward=False) * evals
             total += per_probe[key] * cells * grid_size
-            size = bank_size(p, (*grid, dim))  # probes per bank, as train_probes cuts them
-            if p.bank_gflop:
-                size = min(size, max(1, int(p.bank_gflop * 1e9 // per_step[key])))
+            size = bank_size(p, (*grid, dim), step_flops=per_step[key])  # probes per bank, as train_probes cuts them
             for lo in range(0, cells * grid_size, size):
                 clips = eval_batch(p, (*grid, dim), min(size, cells * grid_size - lo))
                 steps += p.steps + rounds * math.ceil(cfg.probe_clips["val"] / clips)

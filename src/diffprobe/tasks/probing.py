@@ -132,14 +132,20 @@ def _train_batches(features: FeatureSet, batch_size: int, seed: int) -> Iterator
         epoch += 1
 
 
-def bank_size(cfg: ProbeConfig, feature_shape: Sequence[int], batch: int | None = None) -> int:
-    """How many probes one bank holds: at most ``cfg.bank_size`` (if set), and within ``cfg.bank_memory_gb`` for each
+def bank_size(cfg: ProbeConfig, feature_shape: Sequence[int], batch: int | None = None,
+              step_flops: float | None = None) -> int:
+    """How many probes one bank holds: at most ``cfg.bank_size`` (if set), within ``cfg.bank_memory_gb`` for each
     probe's batch (``batch`` clips, default ``cfg.batch_size``) of fp32 features and normalised features (2C per
-    token) and of the readout's activations (about 8 of its width per token)."""
+    token) and of the readout's activations (about 8 of its width per token), and, given one probe's training
+    ``step_flops``, within ``cfg.bank_gflop`` (if set) a bank step."""
     *grid, c = feature_shape
     per_probe = (cfg.batch_size if batch is None else batch) * int(np.prod(grid)) * (2 * c + 8 * cfg.readout.width) * 4
-    fits = max(1, int(cfg.bank_memory_gb * 2**30 // per_probe))
-    return min(fits, cfg.bank_size) if cfg.bank_size else fits
+    size = max(1, int(cfg.bank_memory_gb * 2**30 // per_probe))
+    if cfg.bank_size:
+        size = min(size, cfg.bank_size)
+    if cfg.bank_gflop and step_flops is not None:
+        size = min(size, max(1, int(cfg.bank_gflop * 1e9 // max(step_flops, 1.0))))
+    return size
 
 
 def _stack(parts: Sequence[torch.Tensor], pick: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -230,10 +236,9 @@ def train_probes(task: Task, cfg: ProbeConfig, cells: Sequence[ProbeFeatures],
 
     grid = [(lr, wd) for lr in cfg.readout.learning_rates for wd in cfg.readout.weight_decays]
     probes = [(i, Member(cell.seed, lr, wd, cfg.grad_clip)) for i, cell in enumerate(cells) for lr, wd in grid]
-    size = bank_size(cfg, shape)
-    if cfg.bank_gflop:  # as many probes as that many GFLOP a step, counted on one probe's real step
-        flops = _step_flops(task, cfg, bank([probes[0][1]]), cells[0], targets[0], device)
-        size = min(size, max(1, int(cfg.bank_gflop * 1e9 // max(flops, 1.0))))
+    # the GFLOP cap is counted on one probe's real step
+    flops = _step_flops(task, cfg, bank([probes[0][1]]), cells[0], targets[0], device) if cfg.bank_gflop else None
+    size = bank_size(cfg, shape, step_flops=flops)
     trained: list[_Trained] = []
     for lo in range(0, len(probes), size):  # one bank, unless it would pass cfg.bank_memory_gb or cfg.bank_gflop
         part = probes[lo:lo + size]
