@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from diffprobe.features.cache import FeatureSet
 from diffprobe.study.config import StudyConfig
 from diffprobe.study.run import plan_jobs, run_study
-from diffprobe.train.distributed import DistContext, rank_share
+from diffprobe.utils.distributed import DistContext, rank_share
 
 DATA = "probeworld:tiny@train_size=24,val_size=8,test_size=8,num_tracks=8"
 #: a study with no twins: the tokenizer-latents control under two names, two tasks, two probe seeds (8 cells)

@@ -27,8 +27,8 @@ from diffprobe.train import (
     param_groups,
     read_metrics,
 )
-from diffprobe.train.distributed import cleanup_distributed
 from diffprobe.train.precision import check_precision
+from diffprobe.utils.distributed import cleanup_distributed
 
 
 class TinyNet(nn.Module):

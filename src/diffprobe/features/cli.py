@@ -50,7 +50,7 @@ def extract_cmd(spec: str, dataset: str | None, blocks: tuple[int, ...], t: floa
     from diffprobe.data.registry import open_dataset
     from diffprobe.features.cache import FeatureCache
     from diffprobe.features.sources import ensure_features
-    from diffprobe.train.distributed import cleanup_distributed, setup_distributed
+    from diffprobe.utils.distributed import cleanup_distributed, setup_distributed
 
     ctx = setup_distributed(device)
     try:

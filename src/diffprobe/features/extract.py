@@ -1,6 +1,6 @@
 """Feature extraction into the cache: streamed, shard by shard, resumable, several blocks per forward pass.
 
-Under torchrun (a distributed :class:`~diffprobe.train.distributed.DistContext` passed as ``ctx``) the ranks share
+Under torchrun (a distributed :class:`~diffprobe.utils.distributed.DistContext` passed as ``ctx``) the ranks share
 the work: shard ``s`` is extracted by rank ``s % world_size`` into the shared cache (shards are written atomically and
 independently, so ranks never write the same file); after every rank is done, rank 0 alone writes ``complete.json``.
 Every rank must make the same call. Without ``ctx`` (or in a single process) one process extracts every shard.
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from diffprobe.backbones.base import Backbone
 from diffprobe.errors import MissingFile
 from diffprobe.features.cache import FeatureCache, FeatureKey
-from diffprobe.train.distributed import DistContext, broadcast_object, rank_share, wait_for_all
+from diffprobe.utils.distributed import DistContext, broadcast_object, rank_share, wait_for_all
 from diffprobe.utils.lock import folder_lock
 
 #: seconds rank 0 waits for the other ranks' shards to appear before it calls the cache unshared

@@ -12,7 +12,7 @@ from diffprobe.features.cache import FeatureCache
 from diffprobe.features.sources import ensure_features
 from diffprobe.models import CausalAutoencoder
 from diffprobe.models.exports import latents_identity
-from diffprobe.train.distributed import DistContext
+from diffprobe.utils.distributed import DistContext
 
 
 class TrainingLatents(Dataset):

@@ -22,7 +22,7 @@ from diffprobe.backbones.base import Backbone
 from diffprobe.data.dataset import ClipSequence
 from diffprobe.features.cache import FeatureCache, FeatureKey, FeatureSet
 from diffprobe.features.extract import VIEWS, extract_features
-from diffprobe.train.distributed import DistContext, broadcast_object
+from diffprobe.utils.distributed import DistContext, broadcast_object
 
 #: most bytes of clips held in one pixel shard before it is written (bounds the memory of caching a split)
 PIXEL_SHARD_BYTES = 256 << 20

@@ -50,7 +50,7 @@ def study_cmd(preset: str, out_dir: Path | None, config_file: Path | None, assig
         return
     from diffprobe.data.registry import skips_reported
     from diffprobe.study.run import headline_table, run_study
-    from diffprobe.train.distributed import cleanup_distributed, setup_distributed
+    from diffprobe.utils.distributed import cleanup_distributed, setup_distributed
     from diffprobe.utils.lock import folder_lock
 
     out_dir = out_dir or Path(f"runs/study-{preset}")

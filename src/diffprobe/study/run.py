@@ -61,7 +61,10 @@ from diffprobe.tasks.runner import (
     task_roles,
 )
 from diffprobe.train.denoiser import train_denoiser
-from diffprobe.train.distributed import (
+from diffprobe.train.feature_net import FrechetEvaluator, load_feature_net, train_feature_net
+from diffprobe.train.sample import generate
+from diffprobe.train.tokenizer import train_tokenizer
+from diffprobe.utils.distributed import (
     DistContext,
     broadcast_object,
     gather_objects,
@@ -69,9 +72,6 @@ from diffprobe.train.distributed import (
     setup_distributed,
     wait_for_all,
 )
-from diffprobe.train.feature_net import FrechetEvaluator, load_feature_net, train_feature_net
-from diffprobe.train.sample import generate
-from diffprobe.train.tokenizer import train_tokenizer
 from diffprobe.utils.io import atomic_path, atomic_write_json, read_json
 from diffprobe.utils.lock import folder_lock
 

@@ -16,12 +16,12 @@ from diffprobe.train.checkpoint import (
     save_checkpoint,
 )
 from diffprobe.train.config import TrainConfig
-from diffprobe.train.distributed import DistContext, cleanup_distributed, setup_distributed, unwrap_model
 from diffprobe.train.ema import EMA
 from diffprobe.train.logging import MetricsLogger, read_metrics
 from diffprobe.train.loop import TrainResult, fit
 from diffprobe.train.optim import build_optimizer, lr_at, param_groups
 from diffprobe.train.rng import step_generator
+from diffprobe.utils.distributed import DistContext, cleanup_distributed, setup_distributed, unwrap_model
 
 __all__ = [
     "EMA", "CheckpointError", "DistContext", "MetricsLogger", "TrainConfig", "TrainResult", "batch_indices",

@@ -38,9 +38,9 @@ from diffprobe.models.exports import (
     load_into_module,
     read_tensors,
 )
-from diffprobe.train.distributed import unwrap_model
 from diffprobe.train.ema import EMA
 from diffprobe.train.rng import capture_rng_state
+from diffprobe.utils.distributed import unwrap_model
 from diffprobe.utils.io import atomic_path, atomic_write_json, atomic_write_text, save_tensors
 
 LATEST = "latest"

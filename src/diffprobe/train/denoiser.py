@@ -26,9 +26,9 @@ from diffprobe.models import WALT, WALTConfig
 from diffprobe.models.exports import load_tokenizer, resolve_recorded_spec, resolve_tokenizer_dir
 from diffprobe.train.batching import make_batch_fn
 from diffprobe.train.config import TrainConfig
-from diffprobe.train.distributed import setup_distributed
 from diffprobe.train.export import export_model, load_export, read_export, train_once
 from diffprobe.train.loop import CheckpointHook, fit
+from diffprobe.utils.distributed import setup_distributed
 
 # CPU-sized (about 4 minutes a twin on 2 cores): batch 16 runs 4.8-5.5 steps/s here against 3.0 at batch 32. Motion
 # shows in the video twin's features only after about 1000 steps (action top-1 0.11 at step 300, 0.15 at 600, 0.23

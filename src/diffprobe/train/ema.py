@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from diffprobe.train.distributed import unwrap_model
+from diffprobe.utils.distributed import unwrap_model
 
 
 class EMA:

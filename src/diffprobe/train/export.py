@@ -13,7 +13,7 @@ from torch import nn
 
 from diffprobe.config import Config
 from diffprobe.models.exports import META_FILE, MODEL_FILE, load_export, read_export
-from diffprobe.train.distributed import DistContext, wait_for_all
+from diffprobe.utils.distributed import DistContext, wait_for_all
 from diffprobe.utils.io import atomic_write_json, save_tensors, tensors_sha256
 from diffprobe.utils.lock import folder_lock
 

@@ -35,9 +35,9 @@ from diffprobe.models import frames_to_input
 from diffprobe.models.exports import resolve_recorded_spec
 from diffprobe.train.batching import make_batch_fn
 from diffprobe.train.config import TrainConfig
-from diffprobe.train.distributed import setup_distributed
 from diffprobe.train.export import export_model, load_export, read_export, train_once
 from diffprobe.train.loop import fit
+from diffprobe.utils.distributed import setup_distributed
 
 
 @dataclasses.dataclass(frozen=True)

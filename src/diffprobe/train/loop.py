@@ -43,13 +43,13 @@ from diffprobe.train.checkpoint import (
     save_checkpoint,
 )
 from diffprobe.train.config import TrainConfig
-from diffprobe.train.distributed import DistContext, all_reduce_mean, barrier, setup_distributed, wrap_model
 from diffprobe.train.ema import EMA
 from diffprobe.train.logging import MetricsLogger
 from diffprobe.train.optim import build_optimizer, config_lr_at, set_lr
 from diffprobe.train.precision import autocast
 from diffprobe.train.rng import restore_rng_state, seed_step_globals, step_generator
 from diffprobe.train.rundir import RUN_CONFIG_FILE, check_same_run
+from diffprobe.utils.distributed import DistContext, all_reduce_mean, barrier, setup_distributed, wrap_model
 from diffprobe.utils.io import atomic_write_json
 from diffprobe.utils.runtime import cuda_tf32
 

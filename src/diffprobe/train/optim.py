@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from diffprobe.train.config import TrainConfig
-from diffprobe.train.distributed import unwrap_model
+from diffprobe.utils.distributed import unwrap_model
 
 
 def declared_no_decay(model: nn.Module) -> tuple[str, ...]:
