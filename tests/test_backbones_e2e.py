@@ -58,7 +58,8 @@ def test_each_kind_extracts_and_probes_on_probe_world(kind, tmp_path) -> None:
 def test_a_study_with_sd_and_svd_as_the_reference_pair(tmp_path) -> None:
     from diffprobe.study.config import StudyConfig
     from diffprobe.study.report import write_report
-    from diffprobe.study.run import headline_table, run_study
+    from diffprobe.study.run import run_study
+    from diffprobe.study.tables import headline_table
 
     sd, svd = save_tiny_sd(tmp_path / "sd"), save_tiny_svd(tmp_path / "svd")
     backbones = {"svd": f"svd:{svd}", "sd": f"sd:{sd}"}

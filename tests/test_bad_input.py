@@ -117,7 +117,7 @@ def test_debug_shows_the_traceback_and_bugs_keep_theirs(monkeypatch) -> None:
     monkeypatch.delenv("DIFFPROBE_DEBUG")
     import diffprobe.data.registry as registry
 
-    monkeypatch.setitem(registry.DATASETS, "boom", lambda path, options, spec: 1 / 0)  # a bug, not bad input
+    monkeypatch.setitem(registry.DATASETS, "boom", lambda spec: 1 / 0)  # a bug, not bad input
     result = CliRunner().invoke(main, ["data", "info", "boom:x"])
     assert result.exit_code == 1 and isinstance(result.exception, ZeroDivisionError)
 

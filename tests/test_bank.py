@@ -15,7 +15,7 @@ from diffprobe.data import CATEGORIES, MOTIONS, ProbeWorld, ProbeWorldConfig
 from diffprobe.features.cache import FeatureCache, FeatureKey
 from diffprobe.readouts import Member, ProbeBank, ReadoutConfig
 from diffprobe.study.config import StudyConfig
-from diffprobe.study.run import bank_groups, plan_jobs
+from diffprobe.study.plan import bank_groups, plan_jobs
 from diffprobe.tasks import TASKS, TaskContext, make_task
 from diffprobe.tasks.probing import ProbeConfig, ProbeFeatures, _train_batches, bank_size, train_probes
 from diffprobe.tasks.targets import compute_targets

@@ -160,7 +160,8 @@ def test_a_clip_that_breaks_the_contract_is_a_problem_and_skipped() -> None:
 
     class Bent(type(ds)):
         def split(self, name: str) -> IndexedClips:
-            return IndexedClips("bent/all", [0, 1, 2], lambda i: {**good, "label": i * 2}, describe=lambda i: f"c{i}")
+            return IndexedClips("bent", "all", [0, 1, 2], lambda i: {**good, "label": i * 2},
+                                describe=lambda i: f"c{i}")
 
     bent = Bent(("all",), n=3)
     with pytest.raises(DatasetError, match=r"^c2: label 4 is outside the label space of 3 classes$"):

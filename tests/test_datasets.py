@@ -9,11 +9,12 @@ import pytest
 from diffprobe.config import ConfigError
 from diffprobe.data import ClipDataset, DatasetError, open_dataset, resolve_roles
 from diffprobe.data.dataset import IndexedClips
-from diffprobe.data.registry import DATASETS, parse_spec
+from diffprobe.data.registry import DATASETS
 from diffprobe.data.transforms import apply_boxes, apply_intrinsics, apply_points, plan_geometry
 from diffprobe.data.world.dataset import probeworld_spec, world_identity
 from diffprobe.features.cache import FeatureCache
 from diffprobe.features.sources import iter_clips
+from diffprobe.spec import DatasetSpec, SpecError
 from diffprobe.study.store import Cell, ResultsStore
 from diffprobe.tasks import TASKS, make_task
 from diffprobe.tasks.runner import ensure_targets, task_context, task_roles
@@ -31,23 +32,25 @@ class Toy(ClipDataset):
         self.frames, self.height, self.width, self.n = 1, 4, 4, n
 
     def split(self, name: str):
-        return IndexedClips(f"{self.identity}/{name}", list(range(self.n)),
+        return IndexedClips(self.identity, name, list(range(self.n)),
                                 lambda i: {"video": np.full((1, 4, 4, 3), i, np.uint8), "label": i})
 
 
 @pytest.fixture
 def toy_kind(monkeypatch):
-    monkeypatch.setitem(DATASETS, "toy", lambda path, options, spec: Toy(tuple(path.split(","))))
+    monkeypatch.setitem(DATASETS, "toy", lambda spec: Toy(tuple(spec.path.split(","))))
 
 
 def test_specs_and_the_registry() -> None:
-    assert parse_spec("tapvid:/d/davis.pkl@mode=strided,size=128") == ("tapvid", "/d/davis.pkl",
-                                                                       {"mode": "strided", "size": 128})
+    assert DatasetSpec.parse("tapvid:/d/davis.pkl@mode=strided,size=128") == DatasetSpec(
+        "tapvid", "/d/davis.pkl", (("mode", "strided"), ("size", 128)))
     with pytest.raises(DatasetError, match=r"unknown kind 'nope'; known kinds are \['davis'"):
         open_dataset("nope:/x")
     with pytest.raises(DatasetError, match="expected KIND:PATH"):
         open_dataset("probeworld")
-    with pytest.raises(DatasetError, match="is not KEY=VALUE"):
+    with pytest.raises(SpecError, match="is not KEY=VALUE"):
+        open_dataset("probeworld:tiny@height=48,width")
+    with pytest.raises(ConfigError, match="unknown preset 'tiny@height'"):  # no KEY=VALUE after the @: the path's
         open_dataset("probeworld:tiny@height")
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['heigth'\]; known keys are"):
         open_dataset("probeworld:tiny@heigth=48")

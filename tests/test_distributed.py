@@ -20,7 +20,8 @@ from click.testing import CliRunner
 
 from diffprobe.features.cache import FeatureSet
 from diffprobe.study.config import StudyConfig
-from diffprobe.study.run import plan_jobs, run_study
+from diffprobe.study.plan import plan_jobs
+from diffprobe.study.run import run_study
 from diffprobe.utils.distributed import DistContext, rank_share
 
 DATA = "probeworld:tiny@train_size=24,val_size=8,test_size=8,num_tracks=8"

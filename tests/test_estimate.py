@@ -17,7 +17,7 @@ from diffprobe.cli import main
 from diffprobe.models import WALT, WALTConfig
 from diffprobe.study.config import StudyConfig
 from diffprobe.study.estimate import StageCost, StudyCost, count_flops, estimate_study
-from diffprobe.study.run import plan_jobs
+from diffprobe.study.plan import plan_jobs
 
 MINI = ["dataset=probeworld:tiny@train_size=48,val_size=16,test_size=16", "probe_seeds=[0]",
         'sweep_tasks=["action"]', "noise_sweep=[0,200]", "block_sweep=[2,4]", "tasks=[\"action\",\"depth\"]"]

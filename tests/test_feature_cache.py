@@ -42,7 +42,7 @@ def test_cache_round_trip_and_resume(tmp_path) -> None:
     cache = FeatureCache(tmp_path / "cache")
     key = FeatureKey("noisy-mean", "toy", "train", "clip", block=0, t=500.0, noise_seed=3)
     bb = NoisyMeanBackbone()
-    keys = extract_features(bb, _videos, 10, key, [0, 1], cache, batch_size=3, shard_size=4,
+    keys = extract_features(bb.features, bb.device, _videos, 10, key, [0, 1], cache, batch_size=3, shard_size=4,
                             dtype=torch.float32, progress=False)
     assert [k.block for k in keys] == [0, 1] and all(cache.is_complete(k) for k in keys)
     idx, feats = cache.open(keys[1]).load_all()
@@ -52,10 +52,11 @@ def test_cache_round_trip_and_resume(tmp_path) -> None:
     assert torch.equal(feats, expect)
     # a second call is a no-op; a different noise seed gives different features
     calls = bb.calls
-    extract_features(bb, _videos, 10, key, [0, 1], cache, batch_size=3, shard_size=4, progress=False)
+    extract_features(bb.features, bb.device, _videos, 10, key, [0, 1], cache, batch_size=3, shard_size=4,
+                     progress=False)
     assert bb.calls == calls
-    other = extract_features(bb, _videos, 10, FeatureKey(**{**key.__dict__, "noise_seed": 4}), [1], cache,
-                             shard_size=4, dtype=torch.float32, progress=False)[0]
+    other = extract_features(bb.features, bb.device, _videos, 10, FeatureKey(**{**key.__dict__, "noise_seed": 4}),
+                             [1], cache, shard_size=4, dtype=torch.float32, progress=False)[0]
     assert not torch.equal(cache.open(other).load_all()[1], feats)
 
 
@@ -71,11 +72,12 @@ def test_interrupted_extraction_keeps_finished_shards(tmp_path) -> None:
 
     first_frame = lambda ids: VIEWS["frame0"](_videos(ids))  # noqa: E731
     with pytest.raises(KeyboardInterrupt):
-        extract_features(Dies(), first_frame, 10, key, [0], cache, batch_size=4, shard_size=4, progress=False)
+        extract_features(Dies().features, torch.device("cpu"), first_frame, 10, key, [0], cache, batch_size=4,
+                         shard_size=4, progress=False)
     assert cache.has_shard(key, 0) and not cache.has_shard(key, 1) and not cache.is_complete(key)
     bb = NoisyMeanBackbone()
-    extract_features(bb, first_frame, 10, key, [0], cache, batch_size=4, shard_size=4, dtype=torch.float32,
-                     progress=False)
+    extract_features(bb.features, bb.device, first_frame, 10, key, [0], cache, batch_size=4, shard_size=4,
+                     dtype=torch.float32, progress=False)
     assert bb.calls == 2  # only shards 1 and 2 were computed
     idx, feats = cache.open(key).load_all()
     assert feats.shape == (10, 1, 2, 2, 3)  # frame0 view: one frame

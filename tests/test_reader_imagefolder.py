@@ -24,6 +24,7 @@ from diffprobe.config import ConfigError  # noqa: E402
 from diffprobe.data.dataset import DatasetError  # noqa: E402
 from diffprobe.data.readers.imagefolder import ImageFolderDataset, open_imagefolder  # noqa: E402
 from diffprobe.data.registry import open_dataset  # noqa: E402
+from diffprobe.spec import DatasetSpec
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def root(source: Path, tmp_path: Path) -> Path:
 
 
 def open_i(path: Path, **options: object) -> ImageFolderDataset:
-    return open_imagefolder(str(path), {"size": 24, **options}, f"imagefolder:{path}")
+    return open_imagefolder(DatasetSpec("imagefolder", str(path), tuple({"size": 24, **options}.items())))
 
 
 def expected(split: str) -> tuple[list[str], list[int]]:
@@ -93,11 +94,11 @@ def test_crop_and_stretch_match_pillow(source: Path) -> None:
 
 
 def test_options(source: Path) -> None:
-    assert (open_imagefolder(str(source), {}, "x").opts.size, open_imagefolder(str(source), {}, "x").opts.resize) == (
-        128, "crop")
+    opts = open_imagefolder(DatasetSpec("imagefolder", str(source))).opts
+    assert (opts.size, opts.resize) == (128, "crop")
     with pytest.raises(ConfigError, match=re.escape("unknown key(s) ['frames']; known keys are ['on_bad', 'resize', "
                                                     "'size']")):
-        open_imagefolder(str(source), {"frames": 1}, "imagefolder:x@frames=1")
+        open_imagefolder(DatasetSpec("imagefolder", str(source), tuple({"frames": 1}.items())))
     ds = open_dataset(f"imagefolder:{source}@size=24")
     assert isinstance(ds, ImageFolderDataset) and ds.identity == open_i(source).identity
 

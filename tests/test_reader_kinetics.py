@@ -32,6 +32,7 @@ from diffprobe.data.dataset import DatasetError  # noqa: E402
 from diffprobe.data.decode import read_video  # noqa: E402
 from diffprobe.data.readers.kinetics import KineticsDataset, open_kinetics  # noqa: E402
 from diffprobe.data.registry import open_dataset  # noqa: E402
+from diffprobe.spec import DatasetSpec
 
 SMALL = {"frames": 4, "stride": 2, "size": 32}
 
@@ -48,7 +49,7 @@ def root(source: Path, tmp_path: Path) -> Path:
 
 
 def open_k(path: Path, **options: object) -> KineticsDataset:
-    return open_kinetics(str(path), {**SMALL, **options}, f"kinetics:{path}")
+    return open_kinetics(DatasetSpec("kinetics", str(path), tuple({**SMALL, **options}.items())))
 
 
 def expected_actions(stem: str) -> list[int]:
@@ -75,7 +76,7 @@ def test_fields_splits_labels(source: Path) -> None:
 
 
 def test_defaults_and_too_short_clip(source: Path) -> None:
-    ds = open_kinetics(str(source), {}, "kinetics:x")
+    ds = open_kinetics(DatasetSpec("kinetics", str(source), ()))
     assert (ds.opts.frames, ds.opts.stride, ds.opts.size, ds.opts.resize, ds.opts.start) == (16, 4, 128, "crop",
                                                                                              "center")
     path = kinetics_clip_path(source, "train", KINETICS_ROWS["train"][0])
@@ -186,9 +187,9 @@ def test_identity(root: Path) -> None:
 
 def test_options_and_registry(source: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['fps'\].*known keys are .*'stride'"):
-        open_kinetics(str(source), {"fps": 2}, "kinetics:x@fps=2")
+        open_kinetics(DatasetSpec("kinetics", str(source), tuple({"fps": 2}.items())))
     with pytest.raises(ConfigError, match="start"):
-        open_kinetics(str(source), {"start": "middle"}, "kinetics:x@start=middle")
+        open_kinetics(DatasetSpec("kinetics", str(source), tuple({"start": "middle"}.items())))
     ds = open_dataset(f"kinetics:{source}@frames=4,stride=2,size=32,on_bad=skip")
     assert isinstance(ds, KineticsDataset) and ds.on_bad == "skip" and ds.height == 32
     assert ds.identity == open_k(source, on_bad="skip").identity

@@ -14,14 +14,14 @@ from diffprobe.config import ConfigError
 from diffprobe.data.dataset import DatasetError
 from diffprobe.data.readers.re10k import open_re10k
 from diffprobe.data.registry import open_dataset
+from diffprobe.spec import DatasetSpec
 
 TRAIN = ("0a1b2c3d4e5f6a7b", "1f2e3d4c5b6a7980")
 TEST = ("fedcba9876543210",)
 
 
 def re10k(root: Path, **options) -> object:
-    spec = f"re10k:{root}" + ("@" + ",".join(f"{k}={v}" for k, v in options.items()) if options else "")
-    return open_re10k(str(root), options, spec)
+    return open_re10k(DatasetSpec("re10k", str(root), tuple(options.items())))
 
 
 def have_bikes() -> bool:

@@ -28,13 +28,13 @@ from diffprobe.config import ConfigError  # noqa: E402
 from diffprobe.data.dataset import DatasetError  # noqa: E402
 from diffprobe.data.readers.scannet import ScanNetOptions, open_scannet, select_windows, tile_windows  # noqa: E402
 from diffprobe.data.registry import open_dataset  # noqa: E402
+from diffprobe.spec import DatasetSpec
 
 SCENES = ("scene0000_00", "scene0001_00")
 
 
 def scannet(root: Path, **options) -> object:
-    spec = f"scannet:{root}" + ("@" + ",".join(f"{k}={v}" for k, v in options.items()) if options else "")
-    return open_scannet(str(root), options, spec)
+    return open_scannet(DatasetSpec("scannet", str(root), tuple(options.items())))
 
 
 @pytest.fixture(scope="module")

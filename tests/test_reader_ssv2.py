@@ -31,6 +31,7 @@ from diffprobe.data.dataset import DatasetError  # noqa: E402
 from diffprobe.data.decode import read_video  # noqa: E402
 from diffprobe.data.readers.ssv2 import SSv2Dataset, open_ssv2  # noqa: E402
 from diffprobe.data.registry import open_dataset  # noqa: E402
+from diffprobe.spec import DatasetSpec  # noqa: E402
 
 SMALL = {"frames": 4, "stride": 2, "size": 32}
 VIDEOS = "20bn-something-something-v2"
@@ -48,7 +49,7 @@ def root(source: Path, tmp_path: Path) -> Path:
 
 
 def open_s(path: Path, **options: object) -> SSv2Dataset:
-    return open_ssv2(str(path), {**SMALL, **options}, f"ssv2:{path}")
+    return open_ssv2(DatasetSpec("ssv2", str(path), tuple({**SMALL, **options}.items())))
 
 
 def expected_actions(stem: str) -> list[int]:
@@ -84,7 +85,7 @@ def test_fields_splits_labels(source: Path) -> None:
 
 
 def test_defaults_and_too_short_video(source: Path) -> None:
-    ds = open_ssv2(str(source), {}, "ssv2:x")
+    ds = open_ssv2(DatasetSpec("ssv2", str(source), ()))
     assert (ds.opts.frames, ds.opts.stride, ds.opts.size, ds.opts.resize, ds.opts.start) == (16, 2, 128, "crop",
                                                                                              "center")
     path = video_path(source, "train", 0)
@@ -135,7 +136,7 @@ def test_template_missing_from_labels(root: Path) -> None:
     labels.write_text(json.dumps({**data, "Holding something next to something": "3"}))
     train.write_text(json.dumps([{"label": "no id"}]))
     with pytest.raises(DatasetError, match=f"{train}: entry 0 is not an object with 'id' and 'template'"):
-        open_ssv2(str(root), {}, "ssv2:x")
+        open_ssv2(DatasetSpec("ssv2", str(root), ()))
 
 
 def test_missing_video_error_and_skip(root: Path) -> None:
@@ -165,6 +166,6 @@ def test_identity(root: Path) -> None:
 
 def test_options_and_registry(source: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['split'\].*known keys are .*'frames'"):
-        open_ssv2(str(source), {"split": "test"}, "ssv2:x@split=test")
+        open_ssv2(DatasetSpec("ssv2", str(source), tuple({"split": "test"}.items())))
     ds = open_dataset(f"ssv2:{source}@frames=4,stride=2,size=32")
     assert isinstance(ds, SSv2Dataset) and ds.identity == open_s(source).identity

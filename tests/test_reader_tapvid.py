@@ -24,10 +24,11 @@ from diffprobe.data.readers import tapvid
 from diffprobe.data.readers.tapvid import TapVidDataset, open_tapvid
 from diffprobe.data.transforms import apply_video, plan_geometry
 from diffprobe.metrics.tapvid import sample_queries
+from diffprobe.spec import DatasetSpec
 
 
 def _open(path: Path, spec_opts: str = "", **options) -> TapVidDataset:
-    return open_tapvid(str(path), options, f"tapvid:{path}{spec_opts}")
+    return open_tapvid(DatasetSpec("tapvid", str(path), tuple(options.items())))
 
 
 def _record(path: Path, name: str) -> dict:

@@ -13,8 +13,10 @@ import pytest
 from diffprobe.metrics import paired_difference
 from diffprobe.study import run as study_run
 from diffprobe.study.config import StudyConfig
-from diffprobe.study.run import headline_table, plan_jobs, run_study
+from diffprobe.study.plan import plan_jobs
+from diffprobe.study.run import run_study
 from diffprobe.study.store import ResultsStore
+from diffprobe.study.tables import headline_table
 from diffprobe.tasks import TASKS
 
 MINI = [
@@ -182,7 +184,7 @@ def test_each_stage_prints_a_line_and_quick_says_it_measures_nothing(mini, capsy
 
 
 def test_tiny_more_extends_a_tiny_run(tmp_path) -> None:
-    from diffprobe.study.run import check_artifacts
+    from diffprobe.study.artifacts import check_artifacts
 
     tiny, more = StudyConfig.preset("tiny"), StudyConfig.preset("tiny-more")
     check_artifacts(tiny, more, tmp_path / "study_config.json")  # same trained artifacts, one more size: allowed

@@ -63,7 +63,7 @@ def check_cmd(spec: str, dataset: str | None, ts: tuple[float, ...], clips: int,
     if backbone.encoder is None or not hasattr(backbone, "denoise"):
         raise InputError(f"{spec}: {type(backbone).__name__} is not a latent diffusion model; nothing to "
                                    "denoise")
-    data = dataset or rb.trained_on or "probeworld:tiny"
+    data = rb.dataset_or_default(dataset)
     test = resolve_roles(dict.fromkeys(ROLES, data))["test"].clips
     n = min(clips, len(test))
     video = torch.from_numpy(np.stack([c["video"] for c in test.batch(range(n))])).to(backbone.device)

@@ -64,17 +64,9 @@ class ExternalOptions(Config):
         return DTYPES[self.dtype]
 
 
-def parse_options(cls: type[ExternalOptions], options: dict[str, str], spec: str) -> ExternalOptions:
-    """Typed options from a spec's ``KEY=VALUE`` strings; unknown keys are an error listing the known ones."""
-    import json
-
-    values: dict[str, Any] = {}
-    for key, text in options.items():
-        try:
-            values[key] = json.loads(text)
-        except json.JSONDecodeError:
-            values[key] = text
-    return cls.from_dict(values, where=f"backbone spec {spec!r}")
+def parse_options(cls: type[ExternalOptions], options: dict[str, Any], spec: str) -> ExternalOptions:
+    """Typed options from a spec's parsed ``KEY=VALUE`` pairs; unknown keys are an error listing the known ones."""
+    return cls.from_dict(options, where=f"backbone spec {spec!r}")
 
 
 def require_files(folder: Path, *names: str) -> None:

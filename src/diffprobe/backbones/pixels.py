@@ -7,14 +7,24 @@ about any model (docs/uncertainty.md keeps that ladder, pixels -> latents -> unt
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
 from einops import rearrange
 
 from diffprobe.backbones.base import Backbone
+from diffprobe.config import Config
 from diffprobe.errors import InputError
 from diffprobe.models import frames_to_input
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelOptions(Config):
+    """Options of ``pixels``."""
+
+    patch: int = 4  #: pixels per token side
+    tubelet: int = 1  #: frames per token
 
 
 class PixelBackbone(Backbone):

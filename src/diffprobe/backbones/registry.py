@@ -1,16 +1,17 @@
-"""Backbones by spec: ``KIND[@OPTIONS]:PATH``, resolved through one registry (kind -> factory).
+"""Backbones by spec: ``KIND:PATH[@KEY=VALUE,...]`` (the grammar of :mod:`diffprobe.spec`), resolved through one
+registry (kind -> factory).
 
 | spec | backbone |
 | ``walt:RUN`` | a trained WALT twin (its run's mode: image or video), exported EMA weights |
-| ``walt@STEP:RUN`` (``walt@step=STEP:RUN``) | the same twin at training checkpoint STEP (EMA weights) |
-| ``walt-untrained:RUN`` | the same architecture and tokenizer as RUN, randomly initialised (``seed``, default 0) |
+| ``walt:RUN@step=STEP`` | the same twin at training checkpoint STEP (EMA weights) |
+| ``walt-untrained:RUN[@seed=S]`` | the same architecture and tokenizer as RUN, randomly initialised (seed 0) |
 | ``latents:RUN`` | the tokenizer latents themselves (RUN: a tokenizer run or a twin run), video mode |
 | ``pixels[@patch=P,tubelet=U]`` | the clip's own RGB in P x P x U patches (defaults 4 and 1); no path |
 
-Options are ``KEY=VALUE`` pairs separated by commas; each kind declares the ones it takes, so an unknown option is an
-error listing the known ones. The caller chooses the data: a backbone knows only the spec of the data its weights
-were trained on (``trained_on``), which commands use as their default dataset. A kind that reads no files
-(``pixels``) takes no ``:PATH``.
+Each kind declares the options it takes as a typed config, so an unknown option is an error listing the known ones.
+The caller chooses the data: a backbone knows only the spec of the data its weights were trained on
+(``trained_on``), which commands use as their default dataset. A kind that reads no files (``pixels``) takes no
+``:PATH``.
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from diffprobe.backbones.base import Backbone
-from diffprobe.backbones.pixels import PixelBackbone
+from diffprobe.backbones.pixels import PixelBackbone, PixelOptions
 from diffprobe.backbones.walt import LatentBackbone, WALTBackbone
+from diffprobe.config import Config
 from diffprobe.data.dataset import ClipDataset
-from diffprobe.errors import DiffprobeError
+from diffprobe.data.registry import DEFAULT_DATASET
 from diffprobe.models import WALT
 from diffprobe.models.exports import (
     check_clip_size,
@@ -38,10 +40,7 @@ from diffprobe.models.exports import (
     resolve_recorded_spec,
     run_kind,
 )
-
-
-class SpecError(DiffprobeError, ValueError):
-    """A backbone spec is malformed, names an unknown kind, or gives an option the kind does not take."""
+from diffprobe.spec import BackboneSpec, SpecError
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,11 @@ class ResolvedBackbone:
     trained_on: str | None  #: dataset spec its weights were trained on, when known
     #: clip size (frames, height, width) its weights were trained on, when known (our runs); other sizes need asking
     trained_size: tuple[int, int, int] | None = None
+
+    def dataset_or_default(self, dataset: str | None) -> str:
+        """The dataset a command reads: the one asked for, else the one the weights were trained on, else
+        :data:`~diffprobe.data.registry.DEFAULT_DATASET`."""
+        return dataset or self.trained_on or DEFAULT_DATASET
 
     def check_clips(self, datasets: Iterable[ClipDataset], spec: str, allow_size_change: bool) -> None:
         """Before any clip is read: each dataset's frames are the size the weights were trained on (unless
@@ -65,30 +69,43 @@ class ResolvedBackbone:
             block_shapes(self.backbone, *shape)
 
 
-#: a factory: (path, options, spec, device) -> resolved backbone
-Factory = Callable[[Path, dict[str, str], str, torch.device], ResolvedBackbone]
+#: a factory: (path, options, spec text, device) -> resolved backbone
+Factory = Callable[[Path, dict[str, Any], str, torch.device], ResolvedBackbone]
 
 
-def _options(spec: str, options: dict[str, str], known: dict[str, type]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise SpecError(f"backbone spec {spec!r}: unknown option(s) {unknown}; this kind takes {sorted(known)}")
-    out = {}
-    for key, value in options.items():
-        try:
-            out[key] = known[key](value)
-        except ValueError as e:
-            raise SpecError(f"backbone spec {spec!r}: option {key}={value!r} is not a {known[key].__name__}") from e
-    return out
+@dataclass(frozen=True)
+class WaltOptions(Config):
+    """Options of ``walt``."""
+
+    step: int | None = None  #: a training checkpoint's step (EMA weights); none: the exported weights
 
 
-def _walt(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
-    opts = _options(spec, options, {"step": int})
+@dataclass(frozen=True)
+class UntrainedOptions(Config):
+    """Options of ``walt-untrained``."""
+
+    seed: int = 0  #: the seed of the random initialisation
+
+
+@dataclass(frozen=True)
+class NoOptions(Config):
+    """A kind that takes no options."""
+
+
+C = TypeVar("C", bound=Config)
+
+
+def _typed(cls: type[C], options: dict[str, Any], spec: str) -> C:
+    return cls.from_dict(options, where=f"backbone spec {spec!r}")
+
+
+def _walt(path: Path, options: dict[str, Any], spec: str, device: torch.device) -> ResolvedBackbone:
+    opts = _typed(WaltOptions, options, spec)
     run = read_walt_run(path)
     tokenizer, tok_meta = load_tokenizer(run.tokenizer_dir)
     encoder = latents_identity(tok_meta["sha256"], run.mode)
-    if "step" in opts:
-        step = opts["step"]
+    if opts.step is not None:
+        step = opts.step
         denoiser, identity = run.checkpoint(step), f"walt-{run.mode}-{run.sha256[:12]}-step{step}"
     else:
         step, denoiser, identity = run.step, run.denoiser(), f"walt-{run.mode}-{run.sha256[:12]}"
@@ -96,8 +113,8 @@ def _walt(path: Path, options: dict[str, str], spec: str, device: torch.device) 
                             run.mode, step, run.dataset, export_clip_size(path))
 
 
-def _walt_untrained(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
-    seed = _options(spec, options, {"seed": int}).get("seed", 0)  # documented default: seed 0
+def _walt_untrained(path: Path, options: dict[str, Any], spec: str, device: torch.device) -> ResolvedBackbone:
+    seed = _typed(UntrainedOptions, options, spec).seed
     run = read_walt_run(path)
     tokenizer, tok_meta = load_tokenizer(run.tokenizer_dir)
     torch.manual_seed(seed)
@@ -108,18 +125,17 @@ def _walt_untrained(path: Path, options: dict[str, str], spec: str, device: torc
     return ResolvedBackbone(backbone, run.mode, 0, run.dataset, export_clip_size(path))
 
 
-def _latents(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
-    _options(spec, options, {})
+def _latents(path: Path, options: dict[str, Any], spec: str, device: torch.device) -> ResolvedBackbone:
+    _typed(NoOptions, options, spec)
     tok_run = path if run_kind(path) == "tokenizer" else read_walt_run(path).tokenizer_dir
     tokenizer, meta = load_tokenizer(tok_run)
     return ResolvedBackbone(LatentBackbone(tokenizer, latents_identity(meta["sha256"], "video"), device), "video", 0,
                             resolve_recorded_spec(tok_run, meta["config"]["dataset"]), export_clip_size(tok_run))
 
 
-def _pixels(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
-    opts = _options(spec, options, {"patch": int, "tubelet": int})
-    patch, tubelet = opts.get("patch", 4), opts.get("tubelet", 1)  # documented defaults (module docstring)
-    return ResolvedBackbone(PixelBackbone(patch, tubelet, device), "video", 0, None)
+def _pixels(path: Path, options: dict[str, Any], spec: str, device: torch.device) -> ResolvedBackbone:
+    opts = _typed(PixelOptions, options, spec)
+    return ResolvedBackbone(PixelBackbone(opts.patch, opts.tubelet, device), "video", 0, None)
 
 
 #: the packages of the ``hf`` extra, which the external kinds import when they load a model
@@ -130,7 +146,7 @@ def _lazy(target: str) -> Factory:
     """A factory that imports ``module:function`` on first use (diffusers / transformers load only when asked)."""
     module, attr = target.split(":")
 
-    def factory(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
+    def factory(path: Path, options: dict[str, Any], spec: str, device: torch.device) -> ResolvedBackbone:
         try:
             return getattr(importlib.import_module(module), attr)(path, options, spec, device)
         except ImportError as e:
@@ -179,30 +195,23 @@ BLOCKLESS_KINDS = frozenset({"latents", "pixels"})
 PATHLESS_KINDS = frozenset({"pixels"})
 
 
-def parse_backbone_spec(spec: str) -> tuple[str, dict[str, str], str]:
-    """``KIND[@OPTIONS]:PATH`` -> ``(kind, options, path)``; ``walt@STEP`` is short for ``walt@step=STEP``; a
-    kind in :data:`PATHLESS_KINDS` has no ``:PATH``."""
-    head, sep, path = spec.partition(":")
-    pathless = head.partition("@")[0] in PATHLESS_KINDS
-    if pathless and sep:
-        raise SpecError(f"backbone spec {spec!r}: this kind reads no files; write it without ':PATH', e.g. "
+def parse_backbone_spec(spec: str | BackboneSpec) -> BackboneSpec:
+    """The typed spec (see :class:`~diffprobe.spec.BackboneSpec`): its kind known, and a ``:PATH`` exactly when the
+    kind reads files (:data:`PATHLESS_KINDS`)."""
+    parsed = BackboneSpec.parse(spec)
+    if parsed.kind not in BACKBONES:
+        raise SpecError(f"backbone spec {str(spec)!r}: unknown kind {parsed.kind!r}; known kinds are "
+                        f"{sorted(BACKBONES)}")
+    pathless = parsed.kind in PATHLESS_KINDS
+    if pathless and parsed.path:
+        raise SpecError(f"backbone spec {str(spec)!r}: this kind reads no files; write it without ':PATH', e.g. "
                         f"pixels@patch=4,tubelet=1")
-    if not pathless and (not sep or not head or not path):
-        raise SpecError(f"backbone spec {spec!r}: expected KIND[@OPTIONS]:PATH, e.g. walt:runs/video; known kinds "
-                        f"are {sorted(BACKBONES)}")
-    kind, _, text = head.partition("@")
-    options: dict[str, str] = {}
-    for item in filter(None, text.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            key, value = "step", item  # walt@400
-        options[key.strip()] = value.strip()
-    return kind, options, path
+    if not pathless and not parsed.path:
+        raise SpecError(f"backbone spec {str(spec)!r}: expected {BackboneSpec.EXAMPLE}")
+    return parsed
 
 
-def load_backbone(spec: str, device: torch.device) -> ResolvedBackbone:
+def load_backbone(spec: str | BackboneSpec, device: torch.device) -> ResolvedBackbone:
     """Resolve a spec (see the module docstring); errors name the spec and the problem."""
-    kind, options, path = parse_backbone_spec(spec)
-    if kind not in BACKBONES:
-        raise SpecError(f"backbone spec {spec!r}: unknown kind {kind!r}; known kinds are {sorted(BACKBONES)}")
-    return BACKBONES[kind](Path(path), options, spec, device)
+    parsed = parse_backbone_spec(spec)
+    return BACKBONES[parsed.kind](Path(parsed.path), parsed.option_dict(), str(parsed), device)

@@ -81,8 +81,15 @@ class ClipSequence(Dataset):
     workers streams it; no split is ever held whole in memory.
     """
 
-    #: identity of the dataset + split (+ subset): names the sequence in cache keys and messages
-    name: str
+    #: the identity of the dataset the clips come from, and which part of it they are (a split, or a seeded part
+    #: of one): together they name the sequence in cache keys and messages
+    dataset: str
+    part: str
+
+    @property
+    def name(self) -> str:
+        """``DATASET/PART``: the sequence's name in messages and file names."""
+        return f"{self.dataset}/{self.part}"
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -121,9 +128,9 @@ class ClipSequence(Dataset):
 class IndexedClips(ClipSequence):
     """A split given by a list of index entries and a function decoding one entry into a Clip."""
 
-    def __init__(self, name: str, entries: Sequence[Any], load: Callable[[Any], Clip],
+    def __init__(self, dataset: str, part: str, entries: Sequence[Any], load: Callable[[Any], Clip],
                  describe: Callable[[Any], str] = str, labels: dict[str, np.ndarray] | None = None) -> None:
-        self.name = name
+        self.dataset, self.part = dataset, part
         self.entries = list(entries)
         self._load = load
         self._describe = describe
@@ -145,12 +152,13 @@ class IndexedClips(ClipSequence):
 
 
 class Subset(ClipSequence):
-    """Clips ``indices`` of another sequence, renumbered 0..n-1 (a seeded part of a split, the good clips)."""
+    """Clips ``indices`` of another sequence, renumbered 0..n-1 (a seeded part of a split, the good clips); ``part``
+    names it within the dataset (the base's part when it stands for the same clips)."""
 
-    def __init__(self, base: ClipSequence, indices: Sequence[int], name: str) -> None:
+    def __init__(self, base: ClipSequence, indices: Sequence[int], part: str) -> None:
         self.base = base
         self.indices = [int(i) for i in indices]
-        self.name = name
+        self.dataset, self.part = base.dataset, part
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -227,7 +235,7 @@ class ClipDataset(ABC):
             else:
                 good.append(i)
         self.skipped.setdefault(split, []).extend(bad)  # beside what the reader's index already left out
-        return Subset(seq, good, seq.name) if bad else seq
+        return Subset(seq, good, seq.part) if bad else seq
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary (what ``diffprobe data info`` prints)."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from diffprobe.data.dataset import ClipDataset, ClipSequence, DatasetError, Subset
 from diffprobe.data.registry import open_dataset
+from diffprobe.spec import DatasetSpec
 
 ROLES: tuple[str, ...] = ("train", "val", "test")
 
@@ -31,12 +32,6 @@ class RoleData:
     dataset: ClipDataset
     clips: ClipSequence
     source: str  #: "SPLIT", or "SPLIT part ROLE of a:b:c (seed S)" for a carved role
-
-
-def split_ref(spec: str) -> tuple[str, str | None]:
-    """``SPEC#SPLIT`` -> ``(SPEC, SPLIT)``; ``SPEC`` -> ``(SPEC, None)``."""
-    base, sep, split = spec.rpartition("#")
-    return (base, split) if sep and split and base else (spec, None)
 
 
 def _plan(splits: tuple[str, ...], roles: list[str]) -> tuple[dict[str, str], list[str], str | None]:
@@ -82,7 +77,7 @@ def _carve(seq: ClipSequence, roles: list[str], divide: tuple[float, float, floa
     for role, hi in zip(roles, bounds, strict=True):
         if hi <= lo:
             raise DatasetError(f"{seq.name}: {len(seq)} clips are too few to divide {ratio} among {roles}")
-        out[role] = Subset(seq, np.sort(order[lo:hi]), f"{seq.name}-{role}-of-{ratio}-seed{seed}")
+        out[role] = Subset(seq, np.sort(order[lo:hi]), f"{seq.part}-{role}-of-{ratio}-seed{seed}")
         lo = hi
     return out
 
@@ -93,13 +88,14 @@ def resolve_roles(specs: Mapping[str, str], divide: tuple[float, float, float] =
     unknown = sorted(set(specs) - set(ROLES))
     if unknown:
         raise DatasetError(f"unknown role(s) {unknown}; roles are {list(ROLES)}")
-    groups: dict[str, list[str]] = {}
+    groups: dict[DatasetSpec, list[str]] = {}
     out: dict[str, RoleData] = {}
-    opened: dict[str, ClipDataset] = {}
+    opened: dict[DatasetSpec, ClipDataset] = {}
     for role in ROLES:
         if role not in specs:
             continue
-        base, split = split_ref(specs[role])
+        ref = DatasetSpec.parse(specs[role])
+        base, split = ref.whole(), ref.split
         if base not in opened:
             opened[base] = open_dataset(base)
         if split is not None:
@@ -112,7 +108,7 @@ def resolve_roles(specs: Mapping[str, str], divide: tuple[float, float, float] =
         for role, split in whole.items():
             out[role] = RoleData(ds, ds.clips(split), split)
         if carved and source is None:
-            raise DatasetError(f"dataset {base!r}: cannot tell which of its splits {list(ds.splits)} to use for "
+            raise DatasetError(f"dataset {str(base)!r}: cannot tell which of its splits {list(ds.splits)} to use for "
                                f"{carved}; name one with {base}#SPLIT")
         if carved:
             ratio = ":".join(f"{s:g}" for s in divide)

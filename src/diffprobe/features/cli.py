@@ -56,7 +56,7 @@ def extract_cmd(spec: str, dataset: str | None, blocks: tuple[int, ...], t: floa
     try:
         resolved = load_backbone(spec, ctx.device)
         resolved.backbone.check_request(blocks, t, noise_seed, ensemble)  # refused before any clip is read
-        ds = open_dataset(dataset or resolved.trained_on or "probeworld:tiny")
+        ds = open_dataset(resolved.dataset_or_default(dataset))
         resolved.check_clips([ds], spec, allow_size_change)
         cache = FeatureCache(cache_dir)
         for split in splits or ds.splits:

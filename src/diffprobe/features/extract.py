@@ -15,7 +15,6 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 
-from diffprobe.backbones.base import Backbone
 from diffprobe.errors import MissingFile
 from diffprobe.features.cache import FeatureCache, FeatureKey
 from diffprobe.utils.distributed import DistContext, broadcast_object, rank_share, wait_for_all
@@ -23,6 +22,13 @@ from diffprobe.utils.lock import folder_lock
 
 #: seconds rank 0 waits for the other ranks' shards to appear before it calls the cache unshared
 SHARED_DISK_GRACE = 60.0
+
+#: clips per forward of an extraction, clips per shard, and the dtype features are stored in, unless a caller asks
+EXTRACT_BATCH, SHARD_CLIPS, FEATURE_DTYPE = 32, 256, torch.float16
+
+#: ``forward(inputs, clip_ids, blocks, t, noise_seed, ensemble) -> {block: (n, T_f, H_f, W_f, C)}``: what an
+#: extraction computes (a backbone's ``features`` or ``features_from_encoded``)
+Forward = Callable[[torch.Tensor, torch.Tensor, Sequence[int], float, int, int], dict[int, torch.Tensor]]
 
 #: view name -> function from videos (n, T, H, W, 3) to the backbone's input
 VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -32,23 +38,23 @@ VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def extract_features(
-    backbone: Backbone,
+    forward: Forward,
+    device: torch.device,
     load_inputs: Callable[[Sequence[int]], torch.Tensor],
     num_clips: int,
     key: FeatureKey,
     blocks: Sequence[int],
     cache: FeatureCache,
-    batch_size: int = 32,
-    shard_size: int = 256,
-    dtype: torch.dtype = torch.float16,
-    encoded: bool = False,
+    batch_size: int = EXTRACT_BATCH,
+    shard_size: int = SHARD_CLIPS,
+    dtype: torch.dtype = FEATURE_DTYPE,
     progress: bool = True,
     ctx: DistContext | None = None,
 ) -> list[FeatureKey]:
-    """Extract ``backbone`` features of clips ``0..num_clips-1`` at every block in ``blocks`` into ``cache``.
+    """Compute ``forward`` (on ``device``) of clips ``0..num_clips-1`` at every block in ``blocks`` into ``cache``.
 
-    ``load_inputs(indices)`` gives the backbone's input for those clips: uint8 videos (n, T, H, W, 3), or, with
-    ``encoded``, the output of ``backbone.encoder`` (fed to ``backbone.features_from_encoded``); a source with an
+    ``load_inputs(indices)`` gives ``forward``'s input for those clips: uint8 videos (n, T, H, W, 3) for a
+    backbone's ``features``, or the output of its ``encoder`` for ``features_from_encoded``; a source with an
     ``iterate(batches)`` method (:class:`~diffprobe.features.sources.VideoInputs`) reads its batches ahead.
     ``key`` gives everything but the block (its ``block`` field is ignored). Shards already on disk for every block
     are skipped, so an interrupted run resumes where it stopped. Returns the keys.
@@ -57,7 +63,6 @@ def extract_features(
     (the work left is rank 0's view of the disk, broadcast), only rank 0 shows progress (of its shards) and writes
     ``complete.json``, and every rank returns once the features are complete.
     """
-    forward = backbone.features_from_encoded if encoded else backbone.features
     read = getattr(load_inputs, "iterate", None) or (lambda batches: map(load_inputs, batches))
     distributed = ctx is not None and ctx.is_distributed
     keys = [replace(key, block=b) for b in blocks]
@@ -68,7 +73,7 @@ def extract_features(
         return keys
     # one extraction writes a (backbone, clips, view) folder at a time: a second process is refused, not mixed in
     with folder_lock(cache.path(key).parent, what="feature extraction"):
-        _extract_shards(forward, read, backbone.device, num_clips, key, todo, cache, batch_size, shard_size, dtype,
+        _extract_shards(forward, read, device, num_clips, key, todo, cache, batch_size, shard_size, dtype,
                         progress, ctx, distributed)
     return keys
 

@@ -1,8 +1,8 @@
 """Where the inputs of extraction come from: a split's clips (decoded in a ``DataLoader`` with workers, streamed
 batch by batch) or the cache itself (pixels rendered or decoded once, encoder outputs).
 
-Cache keys name a clip sequence by its ``name`` (dataset identity / split [/ part]), so clips of changed data, another
-split or another part never share a cache entry.
+Cache keys name a clip sequence by its dataset's identity and its part (a split, or a seeded part of one), so clips
+of changed data, another split or another part never share a cache entry.
 
 Given a distributed ``ctx`` (under torchrun), :func:`ensure_videos` and :func:`ensure_features` are collective: every
 rank calls them alike, the ranks extract their shares of the shards (see
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from diffprobe.backbones.base import Backbone
 from diffprobe.data.dataset import ClipSequence
 from diffprobe.features.cache import FeatureCache, FeatureKey, FeatureSet
-from diffprobe.features.extract import VIEWS, extract_features
+from diffprobe.features.extract import EXTRACT_BATCH, FEATURE_DTYPE, SHARD_CLIPS, VIEWS, extract_features
 from diffprobe.utils.distributed import DistContext, broadcast_object
 
 #: most bytes of clips held in one pixel shard before it is written (bounds the memory of caching a split)
@@ -29,9 +29,8 @@ PIXEL_SHARD_BYTES = 256 << 20
 
 
 def cache_names(clips: ClipSequence) -> tuple[str, str]:
-    """``(dataset, split)`` parts of a feature key for a clip sequence named ``DATASET/SPLIT...``."""
-    dataset, _, split = clips.name.partition("/")
-    return dataset, split.replace("/", "-") or "all"
+    """``(dataset, split)`` parts of a feature key for a clip sequence (a part name made one folder deep)."""
+    return clips.dataset, clips.part.replace("/", "-")
 
 
 def _as_list(clips: list) -> list:
@@ -63,16 +62,10 @@ class VideoInputs:
             yield self._stack(batch)
 
 
-class _Pixels(Backbone):
-    """The clips' own pixels as block 0, so decoded videos are cached with the features' sharded machinery."""
-
-    identity = "pixels"
-    num_blocks = 0
-    device = torch.device("cpu")
-
-    def features(self, video: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int], t: float,
-                 noise_seed: int, ensemble: int = 1) -> dict[int, torch.Tensor]:
-        return {0: video}
+def _clips_as_block0(video: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int], t: float, noise_seed: int,
+                     ensemble: int) -> dict[int, torch.Tensor]:
+    """The clips themselves as block 0: how decoded videos are cached with the features' sharded machinery."""
+    return {0: video}  # (n, T, H, W, 3) uint8
 
 
 def pixel_key(clips: ClipSequence) -> FeatureKey:
@@ -93,15 +86,16 @@ def ensure_videos(clips: ClipSequence, cache: FeatureCache, progress: bool = Tru
     if _missing([key], cache, ctx):
         clip_bytes = int(np.prod(clips[0]["video"].shape))
         shard = max(1, min(1024, PIXEL_SHARD_BYTES // clip_bytes))
-        extract_features(_Pixels(), VideoInputs(clips, "clip", workers), len(clips), key, [0], cache, batch_size=64,
-                         shard_size=shard, dtype=torch.uint8, progress=progress, ctx=ctx)
+        extract_features(_clips_as_block0, torch.device("cpu"), VideoInputs(clips, "clip", workers), len(clips), key,
+                         [0], cache, batch_size=64, shard_size=shard, dtype=torch.uint8, progress=progress, ctx=ctx)
     return cache.open(key)
 
 
 def ensure_features(backbone: Backbone, clips: ClipSequence, view: str, blocks: Sequence[int], t: float,
                     noise_seed: int, cache: FeatureCache, ensemble: int = 1, limit: int | None = None,
-                    batch_size: int = 32, dtype: torch.dtype = torch.float16, progress: bool = True,
-                    workers: int = 0, shard_size: int = 256, ctx: DistContext | None = None) -> dict[int, FeatureSet]:
+                    batch_size: int = EXTRACT_BATCH, dtype: torch.dtype = FEATURE_DTYPE, progress: bool = True,
+                    workers: int = 0, shard_size: int = SHARD_CLIPS, ctx: DistContext | None = None
+                    ) -> dict[int, FeatureSet]:
     """``backbone``'s features of a clip sequence (its first ``limit`` clips, or all) at every block, extracted once.
 
     A backbone with an ``encoder`` reads the encoder's output, itself cached once per sequence in float32 (for WALT:
@@ -119,10 +113,11 @@ def ensure_features(backbone: Backbone, clips: ClipSequence, view: str, blocks: 
             enc = ensure_features(backbone.encoder, clips, view, [0], 0.0, 0, cache, dtype=torch.float32,
                                   batch_size=batch_size, progress=progress, workers=workers, shard_size=shard_size,
                                   ctx=ctx)[0]
-            extract_features(backbone, enc.take, num, key, blocks, cache, batch_size=batch_size,
-                             shard_size=shard_size, dtype=dtype, encoded=True, progress=progress, ctx=ctx)
+            extract_features(backbone.features_from_encoded, backbone.device, enc.take, num, key, blocks, cache,
+                             batch_size=batch_size, shard_size=shard_size, dtype=dtype, progress=progress, ctx=ctx)
         else:
             videos = ensure_videos(clips, cache, progress=progress, workers=workers, ctx=ctx)
-            extract_features(backbone, lambda ids: VIEWS[view](videos.take(ids)), num, key, blocks, cache,
-                             batch_size=batch_size, shard_size=shard_size, dtype=dtype, progress=progress, ctx=ctx)
+            extract_features(backbone.features, backbone.device, lambda ids: VIEWS[view](videos.take(ids)), num, key,
+                             blocks, cache, batch_size=batch_size, shard_size=shard_size, dtype=dtype,
+                             progress=progress, ctx=ctx)
     return {k.block: cache.open(k) for k in keys}

@@ -49,7 +49,8 @@ def study_cmd(preset: str, out_dir: Path | None, config_file: Path | None, assig
         _print_estimate(cfg, peak_tflops, mfu, step_ms, devices)
         return
     from diffprobe.data.registry import skips_reported
-    from diffprobe.study.run import headline_table, run_study
+    from diffprobe.study.run import run_study
+    from diffprobe.study.tables import headline_table
     from diffprobe.utils.distributed import cleanup_distributed, setup_distributed
     from diffprobe.utils.lock import folder_lock
 

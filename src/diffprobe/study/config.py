@@ -9,9 +9,11 @@ from typing import Any, ClassVar
 from diffprobe.backbones.registry import BLOCKLESS_KINDS, parse_backbone_spec
 from diffprobe.config import Config, ConfigError
 from diffprobe.data import ProbeWorldConfig
+from diffprobe.data.registry import DEFAULT_DATASET
 from diffprobe.data.splits import ROLES
 from diffprobe.data.world.dataset import probeworld_spec
 from diffprobe.models import WALTConfig
+from diffprobe.spec import BackboneSpec
 from diffprobe.study.report_tasks import IMAGE, LATENTS, PIXELS, UNTRAINED, VIDEO
 from diffprobe.tasks import TASKS
 from diffprobe.tasks.probing import ProbeConfig
@@ -25,9 +27,9 @@ _TINY_WORLD = probeworld_spec(ProbeWorldConfig.preset("tiny").replace(train_size
 _TINY: dict[str, Any] = {
     "name": "probeworld-tiny",
     "dataset": _TINY_WORLD,
-    "tokenizer": {**TokenizerRunConfig.PRESETS["tiny"], "dataset": _TINY_WORLD},
-    "twin": {**DenoiserRunConfig.PRESETS["walt-tiny"], "dataset": _TINY_WORLD},
-    "feature_net": {**FeatureNetRunConfig.PRESETS["tiny"], "dataset": _TINY_WORLD},
+    "tokenizer": TokenizerRunConfig.PRESETS["tiny"],
+    "twin": DenoiserRunConfig.PRESETS["walt-tiny"],
+    "feature_net": FeatureNetRunConfig.PRESETS["tiny"],
     "probe": ProbeConfig.PRESETS["tiny"],
     "probe_seeds": [0, 1],
     "noise_sweep": [0.0, 200.0, 700.0],
@@ -48,8 +50,9 @@ _TINY_MORE: dict[str, Any] = {**_TINY, "noise_sweep": [0.0, 100.0, 200.0, 400.0,
 _QUICK_WORLD = probeworld_spec(ProbeWorldConfig.preset("tiny").replace(train_size=512, val_size=64, test_size=128))
 
 
-def _quick_run(preset: dict[str, Any], steps: int, **train: Any) -> dict[str, Any]:
-    return {**preset, "dataset": _QUICK_WORLD, "train": {**preset["train"], "steps": steps, **train}}
+def _train(run: dict[str, Any], **train: Any) -> dict[str, Any]:
+    """A run preset with ``train`` fields changed (its dataset is the study's: see StudyConfig.dataset)."""
+    return {**run, "train": {**run["train"], **train}}
 
 
 # A first look at the pipeline in a few minutes: every stage runs, on so little training that nothing is measured.
@@ -59,9 +62,9 @@ _QUICK: dict[str, Any] = {
     "caveat": "the quick preset shows the pipeline running end to end; its twins and probes are trained too little "
               "to measure anything. The default (tiny) preset is the one that measures the tasks.",
     "dataset": _QUICK_WORLD,
-    "tokenizer": _quick_run(_TINY["tokenizer"], 100, warmup_steps=10, ckpt_every=50),
-    "twin": _quick_run(_TINY["twin"], 200, ckpt_every=100, keep_steps=[100]),
-    "feature_net": _quick_run(_TINY["feature_net"], 50, warmup_steps=5, ckpt_every=25),
+    "tokenizer": _train(_TINY["tokenizer"], steps=100, warmup_steps=10, ckpt_every=50),
+    "twin": _train(_TINY["twin"], steps=200, ckpt_every=100, keep_steps=[100]),
+    "feature_net": _train(_TINY["feature_net"], steps=50, warmup_steps=5, ckpt_every=25),
     "probe": {**_TINY["probe"], "steps": 100, "warmup_steps": 10, "eval_every": 50},
     "probe_seeds": [0],
     "noise_sweep": [0.0, 200.0],
@@ -73,11 +76,6 @@ _QUICK: dict[str, Any] = {
 }
 
 
-def _on(world: str, run: dict[str, Any], **train: Any) -> dict[str, Any]:
-    """A run preset on the study's world, with ``train`` fields changed."""
-    return {**run, "dataset": world, "train": {**run["train"], **train}}
-
-
 _GPU_CAVEAT = ("a GPU preset that has not been run end to end: its wall time is an estimate from model FLOPs "
                "(`diffprobe study --preset {name} --estimate`) until its own timings.json measures it.")
 # The paper's layout on one GPU: the small world (64 px, 17 frames), walt-S twins (12 blocks, headline block 8 =
@@ -87,10 +85,10 @@ _SMALL: dict[str, Any] = {
     "name": "probeworld-small",
     "caveat": _GPU_CAVEAT.format(name="small"),
     "dataset": _SMALL_WORLD,
-    "tokenizer": _on(_SMALL_WORLD, TokenizerRunConfig.PRESETS["small"]),
-    "twin": _on(_SMALL_WORLD, DenoiserRunConfig.PRESETS["walt-S"], steps=50_000, keep_every=10_000),
-    "feature_net": _on(_SMALL_WORLD, FeatureNetRunConfig.PRESETS["tiny"], steps=3000, batch_size=64,
-                       warmup_steps=100, ckpt_every=500),
+    "tokenizer": TokenizerRunConfig.PRESETS["small"],
+    "twin": _train(DenoiserRunConfig.PRESETS["walt-S"], steps=50_000, keep_every=10_000),
+    "feature_net": _train(FeatureNetRunConfig.PRESETS["tiny"], steps=3000, batch_size=64, warmup_steps=100,
+                          ckpt_every=500),
     "probe": {**ProbeConfig.PRESETS["base"], "steps": 4000, "warmup_steps": 200, "eval_every": 500},
     "probe_seeds": [0, 1, 2],
     "block": 8,
@@ -111,9 +109,8 @@ _BASE: dict[str, Any] = {
     "name": "probeworld-base",
     "caveat": _GPU_CAVEAT.format(name="base"),
     "dataset": _BASE_WORLD,
-    "tokenizer": _on(_BASE_WORLD, TokenizerRunConfig.PRESETS["base"]),
-    "twin": _on(_BASE_WORLD, DenoiserRunConfig.PRESETS["walt-B"]),
-    "feature_net": {**_SMALL["feature_net"], "dataset": _BASE_WORLD},
+    "tokenizer": TokenizerRunConfig.PRESETS["base"],
+    "twin": DenoiserRunConfig.PRESETS["walt-B"],
     "probe": {**ProbeConfig.PRESETS["base"], "steps": 10_000, "warmup_steps": 500, "eval_every": 1000},
     "budget_steps": [20_000, 60_000],
     "probe_clips": {"train": 16384, "val": 1024, "test": 1024},
@@ -123,6 +120,7 @@ _RUNS = ("tokenizer", "twin", "feature_net")
 
 #: placeholders a backbone spec may use for the study's own runs (run_dir-relative paths)
 TWIN_VIDEO, TWIN_IMAGE, TOKENIZER = "{twin:video}", "{twin:image}", "{tokenizer}"
+TWINS = (TWIN_VIDEO, TWIN_IMAGE)
 #: the default set: the study's own twins and the three backbone controls (the prior is added to every table)
 OWN_BACKBONES: dict[str, str] = {VIDEO: f"walt:{TWIN_VIDEO}", IMAGE: f"walt:{TWIN_IMAGE}",
                                  UNTRAINED: f"walt-untrained:{TWIN_VIDEO}", LATENTS: f"latents:{TOKENIZER}",
@@ -150,9 +148,9 @@ class StudyConfig(Config):
     name: str = "probeworld"
     #: a warning printed before the run and above its table (the quick preset measures nothing)
     caveat: str = ""
-    #: the study's dataset spec: the tokenizer, the twins and the feature net train on it, and every task is probed
-    #: on it unless ``task_data`` names other data for the task
-    dataset: str = "probeworld:tiny"
+    #: the study's dataset spec: the tokenizer, the twins and the feature net train on it (their own ``dataset``
+    #: fields are set from it), and every task is probed on it unless ``task_data`` names other data for the task
+    dataset: str = DEFAULT_DATASET
     #: task -> {role: dataset spec} for train / val / test (``SPEC#SPLIT`` picks a split; see data.splits)
     task_data: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     backbones: dict[str, str] = dataclasses.field(default_factory=lambda: dict(OWN_BACKBONES))
@@ -180,15 +178,19 @@ class StudyConfig(Config):
     pca_clips: int = 3  #: test clips whose PCA maps go into the report
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        for run in _RUNS:  # the study's dataset is declared once: every run of the study trains on it
+            object.__setattr__(self, run, getattr(self, run).replace(dataset=self.dataset))
+        super().__post_init__()
+
     def override(self, assignments: Iterable[str]) -> StudyConfig:
-        """As :meth:`Config.override`; a ``dataset=SPEC`` assignment also reaches the dataset of every sub-run
-        (tokenizer, twins, feature net), which must all train on the study's one dataset."""
-        expanded = []
-        for item in assignments:
-            expanded.append(item)
-            if item.startswith("dataset="):
-                expanded += [f"{run}.{item}" for run in _RUNS]
-        return super().override(expanded)
+        """As :meth:`Config.override`; a sub-run's dataset is the study's (``dataset=SPEC``), not set on its own."""
+        assignments = list(assignments)
+        own = [a for a in assignments if any(a.startswith(f"{run}.dataset=") for run in _RUNS)]
+        if own:
+            raise ConfigError(f"StudyConfig: {own[0]!r}: every run of a study trains on the study's dataset; set it "
+                              f"with dataset=SPEC")
+        return super().override(assignments)
 
     #: the fields that define trained artifacts (checked on resume); every other field is the plan, free to grow
     ARTIFACTS: ClassVar[tuple[str, ...]] = ("dataset", "tokenizer", "twin", "feature_net", "sizes")
@@ -198,14 +200,18 @@ class StudyConfig(Config):
         data = self.to_dict()
         return {k: data[k] for k in self.ARTIFACTS}
 
+    def backbone_spec(self, name: str) -> BackboneSpec:
+        """The typed spec of backbone ``name`` (its path may be one of the study's placeholders)."""
+        return parse_backbone_spec(self.backbones[name])
+
     def own_twins(self) -> bool:
         """Whether the reference pair is the study's own twins (their sizes, checkpoints and samples exist)."""
-        return (self.backbones[self.reference[0]], self.backbones[self.reference[1]]) == (
-            f"walt:{TWIN_VIDEO}", f"walt:{TWIN_IMAGE}")
+        return tuple(self.backbone_spec(n) for n in self.reference) == (
+            BackboneSpec("walt", TWIN_VIDEO), BackboneSpec("walt", TWIN_IMAGE))
 
-    def uses(self, placeholder: str) -> bool:
-        """Whether any backbone spec uses one of the study's own runs (``{twin:`` or ``{tokenizer}``)."""
-        return any(placeholder in spec for spec in self.backbones.values())
+    def uses(self, *runs: str) -> bool:
+        """Whether any backbone spec's path is one of the study's own runs ``runs`` (placeholders)."""
+        return any(self.backbone_spec(n).path in runs for n in self.backbones)
 
     def replicates(self) -> int:
         """How many (noise seed, probe seed) replicates each headline cell has."""
@@ -215,7 +221,7 @@ class StudyConfig(Config):
         """The (block, t) a backbone is read at in the headline table."""
         if name in self.headline:
             return self.headline[name]
-        return (0, 0.0) if parse_backbone_spec(self.backbones[name])[0] in BLOCKLESS_KINDS else (self.block, self.t)
+        return (0, 0.0) if self.backbone_spec(name).kind in BLOCKLESS_KINDS else (self.block, self.t)
 
     def roles(self, task: str) -> dict[str, str]:
         """The dataset spec of each role of ``task``."""
@@ -227,10 +233,6 @@ class StudyConfig(Config):
         if set(self.probe_clips) != {"train", "val", "test"} or min(self.probe_clips.values()) < 1:
             raise ConfigError(f"StudyConfig.probe_clips: need positive train, val and test counts, "
                               f"got {self.probe_clips}")
-        for run in _RUNS:
-            if getattr(self, run).dataset != self.dataset:
-                raise ConfigError(f"StudyConfig.{run}.dataset differs from StudyConfig.dataset: every run of a study "
-                                  f"trains on the study's dataset (set it with dataset=SPEC, which reaches them all)")
         for task, roles in self.task_data.items():
             if task not in TASKS or set(roles) != set(ROLES):
                 raise ConfigError(f"StudyConfig.task_data[{task!r}]: needs a known task and a dataset spec for each of "

@@ -10,7 +10,7 @@ not FLOPs and are not counted, so small models on a GPU, which are launch-bound,
   one denoiser forward up to the deepest block asked for, per probe clip of every role;
 * probes: per probe (every cell x its grid of learning rates x weight decays), ``steps`` x a training step of the
   task's probe at the probe batch, plus the forward passes of its validation rounds and its test pass. The steps are
-  the vectorised ones: a task's cells train as banks (``study.run.bank_groups``, split by feature shape and by
+  the vectorised ones: a task's cells train as banks (``study.plan.bank_groups``, split by feature shape and by
   ``probe.bank_memory_gb``), so a bank of any size counts ``steps`` optimiser steps plus its evaluation batches.
 
 Backbones that are not the study's own (external models) are left out and listed (``StudyCost.uncounted``).
@@ -19,7 +19,6 @@ Backbones that are not the study's own (external models) are left out and listed
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -28,14 +27,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffprobe.backbones.registry import block_shapes, load_backbone, parse_backbone_spec
+from diffprobe.backbones.registry import block_shapes, load_backbone
 from diffprobe.data.registry import open_dataset
-from diffprobe.features.extract import extract_features
+from diffprobe.features.extract import EXTRACT_BATCH
 from diffprobe.metrics.i3d import I3D
 from diffprobe.models import WALT, CausalAutoencoder
 from diffprobe.readouts.queries import BoxQueries, PointQueries
-from diffprobe.study.config import TOKENIZER, StudyConfig
-from diffprobe.study.run import bank_groups, plan_jobs
+from diffprobe.study.config import TOKENIZER, TWINS, StudyConfig
+from diffprobe.study.plan import bank_groups, plan_jobs
 from diffprobe.tasks import TASKS, Task, TaskContext, make_task
 from diffprobe.tasks.probing import ProbeConfig, bank_size, eval_batch
 from diffprobe.tasks.runner import task_context, task_roles
@@ -50,9 +49,11 @@ QUERY_INPUTS: dict[type[nn.Module], Callable[[int, TaskContext, ProbeConfig], tu
 
 
 #: backbone kinds whose networks the estimate knows (the study's own runs and its controls)
-OWN_KINDS = ("walt", "walt-untrained", "latents", "pixels")
+#: the kinds whose extraction the estimate counts -> (reads the tokenizer's latents, runs the denoiser); pixels are a
+#: reshape of the cached clips
+OWN_KINDS: dict[str, tuple[bool, bool]] = {"walt": (True, True), "walt-untrained": (True, True),
+                                           "latents": (True, False), "pixels": (False, False)}
 #: clips per extraction batch (only the step count depends on it)
-EXTRACT_BATCH: int = inspect.signature(extract_features).parameters["batch_size"].default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,13 +123,13 @@ def estimate_study(cfg: StudyConfig, run_dir: str | Path = "runs/estimate") -> S
     with torch.device("meta"):
         latent = CausalAutoencoder(tok.model).latent_shape(frames, height, width)  # (C', T', H', W')
     stages: list[StageCost] = []
-    if cfg.uses(TOKENIZER) or cfg.uses("{twin:"):
+    if cfg.uses(TOKENIZER, *TWINS):
         per_step = count_flops(lambda: CausalAutoencoder(tok.model), lambda: (torch.zeros(tok.train.batch_size,
                                *clip),), backward=True, run=_autoencoder_loss)
         stages.append(StageCost("tokenizer", per_step * tok.train.steps, tok.train.steps,
                                 f"{tok.train.steps} steps x batch {tok.train.batch_size} clips {clip}", ddp=True))
     encode = count_flops(lambda: CausalAutoencoder(tok.model), lambda: (torch.zeros(1, *clip),), False, _encode)
-    walt_cfgs = {"main": cfg.twin.model, **cfg.sizes} if cfg.uses("{twin:") else {}
+    walt_cfgs = {"main": cfg.twin.model, **cfg.sizes} if cfg.uses(*TWINS) else {}
     for size, model_cfg in walt_cfgs.items():
         for mode in ("video", "image"):
             twin = cfg.twin.replace(mode=mode, model=model_cfg)
@@ -148,21 +149,20 @@ def estimate_study(cfg: StudyConfig, run_dir: str | Path = "runs/estimate") -> S
     jobs = plan_jobs(cfg, Path(run_dir))
     walts = {name: (cfg.sizes[name.split("@", 1)[1]] if "@" in name and name.split("@", 1)[1] in cfg.sizes
                     else cfg.twin.model) for name in {j.backbone for j in jobs}}
-    uncounted = sorted({spec for spec in cfg.backbones.values() if parse_backbone_spec(spec)[0] not in OWN_KINDS})
-    own = [j for j in jobs if parse_backbone_spec(j.spec)[0] in OWN_KINDS]
+    uncounted = sorted({cfg.backbones[n] for n in cfg.backbones if cfg.backbone_spec(n).kind not in OWN_KINDS})
+    own = [j for j in jobs if j.spec.kind in OWN_KINDS]
     clips = sum(cfg.probe_clips.values())
-    groups: dict[tuple, int] = {}  # (backbone, t, noise seed, view) -> deepest block
+    groups: dict[tuple, int] = {}  # (backbone, kind, t, noise seed, view) -> deepest block
     for j in own:
-        if parse_backbone_spec(j.spec)[0] == "pixels":  # a reshape of the cached clips: nothing to count
-            continue
-        key = (j.backbone, j.t, j.noise_seed, TASKS[j.task].view)
-        groups[key] = max(groups.get(key, 0), j.block)
-    views = {view for _, _, _, view in groups}  # the tokenizer's latents are cached once per view of the clips
+        if OWN_KINDS[j.spec.kind][0]:
+            key = (j.backbone, j.spec.kind, j.t, j.noise_seed, TASKS[j.task].view)
+            groups[key] = max(groups.get(key, 0), j.block)
+    views = {key[-1] for key in groups}  # the tokenizer's latents are cached once per view of the clips
     extract = sum(clips * encode * (latent[1] if view == "clip" else 1) / latent[1] for view in views)
     forward: dict[tuple[str, int], float] = {}  # (backbone, latent frames) -> FLOPs of one full denoiser forward
-    for (backbone, _, _, view), block in groups.items():
+    for (backbone, kind, _, _, view), block in groups.items():
         frames_in = latent[1] if view == "clip" else 1
-        if not backbone.startswith("latents"):
+        if OWN_KINDS[kind][1]:
             if (backbone, frames_in) not in forward:
                 forward[backbone, frames_in] = count_flops(lambda m=walts[backbone]: WALT(m), lambda f=frames_in: (
                     torch.zeros(1, latent[0], f, *latent[2:]), torch.zeros(1)), backward=False)
@@ -194,15 +194,15 @@ def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, i
         for j in (jobs[i] for i in ids):
             task = tasks[j.task]
             frames_in = latent[1] if task.view == "clip" else 1
-            kind = parse_backbone_spec(j.spec)[0]
-            if kind == "pixels":  # its grid from a grey clip (a reshape, no model), once per spec and view
+            reads_latents, runs_denoiser = OWN_KINDS[j.spec.kind]
+            if not reads_latents:  # the pixels: its grid from a grey clip (a reshape), once per spec and view
                 key = (j.spec, task.view)
                 if key not in pixel_shapes:
                     pixel_shapes[key] = block_shapes(load_backbone(j.spec, torch.device("cpu")).backbone,
                                                      clip[1] if task.view == "clip" else 1, *clip[2:])[0]
                 *grid, dim = pixel_shapes[key]
                 grid = tuple(grid)
-            elif kind == "latents":
+            elif not runs_denoiser:  # the latents themselves
                 dim, grid = latent[0], (frames_in, *latent[2:])
             else:
                 m = walts[j.backbone]

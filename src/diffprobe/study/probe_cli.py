@@ -62,7 +62,7 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
     cfg = ProbeConfig.preset(preset).override(assignments)
     resolved = load_backbone(spec, dev)
     resolved.backbone.check_request([block], t, noise_seed, ensemble)  # refused before any clip is read
-    default = dataset or resolved.trained_on or "probeworld:tiny"
+    default = resolved.dataset_or_default(dataset)
     specs = {"train": train_data or default, "val": val_data or default, "test": test_data or default}
     roles = task_roles(task_name, specs)
     resolved.check_clips([rd.dataset for rd in roles.values()], spec, allow_size_change)

@@ -19,6 +19,7 @@ import click
 from diffprobe.data.splits import ROLES
 from diffprobe.study import figures, pca
 from diffprobe.study.config import StudyConfig
+from diffprobe.study.plan import planned_cells
 from diffprobe.study.report_data import (
     StudyData,
     TableRow,
@@ -35,7 +36,6 @@ from diffprobe.study.report_data import (
 )
 from diffprobe.study.report_html import caveat_box, esc, img, note, page, table
 from diffprobe.study.report_tasks import IMAGE, TASK_METRICS, VIDEO, control_legend
-from diffprobe.study.run import planned_cells
 from diffprobe.utils.io import atomic_write_bytes, atomic_write_text, read_json
 
 Heads = Mapping[str, tuple[int, float]]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -53,6 +53,7 @@ from diffprobe.data.transforms import (
     too_short,
     windows,
 )
+from diffprobe.spec import DatasetSpec
 
 SPLITS = ("train", "val")
 VOID = 255  # the annotation value of pixels DAVIS leaves unlabelled
@@ -248,9 +249,9 @@ class DavisDataset(FileDataset):
         return np.where(visible[..., None], boxes, 0).astype(np.float32), visible
 
     def split(self, name: str) -> ClipSequence:
-        return IndexedClips(f"{self.identity}/{name}", self._entries[name], self._load, self._describe)
+        return IndexedClips(self.identity, name, self._entries[name], self._load, self._describe)
 
 
-def open_davis(path: str, options: dict[str, Any], spec: str) -> DavisDataset:
+def open_davis(spec: DatasetSpec) -> DavisDataset:
     """The registry's factory: ``path`` is the DAVIS folder (the one holding ``JPEGImages``)."""
-    return DavisDataset(path, DavisOptions.from_dict(options, where=f"dataset spec {spec!r}"), spec)
+    return DavisDataset(spec.path, spec.typed(DavisOptions), str(spec))

@@ -41,6 +41,7 @@ from diffprobe.data.dataset import (
 )
 from diffprobe.data.decode import NOT_A_VIDEO, read_image, read_video, video_length
 from diffprobe.data.transforms import apply_video, frame_indices, plan_geometry, too_short, windows
+from diffprobe.spec import DatasetSpec
 from diffprobe.utils.media import av_error_text
 
 #: file name endings of the videos and images the readers pick up (compared in lower case)
@@ -98,11 +99,11 @@ def describe_entry(entry: FileClip) -> str:
     return entry.describe()
 
 
-def labelled_clips(name: str, entries: Sequence[FileClip], load: Callable[[FileClip], Clip],
+def labelled_clips(dataset: str, part: str, entries: Sequence[FileClip], load: Callable[[FileClip], Clip],
                    field: str) -> IndexedClips:
     """A split of file clips that each carry the class ``field``, with those labels read from the index."""
     labels = np.array([dict(e.targets)[field] for e in entries], dtype=np.int64)
-    return IndexedClips(name, entries, load, describe_entry, labels={field: labels})
+    return IndexedClips(dataset, part, entries, load, describe_entry, labels={field: labels})
 
 
 def _check_size(frame_hw: tuple[int, int], expect_hw: tuple[int, int], where: Path) -> None:
@@ -255,7 +256,7 @@ class FolderDataset(FileDataset):
             self.skipped["all"] = skipped
 
     def split(self, name: str) -> ClipSequence:
-        return IndexedClips(f"{self.identity}/{name}", self.entries, self.loader, describe_entry)
+        return IndexedClips(self.identity, name, self.entries, self.loader, describe_entry)
 
 
 class VideosDataset(FolderDataset):
@@ -278,10 +279,10 @@ def _folder(path: str) -> Path:
     return root
 
 
-def open_videos(path: str, options: dict[str, Any], spec: str) -> VideosDataset:
+def open_videos(spec: DatasetSpec) -> VideosDataset:
     """``videos:DIR``: every video under ``DIR``, unlabelled (see the module docstring)."""
-    opts = VideoFolderOptions.from_dict(options, where=f"dataset spec {spec!r}")
-    root = _folder(path)
+    opts = spec.typed(VideoFolderOptions)
+    root = _folder(spec.path)
     files = find_files(root, VIDEO_EXTENSIONS)
     if not files:
         raise DatasetError(f"{root}: no videos ({' '.join(VIDEO_EXTENSIONS)}) found")
@@ -304,13 +305,13 @@ def open_videos(path: str, options: dict[str, Any], spec: str) -> VideosDataset:
         entries.extend(FileClip(f, tuple(int(j) for j in w)) for w in found)
     good = [e.path for e in entries]
     height, width = output_size(opts.size, opts.resize, good[0] if good else None, is_video=True, where=root)
-    return VideosDataset(root, spec, opts, entries, files, VideoLoader.of(opts, height, width), skipped)
+    return VideosDataset(root, str(spec), opts, entries, files, VideoLoader.of(opts, height, width), skipped)
 
 
-def open_images(path: str, options: dict[str, Any], spec: str) -> ImagesDataset:
+def open_images(spec: DatasetSpec) -> ImagesDataset:
     """``images:DIR``: every image under ``DIR`` as a 1-frame clip, unlabelled (see the module docstring)."""
-    opts = ImageOptions.from_dict(options, where=f"dataset spec {spec!r}")
-    root = _folder(path)
+    opts = spec.typed(ImageOptions)
+    root = _folder(spec.path)
     files = find_files(root, IMAGE_EXTENSIONS)
     if not files:
         raise DatasetError(f"{root}: no images ({' '.join(IMAGE_EXTENSIONS)}) found")
@@ -318,5 +319,5 @@ def open_images(path: str, options: dict[str, Any], spec: str) -> ImagesDataset:
     entries = [FileClip(f) for i, f in enumerate(files) if has_bytes(f, skipped, opts.on_bad, i)]
     height, width = output_size(opts.size, opts.resize, entries[0].path if entries else None, is_video=False,
                                 where=root)
-    return ImagesDataset(root, spec, opts, entries, files, ImageLoader.of(opts, height, width), skipped)
+    return ImagesDataset(root, str(spec), opts, entries, files, ImageLoader.of(opts, height, width), skipped)
 

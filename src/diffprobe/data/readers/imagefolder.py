@@ -39,6 +39,7 @@ from diffprobe.data.readers.folders import (
     has_bytes,
     output_size,
 )
+from diffprobe.spec import DatasetSpec
 
 #: the split folder names, in the order the splits are listed
 SPLIT_FOLDERS: tuple[str, ...] = ("train", "val", "test")
@@ -110,14 +111,14 @@ class ImageFolderDataset(FileDataset):
     def split(self, name: str) -> ClipSequence:
         entries = self.entries[name]
         labels = np.array([dict(e.targets)["label"] for e in entries], dtype=np.int64)
-        return IndexedClips(f"{self.identity}/{name}", entries, self.loader, describe_entry, labels={"label": labels})
+        return IndexedClips(self.identity, name, entries, self.loader, describe_entry, labels={"label": labels})
 
 
-def open_imagefolder(path: str, options: dict[str, Any], spec: str) -> ImageFolderDataset:
+def open_imagefolder(spec: DatasetSpec) -> ImageFolderDataset:
     """The registry's factory for ``imagefolder:DIR[@size=..,resize=..,on_bad=..]``."""
-    opts = ImageOptions.from_dict(options, where=f"dataset spec {spec!r}")
-    root = Path(path).expanduser()
+    opts = spec.typed(ImageOptions)
+    root = Path(spec.path).expanduser()
     require_files(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
-    return ImageFolderDataset(root, opts, spec)
+    return ImageFolderDataset(root, opts, str(spec))

@@ -44,6 +44,7 @@ from diffprobe.data.readers.folders import (
     output_size,
     skip_or_raise,
 )
+from diffprobe.spec import DatasetSpec
 
 #: CSV stem -> split, in the order the splits are listed
 CSV_SPLITS: dict[str, str] = {"train": "train", "validate": "val", "val": "val", "test": "test"}
@@ -197,12 +198,12 @@ class KineticsDataset(FileDataset):
         return entries
 
     def split(self, name: str) -> ClipSequence:
-        return labelled_clips(f"{self.identity}/{name}", self.entries[name], self.loader, "action")
+        return labelled_clips(self.identity, name, self.entries[name], self.loader, "action")
 
 
-def open_kinetics(path: str, options: dict[str, Any], spec: str) -> KineticsDataset:
+def open_kinetics(spec: DatasetSpec) -> KineticsDataset:
     """The registry's factory for ``kinetics:DIR[@options]``."""
-    opts = KineticsOptions.from_dict(options, where=f"dataset spec {spec!r}")
-    root = Path(path).expanduser()
+    opts = spec.typed(KineticsOptions)
+    root = Path(spec.path).expanduser()
     require_files(root)
-    return KineticsDataset(root, opts, spec)
+    return KineticsDataset(root, opts, str(spec))

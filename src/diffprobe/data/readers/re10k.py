@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -46,6 +46,7 @@ from diffprobe.data.dataset import (
 from diffprobe.data.decode import read_image
 from diffprobe.data.readers.scannet import image_size, one_size, same_size, select_windows, tile_windows
 from diffprobe.data.transforms import apply_intrinsics, apply_video, plan_geometry, too_short, unit_range_problem
+from diffprobe.spec import DatasetSpec
 
 KIND = "re10k"
 SPLITS: tuple[str, ...] = ("train", "test")  #: the release's split folders
@@ -190,7 +191,7 @@ class RE10KDataset(FileDataset):
         return one_size(self.opts, self._sizes, "frames")
 
     def split(self, name: str) -> ClipSequence:
-        return IndexedClips(f"{self.identity}/{name}", self._entries[name], self._load, str)
+        return IndexedClips(self.identity, name, self._entries[name], self._load, str)
 
     def _load(self, e: RE10KEntry) -> Clip:
         frames = np.stack(same_size([read_image(f) for f in e.frames], e.frames))  # (T, H0, W0, 3)
@@ -208,6 +209,6 @@ class RE10KDataset(FileDataset):
         }
 
 
-def open_re10k(path: str, options: dict[str, Any], spec: str) -> RE10KDataset:
+def open_re10k(spec: DatasetSpec) -> RE10KDataset:
     """The registry's factory for ``re10k:DIR@...``."""
-    return RE10KDataset(path, RE10KOptions.from_dict(options, where=f"dataset spec {spec!r}"), spec)
+    return RE10KDataset(spec.path, spec.typed(RE10KOptions), str(spec))

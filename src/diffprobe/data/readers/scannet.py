@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -65,6 +65,7 @@ from diffprobe.data.transforms import (
     too_short,
     windows,
 )
+from diffprobe.spec import DatasetSpec
 
 KIND = "scannet"
 #: split name -> the official split file in DIR
@@ -337,7 +338,7 @@ class ScanNetDataset(FileDataset):
 
     # ---- clips ------------------------------------------------------------------------------------------------------
     def split(self, name: str) -> ClipSequence:
-        return IndexedClips(f"{self.identity}/{name}", self._entries[name], self._load, str)
+        return IndexedClips(self.identity, name, self._entries[name], self._load, str)
 
     def _load(self, e: ScanNetEntry) -> Clip:
         paths = [e.depth(i) for i in e.frames]
@@ -358,7 +359,7 @@ class ScanNetDataset(FileDataset):
         }
 
 
-def open_scannet(path: str, options: dict[str, Any], spec: str) -> ScanNetDataset:
+def open_scannet(spec: DatasetSpec) -> ScanNetDataset:
     """The registry's factory for ``scannet:DIR@...``."""
-    return ScanNetDataset(path, ScanNetOptions.from_dict(options, where=f"dataset spec {spec!r}"), spec)
+    return ScanNetDataset(spec.path, spec.typed(ScanNetOptions), str(spec))
 

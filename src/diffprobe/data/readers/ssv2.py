@@ -41,6 +41,7 @@ from diffprobe.data.readers.folders import (
     output_size,
     skip_or_raise,
 )
+from diffprobe.spec import DatasetSpec
 
 LABELS_JSON = "something-something-v2-labels.json"
 #: split -> its annotation JSON
@@ -155,12 +156,12 @@ class SSv2Dataset(FileDataset):
         return entries
 
     def split(self, name: str) -> ClipSequence:
-        return labelled_clips(f"{self.identity}/{name}", self.entries[name], self.loader, "action")
+        return labelled_clips(self.identity, name, self.entries[name], self.loader, "action")
 
 
-def open_ssv2(path: str, options: dict[str, Any], spec: str) -> SSv2Dataset:
+def open_ssv2(spec: DatasetSpec) -> SSv2Dataset:
     """The registry's factory for ``ssv2:DIR[@options]``."""
-    opts = SSv2Options.from_dict(options, where=f"dataset spec {spec!r}")
-    root = Path(path).expanduser()
+    opts = spec.typed(SSv2Options)
+    root = Path(spec.path).expanduser()
     require_files(root)
-    return SSv2Dataset(root, opts, spec)
+    return SSv2Dataset(root, opts, str(spec))

@@ -59,6 +59,7 @@ from diffprobe.data.transforms import (
     unit_range_problem,
     windows,
 )
+from diffprobe.spec import DatasetSpec
 
 #: (resolved path, size, mtime_ns) -> the unpickled file; one entry per file, for the life of the process
 _CACHE: dict[tuple[str, int, int], Any] = {}
@@ -249,9 +250,9 @@ class TapVidDataset(FileDataset):
                 "visible": ~occluded & in_frame(tracks, g)}  # (N, T)
 
     def split(self, name: str) -> ClipSequence:
-        return IndexedClips(f"{self.identity}/{name}", self._entries, self._load, self._describe)
+        return IndexedClips(self.identity, name, self._entries, self._load, self._describe)
 
 
-def open_tapvid(path: str, options: dict[str, Any], spec: str) -> TapVidDataset:
+def open_tapvid(spec: DatasetSpec) -> TapVidDataset:
     """The registry's factory: ``path`` is the pickle file."""
-    return TapVidDataset(path, TapVidOptions.from_dict(options, where=f"dataset spec {spec!r}"), spec)
+    return TapVidDataset(spec.path, spec.typed(TapVidOptions), str(spec))

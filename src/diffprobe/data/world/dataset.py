@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ from diffprobe.data.world.render import render
 from diffprobe.data.world.scene import Scene, sample_scene
 from diffprobe.data.world.shapes import CATEGORIES
 from diffprobe.data.world.tracks import project, sample_tracks, visibility
+from diffprobe.spec import DatasetSpec
 
 #: Most pixels (clips x frames x H x W) rendered in one vectorised call; bounds memory to ~200 MB.
 PIXELS_PER_CALL = 1 << 19
@@ -113,9 +113,9 @@ class ProbeWorld(Dataset):
 class WorldClips(ClipSequence):
     """One split of Probe World as a :class:`~diffprobe.data.dataset.ClipSequence` (batches render together)."""
 
-    def __init__(self, world: ProbeWorld, name: str) -> None:
+    def __init__(self, world: ProbeWorld, dataset: str, part: str) -> None:
         self.world = world
-        self.name = name
+        self.dataset, self.part = dataset, part
 
     def __len__(self) -> int:
         return len(self.world)
@@ -151,7 +151,7 @@ class ProbeWorldDataset(ClipDataset):
         self.max_tracks = config.num_tracks
 
     def split(self, name: str) -> ClipSequence:
-        return WorldClips(ProbeWorld(self.config, name), f"{self.identity}/{name}")
+        return WorldClips(ProbeWorld(self.config, name), self.identity, name)
 
 
 def world_identity(config: ProbeWorldConfig) -> str:
@@ -166,12 +166,12 @@ def probeworld_spec(config: ProbeWorldConfig, preset: str = "tiny") -> str:
     if any(isinstance(v, list) for v in diff.values()):
         raise ConfigError(f"Probe World fields {sorted(k for k, v in diff.items() if isinstance(v, list))} cannot be "
                           "given in a spec; set them in a config file")
-    return f"probeworld:{preset}" + ("@" + ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(diff.items()))
-                                      if diff else "")
+    return str(DatasetSpec("probeworld", preset, tuple(sorted(diff.items()))))
 
 
-def open_probeworld(path: str, options: dict[str, Any], spec: str) -> ProbeWorldDataset:
-    """The registry's factory: ``path`` is a preset name, ``options`` override its fields."""
-    config = ProbeWorldConfig.preset(path)
-    where = f"dataset spec {spec!r}"
-    return ProbeWorldDataset(ProbeWorldConfig.from_dict({**config.to_dict(), **options}, where=where), spec)
+def open_probeworld(spec: DatasetSpec) -> ProbeWorldDataset:
+    """The registry's factory: the spec's path is a preset name, its options override the preset's fields."""
+    config = ProbeWorldConfig.preset(spec.path)
+    where = f"dataset spec {str(spec)!r}"
+    return ProbeWorldDataset(ProbeWorldConfig.from_dict({**config.to_dict(), **spec.option_dict()}, where=where),
+                             str(spec))

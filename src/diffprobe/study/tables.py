@@ -1,0 +1,154 @@
+"""The text tables ``diffprobe study`` prints at the end: the headline table, the paired comparisons on the same
+test clips, and every backbone against each task's prior."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffprobe.metrics import paired_difference
+from diffprobe.study.config import StudyConfig
+from diffprobe.study.plan import current_cells, final_step, is_current, latest_identities
+from diffprobe.study.report_tasks import (
+    HIGHER_IS_BETTER,
+    PRIOR,
+    TASK_METRICS,
+    UNTRAINED,
+    control_legend,
+    margin_z,
+    relative_percent,
+)
+from diffprobe.study.store import ResultsStore
+from diffprobe.tasks import TASKS
+
+
+def headline_table(cfg: StudyConfig, store_path: Path) -> str:
+    """The results table: each task's metrics at the headline cell of every backbone and the no-information prior,
+    as the mean over probe (and noise) seeds; under the primary metric its standard error over test clips (``s.e.``)
+    and, with several seeds, the sample std of the seeds' values (``seed sd``); the reference pair's video side
+    relative to its image side, and the video side against the control in standard errors (``z = (video - control)
+    / sqrt(se_v^2 + se_c^2)``, positive when the video side is better; |z| > 2 is a difference larger than test-set
+    noise). The paired block below it compares the same test clips (see :func:`paired_table`)."""
+    current = current_cells(cfg)
+    with ResultsStore(store_path) as store:
+        rows = [r for r in store.query(study=cfg.name) if r["task"] in current and is_current(r, cfg, current)]
+    identities = latest_identities(rows)
+    rows = [r for r in rows if r["identity"] == identities[r["backbone"], r["checkpoint_step"]]]
+    names = [*cfg.backbones, PRIOR]
+    video, image = cfg.reference
+    control = cfg.control
+    steps = {name: final_step(cfg, spec) for name, spec in cfg.backbones.items()}
+
+    def values(backbone: str, task: str, metric: str) -> list[float]:
+        block, t = (0, 0.0) if backbone == PRIOR else cfg.headline_of(backbone)
+        step = steps.get(backbone, 0)
+        return [r["value"] for r in rows if r["backbone"] == backbone and r["task"] == task
+                and r["metric"] == metric and r["block"] == block and r["t"] == t and r["checkpoint_step"] == step]
+
+    def value(backbone: str, task: str, metric: str) -> float:
+        vals = values(backbone, task, metric)
+        return float(np.mean(vals)) if vals else float("nan")
+
+    def seed_sd(backbone: str, task: str, metric: str) -> float:
+        vals = values(backbone, task, metric)
+        return float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+
+    seeded = cfg.replicates() > 1
+    z_name = "video-untr. z" if control == UNTRAINED else f"video-{control} z"
+    head = (f"{'task':<16}{'metric':<28}" + "".join(f"{n:>16}" for n in names) + f"{'video/image':>14}"
+            + (f"{z_name:>15}" if control else ""))
+    lines = ([f"note: {cfg.caveat}"] if cfg.caveat else []) + [head, "-" * len(head)]
+    for task in (t for t in TASKS if t in cfg.tasks):
+        primary = TASK_METRICS[task][0]
+        for metric in TASK_METRICS[task]:
+            vals = {n: value(n, task, metric) for n in names}
+            rel = relative_percent(vals[video], vals[image], HIGHER_IS_BETTER[metric])
+            line = f"{task:<16}{metric:<28}" + "".join(f"{v:>16.4f}" for v in vals.values()) + f"{rel:>13.1f}%"
+            if metric != primary:
+                lines.append(line)
+                continue
+            se = {n: value(n, task, f"{metric}_se") for n in names}
+            if control:
+                z = margin_z(vals[video], vals[control], se[video], se[control], HIGHER_IS_BETTER[metric])
+                line += f"{z:>15.1f}"
+            lines.append(line)
+            lines.append(f"{'':<16}{'  s.e.':<28}" + "".join(f"{v:>16.4f}" for v in se.values()))
+            if seeded:
+                lines.append(f"{'':<16}{'  seed sd':<28}" + "".join(
+                    f"{seed_sd(n, task, metric):>16.4f}" for n in names))
+    legend = control_legend(names)
+    return "\n".join(lines + ["", *paired_table(cfg, store_path, current, identities)]
+                     + (["", "controls:", *(f"  {line}" for line in legend)] if legend else []))
+
+
+def paired_table(cfg: StudyConfig, store_path: Path, current: dict[str, dict[str, Any]],
+                 identities: dict[tuple[str, int], str]) -> list[str]:
+    """Lines of the paired comparisons at the headline cells: the video side against the control and against the
+    image side, from the per-clip primary metric on the same test clips, averaged over probe and noise seeds: the
+    mean difference (positive: the video side is better), its paired z and a bootstrap 95% interval; with several
+    seeds also the smallest of the per-seed z (seed i of one side against seed i of the other), so a claim can be
+    seen to hold on every seed. ``current`` is :func:`~diffprobe.study.plan.current_cells` and ``identities``
+    :func:`~diffprobe.study.plan.latest_identities` (the table above computed both)."""
+    video, image = cfg.reference
+    others = [n for n in (cfg.control, image) if n]
+    steps = {name: final_step(cfg, spec) for name, spec in cfg.backbones.items()}
+    seeded = cfg.replicates() > 1
+    width = 44 if seeded else 36
+    with ResultsStore(store_path) as store:
+        def per_clip(name: str, task: str) -> dict[tuple[int, int], np.ndarray]:
+            """(noise seed, probe seed) -> the per-clip scores of that replicate (the prior: one replicate)."""
+            block, t = (0, 0.0) if name == PRIOR else cfg.headline_of(name)
+            return {(c["noise_seed"], c["probe_seed"]): a for c, a in store.clip_scores(
+                study=cfg.name, backbone=name, task=task, block=block, t=t, checkpoint_step=steps.get(name, 0))
+                if is_current(c, cfg, current) and c["identity"] == identities.get((name, c["checkpoint_step"]))}
+
+        head = f"{'paired, same test clips':<24}" + "".join(f"{f'{video} - {o}':>{width}}" for o in others)
+        sub = "diff   z [95% CI of diff]" + (" min z" if seeded else "")
+        lines = [head, f"{'task':<24}" + "".join(f"{sub:>{width}}" for _ in others), "-" * len(head)]
+        for task in (t for t in TASKS if t in cfg.tasks):
+            better = HIGHER_IS_BETTER[TASK_METRICS[task][0]]
+            v = per_clip(video, task)
+            cells = []
+            for other in others:
+                o = per_clip(other, task)
+                shared = sorted(set(v) & set(o))
+                sizes = {len(a) for a in (*v.values(), *o.values())}
+                if not shared or len(sizes) != 1:
+                    cells.append(f"{'(no per-clip scores)':>{width}}")
+                    continue
+                d = paired_difference(np.mean([v[k] for k in shared], axis=0),
+                                      np.mean([o[k] for k in shared], axis=0), better)
+                cell = f"{d['diff']:>+10.4f}{d['z']:>6.1f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
+                if seeded:
+                    cell += f"{min(paired_difference(v[k], o[k], better)['z'] for k in shared):>8.1f}"
+                cells.append(cell.rjust(width))
+            lines.append(f"{task:<24}" + "".join(cells))
+        lines += ["", *_against_prior(cfg, per_clip)]
+    return lines
+
+
+def _against_prior(cfg: StudyConfig, per_clip: Callable[[str, str], dict[tuple[int, int], np.ndarray]]
+                   ) -> list[str]:
+    """Lines of every backbone's paired z against each task's prior (the same test clips; the seed mean, and with
+    several seeds the smallest per-seed z in brackets): a backbone reads a task only where this is well above 0,
+    and the pixels control shows whether the readout can read it from the clip at all."""
+    names = list(cfg.backbones)
+    lines = [f"{'paired z against the prior':<28}" + "".join(f"{n:>16}" for n in names)]
+    lines.append("-" * len(lines[0]))
+    for task in (t for t in TASKS if t in cfg.tasks):
+        better = HIGHER_IS_BETTER[TASK_METRICS[task][0]]
+        prior = next(iter(per_clip(PRIOR, task).values()), None)
+        cells = []
+        for name in names:
+            runs = list(per_clip(name, task).values())
+            if prior is None or not runs or {len(a) for a in runs} != {len(prior)}:
+                cells.append(f"{'-':>16}")
+                continue
+            z = paired_difference(np.mean(runs, axis=0), prior, better)["z"]
+            worst = min(paired_difference(a, prior, better)["z"] for a in runs)
+            cells.append(f"{z:>9.1f}" + (f" ({worst:4.1f})" if len(runs) > 1 else " " * 7))
+        lines.append(f"{task:<28}" + "".join(cells))
+    return lines
