@@ -13,7 +13,8 @@ from diffprobe.utils.cliopts import dataset_option
 
 @click.group("backbone")
 def backbone_group() -> None:
-    """Inspect a backbone given by spec (KIND[@OPTIONS]:PATH, e.g. walt:runs/video, svd@dtype=bf16:/models/svd)."""
+    """Inspect a backbone given by spec (KIND:PATH[@KEY=VALUE,...], e.g. walt:runs/video or
+    svd:/models/svd@dtype=bf16)."""
 
 
 @backbone_group.command("info")

@@ -22,8 +22,8 @@ from diffprobe.utils.cliopts import (
 
 @click.command("extract")
 @click.option("--backbone", "spec", required=True,
-              help="KIND[@OPTIONS]:PATH, e.g. walt:runs/video, walt@500:runs/video, walt-untrained:runs/video, "
-                   "latents:runs/tok.")
+              help="KIND:PATH[@KEY=VALUE,...], e.g. walt:runs/video, walt:runs/video@step=500, "
+                   "walt-untrained:runs/video, latents:runs/tok.")
 @dataset_option
 @click.option("--block", "blocks", type=click.IntRange(min=0), multiple=True, required=True,
               help="Block(s) to read (repeatable).")

@@ -23,7 +23,7 @@ from diffprobe.utils.cliopts import (
 @click.command("probe")
 @click.option("--task", "task_name", required=True,
               help="image_cls, action, depth, camera_pose, point_tracking or box_tracking.")
-@click.option("--backbone", "spec", required=True, help="KIND[@OPTIONS]:PATH (see `diffprobe extract --help`).")
+@click.option("--backbone", "spec", required=True, help="KIND:PATH[@KEY=VALUE,...] (see `diffprobe extract --help`).")
 @dataset_option
 @click.option("--train-data", default=None, metavar="SPEC", help="Dataset of the train role (default: --dataset).")
 @click.option("--val-data", default=None, metavar="SPEC", help="Dataset of the val role (default: --dataset).")
