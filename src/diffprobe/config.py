@@ -103,7 +103,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported config type {_type_name(tp)}")
 
 
-def _parse_scalar(text: str) -> Any:
+def parse_value(text: str) -> Any:
     """Parse the value side of ``key=value``: JSON if it parses (numbers, true/false, lists), else the raw string."""
     try:
         return json.loads(text)
@@ -238,8 +238,8 @@ class Config:
             if parts[-1] not in node:
                 raise ConfigError(f"override {item!r}: unknown key {key!r}; known keys are {sorted(node)}")
             if scale_schedule and parts[-1] == "steps":
-                _scale_schedule(node, _parse_scalar(text), ".".join(parts[:-1]), assigned)
-            node[parts[-1]] = _parse_scalar(text)
+                _scale_schedule(node, parse_value(text), ".".join(parts[:-1]), assigned)
+            node[parts[-1]] = parse_value(text)
         return type(self).from_dict(data, where=f"{type(self).__name__} (with overrides)")
 
     # ---- serialisation ------------------------------------------------------------------------

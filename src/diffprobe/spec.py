@@ -22,7 +22,7 @@ import json
 import sys
 from typing import Any, ClassVar, TypeVar
 
-from diffprobe.config import Config
+from diffprobe.config import Config, parse_value
 from diffprobe.errors import DiffprobeError
 
 C = TypeVar("C", bound=Config)
@@ -35,13 +35,6 @@ class SpecError(DiffprobeError, ValueError):
 
 #: the old-form specs already reported this process (each is noted once)
 _NOTED: set[str] = set()
-
-
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def _text(value: Any) -> str:
@@ -102,7 +95,7 @@ class Spec:
                 key, value = bare, item
             elif not eq or not key.strip():
                 raise SpecError(f"{cls.WHAT} spec {text!r}: option {item!r} is not KEY=VALUE")
-            out[key.strip()] = _value(value.strip())
+            out[key.strip()] = parse_value(value.strip())
         return tuple(out.items())
 
     @classmethod

@@ -121,6 +121,7 @@ _RUNS = ("tokenizer", "twin", "feature_net")
 #: placeholders a backbone spec may use for the study's own runs (run_dir-relative paths)
 TWIN_VIDEO, TWIN_IMAGE, TOKENIZER = "{twin:video}", "{twin:image}", "{tokenizer}"
 TWINS = (TWIN_VIDEO, TWIN_IMAGE)
+MAIN = "main"  #: size name of the headline twins (``sizes`` names the others)
 #: the default set: the study's own twins and the three backbone controls (the prior is added to every table)
 OWN_BACKBONES: dict[str, str] = {VIDEO: f"walt:{TWIN_VIDEO}", IMAGE: f"walt:{TWIN_IMAGE}",
                                  UNTRAINED: f"walt-untrained:{TWIN_VIDEO}", LATENTS: f"latents:{TOKENIZER}",
@@ -212,6 +213,10 @@ class StudyConfig(Config):
     def uses(self, *runs: str) -> bool:
         """Whether any backbone spec's path is one of the study's own runs ``runs`` (placeholders)."""
         return any(self.backbone_spec(n).path in runs for n in self.backbones)
+
+    def model_of(self, size: str) -> WALTConfig:
+        """The WALT config of the twins of one size (:data:`MAIN` or a name in ``sizes``)."""
+        return self.twin.model if size == MAIN else self.sizes[size]
 
     def replicates(self) -> int:
         """How many (noise seed, probe seed) replicates each headline cell has."""

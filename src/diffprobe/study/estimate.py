@@ -147,8 +147,7 @@ def estimate_study(cfg: StudyConfig, run_dir: str | Path = "runs/estimate") -> S
         stages.append(StageCost("feature net", per_step * fn.train.steps, fn.train.steps,
                                 f"{fn.train.steps} steps x batch {fn.train.batch_size}", ddp=True))
     jobs = plan_jobs(cfg, Path(run_dir))
-    walts = {name: (cfg.sizes[name.split("@", 1)[1]] if "@" in name and name.split("@", 1)[1] in cfg.sizes
-                    else cfg.twin.model) for name in {j.backbone for j in jobs}}
+    walts = {j.backbone: cfg.model_of(j.size) for j in jobs}
     uncounted = sorted({cfg.backbones[n] for n in cfg.backbones if cfg.backbone_spec(n).kind not in OWN_KINDS})
     own = [j for j in jobs if j.spec.kind in OWN_KINDS]
     clips = sum(cfg.probe_clips.values())

@@ -12,13 +12,12 @@ from typing import Any
 
 from diffprobe.backbones.registry import ResolvedBackbone
 from diffprobe.spec import BackboneSpec
-from diffprobe.study.config import TOKENIZER, TWIN_IMAGE, TWIN_VIDEO, StudyConfig
+from diffprobe.study.config import MAIN, TOKENIZER, TWIN_IMAGE, TWIN_VIDEO, StudyConfig
 from diffprobe.study.report_tasks import PRIOR
 from diffprobe.study.store import Cell, clips_key
 from diffprobe.tasks import TASKS
 from diffprobe.tasks.runner import data_identity, task_roles
 
-MAIN = "main"  #: size name of the headline twins
 MODES = ("video", "image")
 
 
@@ -34,6 +33,7 @@ class Job:
     noise_seed: int
     probe_seed: int
     step: int  #: checkpoint step of the weights (the study's twins: twin.train.steps; controls, external: 0)
+    size: str = MAIN  #: the model size whose run directories the spec reads (the study's twins; MAIN otherwise)
 
 
 def twin_dir(run_dir: Path, size: str, mode: str) -> Path:
@@ -76,7 +76,7 @@ def plan_jobs(cfg: StudyConfig, run_dir: Path) -> list[Job]:
             for ns in cfg.noise_seeds:
                 for ps in seeds:
                     jobs.append(Job(name, expand_spec(spec, run_dir, size), block, t, task, ns, ps,
-                                    final_step(cfg, spec)))
+                                    final_step(cfg, spec), size))
 
     specs = {name: BackboneSpec.parse(spec) for name, spec in cfg.backbones.items()}
     for name, spec in specs.items():  # the headline cells: every probe seed

@@ -37,9 +37,8 @@ from diffprobe.features.sources import ensure_features, ensure_videos
 from diffprobe.models.exports import load_tokenizer
 from diffprobe.spec import BackboneSpec
 from diffprobe.study.artifacts import check_artifacts, exported
-from diffprobe.study.config import TOKENIZER, TWINS, StudyConfig
+from diffprobe.study.config import MAIN, TOKENIZER, TWINS, StudyConfig
 from diffprobe.study.plan import (
-    MAIN,
     Job,
     bank_groups,
     expand_spec,
@@ -109,7 +108,7 @@ def _announce(number: int, total: int, name: str, start: float, show: bool) -> N
 
 
 def _twin_config(cfg: StudyConfig, run_dir: Path, size: str, mode: str):
-    model = cfg.twin.model if size == MAIN else cfg.sizes[size]
+    model = cfg.model_of(size)
     # "../../tokenizer": relative, so the study folder can move
     tokenizer = os.path.relpath(run_dir / "tokenizer", twin_dir(run_dir, size, mode))
     return cfg.twin.replace(mode=mode, tokenizer=tokenizer, model=model)
