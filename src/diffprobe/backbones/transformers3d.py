@@ -27,8 +27,13 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from diffprobe.backbones.external import BackboneLoadError, ExternalOptions, LatentDiffusionBackbone, LatentEncoder
-from diffprobe.config import ConfigError
+from diffprobe.backbones.external import (
+    BackboneLoadError,
+    ExternalOptions,
+    LatentDiffusionBackbone,
+    LatentEncoder,
+    require_at_least,
+)
 from diffprobe.errors import InputError
 
 if TYPE_CHECKING:
@@ -110,8 +115,7 @@ class VideoOptions(ExternalOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.frames < 0:
-            raise ConfigError(f"{type(self).__name__}.frames: must be >= 0, got {self.frames}")
+        require_at_least(self, 0, "frames")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,8 +126,7 @@ class VAEFramesOptions(ExternalOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.vae_frames < 1:
-            raise ConfigError(f"{type(self).__name__}.vae_frames: must be >= 1, got {self.vae_frames}")
+        require_at_least(self, 1, "vae_frames")
 
 
 @dataclasses.dataclass(frozen=True)

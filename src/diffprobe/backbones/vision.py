@@ -64,6 +64,7 @@ from diffprobe.backbones.external import (
     ExternalOptions,
     identity_of,
     parse_options,
+    require_at_least,
     require_files,
 )
 from diffprobe.backbones.registry import ResolvedBackbone
@@ -88,8 +89,7 @@ class ImageModelOptions(ExternalOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.size < 0:
-            raise ConfigError(f"{type(self).__name__}.size: must be >= 0, got {self.size}")
+        require_at_least(self, 0, "size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +105,7 @@ class VJEPA2Options(ExternalOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.frames < 0:
-            raise ConfigError(f"{type(self).__name__}.frames: must be >= 0, got {self.frames}")
+        require_at_least(self, 0, "frames")
 
 
 # ---- pixels -----------------------------------------------------------------------------------------------------
