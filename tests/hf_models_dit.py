@@ -106,16 +106,17 @@ WAN_MEAN = [0.2, -0.1, 0.05, 0.3]
 WAN_STD = [1.5, 0.8, 2.0, 1.2]
 
 
-def save_tiny_wan(folder: Path, text_encoder: bool = True) -> Path:
-    """Wan 2.1: a 2-block WanTransformer3DModel (patch (1, 2, 2)) over a tiny AutoencoderKLWan (x8 in space, x4 in
-    time, 4 latent channels with :data:`WAN_MEAN` / :data:`WAN_STD`), UniPC with flow sigmas (shift 3) as Wan ships;
-    a UMT5 text encoder."""
+def save_tiny_wan(folder: Path, text_encoder: bool = True, **transformer: Any) -> Path:
+    """Wan 2.1: a 2-block WanTransformer3DModel (patch (1, 2, 2); ``transformer`` overrides its config) over a tiny
+    AutoencoderKLWan (x8 in space, x4 in time, 4 latent channels with :data:`WAN_MEAN` / :data:`WAN_STD`), UniPC with
+    flow sigmas (shift 3) as Wan ships; a UMT5 text encoder."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 
     torch.manual_seed(0)
-    WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
-                          out_channels=4, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=2,
-                          rope_max_seq_len=32).save_pretrained(folder / "transformer")
+    cfg: dict[str, Any] = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
+                               out_channels=4, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=2,
+                               rope_max_seq_len=32)
+    WanTransformer3DModel(**(cfg | transformer)).save_pretrained(folder / "transformer")
     torch.manual_seed(1)
     AutoencoderKLWan(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                      temperal_downsample=[False, True, True], latents_mean=WAN_MEAN,

@@ -138,6 +138,15 @@ def test_temporal_patches_and_sincos_variants(tmp_path: Path) -> None:
         load_backbone(f"cogvideox:{v2b}", CPU)
 
 
+def test_an_image_to_video_transformer_is_refused(tmp_path: Path) -> None:
+    """CogVideoX's I2V transformers take the image latents too: twice the VAE's latent channels."""
+    i2v = save_tiny_cogvideox(tmp_path / "i2v", text_encoder=False, in_channels=8)
+    with pytest.raises(BackboneLoadError, match=r"transformer/config\.json: in_channels 8 != the VAE's 4 latent "
+                                                r"channels \(an image-to-video model; this kind takes text-to-video "
+                                                r"CogVideoX\)"):
+        load_backbone(f"cogvideox:{i2v}", CPU)
+
+
 def test_null_prompt_is_computed_once_then_read(tmp_path: Path) -> None:
     from diffusers import CogVideoXPipeline
     from safetensors.torch import load_file, save_file

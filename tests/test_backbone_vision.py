@@ -26,7 +26,8 @@ from hf_models_vision import (  # noqa: E402
 
 from diffprobe.backbones.external import BackboneLoadError  # noqa: E402
 from diffprobe.backbones.registry import BACKBONES, block_shapes, load_backbone  # noqa: E402
-from diffprobe.backbones.vision import VisionBackbone, patch_multiple, resample_indices  # noqa: E402
+from diffprobe.backbones.vision import VisionBackbone  # noqa: E402
+from diffprobe.backbones.vision_pixels import patch_multiple, resample_indices  # noqa: E402
 from diffprobe.config import ConfigError  # noqa: E402
 
 CPU = torch.device("cpu")

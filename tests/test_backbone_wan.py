@@ -140,6 +140,14 @@ def test_identity_bad_folders_and_registry(folder: Path, tmp_path: Path) -> None
         load_backbone(f"wan@window=overlap:{folder}", CPU)
 
 
+def test_an_image_to_video_transformer_is_refused(tmp_path: Path) -> None:
+    """Wan's I2V transformers take the conditioning latents too: more input channels than the VAE's z_dim."""
+    i2v = save_tiny_wan(tmp_path / "i2v", text_encoder=False, in_channels=8)
+    with pytest.raises(BackboneLoadError, match=r"transformer/config\.json: in_channels 8 != the VAE's z_dim 4 "
+                                                r"\(an image-to-video model"):
+        load_backbone(f"wan:{i2v}", CPU)
+
+
 @pytest.mark.parametrize("scheduler", ["UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler"])
 def test_denoise_runs_and_recovers_the_clean_latents_with_an_oracle(backbone, scheduler: str, monkeypatch) -> None:
     """The random model cannot denoise: the loop runs and keeps the shape. With an oracle velocity (eps - z) the

@@ -41,17 +41,14 @@ from diffprobe.backbones.external import (
     ExternalOptions,
     identity_of,
     parse_options,
+    require_at_least,
     weights_fingerprint,
 )
-from diffprobe.backbones.sd import T_MAPPING, load_sd_parts
+from diffprobe.backbones.sd import T_MAPPING, SDBackbone, load_sd_parts
 from diffprobe.backbones.unets import (
-    UNetBackbone,
-    check_null_embeds,
-    chunked_frame_encoder,
     load_component,
     read_config,
 )
-from diffprobe.config import ConfigError
 
 if TYPE_CHECKING:
     from diffprobe.backbones.registry import ResolvedBackbone
@@ -67,9 +64,7 @@ class AnimateDiffOptions(ExternalOptions):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("frames", "vae_chunk"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"AnimateDiffOptions.{name}: must be >= 0, got {getattr(self, name)}")
+        require_at_least(self, 0, "frames", "vae_chunk")
 
 
 def load_motion_unet(path: Path, dtype: torch.dtype, device: torch.device) -> tuple[Any, str]:
@@ -96,19 +91,15 @@ def load_motion_unet(path: Path, dtype: torch.dtype, device: torch.device) -> tu
     return motion.to(device, dtype).eval().requires_grad_(False), "unet+adapter"
 
 
-class AnimateDiffBackbone(UNetBackbone):
+class AnimateDiffBackbone(SDBackbone):
     """AnimateDiff's motion UNet on the clip (or its windows) with the null prompt; see the module docstring."""
+
+    kind = "animatediff"
 
     def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module, scheduler: Any, null: torch.Tensor,
                  identity: str, device: torch.device, options: AnimateDiffOptions) -> None:
-        self.unet, self.vae, self.scheduler = unet, vae, scheduler
-        self.null = null.to(device, options.torch_dtype)  # (1, L, D)
-        self.latent_channels = int(vae.config.latent_channels)
-        self.window = options.frames
         self.max_frames = int(getattr(unet.config, "motion_max_seq_length", 32))
-        self.latent_encoder = chunked_frame_encoder(f"{identity}-latents", vae, device, options.vae_chunk,
-                                                    "animatediff")
-        super().__init__(identity, self.latent_encoder, device, options.torch_dtype, options.batch_size)
+        super().__init__(unet, vae, scheduler, null, identity, device, options, window=options.frames)
 
     def check_frames(self, frames: int) -> None:
         n = min(self.window or frames, frames)
@@ -132,11 +123,7 @@ def load_animatediff(path: Path, options: dict[str, str], spec: str, device: tor
     opts = parse_options(AnimateDiffOptions, options, spec)
     assert isinstance(opts, AnimateDiffOptions)
     unet, layout = load_motion_unet(path, opts.torch_dtype, device)
-    vae, scheduler, null = load_sd_parts(path, opts.torch_dtype, device)
-    check_null_embeds(null, int(unet.config.cross_attention_dim), path)
-    if unet.config.in_channels != vae.config.latent_channels:
-        raise BackboneLoadError(f"{path / 'unet/config.json'}: in_channels={unet.config.in_channels}, but the VAE has "
-                                f"{vae.config.latent_channels} latent channels (vae/config.json)")
+    vae, scheduler, null = load_sd_parts(path, unet, opts.torch_dtype, device)
     # a motion_adapter/ symlinked from elsewhere is not walked by the folder's fingerprint: add its own
     adapter = weights_fingerprint(path / "motion_adapter") if layout == "unet+adapter" else ""
     identity = identity_of("animatediff", path, opts, conditioning="empty-prompt", t_mapping=T_MAPPING,

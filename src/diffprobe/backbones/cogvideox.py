@@ -40,52 +40,26 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from diffprobe.backbones.external import (
-    BackboneLoadError,
-    LatentEncoder,
-    identity_of,
-    null_embeddings,
-    parse_options,
-    require_files,
-)
+from diffprobe.backbones.external import LatentEncoder
+from diffprobe.backbones.loading import TransformerFolder
 from diffprobe.backbones.transformers3d import (
-    NULL_HOW,
-    DDPMSchedule,
-    TransformerBackbone,
+    DDPMTransformerBackbone,
     VideoOptions,
-    Windows,
-    causal_rule,
-    check_null_embeds,
-    has_text_encoder,
-    load_part,
-    load_scheduler,
-    load_text_parts,
+    causal_windows,
     video_vae_encoder,
 )
 
 
-class CogVideoXBackbone(TransformerBackbone):
-    t_mapping = "ddpm"
-
-    def __init__(self, identity: str, encoder: LatentEncoder, transformer: nn.Module, pipe: Any,
-                 null: torch.Tensor, window_latents: int | None, device: torch.device, dtype: torch.dtype,
-                 batch_size: int, folder: Path) -> None:
-        self.transformer, self.pipe = transformer, pipe
-        self.null = null.to(device, dtype)  # (1, L, D)
-        self.window_latents = window_latents
-        self.ddpm = DDPMSchedule.of(pipe.scheduler, folder)
-        cfg = transformer.config
+class CogVideoXBackbone(DDPMTransformerBackbone):
+    def __init__(self, identity: str, encoder: LatentEncoder, folder: TransformerFolder, pipe: Any,
+                 null: torch.Tensor, window_latents: int | None) -> None:
+        self.pipe = pipe
+        cfg = folder.transformer.config
         self.patch, self.patch_t = int(cfg.patch_size), int(cfg.patch_size_t or 1)
-        super().__init__(identity, encoder, device, dtype, batch_size, pipe.scheduler)
+        super().__init__(identity, encoder, folder, null, window_latents)
 
     def block_modules(self) -> list[nn.Module]:
         return list(self.transformer.transformer_blocks)
-
-    def noise(self, z: torch.Tensor, t: float, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.ddpm.noise(z, t, eps)
-
-    def level(self, t: float) -> float:
-        return self.ddpm.index(t)
 
     def padding(self, frames: int) -> int:
         """Latent frames added at the front so that ``patch_size_t`` divides them (the pipeline's padding)."""
@@ -119,46 +93,20 @@ def load_cogvideox(path: Path, options: dict[str, str], spec: str, device: torch
     from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline, CogVideoXTransformer3DModel
     from transformers import T5EncoderModel
 
-    from diffprobe.backbones.registry import ResolvedBackbone
-
-    opts = parse_options(VideoOptions, options, spec)
-    assert isinstance(opts, VideoOptions)
-    require_files(path, "transformer/config.json", "vae/config.json", "scheduler/scheduler_config.json")
-    dtype = opts.torch_dtype
-    transformer = load_part(CogVideoXTransformer3DModel, path, "transformer", dtype, device)
-    vae = load_part(AutoencoderKLCogVideoX, path, "vae", dtype, device)
-    scheduler = load_scheduler(path)
-    cfg = transformer.config
-    if cfg.in_channels != vae.config.latent_channels:
-        raise BackboneLoadError(f"{path / 'transformer' / 'config.json'}: in_channels {cfg.in_channels} != the VAE's "
-                                f"{vae.config.latent_channels} latent channels (an image-to-video model; this kind "
-                                "takes text-to-video CogVideoX)")
-    pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
-
-    def compute() -> dict[str, torch.Tensor]:
-        tokenizer, text_encoder = load_text_parts(path, T5EncoderModel, dtype, device)
-        with_text = CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-                                      transformer=transformer, scheduler=scheduler)
-        with torch.no_grad():
-            embeds, _ = with_text.encode_prompt("", do_classifier_free_guidance=False,
-                                                max_sequence_length=cfg.max_text_seq_length, device=device,
-                                                dtype=dtype)
-        return {"prompt_embeds": embeds.float()}
-
-    null = null_embeddings(path, ["prompt_embeds"], compute if has_text_encoder(path) else None,
-                           NULL_HOW)["prompt_embeds"]
-    check_null_embeds(path, null, cfg.text_embed_dim,
-                      None if cfg.use_rotary_positional_embeddings else cfg.max_text_seq_length)
-    ratio = int(vae.config.temporal_compression_ratio)
-    windows = Windows(opts.frames, opts.window, causal_rule(ratio), "cogvideox")
+    folder = TransformerFolder.load("cogvideox", path, options, spec, device, VideoOptions,
+                                    CogVideoXTransformer3DModel, AutoencoderKLCogVideoX)
+    cfg, vae = folder.transformer.config, folder.vae
+    folder.check_text_to_video(vae.config.latent_channels, f"{vae.config.latent_channels} latent channels",
+                               " CogVideoX")
+    pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=folder.transformer,
+                             scheduler=folder.scheduler)
+    null = folder.null_prompt(CogVideoXPipeline, T5EncoderModel, cfg.text_embed_dim,
+                              None if cfg.use_rotary_positional_embeddings else cfg.max_text_seq_length,
+                              max_sequence_length=cfg.max_text_seq_length)
+    windows, window_latents = causal_windows(folder, int(vae.config.temporal_compression_ratio))
     details = {"conditioning": "empty prompt (T5)", "t_mapping": "ddpm index=min(round(t*N/1000),N-1) v-prediction",
                "latents": f"mean*{vae.config.scaling_factor}"}
-    scale = float(vae.config.scaling_factor)
-    multiple = pipe.vae_scale_factor_spatial * int(cfg.patch_size)
-    encode = video_vae_encoder(windows, lambda z: z * scale, vae, dtype, device, multiple, opts.batch_size,
-                               "cogvideox")
-    encoder = LatentEncoder(identity_of("cogvideox-latents", path, opts, **details), encode, device)
-    window_latents = (opts.frames - 1) // ratio + 1 if opts.frames else None
-    backbone = CogVideoXBackbone(identity_of("cogvideox", path, opts, **details), encoder, transformer, pipe, null,
-                                 window_latents, device, dtype, opts.batch_size, path)
-    return ResolvedBackbone(backbone, mode="video", step=0, trained_on=None)
+    scale, multiple = float(vae.config.scaling_factor), pipe.vae_scale_factor_spatial * int(cfg.patch_size)
+    encode = video_vae_encoder(folder, windows, lambda z: z * scale, multiple)
+    return folder.resolve(CogVideoXBackbone, details, encode, "video", pipe=pipe, null=null,
+                          window_latents=window_latents)

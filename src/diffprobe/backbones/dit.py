@@ -30,32 +30,14 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from diffprobe.backbones.external import (
-    BackboneLoadError,
-    ExternalOptions,
-    LatentEncoder,
-    identity_of,
-    parse_options,
-    require_files,
-)
-from diffprobe.backbones.transformers3d import (
-    DDPMSchedule,
-    TransformerBackbone,
-    check_size,
-    load_part,
-    load_scheduler,
-)
-from diffprobe.config import ConfigError
+from diffprobe.backbones.external import BackboneLoadError, LatentEncoder
+from diffprobe.backbones.loading import TransformerFolder
+from diffprobe.backbones.transformers3d import DDPMTransformerBackbone, VAEFramesOptions, check_size
 
 
 @dataclasses.dataclass(frozen=True)
-class DiTOptions(ExternalOptions):
-    vae_frames: int = 16  #: frames per VAE encode call
-
-    def validate(self) -> None:
-        super().validate()
-        if self.vae_frames < 1:
-            raise ConfigError(f"DiTOptions.vae_frames: must be >= 1, got {self.vae_frames}")
+class DiTOptions(VAEFramesOptions):
+    """Options of ``dit``: ``dtype``, ``batch_size`` and ``vae_frames``."""
 
 
 def null_class(transformer: nn.Module, folder: Path) -> int:
@@ -67,15 +49,17 @@ def null_class(transformer: nn.Module, folder: Path) -> int:
     return int(emb.num_classes)
 
 
-def vae_encoder(vae: nn.Module, dtype: torch.dtype, device: torch.device, multiple: int, kind: str
-                ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 frames (B, t, H, W, 3) -> scaled latents (B, t, h, w, C): ``latent_dist.mean * scaling_factor``, the
-    frames as the pipelines prepare them ([-1, 1], channels first); ``multiple``: what H and W must divide by."""
+def vae_encoder(folder: TransformerFolder) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 frames (B, t, H, W, 3) -> scaled latents (B, t, h, w, C) by the folder's image VAE:
+    ``latent_dist.mean * scaling_factor``, the frames as the pipelines prepare them ([-1, 1], channels first); H and
+    W must divide by the VAE's factor x the transformer's patch size."""
+    vae, device, dtype = folder.vae, folder.device, folder.dtype
     scale = float(vae.config.scaling_factor)
+    multiple = 2 ** (len(vae.config.block_out_channels) - 1) * int(folder.transformer.config.patch_size)
 
     def encode(video: torch.Tensor) -> torch.Tensor:
         b = video.shape[0]
-        check_size(video.shape[2], video.shape[3], multiple, kind)
+        check_size(video.shape[2], video.shape[3], multiple, folder.kind)
         x = (rearrange(video.to(device), "b t h w c -> (b t) c h w").float() / 127.5 - 1).to(dtype)  # [-1, 1]
         z = vae.encode(x).latent_dist.mean * scale  # (B*t, C, h, w)
         return rearrange(z, "(b t) c h w -> b t h w c", b=b)
@@ -83,24 +67,14 @@ def vae_encoder(vae: nn.Module, dtype: torch.dtype, device: torch.device, multip
     return encode
 
 
-class DiTBackbone(TransformerBackbone):
-    t_mapping = "ddpm"
-
-    def __init__(self, identity: str, encoder: LatentEncoder, transformer: nn.Module, scheduler: object,
-                 null_label: int, device: torch.device, dtype: torch.dtype, batch_size: int, folder: Path) -> None:
-        self.transformer, self.null_label = transformer, null_label
-        self.ddpm = DDPMSchedule.of(scheduler, folder)
-        self.patch = int(transformer.config.patch_size)
-        super().__init__(identity, encoder, device, dtype, batch_size, scheduler)
+class DiTBackbone(DDPMTransformerBackbone):
+    def __init__(self, identity: str, encoder: LatentEncoder, folder: TransformerFolder, null_label: int) -> None:
+        self.null_label = null_label
+        self.patch = int(folder.transformer.config.patch_size)
+        super().__init__(identity, encoder, folder)
 
     def block_modules(self) -> list[nn.Module]:
         return list(self.transformer.transformer_blocks)
-
-    def noise(self, z: torch.Tensor, t: float, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.ddpm.noise(z, t, eps)
-
-    def level(self, t: float) -> float:
-        return self.ddpm.index(t)
 
     def call(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         b, frames = x.shape[:2]
@@ -121,21 +95,10 @@ class DiTBackbone(TransformerBackbone):
 def load_dit(path: Path, options: dict[str, str], spec: str, device: torch.device):
     from diffusers import AutoencoderKL, DiTTransformer2DModel
 
-    from diffprobe.backbones.registry import ResolvedBackbone
-
-    opts = parse_options(DiTOptions, options, spec)
-    assert isinstance(opts, DiTOptions)
-    require_files(path, "transformer/config.json", "vae/config.json", "scheduler/scheduler_config.json")
-    dtype = opts.torch_dtype
-    transformer = load_part(DiTTransformer2DModel, path, "transformer", dtype, device)
-    vae = load_part(AutoencoderKL, path, "vae", dtype, device)
-    scheduler = load_scheduler(path)
-    label = null_class(transformer, path)
+    folder = TransformerFolder.load("dit", path, options, spec, device, DiTOptions, DiTTransformer2DModel,
+                                    AutoencoderKL)
+    label = null_class(folder.transformer, path)
     details = {"conditioning": f"null class {label}", "t_mapping": "ddpm index=min(round(t*N/1000),N-1)",
-               "latents": f"mean*{vae.config.scaling_factor}"}
-    multiple = 2 ** (len(vae.config.block_out_channels) - 1) * int(transformer.config.patch_size)
-    encoder = LatentEncoder(identity_of("dit-latents", path, opts, **details),
-                            vae_encoder(vae, dtype, device, multiple, "dit"), device, frames_per_chunk=opts.vae_frames)
-    backbone = DiTBackbone(identity_of("dit", path, opts, **details), encoder, transformer, scheduler, label, device,
-                           dtype, opts.batch_size, path)
-    return ResolvedBackbone(backbone, mode="image", step=0, trained_on=None)
+               "latents": f"mean*{folder.vae.config.scaling_factor}"}
+    return folder.resolve(DiTBackbone, details, vae_encoder(folder), "image", frames_per_chunk=folder.opts.vae_frames,
+                          null_label=label)

@@ -266,3 +266,11 @@ class LatentDiffusionBackbone(Backbone):
         if 0 in blocks:
             result[0] = z
         return result
+
+
+def require_at_least(options: Config, minimum: int, *names: str) -> None:
+    """A :class:`ConfigError` naming the first option of ``names`` below ``minimum`` (for options' ``validate``)."""
+    for name in names:
+        value = getattr(options, name)
+        if value < minimum:
+            raise ConfigError(f"{type(options).__name__}.{name}: must be >= {minimum}, got {value}")

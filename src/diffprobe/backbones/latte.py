@@ -37,54 +37,25 @@ from einops import rearrange
 from torch import nn
 
 from diffprobe.backbones.dit import vae_encoder
-from diffprobe.backbones.external import LatentEncoder, identity_of, null_embeddings, parse_options, require_files
-from diffprobe.backbones.transformers3d import (
-    NULL_HOW,
-    DDPMSchedule,
-    TransformerBackbone,
-    VideoOptions,
-    Windows,
-    check_null_embeds,
-    has_text_encoder,
-    load_part,
-    load_scheduler,
-    load_text_parts,
-)
-from diffprobe.config import ConfigError
+from diffprobe.backbones.external import LatentEncoder
+from diffprobe.backbones.loading import TransformerFolder
+from diffprobe.backbones.transformers3d import DDPMTransformerBackbone, VAEFramesOptions, VideoOptions, Windows
 
 
 @dataclasses.dataclass(frozen=True)
-class LatteOptions(VideoOptions):
-    vae_frames: int = 16  #: frames per VAE encode call
-
-    def validate(self) -> None:
-        super().validate()
-        if self.vae_frames < 1:
-            raise ConfigError(f"LatteOptions.vae_frames: must be >= 1, got {self.vae_frames}")
+class LatteOptions(VAEFramesOptions, VideoOptions):
+    """Options of ``latte``: ``dtype``, ``batch_size``, ``frames``, ``window`` and ``vae_frames``."""
 
 
-class LatteBackbone(TransformerBackbone):
-    t_mapping = "ddpm"
-
-    def __init__(self, identity: str, encoder: LatentEncoder, transformer: nn.Module, scheduler: object,
-                 null: torch.Tensor, window_latents: int, device: torch.device, dtype: torch.dtype, batch_size: int,
-                 folder: Path) -> None:
-        self.transformer = transformer
-        self.null = null.to(device, dtype)  # (1, L, D)
-        self.window_latents = window_latents
-        self.ddpm = DDPMSchedule.of(scheduler, folder)
-        self.patch = int(transformer.config.patch_size)
-        super().__init__(identity, encoder, device, dtype, batch_size, scheduler)
+class LatteBackbone(DDPMTransformerBackbone):
+    def __init__(self, identity: str, encoder: LatentEncoder, folder: TransformerFolder, null: torch.Tensor,
+                 window_latents: int) -> None:
+        self.patch = int(folder.transformer.config.patch_size)
+        super().__init__(identity, encoder, folder, null, window_latents)
 
     def block_modules(self) -> list[nn.Module]:
         pairs = zip(self.transformer.transformer_blocks, self.transformer.temporal_transformer_blocks, strict=True)
         return [m for pair in pairs for m in pair]  # spatial 0, temporal 0, spatial 1, ...
-
-    def noise(self, z: torch.Tensor, t: float, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.ddpm.noise(z, t, eps)
-
-    def level(self, t: float) -> float:
-        return self.ddpm.index(t)
 
     def call(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         out = self.transformer(hidden_states=rearrange(x, "b t h w c -> b c t h w").to(self.dtype),
@@ -110,29 +81,11 @@ def load_latte(path: Path, options: dict[str, str], spec: str, device: torch.dev
     from diffusers import AutoencoderKL, LattePipeline, LatteTransformer3DModel
     from transformers import T5EncoderModel
 
-    from diffprobe.backbones.registry import ResolvedBackbone
-
-    opts = parse_options(LatteOptions, options, spec)
-    assert isinstance(opts, LatteOptions)
-    require_files(path, "transformer/config.json", "vae/config.json", "scheduler/scheduler_config.json")
-    dtype = opts.torch_dtype
-    transformer = load_part(LatteTransformer3DModel, path, "transformer", dtype, device)
-    vae = load_part(AutoencoderKL, path, "vae", dtype, device)
-    scheduler = load_scheduler(path)
-    cfg = transformer.config
-
-    def compute() -> dict[str, torch.Tensor]:
-        tokenizer, text_encoder = load_text_parts(path, T5EncoderModel, dtype, device)
-        pipe = LattePipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                             scheduler=scheduler)
-        with torch.no_grad():
-            embeds, _ = pipe.encode_prompt("", do_classifier_free_guidance=False, device=device, clean_caption=False,
-                                           mask_feature=True, dtype=dtype)
-        return {"prompt_embeds": embeds.float()}
-
-    null = null_embeddings(path, ["prompt_embeds"], compute if has_text_encoder(path) else None,
-                           NULL_HOW)["prompt_embeds"]
-    check_null_embeds(path, null, cfg.caption_channels)
+    folder = TransformerFolder.load("latte", path, options, spec, device, LatteOptions, LatteTransformer3DModel,
+                                    AutoencoderKL)
+    opts, cfg = folder.opts, folder.transformer.config
+    null = folder.null_prompt(LattePipeline, T5EncoderModel, cfg.caption_channels, clean_caption=False,
+                              mask_feature=True)
     length = int(cfg.video_length)
     frames = opts.frames or length
 
@@ -141,9 +94,8 @@ def load_latte(path: Path, options: dict[str, str], spec: str, device: torch.dev
 
     windows = Windows(frames, opts.window, rule, "latte")
     details = {"conditioning": "empty prompt (T5, masked)", "t_mapping": "ddpm index=min(round(t*N/1000),N-1)",
-               "latents": f"mean*{vae.config.scaling_factor}"}
-    multiple = 2 ** (len(vae.config.block_out_channels) - 1) * int(cfg.patch_size)
-    per_frame = vae_encoder(vae, dtype, device, multiple, "latte")
+               "latents": f"mean*{folder.vae.config.scaling_factor}"}
+    per_frame = vae_encoder(folder)
 
     def encode(video: torch.Tensor) -> torch.Tensor:  # (B, T, H, W, 3) -> (B, K*N, h, w, C)
         clips, _ = windows.split(video)
@@ -151,7 +103,4 @@ def load_latte(path: Path, options: dict[str, str], spec: str, device: torch.dev
                       dim=1)
         return rearrange(z, "(b k) n h w c -> b (k n) h w c", b=len(video))
 
-    encoder = LatentEncoder(identity_of("latte-latents", path, opts, **details), encode, device)
-    backbone = LatteBackbone(identity_of("latte", path, opts, **details), encoder, transformer, scheduler, null,
-                             frames, device, dtype, opts.batch_size, path)
-    return ResolvedBackbone(backbone, mode="video", step=0, trained_on=None)
+    return folder.resolve(LatteBackbone, details, encode, "video", null=null, window_latents=frames)

@@ -39,7 +39,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from einops import rearrange
 
-from diffprobe.backbones.external import BackboneLoadError, ExternalOptions, identity_of, parse_options
+from diffprobe.backbones.external import (
+    BackboneLoadError,
+    ExternalOptions,
+    identity_of,
+    parse_options,
+    require_at_least,
+)
 from diffprobe.backbones.unets import (
     UNetBackbone,
     check_null_embeds,
@@ -50,9 +56,9 @@ from diffprobe.backbones.unets import (
     read_config,
     vae_dtype,
 )
-from diffprobe.config import ConfigError
 
 if TYPE_CHECKING:
+    from diffprobe.backbones.animatediff import AnimateDiffOptions
     from diffprobe.backbones.registry import ResolvedBackbone
 
 T_MAPPING = "ddpm: tau=round(t*N/1000), x_t=sqrt(ab[tau]) z + sqrt(1-ab[tau]) eps"
@@ -66,13 +72,13 @@ class SDOptions(ExternalOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.vae_chunk < 0:
-            raise ConfigError(f"SDOptions.vae_chunk: must be >= 0, got {self.vae_chunk}")
+        require_at_least(self, 0, "vae_chunk")
 
 
-def load_sd_parts(path: Path, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any, torch.Tensor]:
-    """``(vae, scheduler, null prompt embeddings (1, L, D))`` of an SD 1.x/2.x folder (the caller loads the UNet; an
-    ``animatediff`` folder shares these parts)."""
+def load_sd_parts(path: Path, unet: torch.nn.Module, dtype: torch.dtype, device: torch.device
+                  ) -> tuple[Any, Any, torch.Tensor]:
+    """``(vae, scheduler, null prompt embeddings (1, L, D))`` of an SD 1.x/2.x folder, checked to fit ``unet`` (the
+    caller loads the UNet; an ``animatediff`` folder shares these parts)."""
     from diffusers import AutoencoderKL
 
     vae_config = read_config(path, "vae/config.json")
@@ -81,19 +87,28 @@ def load_sd_parts(path: Path, dtype: torch.dtype, device: torch.device) -> tuple
     if vae.config.get("shift_factor") is not None or vae.config.get("latents_mean") is not None:
         raise BackboneLoadError(f"{path / 'vae/config.json'}: a VAE with shift_factor / latents_mean is not an SD "
                                 "1.x/2.x VAE (the SD pipelines scale by scaling_factor only)")
-    return vae, scheduler, prompt_null_embeddings(path)
+    null = prompt_null_embeddings(path)
+    check_null_embeds(null, int(unet.config.cross_attention_dim), path)
+    if unet.config.in_channels != vae.config.latent_channels:
+        raise BackboneLoadError(f"{path / 'unet/config.json'}: in_channels={unet.config.in_channels}, but the VAE has "
+                                f"{vae.config.latent_channels} latent channels (vae/config.json)")
+    return vae, scheduler, null
 
 
 class SDBackbone(UNetBackbone):
-    """SD's UNet frame by frame (image mode) with the null prompt; see the module docstring."""
+    """SD's UNet frame by frame (image mode) with the null prompt; see the module docstring. ``window``: frames per
+    sample of a video UNet on the same parts (``animatediff``)."""
+
+    kind = "sd"
 
     def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module, scheduler: Any, null: torch.Tensor,
-                 identity: str, device: torch.device, options: SDOptions) -> None:
+                 identity: str, device: torch.device, options: SDOptions | AnimateDiffOptions,
+                 window: int = 0) -> None:
         self.unet, self.vae, self.scheduler = unet, vae, scheduler
         self.null = null.to(device, options.torch_dtype)  # (1, L, D)
         self.latent_channels = int(vae.config.latent_channels)
-        self.window = 0
-        self.latent_encoder = chunked_frame_encoder(f"{identity}-latents", vae, device, options.vae_chunk, "sd")
+        self.window = window
+        self.latent_encoder = chunked_frame_encoder(f"{identity}-latents", vae, device, options.vae_chunk, self.kind)
         super().__init__(identity, self.latent_encoder, device, options.torch_dtype, options.batch_size)
 
     def forward(self, x_t: torch.Tensor, timestep: torch.Tensor, clean: torch.Tensor,
@@ -119,10 +134,6 @@ def load_sd(path: Path, options: dict[str, str], spec: str, device: torch.device
                                 f"{unet_config['addition_embed_type']!r} (an SDXL-style UNet, which needs pooled text "
                                 "embeddings and time ids) is not an SD 1.x/2.x UNet")
     unet = load_component(UNet2DConditionModel, path, "unet", opts.torch_dtype, device)
-    vae, scheduler, null = load_sd_parts(path, opts.torch_dtype, device)
-    check_null_embeds(null, int(unet.config.cross_attention_dim), path)
-    if unet.config.in_channels != vae.config.latent_channels:
-        raise BackboneLoadError(f"{path / 'unet/config.json'}: in_channels={unet.config.in_channels}, but the VAE has "
-                                f"{vae.config.latent_channels} latent channels (vae/config.json)")
+    vae, scheduler, null = load_sd_parts(path, unet, opts.torch_dtype, device)
     identity = identity_of("sd", path, opts, conditioning="empty-prompt", t_mapping=T_MAPPING, mode="image")
     return ResolvedBackbone(SDBackbone(unet, vae, scheduler, null, identity, device, opts), "image", 0, None)

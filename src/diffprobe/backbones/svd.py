@@ -72,6 +72,7 @@ from diffprobe.backbones.external import (
     LatentEncoder,
     identity_of,
     parse_options,
+    require_at_least,
     require_files,
 )
 from diffprobe.backbones.unets import (
@@ -85,7 +86,6 @@ from diffprobe.backbones.unets import (
     vae_dtype,
     vae_latents,
 )
-from diffprobe.config import ConfigError
 
 if TYPE_CHECKING:
     from diffprobe.backbones.registry import ResolvedBackbone
@@ -108,9 +108,7 @@ class SVDOptions(ExternalOptions):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("frames", "vae_chunk", "noise_aug_strength"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"SVDOptions.{name}: must be >= 0, got {getattr(self, name)}")
+        require_at_least(self, 0, "frames", "vae_chunk", "noise_aug_strength")
 
 
 def window_starts(frames: int, window: int) -> list[int]:

@@ -1,131 +1,46 @@
-"""What the diffusers transformer kinds (``dit``, ``cogvideox``, ``wan``, ``latte``) share.
+"""What the diffusers transformer kinds (``dit``, ``cogvideox``, ``wan``, ``latte``) share once loaded (how they load
+a folder: :mod:`diffprobe.backbones.loading`).
 
-- :func:`load_part` / :func:`load_scheduler` / :func:`load_text_parts`: a folder's parts by the library's own
-  ``from_pretrained``; a missing file, a config that does not fit its weights (wrong shapes, missing or unused
-  weights) or an unknown scheduler class is a :class:`BackboneLoadError` naming the file.
 - :class:`DDPMSchedule`: the DDPM t mapping on the folder's scheduler (``index = min(round(t * N / 1000), N - 1)``
   with N = its ``num_train_timesteps``, ``x_t = sqrt(ab) z + sqrt(1 - ab) eps`` with ab its ``alphas_cumprod``);
   :func:`flow_noise`: the flow-matching mapping (``sigma = t / 1000``, ``x_t = (1 - sigma) z + sigma eps``).
 - :class:`VideoOptions` / :class:`Windows`: the ``frames`` / ``window`` options of the video kinds (a clip cut to its
-  first window, or tiled into windows that are each encoded and denoised as their own sample).
+  first window, or tiled into windows that are each encoded and denoised as their own sample);
+  :class:`VAEFramesOptions`: the ``vae_frames`` option of the kinds whose VAE encodes frame by frame.
 - :class:`TransformerBackbone`: the :class:`LatentDiffusionBackbone` of a diffusers transformer: one call
   (:meth:`TransformerBackbone.call`) serves the block taps and the ``denoise`` loop of ``diffprobe backbone check``
-  (:func:`run_scheduler`: the folder's own scheduler, started exactly at t).
+  (:func:`run_scheduler`: the folder's own scheduler, started exactly at t); :class:`DDPMTransformerBackbone`: one
+  on the DDPM t mapping.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import math
-import re
 from abc import abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from einops import rearrange
-from torch import nn
 
-from diffprobe.backbones.external import BackboneLoadError, ExternalOptions, LatentDiffusionBackbone, require_files
-from diffprobe.config import ConfigError
+from diffprobe.backbones.external import (
+    BackboneLoadError,
+    ExternalOptions,
+    LatentDiffusionBackbone,
+    LatentEncoder,
+    require_at_least,
+)
 from diffprobe.errors import InputError
+
+if TYPE_CHECKING:
+    from diffprobe.backbones.loading import TransformerFolder
 
 #: schedulers whose ``step`` goes from ``timestep`` to ``timestep - N // num_inference_steps`` (any start works)
 DDIM_FAMILY = ("DDIMScheduler", "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler")
-
-
-# ---- loading ---------------------------------------------------------------------------------------------------
-
-
-def _has_module(model: nn.Module, key: str) -> bool:
-    prefix = key.rpartition(".")[0]
-    try:
-        model.get_submodule(prefix)
-    except AttributeError:
-        return False
-    return True
-
-
-def _unfit_keys(model: nn.Module, info: dict[str, Any]) -> list[str]:
-    """Weights the config asks for that the file lacks, and weights of the file for modules the config does not
-    have (a stray tensor of a module the model has, e.g. an old buffer, is tolerated, as are keys the library itself
-    ignores)."""
-    ignored = [re.compile(p) for p in (getattr(type(model), "_keys_to_ignore_on_load_unexpected", None) or [])]
-    missing = sorted(info.get("missing_keys") or [])
-    unused = sorted(k for k in info.get("unexpected_keys") or []
-                    if not any(p.search(k) for p in ignored) and not _has_module(model, k))
-    mismatched = [str(m[0]) if isinstance(m, (tuple, list)) else str(m) for m in info.get("mismatched_keys") or []]
-    return [f"missing {k}" for k in missing] + [f"unused {k}" for k in unused] + [f"mismatched {k}" for k in
-                                                                                  mismatched]
-
-
-def load_part(cls: type, folder: Path, sub: str, dtype: torch.dtype, device: torch.device,
-              config_name: str = "config.json") -> nn.Module:
-    """``cls.from_pretrained(folder / sub)`` in ``dtype`` on ``device``, frozen and in eval mode."""
-    require_files(folder, f"{sub}/{config_name}")
-    path = folder / sub
-    try:
-        model, info = cls.from_pretrained(path, torch_dtype=dtype, output_loading_info=True)
-    except Exception as e:  # the libraries raise OSError / ValueError / RuntimeError / ...: name the folder
-        raise BackboneLoadError(f"{path}: {cls.__name__} does not load from {config_name} and its weights: {e}") from e
-    bad = _unfit_keys(model, info)
-    if bad:
-        shown = ", ".join(bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
-        raise BackboneLoadError(f"{path}: the weights do not fit {path / config_name} ({shown})")
-    return model.to(device).eval().requires_grad_(False)
-
-
-def load_scheduler(folder: Path) -> Any:
-    """The folder's scheduler, of the class its ``scheduler/scheduler_config.json`` names."""
-    import diffusers
-
-    require_files(folder, "scheduler/scheduler_config.json")
-    path = folder / "scheduler" / "scheduler_config.json"
-    try:
-        name = json.loads(path.read_text())["_class_name"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise BackboneLoadError(f"{path}: not a diffusers scheduler config (no _class_name): {e}") from e
-    cls = getattr(diffusers, str(name), None)
-    if cls is None or not hasattr(cls, "from_pretrained"):
-        raise BackboneLoadError(f"{path}: unknown scheduler class {name!r} (diffusers {diffusers.__version__})")
-    try:
-        return cls.from_pretrained(folder / "scheduler")
-    except Exception as e:
-        raise BackboneLoadError(f"{path}: {name} does not load: {e}") from e
-
-
-def load_text_parts(folder: Path, encoder_cls: type, dtype: torch.dtype, device: torch.device) -> tuple[Any, nn.Module]:
-    """The folder's ``tokenizer/`` (``AutoTokenizer``) and ``text_encoder/`` (``encoder_cls``)."""
-    from transformers import AutoTokenizer
-
-    require_files(folder, "tokenizer")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    except Exception as e:
-        raise BackboneLoadError(f"{folder / 'tokenizer'}: AutoTokenizer does not load it: {e}") from e
-    return tokenizer, load_part(encoder_cls, folder, "text_encoder", dtype, device)
-
-
-def has_text_encoder(folder: Path) -> bool:
-    return (folder / "text_encoder" / "config.json").is_file() and (folder / "tokenizer").is_dir()
-
-
-def check_null_embeds(folder: Path, embeds: torch.Tensor, dim: int, length: int | None = None) -> None:
-    """``prompt_embeds`` must be (1, L, dim) (and L = ``length`` where the model fixes it)."""
-    path = folder / "null_embeds.safetensors"
-    if embeds.ndim != 3 or embeds.shape[0] != 1 or embeds.shape[2] != dim:
-        raise BackboneLoadError(f"{path}: prompt_embeds is {tuple(embeds.shape)}, expected (1, L, {dim})")
-    if length is not None and embeds.shape[1] != length:
-        raise BackboneLoadError(f"{path}: prompt_embeds has {embeds.shape[1]} tokens, the transformer's positional "
-                                f"embedding takes {length} (its max_text_seq_length)")
-
-
-NULL_HOW = ("give the folder its text_encoder/ and tokenizer/ (the pipeline's own), or write null_embeds.safetensors "
-            "with a tensor prompt_embeds (1, L, D): the pipeline's encode_prompt('') output")
 
 
 def check_size(height: int, width: int, multiple: int, kind: str) -> None:
@@ -200,8 +115,18 @@ class VideoOptions(ExternalOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.frames < 0:
-            raise ConfigError(f"{type(self).__name__}.frames: must be >= 0, got {self.frames}")
+        require_at_least(self, 0, "frames")
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEFramesOptions(ExternalOptions):
+    """The ``vae_frames`` option of the kinds whose VAE encodes frame by frame (``dit``, ``latte``)."""
+
+    vae_frames: int = 16  #: frames per VAE encode call
+
+    def validate(self) -> None:
+        super().validate()
+        require_at_least(self, 1, "vae_frames")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,22 +159,28 @@ class Windows:
         return rearrange(video[:, :k * n], "b (k n) ... -> (b k) n ...", k=k), k
 
 
-def causal_rule(ratio: int) -> Callable[[int], str | None]:
-    """Window lengths a causal video VAE with time compression ``ratio`` takes: 1 + ratio * k."""
-    return lambda n: None if (n - 1) % ratio == 0 else f"windows must have 1 + {ratio}k frames"
+def causal_windows(folder: TransformerFolder[VideoOptions], ratio: int) -> tuple[Windows, int | None]:
+    """The windows of a kind whose causal video VAE compresses time ``ratio`` times (a window must have
+    ``1 + ratio * k`` frames) and the latent frames of one window (None: the whole clip is one)."""
+    frames = folder.opts.frames
+    windows = Windows(frames, folder.opts.window,
+                      lambda n: None if (n - 1) % ratio == 0 else f"windows must have 1 + {ratio}k frames", folder.kind)
+    return windows, (frames - 1) // ratio + 1 if frames else None
 
 
-def video_vae_encoder(windows: Windows, normalise: Callable[[torch.Tensor], torch.Tensor], vae: nn.Module,
-                      dtype: torch.dtype, device: torch.device, multiple: int, batch: int, kind: str
+def video_vae_encoder(folder: TransformerFolder[VideoOptions], windows: Windows,
+                      normalise: Callable[[torch.Tensor], torch.Tensor], multiple: int
                       ) -> Callable[[torch.Tensor], torch.Tensor]:
     """uint8 clips (B, T, H, W, 3) -> the windows' normalised latents end to end (B, K * T'w, h, w, C): each window
-    encoded by the video VAE as its own sample ([-1, 1] pixels, (N, 3, T, H, W)), at its latent mean."""
+    encoded by the folder's video VAE as its own sample ([-1, 1] pixels, (N, 3, T, H, W)), at its latent mean,
+    ``batch_size`` windows a call; ``multiple``: what H and W must divide by."""
+    vae, device, dtype = folder.vae, folder.device, folder.dtype
 
     def encode(video: torch.Tensor) -> torch.Tensor:
-        check_size(video.shape[2], video.shape[3], multiple, kind)
+        check_size(video.shape[2], video.shape[3], multiple, folder.kind)
         clips, _ = windows.split(video.to(device))  # (B*K, N, H, W, 3)
         x = (rearrange(clips, "b t h w c -> b c t h w").float() / 127.5 - 1).to(dtype)  # [-1, 1]
-        step = batch or len(x)
+        step = folder.opts.batch_size or len(x)
         z = torch.cat([vae.encode(x[i:i + step]).latent_dist.mean for i in range(0, len(x), step)])
         z = rearrange(normalise(z), "(b k) c t h w -> b (k t) h w c", b=len(video))
         return z  # (B, K*T'w, h, w, C)
@@ -344,15 +275,16 @@ class TransformerBackbone(LatentDiffusionBackbone):
     conditioning and returns its output channels last; the block taps stop it early, ``denoise`` runs it to the end.
 
     ``window_latents``: latent frames per clip window (None: the whole clip is one sample); the latents of a tiled
-    clip are its windows' latents end to end, and every window is denoised as its own sample.
+    clip are its windows' latents end to end, and every window is denoised as its own sample. ``null``: the null
+    text conditioning ``(1, L, D)`` (None: the kind conditions otherwise).
     """
 
-    window_latents: int | None = None
-
-    def __init__(self, identity: str, encoder: Any, device: torch.device, dtype: torch.dtype, batch_size: int,
-                 scheduler: Any) -> None:
-        self.scheduler = scheduler
-        super().__init__(identity, encoder, device, dtype, batch_size)
+    def __init__(self, identity: str, encoder: LatentEncoder, folder: TransformerFolder,
+                 null: torch.Tensor | None = None, window_latents: int | None = None) -> None:
+        self.transformer, self.scheduler = folder.transformer, folder.scheduler
+        self.null = None if null is None else null.to(folder.device, folder.dtype)  # (1, L, D)
+        self.window_latents = window_latents
+        super().__init__(identity, encoder, folder.device, folder.dtype, folder.opts.batch_size)
 
     @abstractmethod
     def call(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
@@ -392,3 +324,20 @@ class TransformerBackbone(LatentDiffusionBackbone):
     @abstractmethod
     def level(self, t: float) -> float:
         """Where :func:`run_scheduler` starts for noise level t: the DDPM timestep, or sigma (flow)."""
+
+
+class DDPMTransformerBackbone(TransformerBackbone):
+    """A transformer on the DDPM t mapping of its folder's scheduler (:class:`DDPMSchedule`)."""
+
+    t_mapping = "ddpm"
+
+    def __init__(self, identity: str, encoder: LatentEncoder, folder: TransformerFolder,
+                 null: torch.Tensor | None = None, window_latents: int | None = None) -> None:
+        self.ddpm = DDPMSchedule.of(folder.scheduler, folder.path)
+        super().__init__(identity, encoder, folder, null, window_latents)
+
+    def noise(self, z: torch.Tensor, t: float, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ddpm.noise(z, t, eps)
+
+    def level(self, t: float) -> float:
+        return self.ddpm.index(t)

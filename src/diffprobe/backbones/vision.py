@@ -54,7 +54,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from diffprobe.backbones.base import Backbone
@@ -64,17 +63,14 @@ from diffprobe.backbones.external import (
     ExternalOptions,
     identity_of,
     parse_options,
+    require_at_least,
     require_files,
 )
 from diffprobe.backbones.registry import ResolvedBackbone
+from diffprobe.backbones.vision_pixels import IMAGENET_MEAN, IMAGENET_STD, image_prepare, read_pixels, video_prepare
 from diffprobe.config import ConfigError
 from diffprobe.errors import InputError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-#: PIL resample codes of the processors' configs -> torch interpolation modes
-RESAMPLE = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}
-PREPROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 
@@ -88,8 +84,7 @@ class ImageModelOptions(ExternalOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.size < 0:
-            raise ConfigError(f"{type(self).__name__}.size: must be >= 0, got {self.size}")
+        require_at_least(self, 0, "size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,92 +100,7 @@ class VJEPA2Options(ExternalOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.frames < 0:
-            raise ConfigError(f"{type(self).__name__}.frames: must be >= 0, got {self.frames}")
-
-
-# ---- pixels -----------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Pixels:
-    """How uint8 frames become the model's pixel values (from the folder's preprocessor config)."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    scale: float  #: rescale factor (1 when the config says do_rescale: false)
-    normalize: bool
-    resample: str  #: torch interpolation mode
-    source: str  #: the config file read, or "defaults"
-
-    def describe(self) -> str:
-        return (f"rescale={self.scale!r} mean={self.mean!r} std={self.std!r} normalize={self.normalize} "
-                f"resample={self.resample} from={self.source}")
-
-    def __call__(self, frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """uint8 ``(N, H, W, 3)`` -> float32 ``(N, 3, h, w)`` at ``size`` = (h, w)."""
-        x = frames.permute(0, 3, 1, 2).float()  # (N, 3, H, W) in 0..255
-        if tuple(x.shape[-2:]) != tuple(size):
-            if self.resample == "nearest-exact":
-                x = F.interpolate(x, size=size, mode="nearest-exact")
-            else:
-                x = F.interpolate(x, size=size, mode=self.resample, antialias=True, align_corners=False)
-            x = x.round().clamp(0, 255)  # the processors resize uint8 images
-        x = x * self.scale
-        if self.normalize:
-            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-            x = (x - mean) / std
-        return x  # (N, 3, h, w)
-
-
-def _triple(value: Any, where: str) -> tuple[float, float, float]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (float(value),) * 3
-    if isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value):
-        return tuple(float(v) for v in value)  # type: ignore[return-value]
-    raise BackboneLoadError(f"{where}: expected a number or 3 numbers, got {value!r}")
-
-
-def read_pixels(folder: Path, default_mean: tuple[float, float, float], default_std: tuple[float, float, float],
-                default_resample: int) -> Pixels:
-    """The pixel normalisation of ``folder``'s preprocessor config; the kind's defaults (with a warning) without
-    one."""
-    path = next((folder / n for n in PREPROCESSOR_FILES if (folder / n).is_file()), None)
-    if path is None:
-        warnings.warn(f"{folder}: no {' or '.join(PREPROCESSOR_FILES)}; using rescale 1/255, mean {default_mean}, "
-                      f"std {default_std}", stacklevel=3)
-        return Pixels(default_mean, default_std, 1 / 255, True, RESAMPLE[default_resample], "defaults")
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise BackboneLoadError(f"{path}: cannot read the preprocessor config: {e}") from e
-    if not isinstance(cfg, dict):
-        raise BackboneLoadError(f"{path}: expected a JSON object")
-    mean = _triple(cfg["image_mean"], f"{path}: image_mean") if "image_mean" in cfg else default_mean
-    std = _triple(cfg["image_std"], f"{path}: image_std") if "image_std" in cfg else default_std
-    if any(s <= 0 for s in std):
-        raise BackboneLoadError(f"{path}: image_std must be positive, got {std}")
-    scale = float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0
-    code = cfg.get("resample", default_resample)
-    if code not in RESAMPLE:
-        raise BackboneLoadError(f"{path}: resample={code!r} is not supported (0 nearest, 2 bilinear, 3 bicubic)")
-    return Pixels(mean, std, scale, bool(cfg.get("do_normalize", True)), RESAMPLE[code], path.name)
-
-
-def resample_indices(frames: int, target: int) -> list[int]:
-    """``target`` evenly spaced frame indices from the first frame to the last of a ``frames``-frame clip."""
-    if target == 1:
-        return [0]
-    return [int((frames - 1) * i / (target - 1) + 0.5) for i in range(target)]
-
-
-def patch_multiple(height: int, width: int, patch: int, size: int = 0) -> tuple[int, int]:
-    """The frame size an image model sees: short side scaled to ``size`` (0: unscaled), then each side rounded to
-    the nearest multiple of ``patch`` (at least one patch)."""
-    h, w = float(height), float(width)
-    if size:
-        scale = size / min(h, w)
-        h, w = h * scale, w * scale
-    return max(patch, int(h / patch + 0.5) * patch), max(patch, int(w / patch + 0.5) * patch)
+        require_at_least(self, 0, "frames")
 
 
 # ---- the backbone -----------------------------------------------------------------------------------------------
@@ -319,25 +229,6 @@ def _prefixes(model: nn.Module, modules: Sequence[nn.Module]) -> tuple[str, ...]
     return tuple(names[id(m)] + "." for m in modules)
 
 
-def _image_prepare(pixels: Pixels, patch: int, size: int) -> Callable:
-    def prepare(video: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-        b, t, h, w, _ = video.shape  # (B, T, H, W, 3)
-        hh, ww = patch_multiple(h, w, patch, size)
-        x = pixels(video.reshape(b * t, h, w, 3), (hh, ww))  # (B*T, 3, hh, ww): every frame its own image
-        return x, (b, t, hh // patch, ww // patch)
-    return prepare
-
-
-def _video_prepare(pixels: Pixels, patch: int, tubelet: int, side: int, frames: Callable[[int], int]) -> Callable:
-    def prepare(video: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-        b, t, h, w, _ = video.shape  # (B, T, H, W, 3)
-        n = frames(t)
-        clip = video[:, resample_indices(t, n)]  # (B, n, H, W, 3)
-        x = pixels(clip.reshape(b * n, h, w, 3), (side, side)).reshape(b, n, 3, side, side)  # (B, n, 3, S, S)
-        return x, (b, n // tubelet, side // patch, side // patch)
-    return prepare
-
-
 def load_dinov2(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
     """``dinov2[@dtype=..,batch_size=..,size=N]:PATH``: Dinov2Model or Dinov2WithRegistersModel by model_type."""
     import transformers
@@ -354,7 +245,7 @@ def load_dinov2(path: Path, options: dict[str, str], spec: str, device: torch.de
                            geometry=f"frames alone, sides to multiples of patch {c.patch_size}, size={opts.size}, "
                                     "position table interpolated", tokens=f"patches (dropped {skip} leading)")
     backbone = VisionBackbone("dinov2", identity, model.to(device), model.embeddings, model.encoder.layer,
-                              _image_prepare(pixels, c.patch_size, opts.size), lambda x: model(pixel_values=x),
+                              image_prepare(pixels, c.patch_size, opts.size), lambda x: model(pixel_values=x),
                               skip, device, opts.torch_dtype, opts.batch_size)
     return ResolvedBackbone(backbone, "image", 0, None)
 
@@ -374,7 +265,7 @@ def load_siglip(path: Path, options: dict[str, str], spec: str, device: torch.de
                            geometry=f"frames alone, sides to multiples of patch {c.patch_size}, size={opts.size}, "
                                     "interpolate_pos_encoding=True", tokens="patches")
     backbone = VisionBackbone("siglip", identity, model.to(device), model.embeddings, model.encoder.layers,
-                              _image_prepare(pixels, c.patch_size, opts.size),
+                              image_prepare(pixels, c.patch_size, opts.size),
                               lambda x: model(pixel_values=x, interpolate_pos_encoding=True),
                               0, device, opts.torch_dtype, opts.batch_size)
     return ResolvedBackbone(backbone, "image", 0, None)
@@ -394,7 +285,7 @@ def load_videomae(path: Path, options: dict[str, str], spec: str, device: torch.
                            geometry=f"clip resampled to {n} frames, frames resized to {side}x{side}",
                            tokens=f"tubelets {tubelet}x{patch}x{patch}")
     backbone = VisionBackbone("videomae", identity, model.to(device), model.embeddings, model.encoder.layer,
-                              _video_prepare(pixels, patch, tubelet, side, lambda t: n),
+                              video_prepare(pixels, patch, tubelet, side, lambda t: n),
                               lambda x: model(pixel_values=x), 0, device, opts.torch_dtype, opts.batch_size)
     return ResolvedBackbone(backbone, "video", 0, None)
 
@@ -421,7 +312,7 @@ def load_vjepa2(path: Path, options: dict[str, str], spec: str, device: torch.de
                                     f"{tubelet}), frames resized to {side}x{side}",
                            tokens=f"tubelets {tubelet}x{patch}x{patch}")
     backbone = VisionBackbone("vjepa2", identity, model.to(device), model.encoder.embeddings, model.encoder.layer,
-                              _video_prepare(pixels, patch, tubelet, side, frames),
+                              video_prepare(pixels, patch, tubelet, side, frames),
                               lambda x: model(pixel_values_videos=x, skip_predictor=True),
                               0, device, opts.torch_dtype, opts.batch_size)
     return ResolvedBackbone(backbone, "video", 0, None)

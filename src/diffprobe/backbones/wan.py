@@ -38,27 +38,14 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from diffprobe.backbones.external import (
-    BackboneLoadError,
-    LatentEncoder,
-    identity_of,
-    null_embeddings,
-    parse_options,
-    require_files,
-)
+from diffprobe.backbones.external import LatentEncoder
+from diffprobe.backbones.loading import TransformerFolder
 from diffprobe.backbones.transformers3d import (
-    NULL_HOW,
     TransformerBackbone,
     VideoOptions,
-    Windows,
-    causal_rule,
-    check_null_embeds,
+    causal_windows,
     check_t,
     flow_noise,
-    has_text_encoder,
-    load_part,
-    load_scheduler,
-    load_text_parts,
     video_vae_encoder,
 )
 
@@ -80,15 +67,11 @@ def normaliser(vae: nn.Module):
 class WanBackbone(TransformerBackbone):
     t_mapping = "flow"
 
-    def __init__(self, identity: str, encoder: LatentEncoder, transformer: nn.Module, scheduler: object,
-                 null: torch.Tensor, window_latents: int | None, device: torch.device, dtype: torch.dtype,
-                 batch_size: int) -> None:
-        self.transformer = transformer
-        self.null = null.to(device, dtype)  # (1, L, D)
-        self.window_latents = window_latents
-        self.patch = tuple(int(p) for p in transformer.config.patch_size)
-        self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
-        super().__init__(identity, encoder, device, dtype, batch_size, scheduler)
+    def __init__(self, identity: str, encoder: LatentEncoder, folder: TransformerFolder, null: torch.Tensor,
+                 window_latents: int | None) -> None:
+        self.patch = tuple(int(p) for p in folder.transformer.config.patch_size)
+        self.num_train_timesteps = int(folder.scheduler.config.num_train_timesteps)
+        super().__init__(identity, encoder, folder, null, window_latents)
 
     def block_modules(self) -> list[nn.Module]:
         return list(self.transformer.blocks)
@@ -118,44 +101,16 @@ def load_wan(path: Path, options: dict[str, str], spec: str, device: torch.devic
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
     from transformers import UMT5EncoderModel
 
-    from diffprobe.backbones.registry import ResolvedBackbone
-
-    opts = parse_options(VideoOptions, options, spec)
-    assert isinstance(opts, VideoOptions)
-    require_files(path, "transformer/config.json", "vae/config.json", "scheduler/scheduler_config.json")
-    if (path / "transformer_2").exists():
-        raise BackboneLoadError(f"{path / 'transformer_2'}: a two-expert Wan 2.2 folder (the expert depends on t); "
-                                "this kind takes one transformer")
-    dtype = opts.torch_dtype
-    transformer = load_part(WanTransformer3DModel, path, "transformer", dtype, device)
-    vae = load_part(AutoencoderKLWan, path, "vae", dtype, device)
-    scheduler = load_scheduler(path)
-    cfg = transformer.config
-    if cfg.in_channels != vae.config.z_dim:
-        raise BackboneLoadError(f"{path / 'transformer' / 'config.json'}: in_channels {cfg.in_channels} != the VAE's "
-                                f"z_dim {vae.config.z_dim} (an image-to-video model; this kind takes text-to-video)")
-
-    def compute() -> dict[str, torch.Tensor]:
-        tokenizer, text_encoder = load_text_parts(path, UMT5EncoderModel, dtype, device)
-        pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                           transformer=transformer)
-        with torch.no_grad():
-            embeds, _ = pipe.encode_prompt("", do_classifier_free_guidance=False,
-                                           max_sequence_length=MAX_SEQUENCE_LENGTH, device=device, dtype=dtype)
-        return {"prompt_embeds": embeds.float()}
-
-    null = null_embeddings(path, ["prompt_embeds"], compute if has_text_encoder(path) else None,
-                           NULL_HOW)["prompt_embeds"]
-    check_null_embeds(path, null, cfg.text_dim)
-    ratio = int(vae.config.scale_factor_temporal)
-    windows = Windows(opts.frames, opts.window, causal_rule(ratio), "wan")
+    two_experts = "a two-expert Wan 2.2 folder (the expert depends on t); this kind takes one transformer"
+    folder = TransformerFolder.load("wan", path, options, spec, device, VideoOptions, WanTransformer3DModel,
+                                    AutoencoderKLWan, refused={"transformer_2": two_experts})
+    cfg, vae = folder.transformer.config, folder.vae
+    folder.check_text_to_video(vae.config.z_dim, f"z_dim {vae.config.z_dim}")
+    null = folder.null_prompt(WanPipeline, UMT5EncoderModel, cfg.text_dim, max_sequence_length=MAX_SEQUENCE_LENGTH)
+    windows, window_latents = causal_windows(folder, int(vae.config.scale_factor_temporal))
     details = {"conditioning": "empty prompt (UMT5, 512 tokens)",
                "t_mapping": "flow sigma=t/1000 x=(1-sigma)z+sigma*eps timestep=sigma*N",
                "latents": "(mean-latents_mean)/latents_std"}
     multiple = int(vae.config.scale_factor_spatial) * int(cfg.patch_size[1])
-    encode = video_vae_encoder(windows, normaliser(vae), vae, dtype, device, multiple, opts.batch_size, "wan")
-    encoder = LatentEncoder(identity_of("wan-latents", path, opts, **details), encode, device)
-    window_latents = (opts.frames - 1) // ratio + 1 if opts.frames else None
-    backbone = WanBackbone(identity_of("wan", path, opts, **details), encoder, transformer, scheduler, null,
-                           window_latents, device, dtype, opts.batch_size)
-    return ResolvedBackbone(backbone, mode="video", step=0, trained_on=None)
+    encode = video_vae_encoder(folder, windows, normaliser(vae), multiple)
+    return folder.resolve(WanBackbone, details, encode, "video", null=null, window_latents=window_latents)
