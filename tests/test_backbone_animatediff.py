@@ -77,7 +77,7 @@ def test_t0_features_equal_a_direct_forward(ad) -> None:
 
 def test_windows_are_separate_videos(ad, ad_folder: Path) -> None:
     """``frames=4`` on 9 frames: windows [0, 4), [4, 8), [8, 9), each run as its own clip."""
-    bb = load_backbone(f"animatediff@frames=4:{ad_folder}", CPU).backbone
+    bb = load_backbone(f"animatediff:{ad_folder}@frames=4", CPU).backbone
     video = random_video(1, 9, seed=3)
     feats = bb.features(video, torch.tensor([0]), [1, 3, 5], 0.0, 0)
     parts = [ad.backbone.features(video[:, lo:hi], torch.tensor([0]), [1, 3, 5], 0.0, 0) for lo, hi in
@@ -92,7 +92,7 @@ def test_windows_are_separate_videos(ad, ad_folder: Path) -> None:
 
 
 def test_windows_longer_than_the_motion_modules_are_an_error(ad_folder: Path) -> None:
-    bb = load_backbone(f"animatediff@frames=40:{ad_folder}", CPU).backbone
+    bb = load_backbone(f"animatediff:{ad_folder}@frames=40", CPU).backbone
     with pytest.raises(ValueError, match="at most 32.*frames="):  # before the VAE runs
         bb.features(random_video(1, 33, size=8), torch.tensor([0]), [1], 0.0, 0)
     with pytest.raises(ValueError, match="at most 32.*frames="):
@@ -159,8 +159,8 @@ def test_identity_changes_with_dtype_options_and_adapter_weights(ad_folder: Path
     folder = _copy(ad_folder, tmp_path)
     base = load_backbone(f"animatediff:{folder}", CPU).backbone.identity
     assert load_backbone(f"animatediff:{folder}", CPU).backbone.identity == base
-    assert load_backbone(f"animatediff@dtype=bf16:{folder}", CPU).backbone.identity != base
-    assert load_backbone(f"animatediff@frames=4:{folder}", CPU).backbone.identity != base
+    assert load_backbone(f"animatediff:{folder}@dtype=bf16", CPU).backbone.identity != base
+    assert load_backbone(f"animatediff:{folder}@frames=4", CPU).backbone.identity != base
     tiny_motion_adapter(seed=9).save_pretrained(folder / "motion_adapter")
     assert load_backbone(f"animatediff:{folder}", CPU).backbone.identity != base
 
@@ -170,7 +170,7 @@ def test_missing_and_mismatched_files_name_the_file(ad_folder: Path, tmp_path: P
 
     folder = _copy(ad_folder, tmp_path)
     with pytest.raises(ConfigError, match=r"unknown key.*\['cond'\].*frames"):
-        load_backbone(f"animatediff@cond=zero:{folder}", CPU)
+        load_backbone(f"animatediff:{folder}@cond=zero", CPU)
     shutil.move(folder / "motion_adapter", tmp_path / "adapter")
     with pytest.raises(BackboneLoadError, match=r"motion_adapter: missing.*UNet2DConditionModel"):
         load_backbone(f"animatediff:{folder}", CPU)

@@ -103,19 +103,19 @@ def test_noise_follows_ddpm_on_the_folders_scheduler(folder: Path, backbone) -> 
 def test_windows_tile_and_cut(folder: Path, backbone) -> None:
     video = random_clip(1, 10, seed=1)
     ids = torch.tensor([0])
-    tiled = load_backbone(f"cogvideox@frames=5:{folder}", CPU).backbone
+    tiled = load_backbone(f"cogvideox:{folder}@frames=5", CPU).backbone
     assert block_shapes(tiled, 10, 32, 32)[2] == (4, 2, 2, 32)  # 2 windows x 2 latent frames
     whole = tiled.features(video, ids, [0, 2], 0.0, 0)
     for k in range(2):  # each window is its own sample
         alone = backbone.features(video[:, 5 * k:5 * k + 5], ids, [0, 2], 0.0, 0)
         for b in (0, 2):
             torch.testing.assert_close(whole[b][:, 2 * k:2 * k + 2], alone[b], atol=1e-5, rtol=1e-4)
-    cut = load_backbone(f"cogvideox@frames=5,window=cut:{folder}", CPU).backbone
+    cut = load_backbone(f"cogvideox:{folder}@frames=5,window=cut", CPU).backbone
     torch.testing.assert_close(cut.features(video, ids, [2], 0.0, 0)[2], whole[2][:, :2], atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match=r"1 \+ 4k"):
         backbone.features(video[:, :8], ids, [1], 0.0, 0)
     with pytest.raises(ValueError, match="does not tile"):
-        load_backbone(f"cogvideox@frames=9:{folder}", CPU).backbone.features(video, ids, [1], 0.0, 0)
+        load_backbone(f"cogvideox:{folder}@frames=9", CPU).backbone.features(video, ids, [1], 0.0, 0)
     with pytest.raises(ValueError, match="multiples of 16"):
         backbone.features(random_clip(1, 5, size=24), ids, [1], 0.0, 0)
 
@@ -178,7 +178,7 @@ def test_identity_changes_with_dtype_options_and_weights(folder: Path, tmp_path:
     copy = Path(shutil.copytree(folder, tmp_path / "copy"))
     first = load_backbone(f"cogvideox:{copy}", CPU).backbone.identity
     assert load_backbone(f"cogvideox:{copy}", CPU).backbone.identity == first
-    others = {load_backbone(f"cogvideox@{o}:{copy}", CPU).backbone.identity
+    others = {load_backbone(f"cogvideox:{copy}@{o}", CPU).backbone.identity
               for o in ("dtype=bf16", "frames=5", "frames=5,window=cut")}
     assert len(others) == 3 and first not in others
     (copy / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(
@@ -197,7 +197,7 @@ def test_bad_folders_name_the_file(folder: Path, tmp_path: Path) -> None:
     with pytest.raises(BackboneLoadError, match=r"vae.*config\.json"):
         load_backbone(f"cogvideox:{bad}", CPU)
     with pytest.raises(ConfigError, match=r"unknown key.*known keys are.*frames.*window"):
-        load_backbone(f"cogvideox@vae_frames=2:{folder}", CPU)
+        load_backbone(f"cogvideox:{folder}@vae_frames=2", CPU)
 
 
 def test_registry_resolves_a_video_backbone(folder: Path) -> None:

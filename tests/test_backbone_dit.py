@@ -110,8 +110,8 @@ def test_identity_changes_with_dtype_options_and_weights(folder: Path, tmp_path:
     copy = Path(shutil.copytree(folder, tmp_path / "copy"))
     first = load_backbone(f"dit:{copy}", CPU).backbone.identity
     assert load_backbone(f"dit:{copy}", CPU).backbone.identity == first
-    assert load_backbone(f"dit@dtype=bf16:{copy}", CPU).backbone.identity != first
-    assert load_backbone(f"dit@vae_frames=2:{copy}", CPU).backbone.identity == first  # chunking: same features
+    assert load_backbone(f"dit:{copy}@dtype=bf16", CPU).backbone.identity != first
+    assert load_backbone(f"dit:{copy}@vae_frames=2", CPU).backbone.identity == first  # chunking: same features
     weights = copy / "transformer" / "diffusion_pytorch_model.safetensors"
     tensors = load_file(str(weights))
     tensors = {k: v + 0.01 if k.endswith("to_q.weight") else v for k, v in tensors.items()}
@@ -143,13 +143,13 @@ def test_bad_folders_name_the_file(folder: Path, tmp_path: Path) -> None:
     with pytest.raises(BackboneLoadError, match=r"scheduler_config\.json.*NoSuchScheduler"):
         load_backbone(f"dit:{sched}", CPU)
     with pytest.raises(ConfigError, match="vae_frames"):
-        load_backbone(f"dit@frames=9:{folder}", CPU)
+        load_backbone(f"dit:{folder}@frames=9", CPU)
     with pytest.raises(BackboneLoadError, match="no such model folder"):
         load_backbone(f"dit:{tmp_path / 'nowhere'}", CPU)
 
 
 def test_registry_resolves_an_image_mode_backbone(folder: Path) -> None:
-    resolved = load_backbone(f"dit@batch_size=1:{folder}", CPU)
+    resolved = load_backbone(f"dit:{folder}@batch_size=1", CPU)
     assert (resolved.mode, resolved.step, resolved.trained_on) == ("image", 0, None)
     assert resolved.backbone.num_blocks == 2 and resolved.backbone.encoder is not None
     assert resolved.backbone.identity.startswith("dit-model-")

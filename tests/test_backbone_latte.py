@@ -100,10 +100,10 @@ def test_noise_follows_ddpm_and_windows(folder: Path, backbone) -> None:
     assert kwargs["timestep"].tolist() == [400]
     video = random_clip(1, 18)
     assert backbone.features(video, ids, [2], 0.0, 0)[2].shape == (1, 18, 4, 4, 24)  # 2 windows of video_length
-    cut = load_backbone(f"latte@window=cut:{folder}", CPU).backbone
+    cut = load_backbone(f"latte:{folder}@window=cut", CPU).backbone
     assert cut.features(video, ids, [2], 0.0, 0)[2].shape == (1, 9, 4, 4, 24)
     with pytest.raises(ValueError, match="video_length = 9"):
-        load_backbone(f"latte@frames=3:{folder}", CPU).backbone.features(video, ids, [1], 0.0, 0)
+        load_backbone(f"latte:{folder}@frames=3", CPU).backbone.features(video, ids, [1], 0.0, 0)
     with pytest.raises(ValueError, match="fewer than frames=9"):
         backbone.features(video[:, :5], ids, [1], 0.0, 0)
 
@@ -132,8 +132,8 @@ def test_identity_bad_folders_and_registry(folder: Path, tmp_path: Path) -> None
     resolved = load_backbone(f"latte:{copy}", CPU)
     assert (resolved.mode, resolved.step, resolved.trained_on) == ("video", 0, None)
     first = resolved.backbone.identity
-    assert load_backbone(f"latte@dtype=bf16:{copy}", CPU).backbone.identity != first
-    assert load_backbone(f"latte@window=cut:{copy}", CPU).backbone.identity != first
+    assert load_backbone(f"latte:{copy}@dtype=bf16", CPU).backbone.identity != first
+    assert load_backbone(f"latte:{copy}@window=cut", CPU).backbone.identity != first
     null = copy / "null_embeds.safetensors"  # written by the first load
     null.write_bytes(null.read_bytes())
     second = load_backbone(f"latte:{copy}", CPU).backbone.identity
@@ -144,7 +144,7 @@ def test_identity_bad_folders_and_registry(folder: Path, tmp_path: Path) -> None
     with pytest.raises(BackboneLoadError, match=r"vae/config\.json"):
         load_backbone(f"latte:{copy}", CPU)
     with pytest.raises(ConfigError, match="vae_frames"):
-        load_backbone(f"latte@vae_frames=0:{folder}", CPU)
+        load_backbone(f"latte:{folder}@vae_frames=0", CPU)
 
 
 def test_denoise_runs_and_recovers_the_clean_latents_with_an_oracle(backbone, monkeypatch) -> None:

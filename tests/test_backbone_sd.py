@@ -168,9 +168,9 @@ def test_identity_changes_with_dtype_options_and_weights(sd_folder: Path, tmp_pa
     base = load_backbone(f"sd:{folder}", CPU).backbone.identity
     assert load_backbone(f"sd:{folder}", CPU).backbone.identity == base
     assert base.startswith("sd-tiny-sd-")
-    bf16 = load_backbone(f"sd@dtype=bf16:{folder}", CPU).backbone
+    bf16 = load_backbone(f"sd:{folder}@dtype=bf16", CPU).backbone
     assert bf16.identity != base and bf16.unet.dtype == torch.bfloat16
-    assert load_backbone(f"sd@vae_chunk=1:{folder}", CPU).backbone.identity == base  # chunking: same features
+    assert load_backbone(f"sd:{folder}@vae_chunk=1", CPU).backbone.identity == base  # chunking: same features
     unet = UNet2DConditionModel.from_pretrained(folder / "unet")
     with torch.no_grad():
         unet.conv_in.weight.add_(0.01)
@@ -181,7 +181,7 @@ def test_identity_changes_with_dtype_options_and_weights(sd_folder: Path, tmp_pa
 def test_bf16_features_are_close_to_fp32(sd, sd_folder: Path) -> None:
     video = random_video(1, 1, seed=6)
     ref = sd.backbone.features(video, torch.tensor([0]), [3], 100.0, 0)[3]
-    low = load_backbone(f"sd@dtype=bf16:{sd_folder}", CPU).backbone.features(video, torch.tensor([0]), [3], 100.0, 0)
+    low = load_backbone(f"sd:{sd_folder}@dtype=bf16", CPU).backbone.features(video, torch.tensor([0]), [3], 100.0, 0)
     assert low[3].dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(low[3].flatten(), ref.flatten(), dim=0) > 0.99
 
@@ -193,7 +193,7 @@ def test_missing_and_mismatched_files_name_the_file(sd_folder: Path, tmp_path: P
     with pytest.raises(BackboneLoadError, match="no such model folder"):
         load_backbone(f"sd:{tmp_path / 'nope'}", CPU)
     with pytest.raises(ConfigError, match=r"unknown key.*\['frames'\].*batch_size.*dtype.*vae_chunk"):
-        load_backbone(f"sd@frames=4:{folder}", CPU)
+        load_backbone(f"sd:{folder}@frames=4", CPU)
     shutil.move(folder / "vae", tmp_path / "vae")
     with pytest.raises(BackboneLoadError, match=r"vae/config\.json: missing"):
         load_backbone(f"sd:{folder}", CPU)

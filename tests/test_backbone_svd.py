@@ -135,12 +135,12 @@ def test_conditioning_is_built_as_the_pipeline_builds_it(svd, pipe) -> None:
         torch.testing.assert_close(encoded[0, k, ..., 4:], rearrange(cond[0], "c h w -> h w c"), atol=1e-4, rtol=1e-4)
     ids_ref = pipe._get_add_time_ids(7 - 1, 127, 0.02, torch.float32, 1, 1, False)  # fps - 1, as __call__ passes
     torch.testing.assert_close(bb.time_ids, ids_ref)
-    other = load_backbone(f"svd@fps=12,motion_bucket_id=30,noise_aug_strength=0:{pipe.config._name_or_path}", CPU)
+    other = load_backbone(f"svd:{pipe.config._name_or_path}@fps=12,motion_bucket_id=30,noise_aug_strength=0", CPU)
     torch.testing.assert_close(other.backbone.time_ids, torch.tensor([[11.0, 30.0, 0.0]]))
 
 
 def test_first_frame_image_embedding(svd_folder: Path, pipe) -> None:
-    resolved = load_backbone(f"svd@cond=first_frame:{svd_folder}", CPU)
+    resolved = load_backbone(f"svd:{svd_folder}@cond=first_frame", CPU)
     bb = resolved.backbone
     assert bb.encoder is None  # the embedding needs the pixels
     video, ids = random_video(2, 3, seed=4), torch.tensor([0, 1])
@@ -158,8 +158,8 @@ def test_first_frame_image_embedding(svd_folder: Path, pipe) -> None:
 
 
 def test_windows_are_separate_videos_conditioned_on_their_first_frame(svd, svd_folder: Path) -> None:
-    bb = load_backbone(f"svd@frames=4,noise_aug_strength=0:{svd_folder}", CPU).backbone
-    whole = load_backbone(f"svd@noise_aug_strength=0:{svd_folder}", CPU).backbone
+    bb = load_backbone(f"svd:{svd_folder}@frames=4,noise_aug_strength=0", CPU).backbone
+    whole = load_backbone(f"svd:{svd_folder}@noise_aug_strength=0", CPU).backbone
     video = random_video(1, 9, seed=5)
     encoded = bb.encoder.features(video, torch.tensor([0]), [0], 0.0, 0)[0]
     for lo in (0, 4, 8):  # each frame carries its window's first frame's latents
@@ -181,7 +181,7 @@ def test_identity_changes_with_dtype_options_and_weights(svd_folder: Path, tmp_p
     base = load_backbone(f"svd:{folder}", CPU).backbone
     assert load_backbone(f"svd:{folder}", CPU).backbone.identity == base.identity
     others = ["dtype=bf16", "cond=first_frame", "noise_aug_strength=0", "fps=6", "motion_bucket_id=1", "frames=4"]
-    ids = {load_backbone(f"svd@{o}:{folder}", CPU).backbone.identity for o in others}
+    ids = {load_backbone(f"svd:{folder}@{o}", CPU).backbone.identity for o in others}
     assert len(ids) == len(others) and base.identity not in ids
     assert base.encoder.identity != base.identity
     unet = UNetSpatioTemporalConditionModel.from_pretrained(folder / "unet")
@@ -194,13 +194,13 @@ def test_identity_changes_with_dtype_options_and_weights(svd_folder: Path, tmp_p
 def test_missing_and_mismatched_files_name_the_file(svd_folder: Path, tmp_path: Path) -> None:
     folder = _copy(svd_folder, tmp_path)
     with pytest.raises(ConfigError, match=r"cond.*'zero', 'first_frame'"):
-        load_backbone(f"svd@cond=text:{folder}", CPU)
+        load_backbone(f"svd:{folder}@cond=text", CPU)
     with pytest.raises(ConfigError, match=r"unknown key.*\['num_frames'\].*noise_aug_strength"):
-        load_backbone(f"svd@num_frames=4:{folder}", CPU)
+        load_backbone(f"svd:{folder}@num_frames=4", CPU)
     shutil.rmtree(folder / "image_encoder")
     load_backbone(f"svd:{folder}", CPU)  # cond=zero does not read the image encoder
     with pytest.raises(BackboneLoadError, match=r"image_encoder/config\.json: missing"):
-        load_backbone(f"svd@cond=first_frame:{folder}", CPU)
+        load_backbone(f"svd:{folder}@cond=first_frame", CPU)
     config_path = folder / "scheduler" / "scheduler_config.json"
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**config, "_class_name": "DDIMScheduler"}))

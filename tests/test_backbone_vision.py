@@ -290,13 +290,13 @@ def test_registry(kind: str, folders: dict[str, Path]) -> None:
 
 def test_kind_options(folders: dict[str, Path]) -> None:
     with pytest.raises(ConfigError, match="known keys are.*'size'"):
-        load_backbone(f"siglip@frames=4:{folders['siglip']}", CPU)
+        load_backbone(f"siglip:{folders['siglip']}@frames=4", CPU)
     with pytest.raises(ConfigError, match="known keys are.*'frames'"):
-        load_backbone(f"vjepa2@size=4:{folders['vjepa2']}", CPU)
+        load_backbone(f"vjepa2:{folders['vjepa2']}@size=4", CPU)
     with pytest.raises(ConfigError, match="not a multiple of the model's tubelet_size 2"):
-        load_backbone(f"vjepa2@frames=3:{folders['vjepa2']}", CPU)
+        load_backbone(f"vjepa2:{folders['vjepa2']}@frames=3", CPU)
     with pytest.raises(ConfigError, match="size: must be >= 0"):
-        load_backbone(f"dinov2@size=-1:{folders['dinov2']}", CPU)
+        load_backbone(f"dinov2:{folders['dinov2']}@size=-1", CPU)
     vjepa = _load("vjepa2", folders["vjepa2"], frames=8)
     assert block_shapes(vjepa, 9, 32, 32)[2] == (4, 4, 4, 32)
     assert block_shapes(vjepa, 1, 32, 32)[2] == (4, 4, 4, 32)

@@ -35,7 +35,7 @@ def backbone(folder: Path):
 
 def test_block_shapes_and_windows(folder: Path, backbone) -> None:
     assert block_shapes(backbone, 9, 32, 32) == {0: (3, 4, 4, 4), 1: (3, 2, 2, 24), 2: (3, 2, 2, 24)}
-    tiled = load_backbone(f"wan@frames=5:{folder}", CPU).backbone
+    tiled = load_backbone(f"wan:{folder}@frames=5", CPU).backbone
     assert block_shapes(tiled, 10, 32, 32)[1] == (4, 2, 2, 24)
     with pytest.raises(ValueError, match=r"1 \+ 4k"):
         backbone.features(random_clip(1, 8), torch.tensor([0]), [1], 0.0, 0)
@@ -121,8 +121,8 @@ def test_identity_bad_folders_and_registry(folder: Path, tmp_path: Path) -> None
     resolved = load_backbone(f"wan:{copy}", CPU)
     assert (resolved.mode, resolved.step, resolved.trained_on) == ("video", 0, None)
     first = resolved.backbone.identity
-    assert load_backbone(f"wan@dtype=bf16:{copy}", CPU).backbone.identity != first
-    assert load_backbone(f"wan@frames=5,window=cut:{copy}", CPU).backbone.identity != first
+    assert load_backbone(f"wan:{copy}@dtype=bf16", CPU).backbone.identity != first
+    assert load_backbone(f"wan:{copy}@frames=5,window=cut", CPU).backbone.identity != first
     (copy / "scheduler" / "scheduler_config.json").write_text(
         (folder / "scheduler" / "scheduler_config.json").read_text().replace('"flow_shift": 3.0', '"flow_shift": 5.0'))
     second = load_backbone(f"wan:{copy}", CPU).backbone.identity
@@ -137,7 +137,7 @@ def test_identity_bad_folders_and_registry(folder: Path, tmp_path: Path) -> None
     with pytest.raises(BackboneLoadError, match=r"scheduler/scheduler_config\.json"):
         load_backbone(f"wan:{copy}", CPU)
     with pytest.raises(ConfigError, match="window"):
-        load_backbone(f"wan@window=overlap:{folder}", CPU)
+        load_backbone(f"wan:{folder}@window=overlap", CPU)
 
 
 def test_an_image_to_video_transformer_is_refused(tmp_path: Path) -> None:

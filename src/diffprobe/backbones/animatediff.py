@@ -1,7 +1,7 @@
 """``animatediff``: AnimateDiff (diffusers ``UNetMotionModel`` = an SD 1.x UNet + a ``MotionAdapter``) + the SD VAE, a
 video model.
 
-Spec: ``animatediff[@dtype=fp32|bf16|fp16,batch_size=N,frames=N,vae_chunk=N]:PATH``.
+Spec: ``animatediff:PATH[@dtype=fp32|bf16|fp16,batch_size=N,frames=N,vae_chunk=N]``.
 
 Folder layout: an SD 1.x folder (see :mod:`diffprobe.backbones.sd`) whose UNet is one of::
 

@@ -1,6 +1,6 @@
 """``sd``: Stable Diffusion 1.x / 2.x (diffusers ``UNet2DConditionModel`` + ``AutoencoderKL``), an image model.
 
-Spec: ``sd[@dtype=fp32|bf16|fp16,batch_size=N,vae_chunk=N]:PATH``.
+Spec: ``sd:PATH[@dtype=fp32|bf16|fp16,batch_size=N,vae_chunk=N]``.
 
 Folder layout (``StableDiffusionPipeline.save_pretrained``; ``safety_checker/``, ``feature_extractor/`` are not read)::
 

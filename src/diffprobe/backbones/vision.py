@@ -1,6 +1,6 @@
 """Non-diffusion baselines from transformers: DINOv2, SigLIP (image models), VideoMAE, V-JEPA 2 (video models).
 
-Specs: ``dinov2[@OPTS]:PATH``, ``siglip[@OPTS]:PATH``, ``videomae[@OPTS]:PATH``, ``vjepa2[@OPTS]:PATH``; PATH is a
+Specs: ``dinov2:PATH[@OPTS]``, ``siglip:PATH[@OPTS]``, ``videomae:PATH[@OPTS]``, ``vjepa2:PATH[@OPTS]``; PATH is a
 folder in transformers' ``save_pretrained`` layout::
 
     PATH/
@@ -230,7 +230,7 @@ def _prefixes(model: nn.Module, modules: Sequence[nn.Module]) -> tuple[str, ...]
 
 
 def load_dinov2(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
-    """``dinov2[@dtype=..,batch_size=..,size=N]:PATH``: Dinov2Model or Dinov2WithRegistersModel by model_type."""
+    """``dinov2:PATH[@dtype=..,batch_size=..,size=N]``: Dinov2Model or Dinov2WithRegistersModel by model_type."""
     import transformers
 
     opts = parse_options(ImageModelOptions, options, spec)
@@ -251,7 +251,7 @@ def load_dinov2(path: Path, options: dict[str, str], spec: str, device: torch.de
 
 
 def load_siglip(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
-    """``siglip[@dtype=..,batch_size=..,size=N]:PATH``: SiglipVisionModel (a full SiglipModel folder: its vision
+    """``siglip:PATH[@dtype=..,batch_size=..,size=N]``: SiglipVisionModel (a full SiglipModel folder: its vision
     tower, the text tower is never loaded)."""
     from transformers import SiglipVisionModel
 
@@ -272,7 +272,7 @@ def load_siglip(path: Path, options: dict[str, str], spec: str, device: torch.de
 
 
 def load_videomae(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
-    """``videomae[@dtype=..,batch_size=..]:PATH``: VideoMAEModel at its config's num_frames x image_size."""
+    """``videomae:PATH[@dtype=..,batch_size=..]``: VideoMAEModel at its config's num_frames x image_size."""
     from transformers import VideoMAEModel
 
     opts = parse_options(VideoMAEOptions, options, spec)
@@ -291,7 +291,7 @@ def load_videomae(path: Path, options: dict[str, str], spec: str, device: torch.
 
 
 def load_vjepa2(path: Path, options: dict[str, str], spec: str, device: torch.device) -> ResolvedBackbone:
-    """``vjepa2[@dtype=..,batch_size=..,frames=N]:PATH``: VJEPA2Model's encoder at crop_size, ``frames`` frames."""
+    """``vjepa2:PATH[@dtype=..,batch_size=..,frames=N]``: VJEPA2Model's encoder at crop_size, ``frames`` frames."""
     from transformers import VJEPA2Model
 
     opts = parse_options(VJEPA2Options, options, spec)
