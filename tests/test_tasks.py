@@ -85,7 +85,7 @@ def test_per_clip_scores_average_to_the_split_metric(clips) -> None:
         prior = task.prior(tgt, tgt)
         per = task.per_clip(prior, tgt)
         assert per.shape == (len(clips),)
-        m = task.metrics_with_se(prior, tgt)
+        m, _ = task.evaluate(prior, tgt)
         if task.name != "box_tracking":
             assert np.nanmean(per) == pytest.approx(m[task.primary_metric], rel=1e-9), task.name
         finite = per[np.isfinite(per)]
@@ -100,11 +100,11 @@ def test_per_clip_scores_average_to_the_split_metric(clips) -> None:
     logits[:3] = np.roll(logits[:3], 1, axis=1)  # three clips wrong
     assert task.per_clip({"logits": logits}, tgt).tolist() == [0.0] * 3 + [1.0] * (len(clips) - 3)
     p = (len(clips) - 3 + 2) / (len(clips) + 4)
-    assert task.metrics_with_se({"logits": logits}, tgt)["top1_se"] == pytest.approx(
+    assert task.evaluate({"logits": logits}, tgt)[0]["top1_se"] == pytest.approx(
         np.sqrt(p * (1 - p) / (len(clips) + 4)))
     logits[:3] = np.roll(logits[:3], -1, axis=1)  # every clip right: the s.e. is not 0
     p = (len(clips) + 2) / (len(clips) + 4)
-    m = task.metrics_with_se({"logits": logits}, tgt)
+    m, _ = task.evaluate({"logits": logits}, tgt)
     assert m["top1"] == 1.0 and m["top1_se"] > 0
     assert m["top1_se"] == pytest.approx(np.sqrt(p * (1 - p) / (len(clips) + 4)))
     # point tracking: a clip without a valid query has no score

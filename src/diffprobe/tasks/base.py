@@ -127,7 +127,3 @@ class Task(ABC):
         per = self.per_clip(preds, targets)
         se = metric_standard_error(self.primary_metric, per)
         return {**self.metrics(preds, targets), f"{self.primary_metric}_se": se}, per
-
-    def metrics_with_se(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
-        """:meth:`metrics` plus ``<primary>_se``, the primary metric's standard error over the split's clips."""
-        return self.evaluate(preds, targets)[0]
