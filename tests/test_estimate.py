@@ -62,10 +62,23 @@ def test_seconds_add_flops_and_step_overhead() -> None:
 
 
 def test_gpu_presets_load_and_cost_more() -> None:
+    """On the same tasks, base costs more than small in every stage, and a base twin's training step, per clip, at
+    least its larger network's share more (its clips are no smaller, so it has no fewer tokens)."""
     small, base = StudyConfig.preset("small"), StudyConfig.preset("base")
     assert "estimate" in small.caveat and "estimate" in base.caveat and small.twin.model.hidden_size == 384
     assert base.twin.model.hidden_size == 768 and base.twin.train.precision == small.twin.train.precision == "bf16"
     assert 1 <= small.block <= small.twin.model.depth and small.block == 2 * small.twin.model.depth // 3
+    one_task = ['tasks=["action"]', 'sweep_tasks=["action"]']  # the same plan for both (every task: 2x the time)
+    costs = {name: {s.name: s for s in estimate_study(cfg.override(one_task)).stages}
+             for name, cfg in (("small", small), ("base", base))}
+    assert list(costs["base"]) == list(costs["small"])
+    assert all(costs["base"][stage].flops > costs["small"][stage].flops for stage in costs["small"]), costs
+    with torch.device("meta"):
+        params = {name: sum(p.numel() for p in WALT(cfg.twin.model).parameters())
+                  for name, cfg in (("small", small), ("base", base))}
+    per_clip = {name: costs[name]["twin main-video"].flops / costs[name]["twin main-video"].steps
+                / cfg.twin.train.batch_size for name, cfg in (("small", small), ("base", base))}
+    assert per_clip["base"] / per_clip["small"] >= params["base"] / params["small"] > 3
 
 
 def test_estimate_command_prints_and_writes_nothing(tmp_path, monkeypatch) -> None:

@@ -33,11 +33,32 @@ MINI = [
 
 
 @pytest.fixture(scope="module")
-def mini(tmp_path_factory):
+def built(tmp_path_factory):
+    """The miniature study, run once for the module; tests read it through ``mini`` or change a copy of it."""
     cfg = StudyConfig.preset("tiny").override(MINI)
     run_dir = tmp_path_factory.mktemp("study")
     run_study(cfg, run_dir, progress=False)
     return cfg, run_dir
+
+
+def _files(root):
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def mini(built):
+    """The built study, read-only: a test that writes into it fails here (tests that change a study use ``study``)."""
+    before = _files(built[1])
+    yield built
+    assert _files(built[1]) == before, "a test changed the module's study; it should change a copy (``study``)"
+
+
+@pytest.fixture
+def study(built, tmp_path):
+    """A copy of the built study of the test's own."""
+    cfg, run_dir = built
+    shutil.copytree(run_dir, tmp_path / "study")
+    return cfg, tmp_path / "study"
 
 
 def test_study_fills_the_store_and_artifacts(mini) -> None:
@@ -106,8 +127,8 @@ def test_the_table_reads_only_the_newest_weights_of_each_backbone(mini, tmp_path
     assert headline_table(cfg, store) == before
 
 
-def test_rerun_recomputes_only_lost_cells(mini, monkeypatch) -> None:
-    cfg, run_dir = mini
+def test_rerun_recomputes_only_lost_cells(study, monkeypatch) -> None:
+    cfg, run_dir = study
     calls = []
     real = study_run.run_probes
     monkeypatch.setattr(study_run, "run_probes",
@@ -120,8 +141,8 @@ def test_rerun_recomputes_only_lost_cells(mini, monkeypatch) -> None:
     assert calls == [("depth", 1)]  # one cell, in a bank of its own
 
 
-def test_changed_artifacts_are_refused_and_the_plan_grows(mini, monkeypatch) -> None:
-    cfg, run_dir = mini
+def test_changed_artifacts_are_refused_and_the_plan_grows(study, monkeypatch) -> None:
+    cfg, run_dir = study
     for change, field in (("twin.train.steps=5", "twin.train.steps"), (f"dataset={cfg.dataset},seed=3", "dataset")):
         with pytest.raises(ValueError, match=rf"trained artifacts were made with other settings; changed: {field}"):
             run_study(cfg.override([change]), run_dir, progress=False)
@@ -142,13 +163,12 @@ def test_changed_artifacts_are_refused_and_the_plan_grows(mini, monkeypatch) -> 
 
     html = write_report(run_dir, study=cfg.name).read_text()
     assert "box_tracking" not in html and "depth" in html
-    run_study(cfg, run_dir, progress=False)  # back to the fixture's plan, for the tests after this one
 
 
-def test_report_renders(mini) -> None:
+def test_report_renders(study) -> None:
     from diffprobe.study.report import write_report
 
-    cfg, run_dir = mini
+    cfg, run_dir = study
     html = write_report(run_dir, study=cfg.name).read_text()
     assert "walt-video" in html and "point_tracking" in html and "data:image/png;base64" in html
 
@@ -170,8 +190,8 @@ def test_a_moved_study_finds_its_tokenizer_from_any_directory(mini, tmp_path, mo
     assert read_walt_run(twin).tokenizer_dir.resolve() == (moved / "tokenizer").resolve()
 
 
-def test_each_stage_prints_a_line_and_quick_says_it_measures_nothing(mini, capsys) -> None:
-    cfg, run_dir = mini
+def test_each_stage_prints_a_line_and_quick_says_it_measures_nothing(study, capsys) -> None:
+    cfg, run_dir = study
     run_study(cfg, run_dir, progress=True)  # finished: only the probe, generation and PCA stages are visited
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("study [")]
     assert [ln.split()[1] for ln in lines] == ["[1/3]", "[2/3]", "[3/3]", "[3/3]"]

@@ -9,7 +9,7 @@ import torch
 
 from diffprobe.data import CATEGORIES, MOTIONS, ProbeWorld, ProbeWorldConfig
 from diffprobe.features.cache import FeatureCache, FeatureKey
-from diffprobe.tasks import TASKS, TaskContext, make_task
+from diffprobe.tasks import TASKS, Task, TaskContext, make_task
 from diffprobe.tasks.probing import ProbeConfig, train_probe
 from diffprobe.tasks.targets import compute_targets, load_targets, save_targets
 
@@ -85,7 +85,7 @@ def test_per_clip_scores_average_to_the_split_metric(clips) -> None:
         prior = task.prior(tgt, tgt)
         per = task.per_clip(prior, tgt)
         assert per.shape == (len(clips),)
-        m = task.metrics_with_se(prior, tgt)
+        m, _ = task.evaluate(prior, tgt)
         if task.name != "box_tracking":
             assert np.nanmean(per) == pytest.approx(m[task.primary_metric], rel=1e-9), task.name
         finite = per[np.isfinite(per)]
@@ -100,11 +100,11 @@ def test_per_clip_scores_average_to_the_split_metric(clips) -> None:
     logits[:3] = np.roll(logits[:3], 1, axis=1)  # three clips wrong
     assert task.per_clip({"logits": logits}, tgt).tolist() == [0.0] * 3 + [1.0] * (len(clips) - 3)
     p = (len(clips) - 3 + 2) / (len(clips) + 4)
-    assert task.metrics_with_se({"logits": logits}, tgt)["top1_se"] == pytest.approx(
+    assert task.evaluate({"logits": logits}, tgt)[0]["top1_se"] == pytest.approx(
         np.sqrt(p * (1 - p) / (len(clips) + 4)))
     logits[:3] = np.roll(logits[:3], -1, axis=1)  # every clip right: the s.e. is not 0
     p = (len(clips) + 2) / (len(clips) + 4)
-    m = task.metrics_with_se({"logits": logits}, tgt)
+    m, _ = task.evaluate({"logits": logits}, tgt)
     assert m["top1"] == 1.0 and m["top1_se"] > 0
     assert m["top1_se"] == pytest.approx(np.sqrt(p * (1 - p) / (len(clips) + 4)))
     # point tracking: a clip without a valid query has no score
@@ -236,11 +236,24 @@ def test_an_untrained_probe_predicts_its_task_prior(clips) -> None:
         make_task("action", CTX).make_probe(cfg, 8, (2, 2, 2)).set_baseline(torch.zeros(1, 3))
 
 
-def test_task_metadata_is_declared_once_on_the_task() -> None:
+def test_task_metadata_is_declared_once_on_the_task(monkeypatch) -> None:
+    """A task declares its table metrics, primary first, and nothing else: its primary metric (for the task, its
+    instances and the report) is read from them, so changing them changes it everywhere, and a task class that
+    declares a primary metric of its own is refused."""
     from diffprobe.metrics import HIGHER_IS_BETTER
-    from diffprobe.study.report_tasks import TASK_METRICS
+    from diffprobe.study.report_tasks import TASK_METRICS, primary_metric
 
     for name, cls in TASKS.items():
-        assert cls.table_metrics[0] == cls.primary_metric and TASK_METRICS[name] == cls.table_metrics
-        assert all(m in HIGHER_IS_BETTER for m in cls.table_metrics)
+        assert not [k for k in cls.__mro__ if k is not Task and "primary_metric" in vars(k)], name
+        assert TASK_METRICS[name] == cls.table_metrics and all(m in HIGHER_IS_BETTER for m in cls.table_metrics)
+        assert primary_metric(name) == cls.primary_metric == make_task(name, CTX).primary_metric == cls.table_metrics[0]
+    depth = TASKS["depth"]
+    monkeypatch.setattr(depth, "table_metrics", ("delta1", "abs_rel"))  # the one declaration changed: all follow
+    assert depth.primary_metric == primary_metric("depth") == make_task("depth", CTX).primary_metric == "delta1"
+    assert make_task("depth", CTX).higher_is_better is True
+    monkeypatch.undo()
     assert make_task("depth", CTX).higher_is_better is False and make_task("action", CTX).higher_is_better is True
+    with pytest.raises(TypeError, match="declares primary_metric"):
+        type("Twice", (depth,), {"table_metrics": ("abs_rel",), "primary_metric": "abs_rel"})
+    with pytest.raises(KeyError, match="no known primary metric"):
+        primary_metric("no_such_task")

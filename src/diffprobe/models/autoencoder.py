@@ -49,8 +49,8 @@ class CausalAutoencoderConfig(Config):
     recon_loss: Literal["l1", "l2"] = "l1"
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        # 32x32 x 9 frames -> 8 x 5 x 8 x 8 latents; ~2.3 GFLOP per clip per training step, trains on a CPU in
-        # minutes (width 8 beat 16 at equal CPU time in our measurement).
+        # 32x32 x 9 frames -> 8 x 5 x 8 x 8 latents; narrow, to train on a CPU (its cost, and why width 8 rather
+        # than 16: docs/models.md).
         "tiny": {"base_channels": 8, "channel_mult": [1, 2, 4], "num_res_blocks": 1,
                  "spatial_downsample": 4, "temporal_downsample": 2, "latent_channels": 8},
         # 64x64 x 17 frames -> 8 x 5 x 8 x 8 latents.

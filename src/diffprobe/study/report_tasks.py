@@ -54,9 +54,9 @@ def backbone_order(backbones: set[str] | list[str]) -> list[str]:
 
 def primary_metric(task: str) -> str:
     """The metric that stands for ``task`` in the figures; ``KeyError`` naming the task if it is unknown."""
-    if task not in TASK_METRICS:
-        raise KeyError(f"task {task!r} has no known primary metric; known tasks: {sorted(TASK_METRICS)}")
-    return TASK_METRICS[task][0]
+    if task not in TASKS:
+        raise KeyError(f"task {task!r} has no known primary metric; known tasks: {sorted(TASKS)}")
+    return TASKS[task].primary_metric
 
 
 def higher_is_better(metric: str) -> bool:

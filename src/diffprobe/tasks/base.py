@@ -34,6 +34,13 @@ class TaskContext:
     query_mode: str = "first"
 
 
+class _FirstTableMetric:
+    """``Task.primary_metric``: the first of the class's ``table_metrics``, read on the class or an instance."""
+
+    def __get__(self, task: Task | None, cls: type[Task]) -> str:
+        return cls.table_metrics[0]
+
+
 class Task(ABC):
     """One probing task. Subclasses set the class attributes and implement the five methods."""
 
@@ -41,9 +48,15 @@ class Task(ABC):
     view: str  #: the backbone input: "clip" (the whole clip) or "frame0" (the first frame as an image)
     fields: tuple[str, ...]  #: the Clip fields its targets read (a dataset without them cannot serve the task)
     version: int = 1  #: bump when :meth:`targets` changes, so cached targets of the old definition are not reused
-    primary_metric: str
     #: the metrics the results table shows, primary first (every metric's direction: metrics.HIGHER_IS_BETTER)
     table_metrics: tuple[str, ...]
+    #: the metric that stands for the task (model selection, standard errors, figures): ``table_metrics[0]``
+    primary_metric = _FirstTableMetric()
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "primary_metric" in vars(cls):
+            raise TypeError(f"task class {cls.__name__} declares primary_metric; it is the first of its table_metrics")
 
     def __init__(self, ctx: TaskContext) -> None:
         self.ctx = ctx
@@ -114,7 +127,3 @@ class Task(ABC):
         per = self.per_clip(preds, targets)
         se = metric_standard_error(self.primary_metric, per)
         return {**self.metrics(preds, targets), f"{self.primary_metric}_se": se}, per
-
-    def metrics_with_se(self, preds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
-        """:meth:`metrics` plus ``<primary>_se``, the primary metric's standard error over the split's clips."""
-        return self.evaluate(preds, targets)[0]

@@ -16,7 +16,6 @@ class ClassificationTask(Task):
     """Predict the integer clip field ``field`` among ``num_classes`` classes."""
 
     field: str
-    primary_metric = "top1"
     table_metrics = ("top1",)
 
     def num_classes(self) -> int:

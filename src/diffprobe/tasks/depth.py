@@ -18,7 +18,6 @@ class DepthEstimation(Task):
     view = "clip"
     fields = ("video", "depth")
     version = 2  # 2: pixels without a measurement (depth <= 0) are masked from the baseline
-    primary_metric = "abs_rel"
     table_metrics = ("abs_rel", "delta1")
 
     def __init__(self, ctx: TaskContext, patch: int | None = None) -> None:

@@ -16,7 +16,6 @@ class CameraPose(Task):
     name = "camera_pose"
     view = "clip"
     fields = ("video", "camera")
-    primary_metric = "rotation_error_deg"
     table_metrics = ("rotation_error_deg", "translation_error")
 
     def targets(self, clip: Clip) -> dict[str, np.ndarray]:

@@ -35,9 +35,8 @@ class ProbeConfig(Config):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         # CPU-sized: one learning rate, about 6 epochs of 2k clips; validation every 100 steps keeps each probe's
-        # best state (tiny probes overfit trained-WALT features within a few hundred steps); banks of at most 5 GFLOP
-        # a step (about 20 action probes, 4 depth or tracking probes), what measured fastest per probe on a 2-core CPU
-        # (README, benchmarks/bench_probes.py).
+        # best state (tiny probes overfit trained-WALT features within a few hundred steps); banks capped by FLOPs a
+        # step (docs/readouts.md gives the measurements behind the cap).
         "tiny": {"readout": {**ReadoutConfig.PRESETS["tiny"], "learning_rates": [2e-3]}, "steps": 400,
                  "batch_size": 32, "warmup_steps": 20, "eval_every": 100, "bank_gflop": 5.0},
         "base": {"readout": ReadoutConfig.PRESETS["base"], "steps": 20_000, "batch_size": 128,

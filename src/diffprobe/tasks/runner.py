@@ -114,7 +114,7 @@ def ensure_targets(task: Task, clips: ClipSequence, cache: FeatureCache, limit: 
 
 @functools.lru_cache(maxsize=16)
 def _load_targets(path: str, task: str) -> Targets:
-    """Targets read once per process (the study probes many cells on the same splits)."""
+    """Targets read once per process (the study probes many cells on the same roles' clips)."""
     return load_targets(path, task)
 
 
@@ -162,7 +162,7 @@ def run_probes(cells: Sequence[CellRequest], roles: Mapping[str, RoleData], task
             feats[role] = ensure_features(cell.backbone, roles[role].clips, task.view, [cell.block], cell.t,
                                           cell.noise_seed, cache, cell.ensemble, limit, progress=progress,
                                           workers=workers)[cell.block]
-        inputs.append(ProbeFeatures(feats["train"], feats["val"], feats["test"], cell.seed))
+        inputs.append(ProbeFeatures(*(feats[role] for role in ROLES), cell.seed))
     shapes = list(dict.fromkeys(f.train.feature_shape for f in inputs))
     results: dict[int, ProbeResult] = {}
     for shape in shapes:  # one bank (or several, see ProbeConfig.bank_memory_gb) per feature shape
@@ -187,9 +187,9 @@ def prior_metrics(roles: Mapping[str, RoleData], task_name: str, cache: FeatureC
     """Test metrics of ``task_name``'s no-information baseline (:meth:`Task.prior`, from the training targets),
     and its per-clip primary metric."""
     task = make_task(task_name, task_context(roles))
-    split_targets = {}
-    for role in ("train", "test"):
+    role_targets = {}
+    for role in ("train", "test"):  # the prior needs no validation role
         limit = None if limits is None else limits[role]
-        split_targets[role] = _load_targets(str(ensure_targets(task, roles[role].clips, cache, limit, progress)),
-                                            task.name)
-    return task.evaluate(task.prior(split_targets["train"], split_targets["test"]), split_targets["test"])
+        role_targets[role] = _load_targets(str(ensure_targets(task, roles[role].clips, cache, limit, progress)),
+                                           task.name)
+    return task.evaluate(task.prior(role_targets["train"], role_targets["test"]), role_targets["test"])

@@ -46,7 +46,6 @@ class PointTracking(Task):
     name = "point_tracking"
     view = "clip"
     fields = ("video", "tracks", "visible")
-    primary_metric = "average_jaccard"
     table_metrics = ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")
 
     def targets(self, clip: Clip) -> dict[str, np.ndarray]:
@@ -145,7 +144,6 @@ class BoxTracking(Task):
     name = "box_tracking"
     view = "clip"
     fields = ("video", "boxes", "box_visible")
-    primary_metric = "mean_iou"
     table_metrics = ("mean_iou",)
 
     def targets(self, clip: Clip) -> dict[str, np.ndarray]:

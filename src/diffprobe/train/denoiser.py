@@ -30,9 +30,8 @@ from diffprobe.train.export import export_model, load_export, read_export, train
 from diffprobe.train.loop import CheckpointHook, fit
 from diffprobe.utils.distributed import setup_distributed
 
-# CPU-sized (about 4 minutes a twin on 2 cores): batch 16 runs 4.8-5.5 steps/s here against 3.0 at batch 32. Motion
-# shows in the video twin's features only after about 1000 steps (action top-1 0.11 at step 300, 0.15 at 600, 0.23
-# at 1200 on the same probe); checkpoints 400 and 800 are kept for the training-budget analysis.
+# CPU-sized: a batch of 16 and enough steps for motion to show in the video twin's features (the measurements behind
+# both are in docs/training.md); checkpoints 400 and 800 are kept for the training-budget analysis.
 _TINY_TRAIN = {"steps": 1200, "batch_size": 16, "lr": 1.5e-3, "warmup_steps": 50, "ema_decay": 0.99,
                "ema_start": 50, "log_every": 10, "ckpt_every": 400, "keep_steps": [400, 800],
                "min_lr_ratio": 0.1}
