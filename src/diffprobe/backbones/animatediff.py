@@ -44,9 +44,9 @@ from diffprobe.backbones.external import (
     require_at_least,
     weights_fingerprint,
 )
+from diffprobe.backbones.loading import load_part
 from diffprobe.backbones.sd import T_MAPPING, SDBackbone, load_sd_parts
 from diffprobe.backbones.unets import (
-    load_component,
     read_config,
 )
 
@@ -77,13 +77,13 @@ def load_motion_unet(path: Path, dtype: torch.dtype, device: torch.device) -> tu
                                 "(an SDXL AnimateDiff UNet, which needs pooled text embeddings and time ids) is not "
                                 "supported: animatediff takes SD 1.x motion UNets")
     if config.get("_class_name") == "UNetMotionModel":
-        return load_component(UNetMotionModel, path, "unet", dtype, device), "unet-motion"
+        return load_part(UNetMotionModel, path, "unet", dtype, device), "unet-motion"
     if not (path / "motion_adapter").exists():
         raise BackboneLoadError(f"{path / 'motion_adapter'}: missing, and {path / 'unet/config.json'} is a "
                                 f"{config.get('_class_name')!r}, not a UNetMotionModel (save a MotionAdapter there, "
                                 "or the AnimateDiff pipeline's own unet/)")
-    unet = load_component(UNet2DConditionModel, path, "unet", torch.float32)
-    adapter = load_component(MotionAdapter, path, "motion_adapter", torch.float32)
+    unet = load_part(UNet2DConditionModel, path, "unet", torch.float32)
+    adapter = load_part(MotionAdapter, path, "motion_adapter", torch.float32)
     try:
         motion = UNetMotionModel.from_unet2d(unet, adapter)
     except Exception as e:  # the adapter's blocks do not fit the UNet's

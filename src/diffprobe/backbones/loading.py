@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -73,24 +73,31 @@ def _unfit_keys(model: nn.Module, info: dict[str, Any]) -> list[str]:
                                                                                   mismatched]
 
 
-def load_part(cls: type, folder: Path, sub: str, dtype: torch.dtype, device: torch.device,
+def load_part(cls: type, folder: Path, sub: str, dtype: torch.dtype | None = None, device: torch.device | None = None,
               config_name: str = "config.json") -> nn.Module:
-    """``cls.from_pretrained(folder / sub)`` in ``dtype`` on ``device``, frozen and in eval mode."""
+    """``cls.from_pretrained(folder / sub)`` (a diffusers or transformers class) in ``dtype`` on ``device`` (``None``:
+    the saved dtype, the CPU), frozen and in eval mode."""
     require_files(folder, f"{sub}/{config_name}")
     path = folder / sub
+    kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        kwargs["torch_dtype" if cls.__module__.startswith("diffusers") else "dtype"] = dtype
     try:
-        model, info = cls.from_pretrained(path, torch_dtype=dtype, output_loading_info=True)
+        model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
     except Exception as e:  # the libraries raise OSError / ValueError / RuntimeError / ...: name the folder
-        raise BackboneLoadError(f"{path}: {cls.__name__} does not load from {config_name} and its weights: {e}") from e
+        raise BackboneLoadError(f"{path}: cannot load a {cls.__name__} from {config_name} and its weights: {e}") from e
     bad = _unfit_keys(model, info)
     if bad:
         shown = ", ".join(bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
         raise BackboneLoadError(f"{path}: the weights do not fit {path / config_name} ({shown})")
-    return model.to(device).eval().requires_grad_(False)
+    if device is not None:
+        model = model.to(device)
+    return model.eval().requires_grad_(False)
 
 
-def load_scheduler(folder: Path) -> Any:
-    """The folder's scheduler, of the class its ``scheduler/scheduler_config.json`` names."""
+def load_scheduler(folder: Path, expect: Sequence[str] = (), ddpm: bool = False) -> Any:
+    """The folder's scheduler, of the class its ``scheduler/scheduler_config.json`` names (``expect``: the classes
+    the kind accepts, empty for any; ``ddpm``: it must hold a DDPM-family ``alphas_cumprod``)."""
     import diffusers
 
     require_files(folder, "scheduler/scheduler_config.json")
@@ -102,10 +109,15 @@ def load_scheduler(folder: Path) -> Any:
     cls = getattr(diffusers, str(name), None)
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise BackboneLoadError(f"{path}: unknown scheduler class {name!r} (diffusers {diffusers.__version__})")
+    if expect and name not in expect:
+        raise BackboneLoadError(f"{path}: _class_name {name!r} is not one of {list(expect)}")
     try:
-        return cls.from_pretrained(folder / "scheduler")
+        scheduler = cls.from_pretrained(folder / "scheduler")
     except Exception as e:
         raise BackboneLoadError(f"{path}: {name} does not load: {e}") from e
+    if ddpm and getattr(scheduler, "alphas_cumprod", None) is None:
+        raise BackboneLoadError(f"{path}: {name} has no alphas_cumprod (not a DDPM-family schedule)")
+    return scheduler
 
 
 def load_text_parts(folder: Path, encoder_cls: type, dtype: torch.dtype, device: torch.device) -> tuple[Any, nn.Module]:
@@ -124,11 +136,14 @@ def has_text_encoder(folder: Path) -> bool:
     return (folder / "text_encoder" / "config.json").is_file() and (folder / "tokenizer").is_dir()
 
 
-def check_null_embeds(folder: Path, embeds: torch.Tensor, dim: int, length: int | None = None) -> None:
-    """``prompt_embeds`` must be (1, L, dim) (and L = ``length`` where the model fixes it)."""
+def check_null_embeds(folder: Path, embeds: torch.Tensor, dim: int, length: int | None = None,
+                      dim_from: str = "the model's text width") -> None:
+    """``prompt_embeds`` must be (1, L, dim) (and L = ``length`` where the model fixes it); ``dim_from`` says which
+    config value gives ``dim``, for the message."""
     path = folder / "null_embeds.safetensors"
     if embeds.ndim != 3 or embeds.shape[0] != 1 or embeds.shape[2] != dim:
-        raise BackboneLoadError(f"{path}: prompt_embeds is {tuple(embeds.shape)}, expected (1, L, {dim})")
+        raise BackboneLoadError(f"{path}: prompt_embeds is {tuple(embeds.shape)}, expected (1, L, {dim}) "
+                                f"({dim_from})")
     if length is not None and embeds.shape[1] != length:
         raise BackboneLoadError(f"{path}: prompt_embeds has {embeds.shape[1]} tokens, the transformer's positional "
                                 f"embedding takes {length} (its max_text_seq_length)")

@@ -46,12 +46,10 @@ from diffprobe.backbones.external import (
     parse_options,
     require_at_least,
 )
+from diffprobe.backbones.loading import check_null_embeds, load_part, load_scheduler
 from diffprobe.backbones.unets import (
     UNetBackbone,
-    check_null_embeds,
     chunked_frame_encoder,
-    load_component,
-    load_scheduler,
     prompt_null_embeddings,
     read_config,
     vae_dtype,
@@ -82,13 +80,13 @@ def load_sd_parts(path: Path, unet: torch.nn.Module, dtype: torch.dtype, device:
     from diffusers import AutoencoderKL
 
     vae_config = read_config(path, "vae/config.json")
-    scheduler = load_scheduler(path)
-    vae = load_component(AutoencoderKL, path, "vae", vae_dtype(vae_config, dtype), device)
+    scheduler = load_scheduler(path, ddpm=True)
+    vae = load_part(AutoencoderKL, path, "vae", vae_dtype(vae_config, dtype), device)
     if vae.config.get("shift_factor") is not None or vae.config.get("latents_mean") is not None:
         raise BackboneLoadError(f"{path / 'vae/config.json'}: a VAE with shift_factor / latents_mean is not an SD "
                                 "1.x/2.x VAE (the SD pipelines scale by scaling_factor only)")
     null = prompt_null_embeddings(path)
-    check_null_embeds(null, int(unet.config.cross_attention_dim), path)
+    check_null_embeds(path, null, int(unet.config.cross_attention_dim), dim_from="the UNet's cross_attention_dim")
     if unet.config.in_channels != vae.config.latent_channels:
         raise BackboneLoadError(f"{path / 'unet/config.json'}: in_channels={unet.config.in_channels}, but the VAE has "
                                 f"{vae.config.latent_channels} latent channels (vae/config.json)")
@@ -133,7 +131,7 @@ def load_sd(path: Path, options: dict[str, str], spec: str, device: torch.device
         raise BackboneLoadError(f"{path / 'unet/config.json'}: addition_embed_type="
                                 f"{unet_config['addition_embed_type']!r} (an SDXL-style UNet, which needs pooled text "
                                 "embeddings and time ids) is not an SD 1.x/2.x UNet")
-    unet = load_component(UNet2DConditionModel, path, "unet", opts.torch_dtype, device)
+    unet = load_part(UNet2DConditionModel, path, "unet", opts.torch_dtype, device)
     vae, scheduler, null = load_sd_parts(path, unet, opts.torch_dtype, device)
     identity = identity_of("sd", path, opts, conditioning="empty-prompt", t_mapping=T_MAPPING, mode="image")
     return ResolvedBackbone(SDBackbone(unet, vae, scheduler, null, identity, device, opts), "image", 0, None)

@@ -75,12 +75,11 @@ from diffprobe.backbones.external import (
     require_at_least,
     require_files,
 )
+from diffprobe.backbones.loading import load_part, load_scheduler
 from diffprobe.backbones.unets import (
     UNetBackbone,
     ddpm_level,
     frame_encoder,
-    load_component,
-    load_scheduler,
     pixels,
     read_config,
     vae_dtype,
@@ -283,9 +282,9 @@ def load_svd(path: Path, options: dict[str, str], spec: str, device: torch.devic
     assert isinstance(opts, SVDOptions)
     read_config(path, "unet/config.json")
     vae_config = read_config(path, "vae/config.json")
-    scheduler = load_scheduler(path, expect=("EulerDiscreteScheduler",))
-    unet = load_component(UNetSpatioTemporalConditionModel, path, "unet", opts.torch_dtype, device)
-    vae = load_component(AutoencoderKLTemporalDecoder, path, "vae", vae_dtype(vae_config, opts.torch_dtype), device)
+    scheduler = load_scheduler(path, expect=("EulerDiscreteScheduler",), ddpm=True)
+    unet = load_part(UNetSpatioTemporalConditionModel, path, "unet", opts.torch_dtype, device)
+    vae = load_part(AutoencoderKLTemporalDecoder, path, "vae", vae_dtype(vae_config, opts.torch_dtype), device)
     channels = int(vae.config.latent_channels)
     if unet.config.in_channels != 2 * channels:
         raise BackboneLoadError(f"{path / 'unet/config.json'}: in_channels={unet.config.in_channels}; SVD's UNet takes "
@@ -299,7 +298,7 @@ def load_svd(path: Path, options: dict[str, str], spec: str, device: torch.devic
     if opts.cond == "first_frame":
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-        image_encoder = load_component(CLIPVisionModelWithProjection, path, "image_encoder", opts.torch_dtype, device)
+        image_encoder = load_part(CLIPVisionModelWithProjection, path, "image_encoder", opts.torch_dtype, device)
         require_files(path, "feature_extractor/preprocessor_config.json")
         try:
             feature_extractor = CLIPImageProcessor.from_pretrained(path / "feature_extractor")

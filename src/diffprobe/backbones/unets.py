@@ -1,9 +1,6 @@
 """What the UNet kinds (``sd``, ``animatediff``, ``svd``) share.
 
-- Loading: :func:`load_component` loads one diffusers / transformers component from its subfolder with
-  ``from_pretrained`` (the library's ``save_pretrained`` layout) and turns the library's error into a
-  :class:`~diffprobe.backbones.external.BackboneLoadError` naming the folder; :func:`load_scheduler` loads
-  ``scheduler/`` by the class its config names.
+- Loading: the parts and the scheduler load as every diffusers kind's do (:mod:`~diffprobe.backbones.loading`).
 - Pixels and latents as the diffusers pipelines prepare them: :func:`pixels` (uint8 -> [-1, 1], channels first, as
   ``VaeImageProcessor.preprocess`` does), :func:`vae_latents` (the VAE's latent distribution at its mean = mode, times
   ``vae.config.scaling_factor``, as the SD / AnimateDiff img2img / video2video pipelines and SVD's decoder use it).
@@ -40,6 +37,7 @@ from diffprobe.backbones.external import (
     null_embeddings,
     require_files,
 )
+from diffprobe.backbones.loading import load_part
 
 
 def read_config(folder: Path, name: str) -> dict[str, Any]:
@@ -50,62 +48,6 @@ def read_config(folder: Path, name: str) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise BackboneLoadError(f"{path}: cannot read the config: {e}") from e
-
-
-def load_component(cls: Any, folder: Path, sub: str, dtype: torch.dtype | None = None,
-                   device: torch.device | None = None) -> Any:
-    """``cls.from_pretrained(folder / sub)`` in ``dtype`` on ``device``, in eval mode; a missing config is an error
-    naming it, and the library's error (missing weights, weights that do not fit the config) is re-raised naming the
-    folder."""
-    path = folder / sub
-    require_files(folder, f"{sub}/config.json")
-    kwargs: dict[str, Any] = {}
-    if dtype is not None:
-        kwargs["torch_dtype" if cls.__module__.startswith("diffusers") else "dtype"] = dtype
-    try:
-        module, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
-    except Exception as e:  # the libraries raise OSError / ValueError / RuntimeError / EnvironmentError
-        raise BackboneLoadError(f"{path}: cannot load a {cls.__name__} from it: {e}") from e
-    check_loading_info(module, info, path, cls.__name__)
-    if device is not None:
-        module = module.to(device)
-    return module.eval().requires_grad_(False)
-
-
-def check_loading_info(module: nn.Module, info: dict[str, Any], path: Path, name: str) -> None:
-    """The libraries only warn when a config and its weights disagree on which modules exist: diffusers initialises
-    the weights the file lacks at random and drops the file's weights of modules the model does not have. Both are an
-    error here (a stray tensor of a module the model has, e.g. an old ``position_ids`` buffer, is tolerated)."""
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:
-        raise BackboneLoadError(f"{path}: its config asks for {len(missing)} weight(s) the weights file lacks (e.g. "
-                                f"{missing[:3]}): the config does not fit the weights")
-    modules = {n for n, _ in module.named_modules()}
-    stray = sorted(k for k in info.get("unexpected_keys") or [] if k.rpartition(".")[0] not in modules)
-    if stray:
-        raise BackboneLoadError(f"{path}: the weights file has {len(stray)} weight(s) of modules its config does not "
-                                f"build (e.g. {stray[:3]}): the config does not fit the weights")
-
-
-def load_scheduler(folder: Path, expect: Sequence[str] = ()) -> Any:
-    """The folder's scheduler, of the class ``scheduler/scheduler_config.json`` names (``expect``: the classes the
-    kind accepts, empty for any); it must hold a DDPM-family ``alphas_cumprod``."""
-    import diffusers
-
-    name = "scheduler/scheduler_config.json"
-    config = read_config(folder, name)
-    cls_name = config.get("_class_name")
-    cls = getattr(diffusers, str(cls_name), None)
-    if cls is None or (expect and cls_name not in expect):
-        wanted = f"one of {list(expect)}" if expect else "a diffusers scheduler class"
-        raise BackboneLoadError(f"{folder / name}: _class_name {cls_name!r} is not {wanted}")
-    try:
-        scheduler = cls.from_pretrained(folder / "scheduler")
-    except Exception as e:
-        raise BackboneLoadError(f"{folder / name}: cannot load a {cls_name}: {e}") from e
-    if getattr(scheduler, "alphas_cumprod", None) is None:
-        raise BackboneLoadError(f"{folder / name}: {cls_name} has no alphas_cumprod (not a DDPM-family schedule)")
-    return scheduler
 
 
 def ddpm_level(scheduler: Any, t: float) -> tuple[int, float]:
@@ -176,7 +118,7 @@ def prompt_null_embeddings(folder: Path) -> torch.Tensor:
                 tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
             except Exception as e:
                 raise BackboneLoadError(f"{folder / 'tokenizer'}: cannot load a CLIPTokenizer from it: {e}") from e
-            encoder = load_component(CLIPTextModel, folder, "text_encoder", torch.float32)
+            encoder = load_part(CLIPTextModel, folder, "text_encoder", torch.float32)
             ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                             return_tensors="pt")
             mask = ids.attention_mask if getattr(encoder.config, "use_attention_mask", False) else None
@@ -186,12 +128,6 @@ def prompt_null_embeddings(folder: Path) -> torch.Tensor:
     how = ("save the model's text_encoder/ and tokenizer/ in the folder, or a null_embeds.safetensors with a tensor "
            "'prompt_embeds' (1, L, D): the text encoder's last hidden state on the empty prompt")
     return null_embeddings(folder, ["prompt_embeds"], compute, how)["prompt_embeds"]
-
-
-def check_null_embeds(embeds: torch.Tensor, cross_dim: int, folder: Path) -> None:
-    if embeds.ndim != 3 or embeds.shape[0] != 1 or embeds.shape[-1] != cross_dim:
-        raise BackboneLoadError(f"{folder / 'null_embeds.safetensors'}: prompt_embeds of shape {tuple(embeds.shape)}; "
-                                f"the UNet's cross_attention_dim needs (1, L, {cross_dim})")
 
 
 class UNetBackbone(LatentDiffusionBackbone):
