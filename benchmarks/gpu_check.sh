@@ -11,7 +11,7 @@
 #                 is reused, its outputs removed first; any other non-empty folder is refused
 #
 # Installs nothing: the README's set-up is assumed done (the venv active, or $PYTHON / `python` on PATH the right
-# interpreter). Full mode on one H100/H200 takes about 6 minutes (an estimate) and at most 7m45s: every step's limit is
+# interpreter). Full mode has a budget of 7m45s (README: the GPU check): every step's limit is
 # cut to what is left of that budget, so a step that hangs or overruns is killed, recorded as failed (rc 124), and
 # the check goes on. Steps, each logged to DIR/<step>.log as well as to the terminal:
 #
@@ -21,8 +21,8 @@
 #   bench_denoiser_bf16      the same in bf16 autocast (CUDA only)                    -> DIR/bench_denoiser_bf16.json
 #   bench_features           benchmarks/bench_features.py                              -> DIR/bench_features.json
 #   pytest_gpu               pytest -m gpu tests/test_gpu.py (all skip without CUDA)   -> DIR/pytest_gpu.xml
-#   study                    diffprobe study, cut to a smoke run (full: the small preset, about 3 minutes on an H100,
-#                            an estimate; tiny: the tiny preset on a 48-clip world)  -> DIR/study/
+#   study                    diffprobe study, cut to a smoke run (full: the small preset; tiny: the tiny preset on a
+#                            48-clip world)                                           -> DIR/study/
 #
 # Finally benchmarks/gpu_check_summary.py writes DIR/gpu_check.json (atomically) and prints a summary table; the
 # script exits non-zero if any step failed.

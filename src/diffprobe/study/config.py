@@ -23,7 +23,8 @@ from diffprobe.train.tokenizer import TokenizerRunConfig
 
 _TINY_WORLD = probeworld_spec(ProbeWorldConfig.preset("tiny").replace(train_size=2048, val_size=256, test_size=512))
 # The CPU study: every task at the headline cell for the twins and the three controls, two probe seeds each; noise and
-# block sweeps on action (the first probe seed). Sized to finish in about 15 minutes on a 2-core CPU (README).
+# block sweeps on action (the first probe seed). Sized to finish on a CPU in minutes (the README states the measured
+# time and the machine's matmul figure).
 _TINY: dict[str, Any] = {
     "name": "probeworld-tiny",
     "dataset": _TINY_WORLD,

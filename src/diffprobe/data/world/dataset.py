@@ -19,7 +19,8 @@ from diffprobe.data.world.shapes import CATEGORIES
 from diffprobe.data.world.tracks import project, sample_tracks, visibility
 from diffprobe.spec import DatasetSpec
 
-#: Most pixels (clips x frames x H x W) rendered in one vectorised call; bounds memory to ~200 MB.
+#: Most pixels (clips x frames x H x W) rendered in one vectorised call: the renderer's per-pixel intermediates
+#: scale with it, so it bounds the memory of rendering a split.
 PIXELS_PER_CALL = 1 << 19
 
 
