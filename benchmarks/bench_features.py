@@ -52,13 +52,14 @@ from diffprobe.models import WALT, CausalAutoencoder
 from diffprobe.models.exports import read_export
 from diffprobe.readouts import Member, ProbeBank
 from diffprobe.tasks import Task, make_task
-from diffprobe.tasks.probing import ProbeConfig, _batch_targets, _stack, _train_batches
-from diffprobe.tasks.runner import ensure_targets, task_context, task_roles
+from diffprobe.tasks.probe_config import ProbeConfig
+from diffprobe.tasks.probing import _batch_targets, _stack, _train_batches
+from diffprobe.tasks.roles import task_context, task_roles
+from diffprobe.tasks.runner import ensure_targets
 from diffprobe.tasks.targets import Targets, load_targets
-from diffprobe.train.denoiser import DenoiserRunConfig
 from diffprobe.train.export import export_model
 from diffprobe.train.optim import lr_at
-from diffprobe.train.tokenizer import TokenizerRunConfig
+from diffprobe.train.runs import DenoiserRunConfig, TokenizerRunConfig
 from diffprobe.utils.io import atomic_write_json
 
 T = 200.0  #: noise level of every measurement (the study's headline t)

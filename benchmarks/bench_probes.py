@@ -52,7 +52,8 @@ from diffprobe.data import CATEGORIES, MOTIONS, ProbeWorld, ProbeWorldConfig
 from diffprobe.features.cache import FeatureCache, FeatureKey, FeatureSet
 from diffprobe.readouts import Member, ProbeBank
 from diffprobe.tasks import Task, TaskContext, UnknownTask, make_task
-from diffprobe.tasks.probing import ProbeConfig, _batch_targets, _stack, _train_batches
+from diffprobe.tasks.probe_config import ProbeConfig
+from diffprobe.tasks.probing import _batch_targets, _stack, _train_batches
 from diffprobe.tasks.targets import Targets, compute_targets
 from diffprobe.train.optim import lr_at
 from diffprobe.utils.io import atomic_write_json

@@ -17,7 +17,8 @@ from diffprobe.readouts import Member, ProbeBank, ReadoutConfig
 from diffprobe.study.config import StudyConfig
 from diffprobe.study.plan import bank_groups, plan_jobs
 from diffprobe.tasks import TASKS, TaskContext, make_task
-from diffprobe.tasks.probing import ProbeConfig, ProbeFeatures, _train_batches, bank_size, train_probes
+from diffprobe.tasks.probe_config import ProbeConfig, bank_size
+from diffprobe.tasks.probing import ProbeFeatures, _train_batches, train_probes
 from diffprobe.tasks.targets import compute_targets
 
 WORLD = ProbeWorldConfig.preset("tiny").replace(num_tracks=8, train_size=20, val_size=8, test_size=8)

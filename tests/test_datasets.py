@@ -17,7 +17,8 @@ from diffprobe.features.sources import iter_clips
 from diffprobe.spec import DatasetSpec, SpecError
 from diffprobe.study.store import Cell, ResultsStore
 from diffprobe.tasks import TASKS, make_task
-from diffprobe.tasks.runner import ensure_targets, task_context, task_roles
+from diffprobe.tasks.roles import task_context, task_roles
+from diffprobe.tasks.runner import ensure_targets
 
 
 class Toy(ClipDataset):

@@ -29,9 +29,8 @@ from diffprobe.models.exports import read_export, read_tensors
 from diffprobe.models.walt import AdaLNModulation
 from diffprobe.train import EMA, TrainConfig, build_optimizer, fit, latest_checkpoint, load_checkpoint, make_batch_fn
 from diffprobe.train import loop as train_loop
-from diffprobe.train.denoiser import DenoiserRunConfig
 from diffprobe.train.export import export_model
-from diffprobe.train.tokenizer import TokenizerRunConfig
+from diffprobe.train.runs import DenoiserRunConfig, TokenizerRunConfig
 from diffprobe.utils.runtime import cuda_tf32
 
 pytestmark = [

@@ -10,7 +10,8 @@ import torch
 from diffprobe.data import CATEGORIES, MOTIONS, ProbeWorld, ProbeWorldConfig
 from diffprobe.features.cache import FeatureCache, FeatureKey
 from diffprobe.tasks import TASKS, Task, TaskContext, make_task
-from diffprobe.tasks.probing import ProbeConfig, train_probe
+from diffprobe.tasks.probe_config import ProbeConfig
+from diffprobe.tasks.probing import train_probe
 from diffprobe.tasks.targets import compute_targets, load_targets, save_targets
 
 CFG = ProbeWorldConfig.preset("tiny").replace(num_tracks=16, train_size=48, val_size=16, test_size=16)

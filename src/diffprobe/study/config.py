@@ -16,10 +16,8 @@ from diffprobe.models import WALTConfig
 from diffprobe.spec import BackboneSpec
 from diffprobe.study.report_tasks import IMAGE, LATENTS, PIXELS, UNTRAINED, VIDEO
 from diffprobe.tasks import TASKS
-from diffprobe.tasks.probing import ProbeConfig
-from diffprobe.train.denoiser import DenoiserRunConfig
-from diffprobe.train.feature_net import FeatureNetRunConfig
-from diffprobe.train.tokenizer import TokenizerRunConfig
+from diffprobe.tasks.probe_config import ProbeConfig
+from diffprobe.train.runs import DenoiserRunConfig, FeatureNetRunConfig, TokenizerRunConfig
 
 _TINY_WORLD = probeworld_spec(ProbeWorldConfig.preset("tiny").replace(train_size=2048, val_size=256, test_size=512))
 # The CPU study: every task at the headline cell for the twins and the three controls, two probe seeds each; noise and

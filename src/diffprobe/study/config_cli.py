@@ -27,9 +27,9 @@ from diffprobe.errors import InputError
 #: config kind -> "module:Class" of its dataclass (a run's config, then the configs nested in them)
 CONFIGS: dict[str, str] = {
     "world": "diffprobe.data.world.config:ProbeWorldConfig",
-    "tokenizer": "diffprobe.train.tokenizer:TokenizerRunConfig",
-    "denoiser": "diffprobe.train.denoiser:DenoiserRunConfig",
-    "feature-net": "diffprobe.train.feature_net:FeatureNetRunConfig",
+    "tokenizer": "diffprobe.train.runs:TokenizerRunConfig",
+    "denoiser": "diffprobe.train.runs:DenoiserRunConfig",
+    "feature-net": "diffprobe.train.runs:FeatureNetRunConfig",
     "probe": "diffprobe.tasks.probing:ProbeConfig",
     "study": "diffprobe.study.config:StudyConfig",
     "train": "diffprobe.train.config:TrainConfig",

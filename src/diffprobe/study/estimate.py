@@ -36,9 +36,9 @@ from diffprobe.readouts.queries import BoxQueries, PointQueries
 from diffprobe.study.config import TOKENIZER, TWINS, StudyConfig
 from diffprobe.study.plan import bank_groups, plan_jobs
 from diffprobe.tasks import TASKS, Task, TaskContext, make_task
-from diffprobe.tasks.probing import ProbeConfig, bank_size, eval_batch
-from diffprobe.tasks.runner import task_context, task_roles
-from diffprobe.train.denoiser import twin_batch_size
+from diffprobe.tasks.probe_config import ProbeConfig, bank_size, eval_batch
+from diffprobe.tasks.roles import task_context, task_roles
+from diffprobe.train.runs import twin_batch_size
 from diffprobe.utils.runtime import matmul_peak
 
 #: query encoder -> the inputs of one training batch of ``b`` clips (encoders absent here take only the batch size)

@@ -16,7 +16,7 @@ from diffprobe.study.config import MAIN, TOKENIZER, TWIN_IMAGE, TWIN_VIDEO, Stud
 from diffprobe.study.report_tasks import PRIOR
 from diffprobe.study.store import Cell, clips_key
 from diffprobe.tasks import TASKS
-from diffprobe.tasks.runner import data_identity, task_roles
+from diffprobe.tasks.roles import data_identity, task_roles
 
 MODES = ("video", "image")
 

@@ -54,8 +54,9 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
     from diffprobe.backbones.registry import load_backbone
     from diffprobe.features.cache import FeatureCache
     from diffprobe.study.store import Cell, ResultsStore, clips_key
-    from diffprobe.tasks.probing import ProbeConfig
-    from diffprobe.tasks.runner import data_identity, run_probe, task_roles
+    from diffprobe.tasks.probe_config import ProbeConfig
+    from diffprobe.tasks.roles import data_identity, task_roles
+    from diffprobe.tasks.runner import run_probe
     from diffprobe.utils.runtime import resolve_device
 
     dev = resolve_device(device)

@@ -52,16 +52,8 @@ from diffprobe.study.plan import (
 from diffprobe.study.report_tasks import UNTRAINED
 from diffprobe.study.store import Cell, ResultsStore
 from diffprobe.tasks import TASKS, make_task
-from diffprobe.tasks.runner import (
-    CellRequest,
-    data_identity,
-    ensure_targets,
-    prior_metrics,
-    run_probes,
-    targets_path,
-    task_context,
-    task_roles,
-)
+from diffprobe.tasks.roles import data_identity, task_context, task_roles
+from diffprobe.tasks.runner import CellRequest, ensure_targets, prior_metrics, run_probes, targets_path
 from diffprobe.train.denoiser import train_denoiser
 from diffprobe.train.feature_net import FrechetEvaluator, load_feature_net, train_feature_net
 from diffprobe.train.sample import generate

@@ -4,28 +4,28 @@ See ``docs/training.md``. The tokenizer, the WALT twins and the readout probes e
 ``loss_fn(model, batch, generator)`` and a ``batches(step)`` function, and call :func:`fit`.
 """
 
-from diffprobe.train.batching import batch_indices, make_batch_fn
-from diffprobe.train.checkpoint import (
-    CheckpointError,
-    checkpoint_dir,
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    load_model_weights,
-    prune_checkpoints,
-    save_checkpoint,
-)
-from diffprobe.train.config import TrainConfig
-from diffprobe.train.ema import EMA
-from diffprobe.train.logging import MetricsLogger, read_metrics
-from diffprobe.train.loop import TrainResult, fit
-from diffprobe.train.optim import build_optimizer, lr_at, param_groups
-from diffprobe.train.rng import step_generator
-from diffprobe.utils.distributed import DistContext, cleanup_distributed, setup_distributed, unwrap_model
+import importlib
+from typing import Any
 
-__all__ = [
-    "EMA", "CheckpointError", "DistContext", "MetricsLogger", "TrainConfig", "TrainResult", "batch_indices",
-    "build_optimizer", "checkpoint_dir", "cleanup_distributed", "fit", "latest_checkpoint", "list_checkpoints",
-    "load_checkpoint", "load_model_weights", "lr_at", "make_batch_fn", "param_groups", "prune_checkpoints",
-    "read_metrics", "save_checkpoint", "setup_distributed", "step_generator", "unwrap_model",
-]
+#: the package's public names -> the module that defines them, imported on first use (so importing a run's config,
+#: ``diffprobe.train.runs``, does not import the training loop)
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(["batch_indices", "make_batch_fn"], "diffprobe.train.batching"),
+    **dict.fromkeys(["CheckpointError", "checkpoint_dir", "latest_checkpoint", "list_checkpoints", "load_checkpoint",
+                     "load_model_weights", "prune_checkpoints", "save_checkpoint"], "diffprobe.train.checkpoint"),
+    "TrainConfig": "diffprobe.train.config",
+    "EMA": "diffprobe.train.ema",
+    **dict.fromkeys(["MetricsLogger", "read_metrics"], "diffprobe.train.logging"),
+    **dict.fromkeys(["TrainResult", "fit"], "diffprobe.train.loop"),
+    **dict.fromkeys(["build_optimizer", "lr_at", "param_groups"], "diffprobe.train.optim"),
+    "step_generator": "diffprobe.train.rng",
+    **dict.fromkeys(["DistContext", "cleanup_distributed", "setup_distributed", "unwrap_model"],
+                    "diffprobe.utils.distributed"),
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'diffprobe.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

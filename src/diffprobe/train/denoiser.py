@@ -10,77 +10,30 @@ number of tokens per batch and train for the same number of steps.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from diffprobe.config import Config, ConfigError
+from diffprobe.config import ConfigError
 from diffprobe.data.splits import resolve_roles
 from diffprobe.diffusion import diffusion_loss
 from diffprobe.features.cache import FeatureCache
 from diffprobe.features.latents import ensure_latents
-from diffprobe.models import WALT, WALTConfig
-from diffprobe.models.exports import load_tokenizer, resolve_recorded_spec, resolve_tokenizer_dir
+from diffprobe.models import WALT
+from diffprobe.models.exports import load_tokenizer, resolve_recorded_spec
 from diffprobe.train.batching import make_batch_fn
-from diffprobe.train.config import TrainConfig
 from diffprobe.train.export import export_model, load_export, read_export, train_once
 from diffprobe.train.loop import CheckpointHook, fit
+from diffprobe.train.runs import DenoiserRunConfig, twin_batch_size
 from diffprobe.utils.distributed import setup_distributed
-
-# CPU-sized: a batch of 16 and enough steps for motion to show in the video twin's features (the measurements behind
-# both are in docs/training.md); checkpoints 400 and 800 are kept for the training-budget analysis.
-_TINY_TRAIN = {"steps": 1200, "batch_size": 16, "lr": 1.5e-3, "warmup_steps": 50, "ema_decay": 0.99,
-               "ema_start": 50, "log_every": 10, "ckpt_every": 400, "keep_steps": [400, 800],
-               "min_lr_ratio": 0.1}
-
-
-@dataclasses.dataclass(frozen=True)
-class DenoiserRunConfig(Config):
-    """One WALT twin: its mode, the tokenizer run it works in, its data, the network and the optimisation."""
-
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "walt-tiny": {"dataset": "probeworld:tiny", "model": WALTConfig.PRESETS["tiny"], "train": _TINY_TRAIN},
-        "walt-S": {"dataset": "probeworld:small", "model": WALTConfig.PRESETS["S"],
-                   "train": {"steps": 100_000, "batch_size": 64, "lr": 2e-4, "warmup_steps": 2000,
-                             "ema_decay": 0.9999, "ema_start": 2000, "log_every": 50, "ckpt_every": 5000,
-                             "keep_every": 20_000, "precision": "bf16"}},
-        "walt-B": {"dataset": "probeworld:small@height=128,width=128", "model": WALTConfig.PRESETS["B"],
-                   "train": TrainConfig.PRESETS["base"]},
-    }
-
-    mode: Literal["image", "video"] = "video"
-    tokenizer: str = ""  #: run directory of a finished tokenizer run
-    dataset: str = "probeworld:tiny"  #: dataset spec; the twin trains on its train role (data.splits)
-    model: WALTConfig = dataclasses.field(default_factory=WALTConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    per_frame_t: bool = False  #: independent noise levels per latent frame (FVDM-style) in video mode
-
-    def tokenizer_dir(self, run_dir: str | Path) -> Path:
-        """The tokenizer run of the twin in ``run_dir`` (see :func:`diffprobe.models.exports.resolve_tokenizer_dir`)."""
-        return resolve_tokenizer_dir(run_dir, self.tokenizer)
-
-    def validate(self) -> None:
-        if self.model.num_classes != 0:
-            raise ConfigError("DenoiserRunConfig.model.num_classes: the Probe World twins are trained "
-                              "unconditionally (as generative models of the world, not of its labels); set it to 0")
-        if self.per_frame_t and self.mode == "image":
-            raise ConfigError("DenoiserRunConfig.per_frame_t: image mode has one latent frame per sample")
 
 
 def _loss(per_frame_t: bool):
     def loss(model: nn.Module, batch: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         return diffusion_loss(model, batch, generator, per_frame_t=per_frame_t), {}
     return loss
-
-
-def twin_batch_size(cfg: DenoiserRunConfig, latent_frames: int) -> int:
-    """Samples a training step draws: ``train.batch_size`` clips in video mode; in image mode as many single frames
-    as those clips have latent frames (``latent_frames`` T' of a clip's latents), so both twins see the same
-    number of tokens per step."""
-    return cfg.train.batch_size * (latent_frames if cfg.mode == "image" else 1)
 
 
 def train_denoiser(cfg: DenoiserRunConfig, run_dir: str | Path, cache: FeatureCache, resume: bool = True,

@@ -16,15 +16,12 @@ frame FD on one scale.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from diffprobe.config import Config
 from diffprobe.data.dataset import LABEL_FIELDS, ClipSequence
 from diffprobe.data.splits import resolve_roles
 from diffprobe.features.cache import FeatureCache
@@ -34,28 +31,10 @@ from diffprobe.metrics.i3d import I3D, I3DConfig, video_features
 from diffprobe.models import frames_to_input
 from diffprobe.models.exports import resolve_recorded_spec
 from diffprobe.train.batching import make_batch_fn
-from diffprobe.train.config import TrainConfig
 from diffprobe.train.export import export_model, load_export, read_export, train_once
 from diffprobe.train.loop import fit
+from diffprobe.train.runs import FeatureNetRunConfig
 from diffprobe.utils.distributed import setup_distributed
-
-
-@dataclasses.dataclass(frozen=True)
-class FeatureNetRunConfig(Config):
-    """The Fréchet feature network: an I3D classifying the dataset's class fields (``net.num_classes`` is not used:
-    the logits are sized from the dataset's label spaces, and the export's ``net`` records the network built)."""
-
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"dataset": "probeworld:tiny",
-                 "net": {**I3DConfig.PRESETS["tiny"], "dropout": 0.0},
-                 "train": {"steps": 150, "batch_size": 32, "lr": 2e-3, "warmup_steps": 15, "log_every": 10,
-                           "ckpt_every": 50}},
-    }
-
-    dataset: str = "probeworld:tiny"  #: dataset spec: trains on its train role, is scored on its val role
-    net: I3DConfig = dataclasses.field(default_factory=I3DConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    calibration_clips: int = 512  #: training clips whose statistics replace the BatchNorm running averages
 
 
 class _LabelledVideos(torch.utils.data.Dataset):

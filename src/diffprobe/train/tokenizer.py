@@ -3,50 +3,22 @@ scale."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
-from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from diffprobe.config import Config
 from diffprobe.data.splits import resolve_roles
 from diffprobe.features.cache import FeatureCache
 from diffprobe.features.sources import ensure_videos
-from diffprobe.models import CausalAutoencoder, CausalAutoencoderConfig, frames_to_input
+from diffprobe.models import CausalAutoencoder, frames_to_input
 from diffprobe.models.exports import resolve_recorded_spec
 from diffprobe.train.batching import make_batch_fn
-from diffprobe.train.config import TrainConfig
 from diffprobe.train.export import export_model, train_once
 from diffprobe.train.loop import fit
+from diffprobe.train.runs import TokenizerRunConfig
 from diffprobe.utils.distributed import setup_distributed
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenizerRunConfig(Config):
-    """One tokenizer training run: the data it learns from, the autoencoder, the optimisation."""
-
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"dataset": "probeworld:tiny", "model": CausalAutoencoderConfig.PRESETS["tiny"],
-                 "train": {"steps": 300, "batch_size": 8, "lr": 2e-3, "warmup_steps": 30, "ema_decay": 0.0,
-                           "log_every": 10, "ckpt_every": 100, "min_lr_ratio": 0.05}},
-        "small": {"dataset": "probeworld:small", "model": CausalAutoencoderConfig.PRESETS["small"],
-                  "train": {"steps": 20_000, "batch_size": 32, "lr": 1e-3, "warmup_steps": 500, "log_every": 50,
-                            "ckpt_every": 1000}},
-        # 128 px clips -> WALT's 8 x 5 x 16 x 16 latents, for the 8-GPU study, at half the channels of the base
-        # autoencoder (whose full width would cost 4x the FLOPs of both twins together; bf16, global batch).
-        "base": {"dataset": "probeworld:small@height=128,width=128",
-                 "model": {**CausalAutoencoderConfig.PRESETS["base"], "base_channels": 64},
-                 "train": {"steps": 20_000, "batch_size": 32, "lr": 5e-4, "warmup_steps": 500, "log_every": 50,
-                           "ckpt_every": 1000, "precision": "bf16"}},
-    }
-
-    dataset: str = "probeworld:tiny"  #: dataset spec; the tokenizer trains on its train role (data.splits)
-    model: CausalAutoencoderConfig = dataclasses.field(default_factory=CausalAutoencoderConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    stats_clips: int = 512  #: training clips used to measure the latent scale after training
 
 
 def _loss(model: nn.Module, batch: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
