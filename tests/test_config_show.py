@@ -52,7 +52,7 @@ def test_every_kind_shows_every_field_with_its_type_and_default(kind) -> None:
 
 def test_a_preset_shows_its_values_nested_configs_indented_with_comments() -> None:
     lines = _show("probe", "--preset", "tiny")
-    assert lines[0] == "probe: ProbeConfig (diffprobe.tasks.probing), preset 'tiny'; presets: base, tiny"
+    assert lines[0] == "probe: ProbeConfig (diffprobe.tasks.probe_config), preset 'tiny'; presets: base, tiny"
     assert "  steps: int = 400  # optimiser steps of every probe" in lines
     assert "  readout: ReadoutConfig" in lines
     assert "    width: int = 64" in lines  # the readout's field, one level in

@@ -10,12 +10,12 @@ Any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import click
 
 from diffprobe.errors import DiffprobeError
+from diffprobe.utils.imports import import_target
 
 #: command name -> "module:attribute" of a ``click.Command``. One line per command, in pipeline order.
 COMMANDS: dict[str, str] = {
@@ -42,8 +42,7 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return None
-        module, attr = COMMANDS[name].split(":")
-        return getattr(importlib.import_module(module), attr)
+        return import_target(COMMANDS[name])
 
     def invoke(self, ctx: click.Context) -> object:
         """Run the command; diffprobe's own errors become one line on stderr and exit status 2."""

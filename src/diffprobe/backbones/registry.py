@@ -16,7 +16,6 @@ The caller chooses the data: a backbone knows only the spec of the data its weig
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from diffprobe.models.exports import (
     run_kind,
 )
 from diffprobe.spec import BackboneSpec, SpecError
+from diffprobe.utils.imports import import_target
 
 
 @dataclass(frozen=True)
@@ -144,11 +144,9 @@ HF_PACKAGES = ("diffusers", "transformers", "accelerate")
 
 def _lazy(target: str) -> Factory:
     """A factory that imports ``module:function`` on first use (diffusers / transformers load only when asked)."""
-    module, attr = target.split(":")
-
     def factory(path: Path, options: dict[str, Any], spec: str, device: torch.device) -> ResolvedBackbone:
         try:
-            return getattr(importlib.import_module(module), attr)(path, options, spec, device)
+            return import_target(target)(path, options, spec, device)
         except ImportError as e:
             if (e.name or "").split(".")[0] not in HF_PACKAGES:
                 raise

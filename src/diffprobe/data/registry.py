@@ -14,12 +14,12 @@ opens (a training function opens its own), so a command can report what ``on_bad
 from __future__ import annotations
 
 import contextlib
-import importlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from diffprobe.data.dataset import ClipDataset, DatasetError
 from diffprobe.spec import DatasetSpec
+from diffprobe.utils.imports import import_target
 
 #: a factory: spec -> dataset
 Factory = Callable[[DatasetSpec], ClipDataset]
@@ -27,10 +27,8 @@ Factory = Callable[[DatasetSpec], ClipDataset]
 
 def _lazy(target: str) -> Factory:
     """A factory that imports ``module:function`` on first use (readers pull in PyAV, Pillow, pickle readers)."""
-    module, attr = target.split(":")
-
     def factory(spec: DatasetSpec) -> ClipDataset:
-        return getattr(importlib.import_module(module), attr)(spec)
+        return import_target(target)(spec)
 
     factory.__qualname__ = target
     return factory

@@ -122,9 +122,10 @@ TWIN_VIDEO, TWIN_IMAGE, TOKENIZER = "{twin:video}", "{twin:image}", "{tokenizer}
 TWINS = (TWIN_VIDEO, TWIN_IMAGE)
 MAIN = "main"  #: size name of the headline twins (``sizes`` names the others)
 #: the default set: the study's own twins and the three backbone controls (the prior is added to every table)
-OWN_BACKBONES: dict[str, str] = {VIDEO: f"walt:{TWIN_VIDEO}", IMAGE: f"walt:{TWIN_IMAGE}",
-                                 UNTRAINED: f"walt-untrained:{TWIN_VIDEO}", LATENTS: f"latents:{TOKENIZER}",
-                                 PIXELS: "pixels@patch=8,tubelet=2"}
+OWN_BACKBONES: dict[str, str] = {name: str(spec) for name, spec in {
+    VIDEO: BackboneSpec("walt", TWIN_VIDEO), IMAGE: BackboneSpec("walt", TWIN_IMAGE),
+    UNTRAINED: BackboneSpec("walt-untrained", TWIN_VIDEO), LATENTS: BackboneSpec("latents", TOKENIZER),
+    PIXELS: BackboneSpec("pixels", options=(("patch", 8), ("tubelet", 2)))}.items()}
 
 
 @dataclasses.dataclass(frozen=True)

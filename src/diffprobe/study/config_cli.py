@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
-import importlib
 import inspect
 import io
 import json
@@ -23,6 +22,7 @@ from typing import Any
 import click
 
 from diffprobe.errors import InputError
+from diffprobe.utils.imports import import_target
 
 #: config kind -> "module:Class" of its dataclass (a run's config, then the configs nested in them)
 CONFIGS: dict[str, str] = {
@@ -30,7 +30,7 @@ CONFIGS: dict[str, str] = {
     "tokenizer": "diffprobe.train.runs:TokenizerRunConfig",
     "denoiser": "diffprobe.train.runs:DenoiserRunConfig",
     "feature-net": "diffprobe.train.runs:FeatureNetRunConfig",
-    "probe": "diffprobe.tasks.probing:ProbeConfig",
+    "probe": "diffprobe.tasks.probe_config:ProbeConfig",
     "study": "diffprobe.study.config:StudyConfig",
     "train": "diffprobe.train.config:TrainConfig",
     "autoencoder": "diffprobe.models.autoencoder:CausalAutoencoderConfig",
@@ -43,8 +43,7 @@ def config_class(kind: str) -> type:
     """The config dataclass of ``kind``; an unknown kind is an error listing the known ones."""
     if kind not in CONFIGS:
         raise InputError(f"unknown config kind {kind!r}; known kinds are {', '.join(CONFIGS)}")
-    module, name = CONFIGS[kind].split(":")
-    return getattr(importlib.import_module(module), name)
+    return import_target(CONFIGS[kind])
 
 
 def _comment_text(token: str) -> str:
