@@ -17,15 +17,8 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from diffprobe.study.config import StudyConfig
-from diffprobe.study.pca import frame_to_feature_index, pca_figure, pca_rgb, upsample_nearest
-from diffprobe.study.report import write_report
-from diffprobe.study.report_data import (
+from diffprobe.study.figure_data import (
     Bar,
-    Stat,
-    aggregate,
-    default_headline,
-    headlines,
-    load_study,
     read_generation,
     relative_bars,
     scale_points,
@@ -33,6 +26,10 @@ from diffprobe.study.report_data import (
     sweep_curves,
     table_rows,
 )
+from diffprobe.study.headline import guess_headline, resolve_headlines
+from diffprobe.study.pca import frame_to_feature_index, pca_figure, pca_rgb, upsample_nearest
+from diffprobe.study.report import write_report
+from diffprobe.study.report_data import Stat, aggregate, load_study
 from diffprobe.study.report_tasks import (
     TASK_METRICS,
     higher_is_better,
@@ -136,16 +133,16 @@ def test_relative_formulas_by_hand() -> None:
 
 def test_headline_is_the_centre_of_the_sweep(full_run) -> None:
     data = load_study(full_run / "results.sqlite")
-    assert default_headline(data, "walt-video") == (2, 200.0)
-    assert default_headline(data, "latents") == (0, 0.0)
-    heads, notes = headlines(data, override=(3, 200.0))
+    assert guess_headline(data, "walt-video") == (2, 200.0)
+    assert guess_headline(data, "latents") == (0, 0.0)
+    heads, notes = resolve_headlines(None, data, override=(3, 200.0))
     assert heads["walt-image"] == (3, 200.0) and heads["latents"] == (0, 0.0)
     assert any("latents was not measured at block 3" in n for n in notes)
 
 
 def test_relative_bars_equal_hand_computed(full_run) -> None:
     data = load_study(full_run / "results.sqlite")
-    heads, _ = headlines(data)
+    heads, _ = resolve_headlines(None, data)
     bars, notes = relative_bars(data, heads)
     assert notes == []
     video = {b.task: b for b in bars if b.backbone == "walt-video"}
@@ -187,7 +184,7 @@ def test_relative_bars_equal_hand_computed(full_run) -> None:
 
 def test_sweeps_scale_points_and_best(full_run) -> None:
     data = load_study(full_run / "results.sqlite")
-    heads, _ = headlines(data)
+    heads, _ = resolve_headlines(None, data)
     curves, notes = sweep_curves(data, heads)
     assert notes == []
     curves = {(c.backbone, c.task, c.axis): c for c in curves}
@@ -381,3 +378,4 @@ def test_an_earlier_checkpoint_is_its_own_cell_not_another_setup() -> None:
     assert {(k.backbone, k.step): s.mean for k, s in data.stats.items()} == {
         ("walt-video", 200): 0.6, ("walt-video", 100): 0.4}
     assert not data.notes
+
