@@ -19,6 +19,7 @@ from diffprobe.study.report_tasks import PRIOR
 if TYPE_CHECKING:  # the config is only read here; importing it costs the run-config classes
     from diffprobe.study.config import StudyConfig
 
+#: backbone label -> its headline (block, t)
 Heads = dict[str, tuple[int, float]]
 
 #: the cell a task's no-information prior is stored at (it has no backbone to read a block of)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +28,12 @@ from diffprobe.study.figure_data import (
     table_rows,
 )
 from diffprobe.study.formatting import fmt_mean_std, fmt_num, fmt_pct
-from diffprobe.study.headline import headline_rule, resolve_headlines
+from diffprobe.study.headline import Heads, headline_rule, resolve_headlines
 from diffprobe.study.plan import planned_cells
 from diffprobe.study.report_data import StudyData, load_study
 from diffprobe.study.report_html import caveat_box, esc, img, note, page, table
 from diffprobe.study.report_tasks import IMAGE, TASK_METRICS, VIDEO, control_legend
 from diffprobe.utils.io import atomic_write_bytes, atomic_write_text, read_json
-
-Heads = Mapping[str, tuple[int, float]]
 
 FORMULA = (
     "Relative value of a backbone with mean <i>v</i> against the image twin's mean <i>i</i> (same task, primary "
@@ -225,7 +222,7 @@ class ReportInput:
     cfg: StudyConfig | None
     caveat: str
     data: StudyData
-    heads: dict[str, tuple[int, float]]  #: :func:`~diffprobe.study.headline.resolve_headlines`
+    heads: Heads  #: :func:`~diffprobe.study.headline.resolve_headlines`
     head_notes: list[str]
     head_rule: str  #: how the headlines were chosen, in words (:func:`~diffprobe.study.headline.headline_rule`)
     pair: tuple[str, str]  #: (video, image) reference pair
