@@ -8,8 +8,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
+from diffprobe.study.figure_data import Bar, Curve, ScalePoint
 from diffprobe.study.figures import relative_bars_figure, relative_change_figure, scaling_figure, sweeps_figure
-from diffprobe.study.report_data import Bar, Curve, ScalePoint, Stat, relative_percent
+from diffprobe.study.report_data import Stat
+from diffprobe.study.report_tasks import relative_percent
 
 BACKBONES = ("walt-image", "walt-video", "walt-untrained", "latents", "prior", "dinov2", "vjepa2")
 # per task, each backbone's top1; the first task is the tallest, where an upper-left legend would land on it

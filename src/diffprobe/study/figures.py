@@ -14,7 +14,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from diffprobe.study.report_data import Bar, Curve, ScalePoint, fmt_num, measure_labels
+from diffprobe.study.figure_data import Bar, Curve, ScalePoint
+from diffprobe.study.formatting import fmt_num
+from diffprobe.study.report_data import measure_labels
 from diffprobe.study.report_tasks import (
     CONTROLS,
     IMAGE,

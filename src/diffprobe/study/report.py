@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +18,8 @@ import click
 from diffprobe.data.splits import ROLES
 from diffprobe.study import figures, pca
 from diffprobe.study.config import StudyConfig
-from diffprobe.study.plan import planned_cells
-from diffprobe.study.report_data import (
-    StudyData,
+from diffprobe.study.figure_data import (
     TableRow,
-    fmt_num,
-    fmt_pct,
-    headlines,
-    load_study,
     read_generation,
     relative_bars,
     scale_points,
@@ -34,11 +27,13 @@ from diffprobe.study.report_data import (
     sweep_curves,
     table_rows,
 )
+from diffprobe.study.formatting import fmt_mean_std, fmt_num, fmt_pct
+from diffprobe.study.headline import Heads, headline_rule, resolve_headlines
+from diffprobe.study.plan import planned_cells
+from diffprobe.study.report_data import StudyData, load_study
 from diffprobe.study.report_html import caveat_box, esc, img, note, page, table
 from diffprobe.study.report_tasks import IMAGE, TASK_METRICS, VIDEO, control_legend
 from diffprobe.utils.io import atomic_write_bytes, atomic_write_text, read_json
-
-Heads = Mapping[str, tuple[int, float]]
 
 FORMULA = (
     "Relative value of a backbone with mean <i>v</i> against the image twin's mean <i>i</i> (same task, primary "
@@ -47,11 +42,6 @@ FORMULA = (
     "accuracy or half the error. Means are over replicates (noise seed &times; probe seed); whiskers span the "
     "backbone's worst to best replicate, each divided the same way by <i>i</i>."
 )
-
-
-def _mean_std(stat_mean: float, stat_std: float, n: int) -> str:
-    """Mean (4 significant digits) ± std (2 significant digits); the mean alone for a single replicate."""
-    return fmt_num(stat_mean) if n == 1 else f"{fmt_num(stat_mean)} ± {stat_std:.2g}"
 
 
 def _datasets(data: StudyData) -> str:
@@ -65,7 +55,7 @@ def _datasets(data: StudyData) -> str:
             + '<p class="meta">Results on different datasets are different cells: a mean is only ever over seeds.</p>')
 
 
-def _header(run_dir: Path, data: StudyData, heads: Heads, caveat: str) -> str:
+def _header(run_dir: Path, data: StudyData, heads: Heads, caveat: str, rule: str) -> str:
     rows = []
     for b in data.backbones:
         steps = data.steps(b)
@@ -90,9 +80,7 @@ def _header(run_dir: Path, data: StudyData, heads: Heads, caveat: str) -> str:
                    "</details>")
     else:
         out.append(note(f"{cfg_path.name} not found in the run directory: no config shown."))
-    out.append("<p class=\"meta\">Headline (block, t) per backbone: the centre of its sweep at its final checkpoint "
-               "(the pair whose block was measured at the most noise levels plus whose t was measured at the most "
-               "blocks), unless given with <code>--block/--t</code>. Highlighted rows in the full table.</p>")
+    out.append(f'<p class="meta">{esc(rule)} Highlighted rows in the full table.</p>')
     return "\n".join(out)
 
 
@@ -102,16 +90,6 @@ def study_config(run_dir: Path) -> StudyConfig | None:
     cfg_path = run_dir / "study_config.json"
     data = read_json(cfg_path) if cfg_path.is_file() else {}
     return StudyConfig.load(cfg_path) if {"backbones", "reference"} <= set(data) else None
-
-
-def config_headlines(cfg: StudyConfig, data: StudyData) -> dict[str, tuple[int, float]]:
-    """Each backbone's headline (block, t) from the study config (``name@size`` twins: their reference's)."""
-    out = {}
-    for b in data.backbones:
-        base = b.split("@")[0].split("[")[0]
-        if base in cfg.backbones:
-            out[b] = cfg.headline_of(base)
-    return out
 
 
 def _summary(bars: list, notes: list[str], pair: tuple[str, str]) -> str:
@@ -132,7 +110,7 @@ def _fig1(bars: list, notes: list[str], figs: dict[str, bytes], image: str) -> s
     out.append(img(figs["fig_video_vs_image.png"], "video vs image per task",
                    FORMULA + (f" Controls: {legend}." if legend else "")))
     rows = [[esc(b.task), esc(b.dataset), esc(b.metric), esc(b.backbone), esc(b.block), esc(fmt_num(b.t)),
-             esc(_mean_std(b.stat.mean, b.stat.std, b.stat.n)), esc(b.stat.n), esc(fmt_pct(b.percent)),
+             esc(fmt_mean_std(b.stat.mean, b.stat.std, b.stat.n)), esc(b.stat.n), esc(fmt_pct(b.percent)),
              esc(f"{fmt_pct(b.lo)} – {fmt_pct(b.hi)}" if b.stat.n > 1 else "")] for b in bars]
     out.append("<details><summary>numbers behind the figure</summary>"
                + table(["task", "dataset", "metric", "backbone", "block", "t", "mean ± std", "n", "relative to image",
@@ -225,7 +203,7 @@ def _full_table(data: StudyData, heads: Heads) -> str:
         mine = [r for r in rows if r.key.task == task]
         cells = []
         for r in mine:
-            ms = esc(_mean_std(r.stat.mean, r.stat.std, r.stat.n))
+            ms = esc(fmt_mean_std(r.stat.mean, r.stat.std, r.stat.n))
             cells.append([esc(r.key.dataset), esc(r.key.metric), esc(r.key.backbone), esc(r.key.mode), esc(r.key.step),
                           esc(r.key.block), esc(fmt_num(r.key.t)), f"<b>{ms}</b>" if r.best else ms,
                           esc(r.stat.n)])
@@ -244,8 +222,9 @@ class ReportInput:
     cfg: StudyConfig | None
     caveat: str
     data: StudyData
-    heads: dict[str, tuple[int, float]]
+    heads: Heads  #: :func:`~diffprobe.study.headline.resolve_headlines`
     head_notes: list[str]
+    head_rule: str  #: how the headlines were chosen, in words (:func:`~diffprobe.study.headline.headline_rule`)
     pair: tuple[str, str]  #: (video, image) reference pair
 
 
@@ -258,7 +237,8 @@ def _caveat(run_dir: Path) -> str:
 
 
 def load_report(run_dir: Path, study: str | None = None, headline: tuple[int, float] | None = None) -> ReportInput:
-    """Read a run directory's results and config, and choose each backbone's headline (block, t).
+    """Read a run directory's results and config, and choose each backbone's headline (block, t): the config's, or
+    for a run without one the centre of its sweep (:func:`~diffprobe.study.headline.resolve_headlines`).
 
     ``study`` selects a study when the store holds several; ``headline=(block, t)`` overrides the headline point
     of every backbone measured there. Raises ``ValueError`` naming the file when the store is missing or empty.
@@ -267,11 +247,9 @@ def load_report(run_dir: Path, study: str | None = None, headline: tuple[int, fl
     cfg = study_config(run_dir)
     keep = planned_cells(cfg, run_dir) if cfg is not None else None
     data = load_study(run_dir / "results.sqlite", study, keep)
-    heads, head_notes = headlines(data, headline)
-    if cfg is not None and headline is None:  # the config states the headline; guessing is for runs without one
-        heads.update(config_headlines(cfg, data))
+    heads, head_notes = resolve_headlines(cfg, data, headline)
     pair = cfg.reference if cfg is not None else (VIDEO, IMAGE)
-    return ReportInput(run_dir, cfg, _caveat(run_dir), data, heads, head_notes, pair)
+    return ReportInput(run_dir, cfg, _caveat(run_dir), data, heads, head_notes, headline_rule(cfg, headline), pair)
 
 
 def render_html(inp: ReportInput) -> Path:
@@ -280,7 +258,7 @@ def render_html(inp: ReportInput) -> Path:
     bars, bar_notes = relative_bars(data, heads, pair[1])
     figs: dict[str, bytes] = {}
     body = "\n".join([
-        _header(run_dir, data, heads, inp.caveat),
+        _header(run_dir, data, heads, inp.caveat, inp.head_rule),
         _summary(bars, data.notes + inp.head_notes, pair),
         _fig1(bars, bar_notes, figs, pair[1]),
         _fig5(data, heads, figs),
@@ -326,7 +304,7 @@ def text_table(inp: ReportInput) -> str:
     data = inp.data
     head = ["task", "dataset", "metric", "backbone", "block", "t", "mean ± std", "n"]
     rows = [[r.key.task, r.key.dataset, r.key.metric, r.key.backbone, str(r.key.block), fmt_num(r.key.t),
-             _mean_std(r.stat.mean, r.stat.std, r.stat.n), str(r.stat.n)] for r in headline_rows(data, inp.heads)]
+             fmt_mean_std(r.stat.mean, r.stat.std, r.stat.n), str(r.stat.n)] for r in headline_rows(data, inp.heads)]
     widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
     right = {4, 5, 6, 7}
 
@@ -346,7 +324,8 @@ def text_table(inp: ReportInput) -> str:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--study", default=None, help="Study to report when the store holds several.")
 @click.option("--block", type=click.IntRange(min=0), default=None,
-              help="Headline block (with --t); default: centre of the sweep.")
+              help="Headline block (with --t) of every backbone measured there; default: the study config's, or "
+                   "without one the centre of each backbone's sweep.")
 @click.option("--t", "t", type=click.FloatRange(0, 1000), default=None,
               help="Headline noise level 0..1000 (with --block).")
 def report(run_dir: Path, study: str | None, block: int | None, t: float | None) -> None:

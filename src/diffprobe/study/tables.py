@@ -11,7 +11,9 @@ import numpy as np
 
 from diffprobe.metrics import paired_difference
 from diffprobe.study.config import StudyConfig
-from diffprobe.study.plan import current_cells, final_step, is_current, latest_identities
+from diffprobe.study.headline import resolve_headlines
+from diffprobe.study.plan import current_cells, final_step, is_current
+from diffprobe.study.report_data import Stat, StudyData, aggregate
 from diffprobe.study.report_tasks import (
     HIGHER_IS_BETTER,
     PRIOR,
@@ -24,6 +26,64 @@ from diffprobe.study.report_tasks import (
 from diffprobe.study.store import ResultsStore
 from diffprobe.tasks import TASKS
 
+NAN = float("nan")
+
+
+class _Headline:
+    """The cells the printed tables read: each backbone of the config at its headline (block, t)
+    (:func:`~diffprobe.study.headline.resolve_headlines`) and final checkpoint, on the config's data for the task.
+
+    The store's rows are kept to this config's (:func:`~diffprobe.study.plan.is_current`: its datasets, clip counts
+    and probe config) and averaged by :func:`~diffprobe.study.report_data.aggregate`, whose plain backbone names are
+    the newest weights of each name, so a table never averages in the cells of weights a backbone was retrained
+    away from."""
+
+    def __init__(self, cfg: StudyConfig, store_path: Path) -> None:
+        self.cfg, self.store_path = cfg, store_path
+        self.current = current_cells(cfg)
+        with ResultsStore(store_path) as store:
+            rows = [r for r in store.query(study=cfg.name)
+                    if r["task"] in self.current and is_current(r, cfg, self.current)]
+            specs = store.data_specs()
+        self.data: StudyData = aggregate(cfg.name, rows, specs)
+        self.heads, _ = resolve_headlines(cfg, self.data)
+        self.steps = {name: final_step(cfg, spec) for name, spec in cfg.backbones.items()}
+
+    def where(self, backbone: str, task: str) -> dict[str, Any] | None:
+        """The store columns of ``backbone``'s headline cell on ``task`` (seeds aside); None: not measured."""
+        step = self.steps.get(backbone, 0)
+        setup = self.data.setups.get((backbone, step))
+        if setup is None or backbone not in self.heads:
+            return None
+        block, t = self.heads[backbone]
+        return {"backbone": backbone, "checkpoint_step": step, "block": block, "t": t, "task": task,
+                "dataset": self.current[task]["dataset"], **setup}
+
+    def stat(self, backbone: str, task: str, metric: str) -> Stat | None:
+        """The replicates of ``metric`` at ``backbone``'s headline cell on ``task``; None: not measured."""
+        cell = self.where(backbone, task)
+        label = self.data.dataset_label(self.current[task]["dataset"])
+        if cell is None or label is None:
+            return None
+        return self.data.get(backbone, cell["checkpoint_step"], cell["block"], cell["t"], task, label, metric)
+
+    def mean(self, backbone: str, task: str, metric: str) -> float:
+        stat = self.stat(backbone, task, metric)
+        return NAN if stat is None else stat.mean
+
+    def seed_sd(self, backbone: str, task: str, metric: str) -> float:
+        stat = self.stat(backbone, task, metric)
+        return stat.std if stat is not None and stat.n > 1 else NAN
+
+    def per_clip(self, backbone: str, task: str) -> dict[tuple[int, int], np.ndarray]:
+        """(noise seed, probe seed) -> the per-clip scores of that replicate of the headline cell (the prior: one
+        replicate); the same cells :meth:`stat` averages."""
+        cell = self.where(backbone, task)
+        if cell is None:
+            return {}
+        with ResultsStore(self.store_path) as store:
+            return {(c["noise_seed"], c["probe_seed"]): a for c, a in store.clip_scores(study=self.cfg.name, **cell)}
+
 
 def headline_table(cfg: StudyConfig, store_path: Path) -> str:
     """The results table: each task's metrics at the headline cell of every backbone and the no-information prior,
@@ -32,30 +92,10 @@ def headline_table(cfg: StudyConfig, store_path: Path) -> str:
     relative to its image side, and the video side against the control in standard errors (``z = (video - control)
     / sqrt(se_v^2 + se_c^2)``, positive when the video side is better; |z| > 2 is a difference larger than test-set
     noise). The paired block below it compares the same test clips (see :func:`paired_table`)."""
-    current = current_cells(cfg)
-    with ResultsStore(store_path) as store:
-        rows = [r for r in store.query(study=cfg.name) if r["task"] in current and is_current(r, cfg, current)]
-    identities = latest_identities(rows)
-    rows = [r for r in rows if r["identity"] == identities[r["backbone"], r["checkpoint_step"]]]
+    cells = _Headline(cfg, store_path)
     names = [*cfg.backbones, PRIOR]
     video, image = cfg.reference
     control = cfg.control
-    steps = {name: final_step(cfg, spec) for name, spec in cfg.backbones.items()}
-
-    def values(backbone: str, task: str, metric: str) -> list[float]:
-        block, t = (0, 0.0) if backbone == PRIOR else cfg.headline_of(backbone)
-        step = steps.get(backbone, 0)
-        return [r["value"] for r in rows if r["backbone"] == backbone and r["task"] == task
-                and r["metric"] == metric and r["block"] == block and r["t"] == t and r["checkpoint_step"] == step]
-
-    def value(backbone: str, task: str, metric: str) -> float:
-        vals = values(backbone, task, metric)
-        return float(np.mean(vals)) if vals else float("nan")
-
-    def seed_sd(backbone: str, task: str, metric: str) -> float:
-        vals = values(backbone, task, metric)
-        return float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
-
     seeded = cfg.replicates() > 1
     z_name = "video-untr. z" if control == UNTRAINED else f"video-{control} z"
     head = (f"{'task':<16}{'metric':<28}" + "".join(f"{n:>16}" for n in names) + f"{'video/image':>14}"
@@ -64,13 +104,13 @@ def headline_table(cfg: StudyConfig, store_path: Path) -> str:
     for task in (t for t in TASKS if t in cfg.tasks):
         primary = TASK_METRICS[task][0]
         for metric in TASK_METRICS[task]:
-            vals = {n: value(n, task, metric) for n in names}
+            vals = {n: cells.mean(n, task, metric) for n in names}
             rel = relative_percent(vals[video], vals[image], HIGHER_IS_BETTER[metric])
             line = f"{task:<16}{metric:<28}" + "".join(f"{v:>16.4f}" for v in vals.values()) + f"{rel:>13.1f}%"
             if metric != primary:
                 lines.append(line)
                 continue
-            se = {n: value(n, task, f"{metric}_se") for n in names}
+            se = {n: cells.mean(n, task, f"{metric}_se") for n in names}
             if control:
                 z = margin_z(vals[video], vals[control], se[video], se[control], HIGHER_IS_BETTER[metric])
                 line += f"{z:>15.1f}"
@@ -78,56 +118,45 @@ def headline_table(cfg: StudyConfig, store_path: Path) -> str:
             lines.append(f"{'':<16}{'  s.e.':<28}" + "".join(f"{v:>16.4f}" for v in se.values()))
             if seeded:
                 lines.append(f"{'':<16}{'  seed sd':<28}" + "".join(
-                    f"{seed_sd(n, task, metric):>16.4f}" for n in names))
+                    f"{cells.seed_sd(n, task, metric):>16.4f}" for n in names))
     legend = control_legend(names)
-    return "\n".join(lines + ["", *paired_table(cfg, store_path, current, identities)]
+    return "\n".join(lines + ["", *paired_table(cfg, cells.per_clip)]
                      + (["", "controls:", *(f"  {line}" for line in legend)] if legend else []))
 
 
-def paired_table(cfg: StudyConfig, store_path: Path, current: dict[str, dict[str, Any]],
-                 identities: dict[tuple[str, int], str]) -> list[str]:
+def paired_table(cfg: StudyConfig, per_clip: Callable[[str, str], dict[tuple[int, int], np.ndarray]]) -> list[str]:
     """Lines of the paired comparisons at the headline cells: the video side against the control and against the
     image side, from the per-clip primary metric on the same test clips, averaged over probe and noise seeds: the
     mean difference (positive: the video side is better), its paired z and a bootstrap 95% interval; with several
     seeds also the smallest of the per-seed z (seed i of one side against seed i of the other), so a claim can be
-    seen to hold on every seed. ``current`` is :func:`~diffprobe.study.plan.current_cells` and ``identities``
-    :func:`~diffprobe.study.plan.latest_identities` (the table above computed both)."""
+    seen to hold on every seed. ``per_clip(backbone, task)`` gives each replicate's per-clip scores at the headline
+    cell (the table's cells: ``_Headline.per_clip``)."""
     video, image = cfg.reference
     others = [n for n in (cfg.control, image) if n]
-    steps = {name: final_step(cfg, spec) for name, spec in cfg.backbones.items()}
     seeded = cfg.replicates() > 1
     width = 44 if seeded else 36
-    with ResultsStore(store_path) as store:
-        def per_clip(name: str, task: str) -> dict[tuple[int, int], np.ndarray]:
-            """(noise seed, probe seed) -> the per-clip scores of that replicate (the prior: one replicate)."""
-            block, t = (0, 0.0) if name == PRIOR else cfg.headline_of(name)
-            return {(c["noise_seed"], c["probe_seed"]): a for c, a in store.clip_scores(
-                study=cfg.name, backbone=name, task=task, block=block, t=t, checkpoint_step=steps.get(name, 0))
-                if is_current(c, cfg, current) and c["identity"] == identities.get((name, c["checkpoint_step"]))}
-
-        head = f"{'paired, same test clips':<24}" + "".join(f"{f'{video} - {o}':>{width}}" for o in others)
-        sub = "diff   z [95% CI of diff]" + (" min z" if seeded else "")
-        lines = [head, f"{'task':<24}" + "".join(f"{sub:>{width}}" for _ in others), "-" * len(head)]
-        for task in (t for t in TASKS if t in cfg.tasks):
-            better = HIGHER_IS_BETTER[TASK_METRICS[task][0]]
-            v = per_clip(video, task)
-            cells = []
-            for other in others:
-                o = per_clip(other, task)
-                shared = sorted(set(v) & set(o))
-                sizes = {len(a) for a in (*v.values(), *o.values())}
-                if not shared or len(sizes) != 1:
-                    cells.append(f"{'(no per-clip scores)':>{width}}")
-                    continue
-                d = paired_difference(np.mean([v[k] for k in shared], axis=0),
-                                      np.mean([o[k] for k in shared], axis=0), better)
-                cell = f"{d['diff']:>+10.4f}{d['z']:>6.1f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
-                if seeded:
-                    cell += f"{min(paired_difference(v[k], o[k], better)['z'] for k in shared):>8.1f}"
-                cells.append(cell.rjust(width))
-            lines.append(f"{task:<24}" + "".join(cells))
-        lines += ["", *_against_prior(cfg, per_clip)]
-    return lines
+    head = f"{'paired, same test clips':<24}" + "".join(f"{f'{video} - {o}':>{width}}" for o in others)
+    sub = "diff   z [95% CI of diff]" + (" min z" if seeded else "")
+    lines = [head, f"{'task':<24}" + "".join(f"{sub:>{width}}" for _ in others), "-" * len(head)]
+    for task in (t for t in TASKS if t in cfg.tasks):
+        better = HIGHER_IS_BETTER[TASK_METRICS[task][0]]
+        v = per_clip(video, task)
+        cells = []
+        for other in others:
+            o = per_clip(other, task)
+            shared = sorted(set(v) & set(o))
+            sizes = {len(a) for a in (*v.values(), *o.values())}
+            if not shared or len(sizes) != 1:
+                cells.append(f"{'(no per-clip scores)':>{width}}")
+                continue
+            d = paired_difference(np.mean([v[k] for k in shared], axis=0),
+                                  np.mean([o[k] for k in shared], axis=0), better)
+            cell = f"{d['diff']:>+10.4f}{d['z']:>6.1f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
+            if seeded:
+                cell += f"{min(paired_difference(v[k], o[k], better)['z'] for k in shared):>8.1f}"
+            cells.append(cell.rjust(width))
+        lines.append(f"{task:<24}" + "".join(cells))
+    return [*lines, "", *_against_prior(cfg, per_clip)]
 
 
 def _against_prior(cfg: StudyConfig, per_clip: Callable[[str, str], dict[tuple[int, int], np.ndarray]]
