@@ -7,10 +7,7 @@ import dataclasses
 import io
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from html import escape as html_escape
 from pathlib import Path
 
@@ -491,32 +488,3 @@ def test_block_and_t_override_the_config_headline_where_measured(off_centre) -> 
         in inp.head_notes
     assert "--block 1 --t 200 replaced it for every backbone measured there" in inp.head_rule
 
-
-#: what drawing a report or an estimate must not load: the study's stage runner and the trainers
-HEAVY = ("diffprobe.study.run", "diffprobe.train.loop", "diffprobe.train.denoiser")
-
-
-@pytest.fixture(scope="module")
-def report_imports() -> dict[str, bool]:
-    """Which of :data:`HEAVY` a fresh interpreter holds after importing the report and the estimate."""
-    code = ("import json, sys; import diffprobe.study.report, diffprobe.study.estimate; "
-            f"print(json.dumps({{m: m in sys.modules for m in {list(HEAVY)!r}}}))")
-    import diffprobe
-
-    src = str(Path(diffprobe.__file__).parents[1])  # this checkout's package, not an installed one
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": src})
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.splitlines()[-1])
-
-
-def test_the_report_and_the_estimate_do_not_import_the_study_runner(report_imports) -> None:
-    assert report_imports["diffprobe.study.run"] is False
-
-
-@pytest.mark.xfail(strict=True, reason="study/config.py imports its runs' configs from train/denoiser.py, "
-                   "train/tokenizer.py and train/feature_net.py (each imports train.loop), and ProbeConfig from "
-                   "tasks/probing.py, which imports train.optim and so train/__init__.py (train.loop); "
-                   "study/plan.py imports tasks.runner (-> tasks.probing)")
-def test_the_report_and_the_estimate_import_no_trainer(report_imports) -> None:
-    assert not report_imports["diffprobe.train.loop"] and not report_imports["diffprobe.train.denoiser"]

@@ -14,7 +14,7 @@ from diffprobe.data.splits import ROLES
 from diffprobe.data.world.dataset import probeworld_spec
 from diffprobe.models import WALTConfig
 from diffprobe.spec import BackboneSpec
-from diffprobe.study.report_tasks import IMAGE, LATENTS, PIXELS, UNTRAINED, VIDEO
+from diffprobe.study.report_tasks import IMAGE, LATENTS, PIXELS, UNBLOCKED, UNTRAINED, VIDEO
 from diffprobe.tasks import TASKS
 from diffprobe.tasks.probe_config import ProbeConfig
 from diffprobe.train.runs import DenoiserRunConfig, FeatureNetRunConfig, TokenizerRunConfig
@@ -226,7 +226,7 @@ class StudyConfig(Config):
         """The (block, t) a backbone is read at in the headline table."""
         if name in self.headline:
             return self.headline[name]
-        return (0, 0.0) if self.backbone_spec(name).kind in BLOCKLESS_KINDS else (self.block, self.t)
+        return UNBLOCKED if self.backbone_spec(name).kind in BLOCKLESS_KINDS else (self.block, self.t)
 
     def roles(self, task: str) -> dict[str, str]:
         """The dataset spec of each role of ``task``."""

@@ -14,16 +14,13 @@ from typing import TYPE_CHECKING
 from diffprobe.errors import InputError
 from diffprobe.study.formatting import fmt_num
 from diffprobe.study.report_data import StudyData
-from diffprobe.study.report_tasks import PRIOR
+from diffprobe.study.report_tasks import PRIOR, UNBLOCKED
 
 if TYPE_CHECKING:  # the config is only read here; importing it costs the run-config classes
     from diffprobe.study.config import StudyConfig
 
 #: backbone label -> its headline (block, t)
 Heads = dict[str, tuple[int, float]]
-
-#: the cell a task's no-information prior is stored at (it has no backbone to read a block of)
-PRIOR_HEADLINE: tuple[int, float] = (0, 0.0)
 
 
 def guess_headline(data: StudyData, backbone: str) -> tuple[int, float]:
@@ -61,7 +58,7 @@ def _own_headlines(cfg: StudyConfig | None, data: StudyData) -> tuple[Heads, lis
     for b in data.backbones:
         name = None if cfg is None else config_name(cfg, b)
         if b.split("[", 1)[0] == PRIOR:
-            heads[b] = PRIOR_HEADLINE
+            heads[b] = UNBLOCKED
         elif name is not None:
             heads[b] = cfg.headline_of(name)
         else:
@@ -111,6 +108,6 @@ def headline_rule(cfg: StudyConfig | None, override: tuple[int, float] | None = 
     if override is not None:
         rule += (f"; --block {override[0]} --t {fmt_num(override[1])} replaced it for every backbone measured "
                  f"there")
-    block, t = PRIOR_HEADLINE
+    block, t = UNBLOCKED
     return (f"Headline (block, t) per backbone: {rule}. The prior is read where it is stored (block {block}, "
             f"t {fmt_num(t)}).")

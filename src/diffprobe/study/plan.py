@@ -13,7 +13,7 @@ from typing import Any
 from diffprobe.backbones.registry import ResolvedBackbone
 from diffprobe.spec import BackboneSpec
 from diffprobe.study.config import MAIN, TOKENIZER, TWIN_IMAGE, TWIN_VIDEO, StudyConfig
-from diffprobe.study.report_tasks import PRIOR
+from diffprobe.study.report_tasks import PRIOR, UNBLOCKED
 from diffprobe.study.store import Cell, clips_key
 from diffprobe.tasks import TASKS
 from diffprobe.tasks.roles import data_identity, task_roles
@@ -100,7 +100,7 @@ def planned_cells(cfg: StudyConfig, run_dir: Path) -> set[tuple[str, int, int, f
     """(backbone, checkpoint step, block, t, task) of every cell of the study's plan, each task's prior included:
     what a report of this plan shows (a store may hold more, from a larger plan run before)."""
     cells = {(j.backbone, j.step, j.block, j.t, j.task) for j in plan_jobs(cfg, run_dir)}
-    return cells | {(PRIOR, 0, 0, 0.0, task) for task in cfg.tasks}
+    return cells | {(PRIOR, 0, *UNBLOCKED, task) for task in cfg.tasks}
 
 
 def extraction_group(cfg: StudyConfig, job: Job) -> tuple[Any, ...]:
@@ -130,7 +130,7 @@ def study_cell(cfg: StudyConfig, job: Job, rb: ResolvedBackbone, dataset: str) -
 
 def prior_cell(cfg: StudyConfig, task: str, dataset: str) -> Cell:
     """The results-store key of a task's no-information prior on the clips ``dataset`` names."""
-    return Cell(cfg.name, PRIOR, PRIOR, "none", 0, 0, 0.0, 0, 1, task, dataset, clips_key(cfg.probe_clips), 0,
+    return Cell(cfg.name, PRIOR, PRIOR, "none", 0, *UNBLOCKED, 0, 1, task, dataset, clips_key(cfg.probe_clips), 0,
                 cfg.probe.hash())
 
 
@@ -147,14 +147,3 @@ def is_current(row: Mapping[str, Any], cfg: StudyConfig, current: dict[str, dict
     want = current[row["task"]]
     hashes = {cfg.probe.hash()} if row["backbone"] == PRIOR else {cfg.probe.replace(seed=0).hash()}
     return row["dataset"] == want["dataset"] and row["clips"] == want["clips"] and row["config_hash"] in hashes
-
-
-def latest_identities(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], str]:
-    """(backbone name, checkpoint step) -> the identity of its newest row: the weights the name stands for now,
-    so a table never averages in the cells of weights it was retrained away from (``--force``, another seed)."""
-    latest: dict[tuple[str, int], tuple[str, str]] = {}
-    for r in rows:
-        key = (r["backbone"], r["checkpoint_step"])
-        if key not in latest or r["time"] > latest[key][0]:
-            latest[key] = (r["time"], r["identity"])
-    return {key: identity for key, (_, identity) in latest.items()}

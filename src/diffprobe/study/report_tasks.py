@@ -25,6 +25,8 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {name: cls.table_metrics for name, cl
 #: the twins and controls, in the order the report shows them.
 IMAGE, VIDEO, UNTRAINED, LATENTS, PIXELS = "walt-image", "walt-video", "walt-untrained", "latents", "pixels"
 PRIOR = "prior"  #: each task's no-information baseline (Task.prior), stored beside the backbones
+#: the (block, t) the prior is stored at, and a backbone without blocks or noise levels (latents, pixels) is read at
+UNBLOCKED: tuple[int, float] = (0, 0.0)
 BACKBONE_ORDER = (IMAGE, VIDEO, UNTRAINED, LATENTS, PIXELS, PRIOR)
 #: what each control shows, as the table's legend, Figure 1's caption and the summary say it
 CONTROLS: dict[str, str] = {
