@@ -21,6 +21,7 @@ from diffprobe.study.report_tasks import (
     UNTRAINED,
     control_legend,
     margin_z,
+    primary_metric,
     relative_percent,
 )
 from diffprobe.study.store import ResultsStore
@@ -102,7 +103,7 @@ def headline_table(cfg: StudyConfig, store_path: Path) -> str:
             + (f"{z_name:>15}" if control else ""))
     lines = ([f"note: {cfg.caveat}"] if cfg.caveat else []) + [head, "-" * len(head)]
     for task in (t for t in TASKS if t in cfg.tasks):
-        primary = TASK_METRICS[task][0]
+        primary = primary_metric(task)
         for metric in TASK_METRICS[task]:
             vals = {n: cells.mean(n, task, metric) for n in names}
             rel = relative_percent(vals[video], vals[image], HIGHER_IS_BETTER[metric])
@@ -139,7 +140,7 @@ def paired_table(cfg: StudyConfig, per_clip: Callable[[str, str], dict[tuple[int
     sub = "diff   z [95% CI of diff]" + (" min z" if seeded else "")
     lines = [head, f"{'task':<24}" + "".join(f"{sub:>{width}}" for _ in others), "-" * len(head)]
     for task in (t for t in TASKS if t in cfg.tasks):
-        better = HIGHER_IS_BETTER[TASK_METRICS[task][0]]
+        better = HIGHER_IS_BETTER[primary_metric(task)]
         v = per_clip(video, task)
         cells = []
         for other in others:
@@ -168,7 +169,7 @@ def _against_prior(cfg: StudyConfig, per_clip: Callable[[str, str], dict[tuple[i
     lines = [f"{'paired z against the prior':<28}" + "".join(f"{n:>16}" for n in names)]
     lines.append("-" * len(lines[0]))
     for task in (t for t in TASKS if t in cfg.tasks):
-        better = HIGHER_IS_BETTER[TASK_METRICS[task][0]]
+        better = HIGHER_IS_BETTER[primary_metric(task)]
         prior = next(iter(per_clip(PRIOR, task).values()), None)
         cells = []
         for name in names:
