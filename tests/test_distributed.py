@@ -63,7 +63,7 @@ def single(tmp_path_factory, one_thread) -> tuple[StudyConfig, Path]:
 
 def _extract(cache: Path, tokenizer: Path) -> list[str]:
     return ["extract", "--backbone", f"latents:{tokenizer}", "--dataset", DATA, "--split", "train", "--split",
-            "val", "--block", "0", "--batch-size", "3", "--shard-size", "5", "--device", "cpu", "--cache",
+            "val", "--block", "0", "--batch-size", "3", "--shard-size", "4", "--device", "cpu", "--cache",
             str(cache), "--quiet"]
 
 
@@ -85,7 +85,7 @@ def test_rank_zero_names_a_shard_it_cannot_see(tmp_path, monkeypatch) -> None:
     cache.write_shard(key, 0, torch.arange(2), torch.zeros(2, 1, 1, 1, 1))  # rank 1's shard 1 went to another disk
     with pytest.raises(FileNotFoundError, match=r"shard-00001.safetensors: written by another rank .* every rank "
                                                 r"shares"):
-        extract._check_shards(cache, [key], 2)
+        extract._check_shards(cache, [key], 4, {key: 2})
 
 
 def test_two_rank_extraction_equals_one_process_and_resumes(single, tmp_path) -> None:
@@ -98,7 +98,7 @@ def test_two_rank_extraction_equals_one_process_and_resumes(single, tmp_path) ->
     one, two = _sets(tmp_path / "one"), _sets(tmp_path / "two")
     assert set(one) == set(two) and len(one) == 4  # pixels and latents of train and val
     latents = next(k for k in two if k.startswith("latents") and "/train/" in k)
-    assert two[latents].num_shards == 5  # 24 clips in shards of 5: ranks 0 and 1 both wrote some
+    assert two[latents].num_shards == 6  # 24 clips in shards of 4: ranks 0 and 1 both wrote some
     for name, fs in one.items():
         assert json.loads((fs.path / "complete.json").read_text()) == json.loads(
             (two[name].path / "complete.json").read_text())

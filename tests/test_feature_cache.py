@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from diffprobe.backbones.base import Backbone, clip_generator
+from diffprobe.errors import FileProblem
 from diffprobe.features.cache import FeatureCache, FeatureKey
-from diffprobe.features.extract import VIEWS, extract_features
+from diffprobe.features.extract import VIEWS, extract_features, shard_clips
 
 
 class NoisyMeanBackbone(Backbone):
@@ -83,3 +88,88 @@ def test_interrupted_extraction_keeps_finished_shards(tmp_path) -> None:
     assert feats.shape == (10, 1, 2, 2, 3)  # frame0 view: one frame
     with pytest.raises(FileNotFoundError, match="diffprobe extract"):
         cache.open(FeatureKey("noisy-mean", "toy", "test", "clip", 0, 0.0, 0))
+
+
+def test_shards_are_sized_by_bytes_in_powers_of_two() -> None:
+    assert shard_clips((3, 2, 2, 3), torch.float16) == 256  # 72 bytes a clip: the clip count caps the shard
+    assert shard_clips((1, 8, 8, 64), torch.float16, shard_bytes=30_000) == 2  # 8192 bytes a clip: 3 fit -> 2
+    assert shard_clips((1, 8, 8, 64), torch.float32, shard_bytes=1000) == 1
+    assert shard_clips((9, 32, 32, 3), torch.uint8, shard_size=1024) == 1024
+
+
+def test_blocks_of_different_sizes_shard_in_step_and_read_back_exactly(tmp_path) -> None:
+    """Block 0's features are 4x block 1's, so its shards hold a quarter of the clips; a pass fills both."""
+    def forward(video, ids, blocks, t, seed, ensemble):
+        x = video.float().mean((1, 2, 3, 4))[:, None, None, None, None] + ids[:, None, None, None, None]
+        return {b: x.expand(-1, 1, 4 if b == 0 else 2, 4 if b == 0 else 2, 8).clone() for b in blocks}
+
+    cache = FeatureCache(tmp_path / "cache")
+    key = FeatureKey("sizes", "toy", "val", "clip", block=0, t=0.0, noise_seed=0)
+    clip = 2 * 2 * 8 * 2  # block 1's bytes a clip at fp16 (block 0: 4x)
+    keys = extract_features(forward, torch.device("cpu"), _videos, 11, key, [0, 1], cache, batch_size=3,
+                            shard_bytes=4 * clip, progress=False)
+    sets = [cache.open(k) for k in keys]
+    assert [s.shard_size for s in sets] == [1, 4] and [s.num_shards for s in sets] == [11, 3]
+    for b, s in enumerate(sets):
+        idx, feats = s.load_all()
+        expected = forward(_videos(list(range(11))), torch.arange(11), [b], 0.0, 0, 1)[b].half()
+        assert torch.equal(idx, torch.arange(11)) and torch.equal(feats, expected)
+
+
+def test_a_split_larger_than_memory_extracts_within_one_shard_per_block(tmp_path) -> None:
+    """300 MB of features under a 16 MB shard cap: the process grows by a few shards, not by the split."""
+    script = f"""
+import resource, torch
+from diffprobe.features.cache import FeatureCache, FeatureKey
+from diffprobe.features.extract import extract_features
+
+def forward(x, ids, blocks, t, seed, ensemble):
+    return {{b: torch.ones(len(ids), 1, 64, 64, 256) for b in blocks}}  # 2 MB a clip at fp16
+
+inputs = lambda ids: torch.zeros(len(ids), 1)
+cache = FeatureCache({str(tmp_path / "cache")!r})
+key = FeatureKey("big", "toy", "val", "clip", 0, 0.0, 0)
+extract_features(forward, torch.device("cpu"), inputs, 8, key, [0], cache, batch_size=4, shard_bytes=16 << 20,
+                 progress=False)  # warm the allocator at this size
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+extract_features(forward, torch.device("cpu"), inputs, 150, FeatureKey("big", "toy", "test", "clip", 0, 0.0, 0),
+                 [0], cache, batch_size=4, shard_bytes=16 << 20, progress=False)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    grown_mb = int(out.stdout.split()[-1])
+    assert grown_mb < 120, f"peak RSS grew by {grown_mb} MB extracting 300 MB of features"
+    assert FeatureCache(tmp_path / "cache").open(FeatureKey("big", "toy", "test", "clip", 0, 0.0, 0)).num_shards == 19
+
+
+def test_out_of_device_memory_halves_the_batch_and_goes_on(tmp_path, capsys) -> None:
+    bb = NoisyMeanBackbone()
+    sizes = []
+
+    def forward(video, ids, blocks, t, seed, ensemble):
+        sizes.append(len(ids))
+        if len(ids) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (a stand-in)")
+        return bb.features(video, ids, blocks, t, seed, ensemble)
+
+    cache = FeatureCache(tmp_path / "cache")
+    key = FeatureKey("oom", "toy", "val", "clip", block=0, t=100.0, noise_seed=3)
+    extract_features(forward, torch.device("cpu"), _videos, 10, key, [0, 1], cache, batch_size=8, shard_size=8,
+                     dtype=torch.float32, progress=False)
+    assert sizes == [1, 8, 4, 2, 2, 2, 2, 2]  # the shape probe, the failed 8, the failed 4, then pieces of 2
+    err = capsys.readouterr().err
+    assert err.count("out of device memory") == 2 and "going on at 2" in err
+    for b in (0, 1):
+        feats = cache.open(FeatureKey("oom", "toy", "val", "clip", b, 100.0, 3)).load_all()[1]
+        torch.testing.assert_close(feats, bb.features(_videos(list(range(10))), torch.arange(10), [b], 100.0, 3)[b])
+
+
+def test_shards_of_another_size_on_disk_are_an_error_naming_the_folder(tmp_path) -> None:
+    bb = NoisyMeanBackbone()
+    cache = FeatureCache(tmp_path / "cache")
+    key = FeatureKey("noisy-mean", "toy", "val", "clip", block=0, t=0.0, noise_seed=0)
+    cache.write_shard(key, 0, torch.arange(4), torch.zeros(4, 3, 2, 2, 3))  # an earlier run's 4-clip shard
+    with pytest.raises(FileProblem, match=r"shard-00000.safetensors: holds 4 clips, not the 2 .* delete"):
+        extract_features(bb.features, bb.device, _videos, 10, key, [0], cache, shard_size=2, progress=False)

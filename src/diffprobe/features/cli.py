@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from diffprobe.features.extract import EXTRACT_BATCH, SHARD_CLIPS
 from diffprobe.utils.cliopts import (
     allow_size_change_option,
     cache_option,
@@ -33,9 +34,11 @@ from diffprobe.utils.cliopts import (
 @click.option("--split", "splits", multiple=True, help="Split(s) of the dataset (default: all of its splits).")
 @click.option("--view", type=click.Choice(["clip", "frame0"]), default="clip", show_default=True,
               help="clip: the whole clip; frame0: the first frame as an image (image classification).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--shard-size", default=256, show_default=True, type=click.IntRange(min=1),
-              help="Clips per cache shard (the unit of resumption and of the work split across torchrun ranks).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=EXTRACT_BATCH, show_default=True,
+              help="Clips per forward (halved for the rest of the run if the device runs out of memory).")
+@click.option("--shard-size", default=SHARD_CLIPS, show_default=True, type=click.IntRange(min=1),
+              help="Most clips per cache shard (the unit of resumption and of the work split across torchrun "
+                   "ranks), rounded down to a power of two and cut to what fits 256 MB.")
 @click.option("--device", default="auto", show_default=True)
 @allow_size_change_option
 @cache_option

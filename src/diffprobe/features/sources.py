@@ -24,9 +24,6 @@ from diffprobe.features.cache import FeatureCache, FeatureKey, FeatureSet
 from diffprobe.features.extract import EXTRACT_BATCH, FEATURE_DTYPE, SHARD_CLIPS, VIEWS, extract_features
 from diffprobe.utils.distributed import DistContext, broadcast_object
 
-#: most bytes of clips held in one pixel shard before it is written (bounds the memory of caching a split)
-PIXEL_SHARD_BYTES = 256 << 20
-
 
 def cache_names(clips: ClipSequence) -> tuple[str, str]:
     """``(dataset, split)`` parts of a feature key for a clip sequence (a part name made one folder deep)."""
@@ -84,10 +81,8 @@ def ensure_videos(clips: ClipSequence, cache: FeatureCache, progress: bool = Tru
     distributed ``ctx``, every rank its share of the shards."""
     key = pixel_key(clips)
     if _missing([key], cache, ctx):
-        clip_bytes = int(np.prod(clips[0]["video"].shape))
-        shard = max(1, min(1024, PIXEL_SHARD_BYTES // clip_bytes))
         extract_features(_clips_as_block0, torch.device("cpu"), VideoInputs(clips, "clip", workers), len(clips), key,
-                         [0], cache, batch_size=64, shard_size=shard, dtype=torch.uint8, progress=progress, ctx=ctx)
+                         [0], cache, batch_size=64, shard_size=1024, dtype=torch.uint8, progress=progress, ctx=ctx)
     return cache.open(key)
 
 
