@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -13,7 +14,8 @@ import pytest
 import torch
 
 from diffprobe.backbones.base import Backbone, clip_generator
-from diffprobe.errors import FileProblem
+from diffprobe.errors import FileProblem, InputError
+from diffprobe.features import extract
 from diffprobe.features.cache import FeatureCache, FeatureKey
 from diffprobe.features.extract import VIEWS, extract_features, shard_clips
 
@@ -173,3 +175,17 @@ def test_shards_of_another_size_on_disk_are_an_error_naming_the_folder(tmp_path)
     cache.write_shard(key, 0, torch.arange(4), torch.zeros(4, 3, 2, 2, 3))  # an earlier run's 4-clip shard
     with pytest.raises(FileProblem, match=r"shard-00000.safetensors: holds 4 clips, not the 2 .* delete"):
         extract_features(bb.features, bb.device, _videos, 10, key, [0], cache, shard_size=2, progress=False)
+
+
+def test_an_extraction_the_disk_cannot_hold_is_refused_before_it_writes(tmp_path, monkeypatch) -> None:
+    bb = NoisyMeanBackbone()
+    cache = FeatureCache(tmp_path / "cache")
+    key = FeatureKey("noisy-mean", "toy", "val", "clip", block=0, t=0.0, noise_seed=0)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(extract.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    # 10 clips x 3 x 2 x 2 x 3 x 2 bytes x 2 blocks = 1440 bytes > 1000
+    with pytest.raises(InputError, match=r"cache: these features need 0\.0 GB and the disk has 0\.0 GB free"):
+        extract_features(bb.features, bb.device, _videos, 10, key, [0, 1], cache, progress=False)
+    assert not any(cache.root.rglob("shard-*"))
+    extract_features(bb.features, bb.device, _videos, 10, key, [0], cache, progress=False)  # 720 bytes fit
+    assert cache.is_complete(key)

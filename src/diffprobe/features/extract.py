@@ -10,6 +10,7 @@ Every rank must make the same call. Without ``ctx`` (or in a single process) one
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 
-from diffprobe.errors import FileProblem, MissingFile
+from diffprobe.errors import FileProblem, InputError, MissingFile
 from diffprobe.features.cache import FeatureCache, FeatureKey
 from diffprobe.utils.distributed import DistContext, broadcast_object, rank_share, wait_for_all
 from diffprobe.utils.lock import folder_lock
@@ -100,6 +101,8 @@ def extract_features(
             one = fit(load_inputs([0]), [0], [k.block for k in todo])
             shapes = {k: tuple(one[k.block].shape[1:]) for k in todo}
         sizes = {k: shard_clips(shapes[k], dtype, shard_size, shard_bytes) for k in todo}
+        if not distributed or ctx.is_main:
+            check_disk(cache, [(k, shapes[k]) for k in todo], num_clips, dtype)
         _extract_shards(fit, read, num_clips, key, todo, sizes, cache, progress, ctx, distributed)
         if not distributed or ctx.is_main:
             if distributed:
@@ -184,6 +187,25 @@ def _extract_shards(fit: _Fitting, read: Callable, num_clips: int, key: FeatureK
     bar.close()
     if distributed:
         wait_for_all(ctx)  # every shard is on disk
+
+
+def check_disk(cache: FeatureCache, features: Sequence[tuple[FeatureKey, tuple[int, ...]]], num_clips: int,
+               dtype: torch.dtype) -> None:
+    """Before an extraction writes: the features still to write (each key's shape, ``num_clips`` clips, less its
+    shards already on disk) fit the free space of the cache's disk, else an :class:`~diffprobe.errors.InputError`
+    naming the needed and free GB."""
+    size = torch.empty((), dtype=dtype).element_size()
+    needed = 0
+    for key, shape in features:
+        written = sum(f.stat().st_size for f in cache.path(key).glob("shard-*.safetensors"))
+        needed += max(0, num_clips * math.prod(shape) * size - written)
+    root = cache.root
+    while not root.exists():  # the cache may not exist yet: its nearest existing folder's disk
+        root = root.parent
+    free = shutil.disk_usage(root).free
+    if needed > free:
+        raise InputError(f"{cache.root}: these features need {needed / 1e9:.1f} GB and the disk has {free / 1e9:.1f} "
+                         f"GB free; free space, extract fewer blocks or clips, or put the cache elsewhere")
 
 
 def _shard0_shape(cache: FeatureCache, key: FeatureKey) -> tuple[int, ...] | None:
