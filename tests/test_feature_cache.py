@@ -14,10 +14,13 @@ import pytest
 import torch
 
 from diffprobe.backbones.base import Backbone, clip_generator
+from diffprobe.data.dataset import ClipSequence
 from diffprobe.errors import FileProblem, InputError
 from diffprobe.features import extract
 from diffprobe.features.cache import FeatureCache, FeatureKey
 from diffprobe.features.extract import VIEWS, extract_features, shard_clips
+from diffprobe.features.pooling import Pool
+from diffprobe.features.sources import ensure_features
 
 
 class NoisyMeanBackbone(Backbone):
@@ -189,3 +192,43 @@ def test_an_extraction_the_disk_cannot_hold_is_refused_before_it_writes(tmp_path
     assert not any(cache.root.rglob("shard-*"))
     extract_features(bb.features, bb.device, _videos, 10, key, [0], cache, progress=False)  # 720 bytes fit
     assert cache.is_complete(key)
+
+
+def test_pooling_averages_each_cell_and_keeps_the_layout() -> None:
+    x = torch.arange(2 * 3 * 4 * 6 * 5, dtype=torch.float32).reshape(2, 3, 4, 6, 5)  # (n, T, H, W, C)
+    pooled = Pool.parse("2x3")(x)
+    assert pooled.shape == (2, 3, 2, 3, 5)
+    torch.testing.assert_close(pooled[1, 2, 1, 0], x[1, 2, 2:4, 0:2].mean((0, 1)))
+    both = Pool.parse("1x1x1")(x)
+    torch.testing.assert_close(both[:, 0, 0, 0], x.mean((1, 2, 3)))
+    assert str(Pool.parse("2X4x4")) == "2x4x4" and str(Pool.parse("4x4")) == "4x4"
+    for bad in ("4", "4x0", "axb", "1x2x3x4"):
+        with pytest.raises(InputError, match="expected HxW or TxHxW"):
+            Pool.parse(bad)
+    with pytest.raises(InputError, match="grid is 3x4x6; pooling can only make it smaller"):
+        Pool.parse("8x8")(x)
+
+
+def test_pooled_features_are_cached_apart_and_equal_the_pooled_forward(tmp_path) -> None:
+    bb = NoisyMeanBackbone()
+    cache = FeatureCache(tmp_path / "cache")
+    clips = _SeqOf(_videos(list(range(6))))
+    full = ensure_features(bb, clips, "clip", [0], 200.0, 1, cache, dtype=torch.float32, progress=False)[0]
+    pooled = ensure_features(bb, clips, "clip", [0], 200.0, 1, cache, dtype=torch.float32, progress=False,
+                             pool="1x1")[0]
+    assert full.path != pooled.path and pooled.path.name.endswith("_pool1x1")
+    assert full.feature_shape == (3, 2, 2, 3) and pooled.feature_shape == (3, 1, 1, 3)
+    torch.testing.assert_close(pooled.load_all()[1], full.load_all()[1].mean((2, 3), keepdim=True))
+
+
+class _SeqOf(ClipSequence):
+    """Clips from a stack of videos (for ensure_features, which reads a sequence)."""
+
+    def __init__(self, videos: torch.Tensor) -> None:
+        self.videos, self.dataset, self.part = videos, "toy", "val"
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def read(self, index: int) -> dict:
+        return {"video": self.videos[index].numpy()}

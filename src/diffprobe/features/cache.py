@@ -2,7 +2,7 @@
 
 Layout (one folder per cache key, see :class:`FeatureKey`)::
 
-    ROOT/<backbone>/<dataset>/<split>/<view>/block<L>_t<t>_seed<S>[_ens<E>]/
+    ROOT/<backbone>/<dataset>/<split>/<view>/block<L>_t<t>_seed<S>[_ens<E>][_pool<grid>]/
         shard-00000.safetensors   # "features" (n, T_f, H_f, W_f, C), "index" (n,) int64 clip indices
         shard-00001.safetensors
         complete.json             # written last: number of clips, shard size, feature shape and dtype
@@ -36,7 +36,8 @@ class FeatureKey:
     """Everything that determines a set of features.
 
     ``backbone`` is the backbone's identity (name + checkpoint hash), ``dataset`` the dataset's identity
-    (name + config hash); ``view`` is the input given to the backbone ("clip", or "frame0" for single images).
+    (name + config hash); ``view`` is the input given to the backbone ("clip", or "frame0" for single images);
+    ``pool`` the grid the tokens are averaged to (:class:`~diffprobe.features.pooling.Pool`, "" for none).
     """
 
     backbone: str
@@ -47,10 +48,11 @@ class FeatureKey:
     t: float
     noise_seed: int
     ensemble: int = 1
+    pool: str = ""
 
     def relpath(self) -> Path:
         leaf = f"block{self.block}_t{self.t:g}_seed{self.noise_seed}" + (
-            f"_ens{self.ensemble}" if self.ensemble > 1 else "")
+            f"_ens{self.ensemble}" if self.ensemble > 1 else "") + (f"_pool{self.pool}" if self.pool else "")
         return Path(_slug(self.backbone), _slug(self.dataset), self.split, self.view, leaf)
 
 

@@ -14,6 +14,7 @@ from diffprobe.utils.cliopts import (
     dataset_option,
     ensemble_option,
     noise_seed_option,
+    pool_option,
     quiet_option,
     report_skipped,
     t_option,
@@ -31,6 +32,7 @@ from diffprobe.utils.cliopts import (
 @t_option
 @noise_seed_option
 @ensemble_option
+@pool_option
 @click.option("--split", "splits", multiple=True, help="Split(s) of the dataset (default: all of its splits).")
 @click.option("--view", type=click.Choice(["clip", "frame0"]), default="clip", show_default=True,
               help="clip: the whole clip; frame0: the first frame as an image (image classification).")
@@ -45,6 +47,7 @@ from diffprobe.utils.cliopts import (
 @workers_option
 @quiet_option
 def extract_cmd(spec: str, dataset: str | None, blocks: tuple[int, ...], t: float, noise_seed: int, ensemble: int,
+                pool: str,
                 splits: tuple[str, ...], view: str, batch_size: int, shard_size: int, device: str,
                 allow_size_change: bool, cache_dir: Path, workers: int, quiet: bool) -> None:
     """Extract features at (blocks, t, noise seed) for each split; finished shards are never recomputed. Launched by
@@ -64,7 +67,7 @@ def extract_cmd(spec: str, dataset: str | None, blocks: tuple[int, ...], t: floa
         cache = FeatureCache(cache_dir)
         for split in splits or ds.splits:
             sets = ensure_features(resolved.backbone, ds.clips(split), view, list(blocks), t, noise_seed, cache,
-                                   ensemble, batch_size=batch_size, progress=not quiet, workers=workers,
+                                   ensemble, batch_size=batch_size, progress=not quiet, workers=workers, pool=pool,
                                    shard_size=shard_size, ctx=ctx)
             for block, fs in sets.items():
                 if ctx.is_main:

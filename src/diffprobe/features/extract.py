@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from diffprobe.errors import FileProblem, InputError, MissingFile
 from diffprobe.features.cache import FeatureCache, FeatureKey
+from diffprobe.features.pooling import Pool
 from diffprobe.utils.distributed import DistContext, broadcast_object, rank_share, wait_for_all
 from diffprobe.utils.lock import folder_lock
 
@@ -74,7 +75,8 @@ def extract_features(
     ``load_inputs(indices)`` gives ``forward``'s input for those clips: uint8 videos (n, T, H, W, 3) for a
     backbone's ``features``, or the output of its ``encoder`` for ``features_from_encoded``; a source with an
     ``iterate(batches)`` method (:class:`~diffprobe.features.sources.VideoInputs`) reads its batches ahead.
-    ``key`` gives everything but the block (its ``block`` field is ignored). Each block's shards hold
+    ``key`` gives everything but the block (its ``block`` field is ignored); its ``pool`` averages each block's
+    tokens to that grid before they are cached (:mod:`~diffprobe.features.pooling`). Each block's shards hold
     :func:`shard_clips` clips (at most ``shard_size`` and ``shard_bytes``); a shard is filled in place as its
     batches come and written when full, so memory stays bounded by one shard per block. Shards already on disk are
     skipped, so an interrupted run resumes where it stopped. A forward that runs out of device memory is retried on
@@ -123,6 +125,7 @@ class _Fitting:
                  batch_size: int) -> None:
         self.forward, self.device, self.key, self.dtype = forward, device, key, dtype
         self.size = batch_size  #: most clips per forward (halved on out-of-memory)
+        self.pool = Pool.parse(key.pool) if key.pool else None
 
     def __call__(self, inputs: torch.Tensor, ids: Sequence[int], blocks: Sequence[int]) -> dict[int, torch.Tensor]:
         parts, start = [], 0
@@ -137,6 +140,8 @@ class _Fitting:
             with torch.no_grad():
                 feats = self.forward(inputs.to(self.device), torch.tensor(list(ids)), list(blocks), self.key.t,
                                      self.key.noise_seed, self.key.ensemble)
+            if self.pool is not None:  # on the device, before the features leave it
+                feats = {b: self.pool(feats[b]) for b in blocks}
             return {b: feats[b].to("cpu", self.dtype) for b in blocks}  # (n, T_f, H_f, W_f, C)
         except torch.OutOfMemoryError:
             if len(ids) == 1:

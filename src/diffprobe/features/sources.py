@@ -22,6 +22,7 @@ from diffprobe.backbones.base import Backbone
 from diffprobe.data.dataset import ClipSequence
 from diffprobe.features.cache import FeatureCache, FeatureKey, FeatureSet
 from diffprobe.features.extract import EXTRACT_BATCH, FEATURE_DTYPE, SHARD_CLIPS, VIEWS, extract_features
+from diffprobe.features.pooling import Pool
 from diffprobe.utils.distributed import DistContext, broadcast_object
 
 
@@ -89,19 +90,21 @@ def ensure_videos(clips: ClipSequence, cache: FeatureCache, progress: bool = Tru
 def ensure_features(backbone: Backbone, clips: ClipSequence, view: str, blocks: Sequence[int], t: float,
                     noise_seed: int, cache: FeatureCache, ensemble: int = 1, limit: int | None = None,
                     batch_size: int = EXTRACT_BATCH, dtype: torch.dtype = FEATURE_DTYPE, progress: bool = True,
-                    workers: int = 0, shard_size: int = SHARD_CLIPS, ctx: DistContext | None = None
-                    ) -> dict[int, FeatureSet]:
+                    workers: int = 0, shard_size: int = SHARD_CLIPS, ctx: DistContext | None = None,
+                    pool: str = "") -> dict[int, FeatureSet]:
     """``backbone``'s features of a clip sequence (its first ``limit`` clips, or all) at every block, extracted once.
 
     A backbone with an ``encoder`` reads the encoder's output, itself cached once per sequence in float32 (for WALT:
     the tokenizer latents, shared with twin training), so encoding is not repeated per noise level or block. Other
-    backbones read the pixels, decoded once into the cache. ``shard_size`` clips go into each shard (of these
-    features and of the encoder's); with a distributed ``ctx`` every rank extracts its share of the shards.
+    backbones read the pixels, decoded once into the cache. ``pool`` (``HxW`` or ``TxHxW``) averages the tokens to
+    that grid before they are cached (the encoder's output is cached unpooled). ``shard_size`` clips at most go into
+    each shard (of these features and of the encoder's); with a distributed ``ctx`` every rank extracts its share.
     """
     num = len(clips) if limit is None else min(limit, len(clips))
     dataset, split = cache_names(clips)
     dataset += "" if limit is None else f"-first{num}"
-    key = FeatureKey(backbone.identity, dataset, split, view, 0, float(t), noise_seed, ensemble)
+    key = FeatureKey(backbone.identity, dataset, split, view, 0, float(t), noise_seed, ensemble,
+                     str(Pool.parse(pool)) if pool else "")
     keys = [dataclasses.replace(key, block=b) for b in blocks]
     if _missing(keys, cache, ctx):
         if backbone.encoder is not None:

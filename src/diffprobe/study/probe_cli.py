@@ -13,6 +13,7 @@ from diffprobe.utils.cliopts import (
     ensemble_option,
     noise_seed_option,
     overrides_option,
+    pool_option,
     quiet_option,
     report_skipped,
     t_option,
@@ -32,6 +33,7 @@ from diffprobe.utils.cliopts import (
 @t_option
 @noise_seed_option
 @ensemble_option
+@pool_option
 @click.option("--preset", default="tiny", show_default=True, help="ProbeConfig preset (tiny, base).")
 @overrides_option
 @click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.sqlite"),
@@ -44,7 +46,7 @@ from diffprobe.utils.cliopts import (
 @workers_option
 @quiet_option
 def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | None, val_data: str | None,
-              test_data: str | None, block: int, t: float, noise_seed: int, ensemble: int, preset: str,
+              test_data: str | None, block: int, t: float, noise_seed: int, ensemble: int, pool: str, preset: str,
               assignments: tuple[str, ...], store: Path, study: str, name: str | None, device: str,
               allow_size_change: bool, cache_dir: Path, workers: int, quiet: bool) -> None:
     """Train a task's probe on frozen features; the test metric of the validation-selected probe is stored.
@@ -53,6 +55,7 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
     them; SPEC#SPLIT picks a split), each overridable with --train-data / --val-data / --test-data."""
     from diffprobe.backbones.registry import load_backbone
     from diffprobe.features.cache import FeatureCache
+    from diffprobe.features.pooling import Pool
     from diffprobe.study.store import Cell, ResultsStore, clips_key
     from diffprobe.tasks.probe_config import ProbeConfig
     from diffprobe.tasks.roles import data_identity, task_roles
@@ -61,13 +64,16 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
 
     dev = resolve_device(device)
     cfg = ProbeConfig.preset(preset).override(assignments)
+    pool = str(Pool.parse(pool)) if pool else ""  # checked before any data is opened
     resolved = load_backbone(spec, dev)
     resolved.backbone.check_request([block], t, noise_seed, ensemble)  # refused before any clip is read
     default = resolved.dataset_or_default(dataset)
     specs = {"train": train_data or default, "val": val_data or default, "test": test_data or default}
     roles = task_roles(task_name, specs)
     resolved.check_clips([rd.dataset for rd in roles.values()], spec, allow_size_change)
-    cell = Cell(study=study, backbone=name or spec, identity=resolved.backbone.identity, mode=resolved.mode,
+    # pooled features are another feature source: their cells are stored apart
+    identity = resolved.backbone.identity + (f"+pool{pool}" if pool else "")
+    cell = Cell(study=study, backbone=name or spec, identity=identity, mode=resolved.mode,
                 checkpoint_step=resolved.step, block=block, t=t, noise_seed=noise_seed, ensemble=ensemble,
                 task=task_name, dataset=data_identity(roles), clips=clips_key(None), probe_seed=cfg.seed,
                 config_hash=cfg.replace(seed=0).hash())
@@ -77,10 +83,10 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
             click.echo(f"already in {store}: " + ", ".join(f"{r['metric']}={r['value']:.4f}" for r in rows))
             return
         res = run_probe(resolved.backbone, roles, task_name, block, t, noise_seed, cfg, FeatureCache(cache_dir),
-                        dev, ensemble, progress=not quiet, workers=workers)
+                        dev, ensemble, progress=not quiet, workers=workers, pool=pool)
         results.add(cell, res.test, res.per_clip, data_specs=specs)
     sources = ", ".join(f"{r} {rd.dataset.spec} [{rd.source}, {len(rd.clips)} clips]" for r, rd in roles.items())
-    click.echo(f"{task_name} on {resolved.backbone.identity} block {block} t={t:g} (lr {res.chosen_lr:g}, "
+    click.echo(f"{task_name} on {identity} block {block} t={t:g} (lr {res.chosen_lr:g}, "
                f"wd {res.chosen_weight_decay:g}, step {res.chosen_step}; {sources}): "
                + ", ".join(f"{k}={v:.4f}" for k, v in res.test.items()))
     report_skipped([rd.dataset for rd in roles.values()], cache_dir)

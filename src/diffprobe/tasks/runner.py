@@ -77,8 +77,8 @@ def _prior(path: str, task: Task, targets: Targets) -> np.ndarray | None:
 
 @dataclasses.dataclass(frozen=True)
 class CellRequest:
-    """One probe cell of a task: whose features (backbone, block, noise level, noise seed, ensemble) and its probe
-    seed."""
+    """One probe cell of a task: whose features (backbone, block, noise level, noise seed, ensemble, token pooling)
+    and its probe seed."""
 
     backbone: Backbone
     block: int
@@ -86,6 +86,7 @@ class CellRequest:
     noise_seed: int
     seed: int
     ensemble: int = 1
+    pool: str = ""  #: the grid the tokens are averaged to (``HxW`` / ``TxHxW``; "" for none)
 
 
 def run_probes(cells: Sequence[CellRequest], roles: Mapping[str, RoleData], task_name: str, cfg: ProbeConfig,
@@ -107,7 +108,7 @@ def run_probes(cells: Sequence[CellRequest], roles: Mapping[str, RoleData], task
             limit = None if limits is None else limits[role]
             feats[role] = ensure_features(cell.backbone, roles[role].clips, task.view, [cell.block], cell.t,
                                           cell.noise_seed, cache, cell.ensemble, limit, progress=progress,
-                                          workers=workers)[cell.block]
+                                          workers=workers, pool=cell.pool)[cell.block]
         inputs.append(ProbeFeatures(*(feats[role] for role in ROLES), cell.seed))
     shapes = list(dict.fromkeys(f.train.feature_shape for f in inputs))
     results: dict[int, ProbeResult] = {}
@@ -121,9 +122,10 @@ def run_probes(cells: Sequence[CellRequest], roles: Mapping[str, RoleData], task
 
 def run_probe(backbone: Backbone, roles: Mapping[str, RoleData], task_name: str, block: int, t: float,
               noise_seed: int, cfg: ProbeConfig, cache: FeatureCache, device: torch.device, ensemble: int = 1,
-              limits: dict[str, int] | None = None, progress: bool = True, workers: int = 0) -> ProbeResult:
+              limits: dict[str, int] | None = None, progress: bool = True, workers: int = 0,
+              pool: str = "") -> ProbeResult:
     """Train and score one cell of :func:`run_probes`, at probe seed ``cfg.seed``."""
-    cell = CellRequest(backbone, block, t, noise_seed, cfg.seed, ensemble)
+    cell = CellRequest(backbone, block, t, noise_seed, cfg.seed, ensemble, pool)
     return run_probes([cell], roles, task_name, cfg, cache, device, limits, progress, workers)[0]
 
 

@@ -38,6 +38,9 @@ t_option = click.option("--t", "t", type=click.FloatRange(0, 1000), default=0.0,
 noise_seed_option = click.option("--noise-seed", type=click.IntRange(min=0), default=0, show_default=True)
 ensemble_option = click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True,
                                help="Average features over this many noise draws.")
+pool_option = click.option("--pool", default="", metavar="HxW|TxHxW",
+                          help="Average each block's tokens to this grid before caching them (e.g. 4x4, or 2x4x4 "
+                               "to pool time too); part of the cache key. Default: no pooling.")
 allow_size_change_option = click.option(
     "--allow-size-change", is_flag=True,
     help="Read clips of another size than the backbone was trained on (otherwise an error; never a silent resize).")
