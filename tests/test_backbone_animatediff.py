@@ -211,3 +211,22 @@ def test_denoise_runs_the_schedulers_loop(ad) -> None:
     finally:
         bb.unet = real
     assert (est - z).pow(2).mean() < 0.01 * (x_t - z).pow(2).mean()
+
+
+def test_unet_and_adapter_are_joined_in_the_target_dtype_without_a_copy(ad_folder: Path) -> None:
+    """The joined UNetMotionModel holds the parts' own tensors (no fp32 model beside them: from_unet2d would build
+    one and copy), equal to from_unet2d's join, and a bf16 load is bf16 throughout."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    from diffprobe.backbones.animatediff import join_motion_unet
+
+    unet = UNet2DConditionModel.from_pretrained(ad_folder / "unet", torch_dtype=torch.bfloat16)
+    adapter = MotionAdapter.from_pretrained(ad_folder / "motion_adapter", torch_dtype=torch.bfloat16)
+    joined = join_motion_unet(ad_folder, unet, adapter).state_dict()
+    parts = unet.state_dict() | {k: v for k, v in adapter.state_dict().items() if ".motion_modules." in k}
+    assert all(joined[k].data_ptr() == v.data_ptr() for k, v in parts.items() if k in joined)
+    reference = UNetMotionModel.from_unet2d(unet, adapter).state_dict()
+    assert joined.keys() == reference.keys()
+    assert all(torch.equal(joined[k], reference[k]) for k in reference)
+    bf16 = load_backbone(f"animatediff:{ad_folder}@dtype=bf16", CPU).backbone.unet
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}

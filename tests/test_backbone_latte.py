@@ -4,6 +4,7 @@ identity, bad folders, the registry and denoise."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -14,11 +15,13 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
+from click.testing import CliRunner  # noqa: E402
 from hf_models_dit import Hooks, random_clip, save_tiny_latte  # noqa: E402
 
 from diffprobe.backbones.base import clip_noise  # noqa: E402
 from diffprobe.backbones.external import BackboneLoadError  # noqa: E402
 from diffprobe.backbones.registry import block_shapes, load_backbone  # noqa: E402
+from diffprobe.cli import main  # noqa: E402
 from diffprobe.config import ConfigError  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -160,3 +163,49 @@ def test_denoise_runs_and_recovers_the_clean_latents_with_an_oracle(backbone, mo
 
     monkeypatch.setattr(backbone, "call", oracle)
     torch.testing.assert_close(backbone.denoise(x_t, 500.0, z, steps=4), z, atol=1e-4, rtol=1e-4)
+
+
+def _with_scheduler(folder: Path, copy: Path, **config: str) -> Path:
+    shutil.copytree(folder, copy)
+    path = copy / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | config))
+    return copy
+
+
+def test_learned_variance_on_ddim_is_refused_at_load_in_one_line(folder: Path, tmp_path: Path) -> None:
+    """DDIM cannot step on the (eps, variance) output LattePipeline gives a learned-variance scheduler (the pipeline
+    fails on it too): `backbone check` says so in one line naming the file and the value, exit status 2."""
+    bad = _with_scheduler(folder, tmp_path / "ddim", variance_type="learned_range")
+    result = CliRunner().invoke(main, ["backbone", "check", f"latte:{bad}", "--dataset", "probeworld:tiny", "--clips",
+                                       "1", "--t", "300", "--steps", "1", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"Error: {bad / 'scheduler' / 'scheduler_config.json'}: variance_type 'learned_range' "
+                           "with DDIMScheduler"), line
+
+
+def test_learned_variance_on_ddpm_steps_on_both_halves_as_the_pipeline(folder: Path, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """DDPMScheduler with learned_range gets the whole output channels first (B, 2C, T, h, w), as in LattePipeline,
+    splits it itself, and an oracle eps recovers the clean latents."""
+    ok = _with_scheduler(folder, tmp_path / "ddpm", _class_name="DDPMScheduler", variance_type="learned_range")
+    backbone = load_backbone(f"latte:{ok}", CPU).backbone
+    z = torch.randn(1, 9, 8, 8, 4)
+    x_t, _ = backbone.noise(z, 500.0, torch.randn_like(z))
+    ab = backbone.ddpm.alphas_cumprod
+    seen: list[tuple[int, ...]] = []
+    step = backbone.scheduler.step
+
+    def oracle(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        a = float(ab[int(timestep[0])])
+        eps = (x - math.sqrt(a) * z) / math.sqrt(1 - a)
+        return torch.cat([eps, torch.zeros_like(eps)], dim=-1)  # eps and the learned-variance half
+
+    def recording(out: torch.Tensor, *args, **kwargs):
+        seen.append(tuple(out.shape))
+        return step(out, *args, **kwargs)
+
+    monkeypatch.setattr(backbone, "call", oracle)
+    monkeypatch.setattr(backbone.scheduler, "step", recording)
+    torch.testing.assert_close(backbone.denoise(x_t, 500.0, z, steps=3), z, atol=1e-4, rtol=1e-4)
+    assert set(seen) == {(1, 8, 9, 8, 8)}

@@ -82,13 +82,36 @@ def load_motion_unet(path: Path, dtype: torch.dtype, device: torch.device) -> tu
         raise BackboneLoadError(f"{path / 'motion_adapter'}: missing, and {path / 'unet/config.json'} is a "
                                 f"{config.get('_class_name')!r}, not a UNetMotionModel (save a MotionAdapter there, "
                                 "or the AnimateDiff pipeline's own unet/)")
-    unet = load_part(UNet2DConditionModel, path, "unet", torch.float32)
-    adapter = load_part(MotionAdapter, path, "motion_adapter", torch.float32)
+    unet = load_part(UNet2DConditionModel, path, "unet", dtype, device)
+    adapter = load_part(MotionAdapter, path, "motion_adapter", dtype, device)
+    return join_motion_unet(path, unet, adapter).to(device, dtype).eval().requires_grad_(False), "unet+adapter"
+
+
+def join_motion_unet(path: Path, unet: torch.nn.Module, adapter: torch.nn.Module) -> torch.nn.Module:
+    """``UNetMotionModel.from_unet2d(unet, adapter)`` without a second copy of the weights: the joined model is built
+    empty (meta device) and takes the parts' own tensors, in their dtype (``from_unet2d`` builds it in fp32 and
+    copies). Its weights have the parts' names: the UNet's, the adapter's ``motion_modules`` (and, for an adapter
+    with ``conv_in_channels``, conv_in as ``from_unet2d`` joins it)."""
+    from accelerate import init_empty_weights
+    from diffusers import UNetMotionModel
+
     try:
-        motion = UNetMotionModel.from_unet2d(unet, adapter)
+        with init_empty_weights():
+            motion = UNetMotionModel.from_unet2d(unet, adapter, load_weights=False)
     except Exception as e:  # the adapter's blocks do not fit the UNet's
         raise BackboneLoadError(f"{path / 'motion_adapter'}: does not fit {path / 'unet'}: {e}") from e
-    return motion.to(device, dtype).eval().requires_grad_(False), "unet+adapter"
+    names = set(motion.state_dict())
+    state = {k: v for k, v in unet.state_dict().items() if k in names}
+    state |= {k: v for k, v in adapter.state_dict().items() if ".motion_modules." in k and k in names}
+    if adapter.config.get("conv_in_channels"):  # PIA: the UNet's 4 channels, then the adapter's
+        state["conv_in.weight"] = torch.cat([unet.conv_in.weight, adapter.conv_in.weight[:, 4:]], dim=1)
+    missing = sorted(names - set(state))
+    if missing:
+        raise BackboneLoadError(f"{path / 'motion_adapter'}: does not fit {path / 'unet'}: the joined model lacks "
+                                f"{', '.join(missing[:5])}" + (f", ... ({len(missing)} in all)" if len(missing) > 5
+                                                                else ""))
+    motion.load_state_dict(state, assign=True)
+    return motion
 
 
 class AnimateDiffBackbone(SDBackbone):

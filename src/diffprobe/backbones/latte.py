@@ -24,6 +24,12 @@ t mapping: DDPM on the folder's scheduler: the model's timestep ``i = min(round(
 ``LattePipeline.encode_prompt("", mask_feature=True)`` gives it (masked to its unpadded tokens: 1 for ""),
 ``null_embeds.safetensors`` tensor ``prompt_embeds`` (1, L, 4096).
 
+Denoising (``backbone check``) steps the folder's scheduler as ``LattePipeline`` does: on ``(B, C, T, h, w)``
+latents, with the eps half of the learned-sigma output, or both halves when the scheduler's ``variance_type`` is
+``learned`` / ``learned_range``. Only :data:`LEARNED_VARIANCE` schedulers take such an output (they split it by the
+latents' channels); any other scheduler with that ``variance_type`` (DDIM, where the pipeline fails the same way) is
+refused at load.
+
 Options: ``dtype``, ``batch_size``, ``frames`` (0 = video_length), ``window`` (tile | cut), ``vae_frames``.
 """
 
@@ -37,9 +43,20 @@ from einops import rearrange
 from torch import nn
 
 from diffprobe.backbones.dit import vae_encoder
-from diffprobe.backbones.external import LatentEncoder
+from diffprobe.backbones.external import BackboneLoadError, LatentEncoder
 from diffprobe.backbones.loading import TransformerFolder
-from diffprobe.backbones.transformers3d import DDPMTransformerBackbone, VAEFramesOptions, VideoOptions, Windows
+from diffprobe.backbones.transformers3d import (
+    DDPMTransformerBackbone,
+    VAEFramesOptions,
+    VideoOptions,
+    Windows,
+    run_scheduler,
+)
+
+#: the scheduler config values that make the pipeline pass the model's whole (eps, variance) output to the scheduler
+LEARNED = ("learned", "learned_range")
+#: the schedulers whose ``step`` takes that output (split by the latents' channels, dim 1)
+LEARNED_VARIANCE = ("DDPMScheduler", "DDPMParallelScheduler")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,10 +81,23 @@ class LatteBackbone(DDPMTransformerBackbone):
         return rearrange(out, "b c t h w -> b t h w c")
 
     def prediction(self, out: torch.Tensor) -> torch.Tensor:
-        learned = self.scheduler.config.get("variance_type") in ("learned", "learned_range")
+        learned = self.scheduler.config.get("variance_type") in LEARNED
         if learned or out.shape[-1] != 2 * self.transformer.config.in_channels:
             return out  # a learned-variance scheduler takes both halves (as LattePipeline passes them)
         return out[..., :out.shape[-1] // 2]  # LattePipeline steps on the first half (eps) only
+
+    @torch.no_grad()
+    def denoise(self, x_t: torch.Tensor, t: float, clean: torch.Tensor, steps: int) -> torch.Tensor:
+        """As the base, with the scheduler stepping on channels-first latents, the pipeline's layout (a
+        learned-variance scheduler splits the output on dim 1)."""
+        x, _ = self.windows(x_t.to(self.device, torch.float32))  # (B*K, N, h, w, C)
+
+        def predict(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:  # (B*K, C, N, h, w) -> (.., C', ..)
+            out = self.prediction(self.call(rearrange(sample, "b c t h w -> b t h w c"), timestep))
+            return rearrange(out, "b t h w c -> b c t h w").float()
+
+        x = run_scheduler(self.scheduler, rearrange(x, "b t h w c -> b c t h w"), self.level(t), steps, predict)
+        return self.unwindows(rearrange(x, "b c t h w -> b t h w c"), len(x_t))
 
     def tokens(self, block: int, output: torch.Tensor, grid: tuple[int, int, int, int]) -> torch.Tensor:
         b, frames, h, w = grid
@@ -77,6 +107,16 @@ class LatteBackbone(DDPMTransformerBackbone):
         return rearrange(output, "(b k h w) n d -> b (k n) h w d", b=b, h=hp, w=wp)  # temporal: ((B*K)*h'*w', N, D)
 
 
+def check_variance(folder: TransformerFolder) -> None:
+    """A learned ``variance_type`` on a scheduler that cannot step on the (eps, variance) output is refused."""
+    variance, name = folder.scheduler.config.get("variance_type"), type(folder.scheduler).__name__
+    if variance in LEARNED and name not in LEARNED_VARIANCE:
+        raise BackboneLoadError(
+            f"{folder.path / 'scheduler' / 'scheduler_config.json'}: variance_type {variance!r} with {name}, which "
+            f"cannot step on the model's (eps, variance) output (LattePipeline fails on it too); remove variance_type, "
+            f"or use one of {list(LEARNED_VARIANCE)}")
+
+
 def load_latte(path: Path, options: dict[str, str], spec: str, device: torch.device):
     from diffusers import AutoencoderKL, LattePipeline, LatteTransformer3DModel
     from transformers import T5EncoderModel
@@ -84,6 +124,7 @@ def load_latte(path: Path, options: dict[str, str], spec: str, device: torch.dev
     folder = TransformerFolder.load("latte", path, options, spec, device, LatteOptions, LatteTransformer3DModel,
                                     AutoencoderKL)
     opts, cfg = folder.opts, folder.transformer.config
+    check_variance(folder)
     null = folder.null_prompt(LattePipeline, T5EncoderModel, cfg.caption_channels, clean_caption=False,
                               mask_feature=True)
     length = int(cfg.video_length)

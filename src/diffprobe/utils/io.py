@@ -17,11 +17,19 @@ from typing import Any
 from diffprobe.errors import FileProblem, MissingFile
 
 
+def _open_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file under the process's umask (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on clean exit it is fsynced and renamed onto ``path``.
 
     ``suffix`` keeps the extension for writers that infer the format from the name (defaults to ``path``'s).
+    The file ends with the mode ``open()`` would give it (umask respected) whatever the writer did to the temp file.
     On an exception the temp file is removed and ``path`` is left untouched.
     """
     path = Path(path)
@@ -30,13 +38,13 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
                                dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
+    mode = _open_mode()
+    os.chmod(tmp_path, mode)  # mkstemp creates 0600; give the file the permissions open() would
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, mode)  # again: a writer may have replaced the file (safetensors' save_file makes it 0600)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
