@@ -232,3 +232,23 @@ class _SeqOf(ClipSequence):
 
     def read(self, index: int) -> dict:
         return {"video": self.videos[index].numpy()}
+
+
+def test_probe_and_extract_take_a_pool_from_another_folder(tmp_path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from diffprobe.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    data = "probeworld:tiny@train_size=12,val_size=6,test_size=6"
+    common = ["--backbone", "pixels@patch=8", "--block", "0", "--dataset", data, "--cache", "cache", "--quiet"]
+    out = CliRunner().invoke(main, ["extract", *common, "--pool", "2X2"])
+    assert out.exit_code == 0, out.output
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*_pool2x2")) == ["block0_t0_seed0_pool2x2"] * 3
+    probe = ["probe", "--task", "action", *common, "--set", "steps=4", "--set", "eval_every=0"]
+    pooled = CliRunner().invoke(main, [*probe, "--pool", "2x2"])
+    assert pooled.exit_code == 0 and "pixels-p8-u1+pool2x2 block 0" in pooled.output, pooled.output
+    plain = CliRunner().invoke(main, probe)  # not the pooled cell: trained and stored apart
+    assert plain.exit_code == 0 and "already in" not in plain.output and "pixels-p8-u1 block 0" in plain.output
+    bad = CliRunner().invoke(main, [*probe, "--pool", "2"])
+    assert bad.exit_code == 2 and "pool '2': expected HxW or TxHxW" in bad.output
