@@ -70,7 +70,7 @@ def human_bytes(n: float) -> str:
     """``n`` bytes in decimal units, three significant digits (``61.4 kB``, ``1.23 GB``)."""
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+            return f"{n:.0f} {unit}" if unit == "B" or n >= 1000 else f"{n:.3g} {unit}"
         n /= 1000
     raise AssertionError("unreachable")
 
