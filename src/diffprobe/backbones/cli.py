@@ -4,6 +4,8 @@ conditioning right?)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from diffprobe.backbones.base import T_MAX
@@ -23,18 +25,82 @@ def backbone_group() -> None:
               help="Clip length to report the grids for.")
 @click.option("--size", type=click.IntRange(min=1), default=32, show_default=True, help="Frame side in pixels.")
 @click.option("--device", default="auto", show_default=True)
-def info_cmd(spec: str, frames: int, size: int, device: str) -> None:
+@click.option("--estimate", is_flag=True, help="Also print the weights' bytes, one forward's activation memory and "
+              "the feature cache's bytes per clip (and for --clips clips) at each block.")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Clips in the forward whose activations --estimate counts (default: extraction's batch).")
+@click.option("--clips", type=click.IntRange(min=1), default=None,
+              help="With --estimate: the cache of an extraction of this many clips, per noise level.")
+def info_cmd(spec: str, frames: int, size: int, device: str, estimate: bool, batch: int | None,
+             clips: int | None) -> None:
     """Print the backbone's identity and, for a clip of FRAMES x SIZE x SIZE, every block's token grid (T_f, H_f,
-    W_f) and channel count."""
-    from diffprobe.backbones.registry import block_shapes, load_backbone
+    W_f) and channel count, computed on fake tensors (shapes only, no compute) where the kind allows it."""
+    from diffprobe.backbones.registry import load_backbone
+    from diffprobe.backbones.shapes import forward_shapes
+    from diffprobe.utils.imports import import_target
     from diffprobe.utils.runtime import resolve_device
 
+    if not estimate and (batch is not None or clips is not None):
+        raise InputError("--batch and --clips go with --estimate")
     rb = load_backbone(spec, resolve_device(device))
     sees = "each frame alone" if rb.mode == "image" else "the whole clip"
-    click.echo(f"{spec}\n  identity  {rb.backbone.identity}\n  mode      {rb.mode} (sees {sees})\n"
-               f"  blocks    0..{rb.backbone.num_blocks} for a {frames} x {size} x {size} clip:")
-    for block, shape in block_shapes(rb.backbone, frames, size, size).items():
-        click.echo(f"  block {block:>3}  tokens {shape[0]:>3} x {shape[1]:>3} x {shape[2]:>3}  channels {shape[3]}")
+    click.echo(f"{spec}\n  identity  {rb.backbone.identity}\n  mode      {rb.mode} (sees {sees})")
+    if not estimate:
+        fwd = forward_shapes(rb.backbone, frames, size, size)
+        click.echo(f"  blocks    0..{rb.backbone.num_blocks} for a {frames} x {size} x {size} clip "
+                   f"({_HOW[fwd.fake]}):")
+        for block, shape in fwd.shapes.items():
+            click.echo(f"  block {block:>3}  tokens {shape[0]:>3} x {shape[1]:>3} x {shape[2]:>3}  channels {shape[3]}")
+        return
+    from diffprobe.backbones.shapes import estimate as estimate_of
+
+    # the extraction's defaults, read where they are declared (a later stage; read by name, not imported)
+    batch = batch or import_target("diffprobe.features.extract:EXTRACT_BATCH")
+    feature_dtype = import_target("diffprobe.features.extract:FEATURE_DTYPE")
+    for line in estimate_lines(estimate_of(rb.backbone, frames, size, size, batch, feature_dtype, clips), frames,
+                               size, str(feature_dtype).removeprefix("torch.")):
+        click.echo(line)
+
+
+_HOW = {True: "shapes on fake tensors, nothing computed", False: "a real forward: this kind cannot run on fake "
+        "tensors"}
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes in decimal units, three significant digits (``61.4 kB``, ``1.23 GB``)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" or n >= 1000 else f"{n:.3g} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def estimate_lines(est: Any, frames: int, size: int, feature_dtype: str) -> list[str]:
+    """The ``backbone info --estimate`` table of an :class:`~diffprobe.backbones.shapes.Estimate`."""
+    fwd = est.forward
+    if fwd.fake:
+        act = (f"peak of the tensors alive at once in one forward of {est.batch} clip(s) on fake tensors (inputs, "
+               "activations and returned features; weights, allocator slack and kernel workspace not counted)")
+    else:
+        act = (f"LOWER BOUND: the blocks' outputs for {est.batch} clip(s) only (this kind cannot run on fake "
+               "tensors, so the intermediate tensors were not counted)")
+    cache = f"{est.clips} clips" if est.clips is not None else "-"
+    lines = [f"  weights      {human_bytes(est.weight_bytes):>9}  {est.parameters:,} parameters in "
+             f"{'/'.join(est.weight_dtypes) or 'none'}",
+             f"  activations  {human_bytes(est.activation_bytes):>9}  {act}",
+             f"  blocks 0..{len(fwd.shapes) - 1} for a {frames} x {size} x {size} clip ({_HOW[fwd.fake]}); features "
+             f"per (block, t) in {feature_dtype}:",
+             f"  {'block':>5}  {'tokens T x H x W':>17}  {'channels':>8}  {'per clip':>9}  {'cache ' + cache:>14}"]
+    for block, shape in fwd.shapes.items():
+        per_cache = est.cache_bytes(block)
+        lines.append(f"  {block:>5}  {shape[0]:>5} x {shape[1]:>3} x {shape[2]:>3}  {shape[3]:>8}  "
+                     f"{human_bytes(est.feature_bytes[block]):>9}  "
+                     f"{human_bytes(per_cache) if per_cache is not None else '-':>14}")
+    total = sum(est.feature_bytes.values())
+    lines.append(f"  {'all':>5}  {'':>17}  {'':>8}  {human_bytes(total):>9}  "
+                 f"{human_bytes(total * est.clips) if est.clips is not None else '-':>14}  (one noise level, every "
+                 "block; x the noise levels of a sweep)")
+    return lines
 
 
 @backbone_group.command("check")

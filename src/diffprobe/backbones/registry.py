@@ -25,6 +25,7 @@ import torch
 
 from diffprobe.backbones.base import Backbone
 from diffprobe.backbones.pixels import PixelBackbone, PixelOptions
+from diffprobe.backbones.shapes import forward_shapes
 from diffprobe.backbones.walt import LatentBackbone, WALTBackbone
 from diffprobe.config import Config
 from diffprobe.data.dataset import ClipDataset
@@ -178,13 +179,10 @@ BACKBONES: dict[str, Factory] = {
 
 
 def block_shapes(backbone: Backbone, frames: int, height: int, width: int) -> dict[int, tuple[int, ...]]:
-    """``{block: (T_f, H_f, W_f, C)}`` of every block for one clip of ``frames x height x width`` (a forward pass
-    on a grey clip at t = 0): what ``diffprobe backbone info`` prints."""
-    video = torch.full((1, frames, height, width, 3), 128, dtype=torch.uint8, device=backbone.device)
-    blocks = list(range(backbone.num_blocks + 1))
-    with torch.no_grad():
-        feats = backbone.features(video, torch.zeros(1, dtype=torch.long), blocks, 0.0, 0)
-    return {b: tuple(feats[b].shape[1:]) for b in blocks}
+    """``{block: (T_f, H_f, W_f, C)}`` of every block for one clip of ``frames x height x width``: a forward on
+    fake tensors (shapes only, no compute; a real forward on a grey clip for a kind that cannot run fake, see
+    :mod:`diffprobe.backbones.shapes`). What ``diffprobe backbone info`` prints."""
+    return forward_shapes(backbone, frames, height, width).shapes
 
 
 #: kinds whose only block is 0 and that ignore the noise level: a study reads them at block 0, t 0
