@@ -113,6 +113,12 @@ def test_pixels_estimate_by_hand() -> None:
                            *human_bytes(1000 * per_clip).split()]
     assert human_bytes(per_clip) == "61.4 kB" and "0 parameters" in result.output and "fake tensors" in result.output
     assert human_bytes(est.activation_bytes) in result.output
+    pooled = CliRunner().invoke(main, ["backbone", "info", "pixels@patch=8,tubelet=2", "--estimate", "--clips",
+                                       "1000", "--pool", "1x2x2"])
+    row = next(line for line in pooled.output.splitlines() if line.split()[:1] == ["0"])
+    per_pooled = 1 * 2 * 2 * 384 * 2  # the cache holds the pooled grid: 1 x 2 x 2 tokens
+    assert pooled.exit_code == 0 and "pooled to 1x2x2" in pooled.output
+    assert row.split()[-4:] == [*human_bytes(per_pooled).split(), *human_bytes(1000 * per_pooled).split()]
 
 
 def test_walt_estimate_by_hand(walt, tmp_path_factory) -> None:

@@ -20,8 +20,14 @@ def _layer(part: str) -> int:
     return next(i for i, names in enumerate(LAYERS) if part in names)
 
 
+#: a stage's command-line module is an entry point: it sits above every stage, as the top-level cli does
+ENTRY_POINTS = ("cli.py", "probe_cli.py", "config_cli.py")
+
+
 def _part(path: Path) -> str:
     rel = path.relative_to(SRC)
+    if rel.name in ENTRY_POINTS:
+        return "cli"
     return rel.parts[0] if len(rel.parts) > 1 else rel.stem
 
 

@@ -10,7 +10,7 @@ import click
 
 from diffprobe.backbones.base import T_MAX
 from diffprobe.errors import InputError
-from diffprobe.utils.cliopts import dataset_option
+from diffprobe.utils.cliopts import dataset_option, pool_option
 
 
 @click.group("backbone")
@@ -31,17 +31,20 @@ def backbone_group() -> None:
               help="Clips in the forward whose activations --estimate counts (default: extraction's batch).")
 @click.option("--clips", type=click.IntRange(min=1), default=None,
               help="With --estimate: the cache of an extraction of this many clips, per noise level.")
+@pool_option
 def info_cmd(spec: str, frames: int, size: int, device: str, estimate: bool, batch: int | None,
-             clips: int | None) -> None:
+             clips: int | None, pool: str) -> None:
     """Print the backbone's identity and, for a clip of FRAMES x SIZE x SIZE, every block's token grid (T_f, H_f,
     W_f) and channel count, computed on fake tensors (shapes only, no compute) where the kind allows it."""
     from diffprobe.backbones.registry import load_backbone
     from diffprobe.backbones.shapes import forward_shapes
-    from diffprobe.utils.imports import import_target
+    from diffprobe.features.extract import EXTRACT_BATCH, FEATURE_DTYPE
+    from diffprobe.features.pooling import Pool
     from diffprobe.utils.runtime import resolve_device
 
-    if not estimate and (batch is not None or clips is not None):
-        raise InputError("--batch and --clips go with --estimate")
+    if not estimate and (batch is not None or clips is not None or pool):
+        raise InputError("--batch, --clips and --pool go with --estimate")
+    pooled = Pool.parse(pool).shape if pool else None
     rb = load_backbone(spec, resolve_device(device))
     sees = "each frame alone" if rb.mode == "image" else "the whole clip"
     click.echo(f"{spec}\n  identity  {rb.backbone.identity}\n  mode      {rb.mode} (sees {sees})")
@@ -54,11 +57,10 @@ def info_cmd(spec: str, frames: int, size: int, device: str, estimate: bool, bat
         return
     from diffprobe.backbones.shapes import estimate as estimate_of
 
-    # the extraction's defaults, read where they are declared (a later stage; read by name, not imported)
-    batch = batch or import_target("diffprobe.features.extract:EXTRACT_BATCH")
-    feature_dtype = import_target("diffprobe.features.extract:FEATURE_DTYPE")
-    for line in estimate_lines(estimate_of(rb.backbone, frames, size, size, batch, feature_dtype, clips), frames,
-                               size, str(feature_dtype).removeprefix("torch.")):
+    batch = batch or EXTRACT_BATCH  # the extraction's defaults
+    est = estimate_of(rb.backbone, frames, size, size, batch, FEATURE_DTYPE, clips, pooled)
+    dtype = str(FEATURE_DTYPE).removeprefix("torch.") + (f", pooled to {Pool.parse(pool)}" if pool else "")
+    for line in estimate_lines(est, frames, size, dtype):
         click.echo(line)
 
 

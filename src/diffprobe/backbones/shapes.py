@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -154,12 +155,14 @@ class Estimate:
 
 
 def estimate(backbone: Backbone, frames: int, height: int, width: int, batch: int, feature_dtype: torch.dtype,
-             clips: int | None = None) -> Estimate:
+             clips: int | None = None, cached: Callable[[tuple[int, ...]], tuple[int, ...]] | None = None
+             ) -> Estimate:
     """Weights, one forward's activations for ``batch`` clips, and feature (cache) bytes per clip per (block, t) at
-    ``feature_dtype``, for clips of ``frames x height x width``; nothing is computed where the kind runs fake."""
+    ``feature_dtype``, for clips of ``frames x height x width``; nothing is computed where the kind runs fake.
+    ``cached`` maps a block's shape to the shape the cache holds (token pooling); None: the block's own."""
     forward = forward_shapes(backbone, frames, height, width, batch)
     params = parameters(backbone)
     dtypes = tuple(sorted({str(p.dtype).removeprefix("torch.") for p in params}))
-    features = {b: math.prod(s) * feature_dtype.itemsize for b, s in forward.shapes.items()}
+    features = {b: math.prod(cached(s) if cached else s) * feature_dtype.itemsize for b, s in forward.shapes.items()}
     return Estimate(forward, batch, sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params),
                     dtypes, features, clips)

@@ -36,13 +36,18 @@ class Pool:
     def __str__(self) -> str:
         return "x".join(str(n) for n in (self.frames, self.height, self.width) if n is not None)
 
-    def __call__(self, feats: torch.Tensor) -> torch.Tensor:
-        """``(n, T_f, H_f, W_f, C)`` -> ``(n, T', height, width, C)``; a grid smaller than the pooled one is an
-        error (pooling only averages)."""
-        n, t, h, w, c = feats.shape
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """A clip's pooled feature shape ``(T', height, width, C)`` from ``(T_f, H_f, W_f, C)``; a grid smaller than
+        the pooled one is an error (pooling only averages)."""
+        t, h, w, c = shape
         frames = t if self.frames is None else self.frames
         if frames > t or self.height > h or self.width > w:
             raise InputError(f"pool {self}: the features' grid is {t}x{h}x{w}; pooling can only make it smaller")
+        return frames, self.height, self.width, c
+
+    def __call__(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(n, T_f, H_f, W_f, C)`` -> ``(n, T', height, width, C)`` (see :meth:`shape`)."""
+        frames, height, width, _ = self.shape(tuple(feats.shape[1:]))
         x = feats.permute(0, 4, 1, 2, 3).float()  # (n, C, T_f, H_f, W_f)
-        pooled = F.adaptive_avg_pool3d(x, (frames, self.height, self.width))  # (n, C, T', h, w)
+        pooled = F.adaptive_avg_pool3d(x, (frames, height, width))  # (n, C, T', h, w)
         return pooled.permute(0, 2, 3, 4, 1).to(feats.dtype)  # (n, T', h, w, C)
