@@ -20,6 +20,7 @@ from diffprobe.backbones.registry import block_shapes, load_backbone
 from diffprobe.backbones.shapes import estimate, forward_shapes
 from diffprobe.cli import main
 from diffprobe.features.extract import EXTRACT_BATCH, FEATURE_DTYPE
+from diffprobe.models.embeddings import _sincos_table
 
 CPU = torch.device("cpu")
 
@@ -59,6 +60,17 @@ def test_walt_fake_shapes_equal_the_real_forward_and_compute_nothing(walt) -> No
     _real_shapes(walt, 9)
     handle.remove()
     assert seen_real and not any(seen_real)  # the hook can tell a real forward
+
+
+def test_a_table_first_made_under_fake_tensors_is_cached_real() -> None:
+    """A cache filled during a shapes-only forward must not hand fake tensors to the real forwards after it."""
+    from diffprobe.backbones.shapes import _LiveBytes
+
+    _sincos_table.cache_clear()
+    with _LiveBytes():
+        _sincos_table(2, 3, 3, 8, CPU, torch.float32)
+    table = _sincos_table(2, 3, 3, 8, CPU, torch.float32)
+    assert not isinstance(table, FakeTensor) and table.shape == (2, 3, 3, 8) and torch.isfinite(table).all()
 
 
 def test_sd_fake_shapes_equal_the_real_forward_and_compute_nothing(tmp_path_factory) -> None:
@@ -144,7 +156,7 @@ def test_info_without_estimate_and_mistakes(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "block   0  tokens   5 x   4 x   4  channels 384" in result.output
     assert "weights" not in result.output
     result = CliRunner().invoke(main, ["backbone", "info", "pixels", "--clips", "10"])
-    assert result.exit_code == 2 and "Error: --batch and --clips go with --estimate" in result.output
+    assert result.exit_code == 2 and "Error: --batch, --clips and --pool go with --estimate" in result.output
     result = CliRunner().invoke(main, ["backbone", "info", "pixels@patch=5", "--estimate"])
     assert result.exit_code == 2 and "5x5 px patches" in result.output  # a user's mistake is raised, not a fallback
 

@@ -7,6 +7,7 @@ import math
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 
 def sinusoidal_embedding(x: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -101,5 +102,7 @@ class SpaceTimePosEmbed(nn.Module):
 def _sincos_table(t: int, h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """:func:`spacetime_sincos` made once per grid, device and dtype (built on the CPU; copying it to an accelerator
     at every forward would make the host wait for the copy at every training step)."""
-    with torch.inference_mode(False), torch.no_grad():  # a plain tensor, whichever mode the first call came from
+    # a plain tensor, whichever mode the first call came from (inference, or the fake tensors of backbone shapes:
+    # a cached fake table would reach every later real forward)
+    with torch.inference_mode(False), torch.no_grad(), unset_fake_temporarily():
         return spacetime_sincos(t, h, w, dim).to(device=device, dtype=dtype)  # (T, H, W, D)
