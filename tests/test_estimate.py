@@ -124,3 +124,16 @@ def test_pixel_cells_count_their_probes_and_no_extraction() -> None:
     finer = {s.name: s for s in estimate_study(cfg.replace(backbones={**without, "pixels": "pixels@patch=4,tubelet=2"})
                                                ).stages}["probes"]
     assert less["probes"].flops < full["probes"].flops < finer.flops
+
+
+def test_the_feature_cache_is_counted_by_hand() -> None:
+    """Two pixels backbones, one task, no sweeps: each feature set's bytes are clips x grid x channels x fp16."""
+    cfg = StudyConfig.preset("tiny").replace(
+        backbones={"a": "pixels@patch=8,tubelet=2", "b": "pixels@patch=4"}, reference=("a", "b"), control="",
+        tasks=("action",), sweep_tasks=(), noise_sweep=(), block_sweep=(), budget_steps=(), sizes={})
+    clips = sum(cfg.probe_clips.values())
+    a = 5 * 4 * 4 * (2 * 8 * 8 * 3)  # 9 frames at tubelet 2 (frame 0 repeated): 5 x 4 x 4 tokens of 384
+    b = 9 * 8 * 8 * (4 * 4 * 3)
+    assert estimate_study(cfg).feature_bytes == clips * (a + b) * 2
+    tiny = estimate_study(StudyConfig.preset("tiny"))
+    assert 0.9e9 < tiny.feature_bytes < 1.3e9  # the default study's cache held 1.11 GB of feature shards

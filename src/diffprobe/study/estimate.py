@@ -29,12 +29,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diffprobe.backbones.registry import block_shapes, load_backbone
 from diffprobe.data.registry import open_dataset
-from diffprobe.features.extract import EXTRACT_BATCH
+from diffprobe.features.extract import EXTRACT_BATCH, FEATURE_DTYPE
 from diffprobe.metrics.i3d import I3D
 from diffprobe.models import WALT, CausalAutoencoder
 from diffprobe.readouts.queries import BoxQueries, PointQueries
 from diffprobe.study.config import TOKENIZER, TWINS, StudyConfig
-from diffprobe.study.plan import bank_groups, plan_jobs
+from diffprobe.study.plan import Job, bank_groups, plan_jobs, twin_dirs
 from diffprobe.tasks import TASKS, Task, TaskContext, make_task
 from diffprobe.tasks.probe_config import ProbeConfig, bank_size, eval_batch
 from diffprobe.tasks.roles import task_context, task_roles
@@ -73,6 +73,8 @@ class StageCost:
 class StudyCost:
     stages: tuple[StageCost, ...]
     uncounted: tuple[str, ...]  #: backbones whose cost is not estimated (external models)
+    #: bytes the study's own backbones' features take in the cache (every extraction group, at FEATURE_DTYPE)
+    feature_bytes: float = 0.0
 
     @property
     def flops(self) -> float:
@@ -159,27 +161,37 @@ def estimate_study(cfg: StudyConfig, run_dir: str | Path = "runs/estimate") -> S
     views = {key[-1] for key in groups}  # the tokenizer's latents are cached once per view of the clips
     extract = sum(clips * encode * (latent[1] if view == "clip" else 1) / latent[1] for view in views)
     forward: dict[tuple[str, int], float] = {}  # (backbone, latent frames) -> FLOPs of one full denoiser forward
+    image = {j.backbone for j in own if _image_twin(cfg, j, Path(run_dir))}
     for (backbone, kind, _, _, view), block in groups.items():
-        frames_in = latent[1] if view == "clip" else 1
+        # an image twin reads each frame alone: the clip's frames as samples of one latent frame each
+        frames_in, samples = (1, frames if view == "clip" else 1) if backbone in image else (
+            latent[1] if view == "clip" else 1, 1)
         if OWN_KINDS[kind][1]:
             if (backbone, frames_in) not in forward:
                 forward[backbone, frames_in] = count_flops(lambda m=walts[backbone]: WALT(m), lambda f=frames_in: (
                     torch.zeros(1, latent[0], f, *latent[2:]), torch.zeros(1)), backward=False)
-            extract += clips * forward[backbone, frames_in] * block / walts[backbone].depth
+            extract += clips * samples * forward[backbone, frames_in] * block / walts[backbone].depth
     batches = len(groups) * math.ceil(clips / EXTRACT_BATCH)
     stages.append(StageCost("extract", extract, batches, f"{len(groups)} extraction groups x {clips} clips"))
-    probe_flops, probe_steps, banks = _probe_flops(cfg, own, walts, latent, clip)
+    probe_flops, probe_steps, banks, feature_bytes = _probe_flops(cfg, own, walts, latent, clip, Path(run_dir))
     grid = len(cfg.probe.readout.learning_rates) * len(cfg.probe.readout.weight_decays)
     stages.append(StageCost("probes", probe_flops, probe_steps,
                             f"{len(own)} cells x {grid} probes in {banks} banks x {cfg.probe.steps} steps x batch "
                             f"{cfg.probe.batch_size}"))
-    return StudyCost(tuple(stages), tuple(uncounted))
+    return StudyCost(tuple(stages), tuple(uncounted), feature_bytes)
+
+
+def _image_twin(cfg: StudyConfig, job: Job, run_dir: Path) -> bool:
+    """Whether a job reads one of the study's image twins (every frame its own sample: a latent frame per frame)."""
+    return job.spec.kind == "walt" and job.spec.path in {
+        str(d) for (_, mode), d in twin_dirs(cfg, run_dir).items() if mode == "image"}
 
 
 def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, int, int, int],
-                 clip: tuple[int, int, int, int]) -> tuple[float, int, int]:
+                 clip: tuple[int, int, int, int], run_dir: Path) -> tuple[float, int, int, float]:
     """FLOPs of training and evaluating every probe of every cell, the vectorised steps that run them (each bank's
-    training steps and evaluation batches) and the number of banks."""
+    training steps and evaluation batches), the number of banks, and the bytes of the features they read from the
+    cache (each (backbone, step, block, t, noise seed, view, clips) once)."""
     p = cfg.probe
     grid_size = len(p.readout.learning_rates) * len(p.readout.weight_decays)
     rounds = p.steps // p.eval_every if p.eval_every else 0
@@ -188,11 +200,14 @@ def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, i
     per_probe: dict[tuple, float] = {}  # the same -> FLOPs of one probe's training and evaluation
     pixel_shapes: dict[tuple[str, str], tuple[int, ...]] = {}  # (pixels spec, view) -> (T_f, H_f, W_f, C)
     total, steps, banks = 0.0, 0, 0
+    cached: dict[tuple, float] = {}  # one feature set's key -> its bytes in the cache
+    clips_all = sum(cfg.probe_clips.values())
+    item = FEATURE_DTYPE.itemsize
     for ids in bank_groups(cfg, jobs):
         shapes: dict[tuple, int] = {}  # (task, C, grid) -> cells: run_probes trains one bank per feature shape
         for j in (jobs[i] for i in ids):
             task = tasks[j.task]
-            frames_in = latent[1] if task.view == "clip" else 1
+            frames_in = 1 if task.view != "clip" else clip[1] if _image_twin(cfg, j, run_dir) else latent[1]
             reads_latents, runs_denoiser = OWN_KINDS[j.spec.kind]
             if not reads_latents:  # the pixels: its grid from a grey clip (a reshape), once per spec and view
                 key = (j.spec, task.view)
@@ -207,6 +222,8 @@ def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, i
                 m = walts[j.backbone]
                 dim, grid = m.hidden_size, (frames_in, latent[2] // m.patch_size, latent[3] // m.patch_size)
             shapes[j.task, dim, grid] = shapes.get((j.task, dim, grid), 0) + 1
+            roles = tuple(sorted(cfg.roles(j.task).items()))
+            cached[j.spec, j.block, j.t, j.noise_seed, task.view, roles] = clips_all * math.prod(grid) * dim * item
         for (name, dim, grid), cells in shapes.items():
             task = tasks[name]
             key = (name, dim, grid)
@@ -222,7 +239,7 @@ def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, i
                 banks += 1
             for lo in range(0, cells, size):  # the chosen probe of every cell, on test
                 steps += math.ceil(cfg.probe_clips["test"] / eval_batch(p, (*grid, dim), min(size, cells - lo)))
-    return total, steps, banks
+    return total, steps, banks, sum(cached.values())
 
 
 def _probe_pass(task: Task, p: ProbeConfig, dim: int, grid: tuple[int, int, int], batch: int,
@@ -258,6 +275,10 @@ def format_estimate(cost: StudyCost, peak: float, mfu: float, step_seconds: floa
         lines.append(f"{s.name:<20}{s.flops / 1e15:>12.3f}{s.steps:>12,}{minutes[s.name]:>10.1f}  {s.detail}")
     lines.append(f"{'total':<20}{cost.flops / 1e15:>12.3f}{sum(s.steps for s in cost.stages):>12,}"
                  f"{minutes['total']:>10.1f}")
+    lines.append(f"feature cache: {cost.feature_bytes / 1e9:.3g} GB of the study's own backbones' features (every "
+                 f"extraction group at {str(FEATURE_DTYPE).removeprefix('torch.')}; the clips' and latents' caches "
+                 f"are extra)")
     if cost.uncounted:
-        lines.append(f"not counted (external backbones): {', '.join(cost.uncounted)}")
+        lines.append(f"not counted (external backbones; `diffprobe backbone info SPEC --estimate --clips N` gives "
+                     f"their cache): {', '.join(cost.uncounted)}")
     return "\n".join(lines)
