@@ -252,3 +252,13 @@ def test_probe_and_extract_take_a_pool_from_another_folder(tmp_path, monkeypatch
     assert plain.exit_code == 0 and "already in" not in plain.output and "pixels-p8-u1 block 0" in plain.output
     bad = CliRunner().invoke(main, [*probe, "--pool", "2"])
     assert bad.exit_code == 2 and "pool '2': expected HxW or TxHxW" in bad.output
+
+
+def test_a_corrupt_shard_left_on_disk_is_an_error_naming_it(tmp_path) -> None:
+    bb = NoisyMeanBackbone()
+    cache = FeatureCache(tmp_path / "cache")
+    key = FeatureKey("noisy-mean", "toy", "val", "clip", block=0, t=0.0, noise_seed=0)
+    cache.shard_path(key, 0).parent.mkdir(parents=True)
+    cache.shard_path(key, 0).write_bytes(b"not a shard")
+    with pytest.raises(FileProblem, match=r"shard-00000.safetensors: not a readable feature shard.*\(delete"):
+        extract_features(bb.features, bb.device, _videos, 10, key, [0], cache, progress=False)

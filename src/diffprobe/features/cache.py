@@ -82,6 +82,19 @@ class FeatureCache:
         save_tensors(self.shard_path(key, shard), {"index": index.long(), "features": features},
                      metadata={"key": str(asdict(key))})
 
+    def shard_header(self, key: FeatureKey, shard: int) -> tuple[int, tuple[int, ...]]:
+        """``(clips, feature shape (T_f, H_f, W_f, C))`` of one written shard, from its header (no data read);
+        errors name the file."""
+        from safetensors import safe_open
+
+        path = self.shard_path(key, shard)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return f.get_slice("index").get_shape()[0], tuple(f.get_slice("features").get_shape()[1:])
+        except Exception as e:  # safetensors raises its own error types; re-raise naming the file
+            raise FileProblem(f"{path}: not a readable feature shard: {e} (delete {self.path(key)} to extract it "
+                              "again)") from e
+
     def read_shard(self, key: FeatureKey, shard: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(index (n,), features (n, T_f, H_f, W_f, C))`` of one written shard; errors name the file."""
         return read_shard(self.shard_path(key, shard))

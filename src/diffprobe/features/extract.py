@@ -50,7 +50,7 @@ def shard_clips(shape: Sequence[int], dtype: torch.dtype, shard_size: int = SHAR
     """Clips in each shard of features of one clip's ``shape`` (T_f, H_f, W_f, C) in ``dtype``: the largest power of
     two within ``shard_size`` clips and ``shard_bytes`` bytes (at least 1). Powers of two make every block's shards
     whole parts of the largest one's, so the blocks of one pass fill and write their shards in step."""
-    clip_bytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    clip_bytes = math.prod(shape) * dtype.itemsize
     most = max(1, min(shard_size, shard_bytes // clip_bytes))
     return 1 << (most.bit_length() - 1)
 
@@ -146,11 +146,10 @@ class _Fitting:
         except torch.OutOfMemoryError:
             if len(ids) == 1:
                 raise
-            half = (len(ids) + 1) // 2
-            if half < self.size:
-                tqdm.write(f"extract {self.key.backbone}: out of device memory at {len(ids)} clips a forward; going on "
-                           f"at {half}", file=sys.stderr)
-                self.size = half
+            # a piece never holds more than the size of its time, so half of it is smaller: go on at that
+            self.size = (len(ids) + 1) // 2
+            tqdm.write(f"extract {self.key.backbone}: out of device memory at {len(ids)} clips a forward; going on at "
+                       f"{self.size}", file=sys.stderr)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             return self(inputs, ids, blocks)
@@ -199,11 +198,10 @@ def check_disk(cache: FeatureCache, features: Sequence[tuple[FeatureKey, tuple[i
     """Before an extraction writes: the features still to write (each key's shape, ``num_clips`` clips, less its
     shards already on disk) fit the free space of the cache's disk, else an :class:`~diffprobe.errors.InputError`
     naming the needed and free GB."""
-    size = torch.empty((), dtype=dtype).element_size()
     needed = 0
     for key, shape in features:
         written = sum(f.stat().st_size for f in cache.path(key).glob("shard-*.safetensors"))
-        needed += max(0, num_clips * math.prod(shape) * size - written)
+        needed += max(0, num_clips * math.prod(shape) * dtype.itemsize - written)
     root = cache.root
     while not root.exists():  # the cache may not exist yet: its nearest existing folder's disk
         root = root.parent
@@ -214,28 +212,20 @@ def check_disk(cache: FeatureCache, features: Sequence[tuple[FeatureKey, tuple[i
 
 
 def _shard0_shape(cache: FeatureCache, key: FeatureKey) -> tuple[int, ...] | None:
-    """The feature shape (T_f, H_f, W_f, C) of ``key``'s shard 0 from its header (no data read); None: not on disk."""
-    from safetensors import safe_open
-
-    if not cache.has_shard(key, 0):
-        return None
-    with safe_open(str(cache.shard_path(key, 0)), framework="pt") as f:
-        return tuple(f.get_slice("features").get_shape()[1:])
+    """The feature shape (T_f, H_f, W_f, C) of ``key``'s shard 0 from its header; None: not on disk."""
+    return cache.shard_header(key, 0)[1] if cache.has_shard(key, 0) else None
 
 
 def _check_grid(cache: FeatureCache, key: FeatureKey, size: int, num_clips: int) -> None:
     """A shard on disk from an earlier run must hold the clips this run's shard of that number holds (shards cut at
     another size, by an earlier version, cannot be resumed): an error naming the folder otherwise."""
-    from safetensors import safe_open
-
     for shard in range(-(-num_clips // size)):
         if cache.has_shard(key, shard):
-            path = cache.shard_path(key, shard)
-            with safe_open(str(path), framework="pt") as f:
-                rows = f.get_slice("index").get_shape()[0]
+            rows = cache.shard_header(key, shard)[0]
             if rows != min(num_clips, (shard + 1) * size) - shard * size:
-                raise FileProblem(f"{path}: holds {rows} clips, not the {size} a shard of these features holds now "
-                                  f"(written by another version); delete {cache.path(key)} to extract it again")
+                raise FileProblem(f"{cache.shard_path(key, shard)}: holds {rows} clips, not the {size} a shard of "
+                                  f"these features holds now (written by another version); delete "
+                                  f"{cache.path(key)} to extract it again")
 
 
 def _check_shards(cache: FeatureCache, keys: Sequence[FeatureKey], num_clips: int,

@@ -34,7 +34,7 @@ from diffprobe.metrics.i3d import I3D
 from diffprobe.models import WALT, CausalAutoencoder
 from diffprobe.readouts.queries import BoxQueries, PointQueries
 from diffprobe.study.config import TOKENIZER, TWINS, StudyConfig
-from diffprobe.study.plan import Job, bank_groups, plan_jobs, twin_dirs
+from diffprobe.study.plan import bank_groups, plan_jobs, twin_dirs
 from diffprobe.tasks import TASKS, Task, TaskContext, make_task
 from diffprobe.tasks.probe_config import ProbeConfig, bank_size, eval_batch
 from diffprobe.tasks.roles import task_context, task_roles
@@ -161,7 +161,8 @@ def estimate_study(cfg: StudyConfig, run_dir: str | Path = "runs/estimate") -> S
     views = {key[-1] for key in groups}  # the tokenizer's latents are cached once per view of the clips
     extract = sum(clips * encode * (latent[1] if view == "clip" else 1) / latent[1] for view in views)
     forward: dict[tuple[str, int], float] = {}  # (backbone, latent frames) -> FLOPs of one full denoiser forward
-    image = {j.backbone for j in own if _image_twin(cfg, j, Path(run_dir))}
+    image_dirs = {str(d) for (_, mode), d in twin_dirs(cfg, Path(run_dir)).items() if mode == "image"}
+    image = {j.backbone for j in own if j.spec.kind == "walt" and j.spec.path in image_dirs}  # the image twins
     for (backbone, kind, _, _, view), block in groups.items():
         # an image twin reads each frame alone: the clip's frames as samples of one latent frame each
         frames_in, samples = (1, frames if view == "clip" else 1) if backbone in image else (
@@ -173,7 +174,7 @@ def estimate_study(cfg: StudyConfig, run_dir: str | Path = "runs/estimate") -> S
             extract += clips * samples * forward[backbone, frames_in] * block / walts[backbone].depth
     batches = len(groups) * math.ceil(clips / EXTRACT_BATCH)
     stages.append(StageCost("extract", extract, batches, f"{len(groups)} extraction groups x {clips} clips"))
-    probe_flops, probe_steps, banks, feature_bytes = _probe_flops(cfg, own, walts, latent, clip, Path(run_dir))
+    probe_flops, probe_steps, banks, feature_bytes = _probe_flops(cfg, own, walts, latent, clip, image)
     grid = len(cfg.probe.readout.learning_rates) * len(cfg.probe.readout.weight_decays)
     stages.append(StageCost("probes", probe_flops, probe_steps,
                             f"{len(own)} cells x {grid} probes in {banks} banks x {cfg.probe.steps} steps x batch "
@@ -181,17 +182,12 @@ def estimate_study(cfg: StudyConfig, run_dir: str | Path = "runs/estimate") -> S
     return StudyCost(tuple(stages), tuple(uncounted), feature_bytes)
 
 
-def _image_twin(cfg: StudyConfig, job: Job, run_dir: Path) -> bool:
-    """Whether a job reads one of the study's image twins (every frame its own sample: a latent frame per frame)."""
-    return job.spec.kind == "walt" and job.spec.path in {
-        str(d) for (_, mode), d in twin_dirs(cfg, run_dir).items() if mode == "image"}
-
-
 def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, int, int, int],
-                 clip: tuple[int, int, int, int], run_dir: Path) -> tuple[float, int, int, float]:
+                 clip: tuple[int, int, int, int], image: set[str]) -> tuple[float, int, int, float]:
     """FLOPs of training and evaluating every probe of every cell, the vectorised steps that run them (each bank's
     training steps and evaluation batches), the number of banks, and the bytes of the features they read from the
-    cache (each (backbone, step, block, t, noise seed, view, clips) once)."""
+    cache (each (backbone, step, block, t, noise seed, view, clips) once); ``image``: the image twins' names (a
+    latent frame per clip frame)."""
     p = cfg.probe
     grid_size = len(p.readout.learning_rates) * len(p.readout.weight_decays)
     rounds = p.steps // p.eval_every if p.eval_every else 0
@@ -207,7 +203,7 @@ def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, i
         shapes: dict[tuple, int] = {}  # (task, C, grid) -> cells: run_probes trains one bank per feature shape
         for j in (jobs[i] for i in ids):
             task = tasks[j.task]
-            frames_in = 1 if task.view != "clip" else clip[1] if _image_twin(cfg, j, run_dir) else latent[1]
+            frames_in = 1 if task.view != "clip" else clip[1] if j.backbone in image else latent[1]
             reads_latents, runs_denoiser = OWN_KINDS[j.spec.kind]
             if not reads_latents:  # the pixels: its grid from a grey clip (a reshape), once per spec and view
                 key = (j.spec, task.view)

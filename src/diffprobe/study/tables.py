@@ -49,6 +49,7 @@ class _Headline:
         self.data: StudyData = aggregate(cfg.name, rows, specs)
         self.heads, _ = resolve_headlines(cfg, self.data)
         self.steps = {name: final_step(cfg, spec) for name, spec in cfg.backbones.items()}
+        self._scores: dict[tuple[str, str], dict[tuple[int, int], np.ndarray]] = {}  # read once per cell
 
     def where(self, backbone: str, task: str) -> dict[str, Any] | None:
         """The store columns of ``backbone``'s headline cell on ``task`` (seeds aside); None: not measured."""
@@ -79,11 +80,15 @@ class _Headline:
     def per_clip(self, backbone: str, task: str) -> dict[tuple[int, int], np.ndarray]:
         """(noise seed, probe seed) -> the per-clip scores of that replicate of the headline cell (the prior: one
         replicate); the same cells :meth:`stat` averages."""
-        cell = self.where(backbone, task)
-        if cell is None:
-            return {}
-        with ResultsStore(self.store_path) as store:
-            return {(c["noise_seed"], c["probe_seed"]): a for c, a in store.clip_scores(study=self.cfg.name, **cell)}
+        if (backbone, task) not in self._scores:  # the paired blocks and the prior block read the same cells
+            cell = self.where(backbone, task)
+            scores = {}
+            if cell is not None:
+                with ResultsStore(self.store_path) as store:
+                    scores = {(c["noise_seed"], c["probe_seed"]): a
+                              for c, a in store.clip_scores(study=self.cfg.name, **cell)}
+            self._scores[backbone, task] = scores
+        return self._scores[backbone, task]
 
 
 def headline_table(cfg: StudyConfig, store_path: Path) -> str:
