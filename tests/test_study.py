@@ -211,3 +211,24 @@ def test_tiny_more_extends_a_tiny_run(tmp_path) -> None:
     assert more.name == tiny.name and set(plan_jobs(tiny, tmp_path)) < set(plan_jobs(more, tmp_path))
     with pytest.raises(ValueError, match="changed: sizes.micro"):  # a size trained before may not change
         check_artifacts(more, more.override(["sizes.micro.depth=4"]), tmp_path / "study_config.json")
+
+
+def test_a_streamed_study_gets_the_cached_results_and_writes_no_features(study) -> None:
+    cfg, run_dir = study
+    query = ("SELECT backbone, block, t, probe_seed, metric, value FROM results WHERE task = 'action' "
+             "ORDER BY 1, 2, 3, 4, 5")
+    with sqlite3.connect(run_dir / "results.sqlite") as db:
+        cached = db.execute(query).fetchall()
+        db.execute("DELETE FROM results WHERE task = 'action'")  # the block and noise sweeps' cells among them
+    for done in list(run_dir.rglob("complete.json")):  # every denoiser's features (the encoders' and pixels' kept)
+        if done.parent.name != "block0_t0_seed0":
+            shutil.rmtree(done.parent)
+    before = {p for p in run_dir.rglob("complete.json")}
+    run_study(cfg.replace(stream=True), run_dir, progress=False)
+    assert {p for p in run_dir.rglob("complete.json")} == before  # every feature computed as the probes read it
+    with sqlite3.connect(run_dir / "results.sqlite") as db:
+        streamed = db.execute(query).fetchall()
+    assert len(streamed) == len(cached) > 10
+    for s, c in zip(streamed, cached, strict=True):
+        assert s[:5] == c[:5]
+        assert s[5] == pytest.approx(c[5], rel=1e-3, abs=1e-4), s

@@ -97,7 +97,7 @@ def extract_features(
         return keys
     # one extraction writes a (backbone, clips, view) folder at a time: a second process is refused, not mixed in
     with folder_lock(cache.path(key).parent, what="feature extraction"):
-        fit = _Fitting(forward, device, key, dtype, batch_size)
+        fit = Fitting(forward, device, key, dtype, batch_size)
         shapes = {k: _shard0_shape(cache, k) for k in todo}  # a resumed extraction: from the shards on disk
         if None in shapes.values():  # else from one clip's forward
             one = fit(load_inputs([0]), [0], [k.block for k in todo])
@@ -116,7 +116,7 @@ def extract_features(
     return keys
 
 
-class _Fitting:
+class Fitting:
     """``forward`` on as many clips at a time as fit: a batch whose forward runs out of device memory is split in
     halves (recursively), and later batches go in pieces of the size that fit. Features leave the device in the
     cache's dtype as they come."""
@@ -155,7 +155,7 @@ class _Fitting:
             return self(inputs, ids, blocks)
 
 
-def _extract_shards(fit: _Fitting, read: Callable, num_clips: int, key: FeatureKey, todo: list[FeatureKey],
+def _extract_shards(fit: Fitting, read: Callable, num_clips: int, key: FeatureKey, todo: list[FeatureKey],
                     sizes: dict[FeatureKey, int], cache: FeatureCache, progress: bool, ctx: DistContext | None,
                     distributed: bool) -> None:
     """Fill and write every missing shard of ``todo``: batches never cross a shard boundary of any block, and a

@@ -12,7 +12,7 @@ rank calls them alike, the ranks extract their shares of the shards (see
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from diffprobe.backbones.base import Backbone
 from diffprobe.data.dataset import ClipSequence
 from diffprobe.features.cache import FeatureCache, FeatureKey, FeatureSet
-from diffprobe.features.extract import EXTRACT_BATCH, FEATURE_DTYPE, SHARD_CLIPS, VIEWS, extract_features
+from diffprobe.features.extract import EXTRACT_BATCH, FEATURE_DTYPE, SHARD_CLIPS, VIEWS, Forward, extract_features
 from diffprobe.features.pooling import Pool
 from diffprobe.utils.distributed import DistContext, broadcast_object
 
@@ -87,35 +87,54 @@ def ensure_videos(clips: ClipSequence, cache: FeatureCache, progress: bool = Tru
     return cache.open(key)
 
 
+def ensure_inputs(backbone: Backbone, clips: ClipSequence, view: str, cache: FeatureCache,
+                  batch_size: int = EXTRACT_BATCH, progress: bool = True, workers: int = 0,
+                  shard_size: int = SHARD_CLIPS, ctx: DistContext | None = None
+                  ) -> tuple[Forward, Callable[[Sequence[int]], torch.Tensor]]:
+    """What computing ``backbone``'s features of ``clips`` takes: ``(forward, load_inputs)`` for
+    :func:`~diffprobe.features.extract.extract_features`.
+
+    A backbone with an ``encoder`` reads the encoder's output, cached once per sequence in float32 (for WALT: the
+    tokenizer latents, shared with twin training), so encoding is not repeated per noise level or block; other
+    backbones read the pixels, decoded once into the cache. With a distributed ``ctx`` every rank encodes its share.
+    """
+    if backbone.encoder is not None:
+        enc = ensure_features(backbone.encoder, clips, view, [0], 0.0, 0, cache, dtype=torch.float32,
+                              batch_size=batch_size, progress=progress, workers=workers, shard_size=shard_size,
+                              ctx=ctx)[0]
+        return backbone.features_from_encoded, enc.take
+    videos = ensure_videos(clips, cache, progress=progress, workers=workers, ctx=ctx)
+    return backbone.features, lambda ids: VIEWS[view](videos.take(ids))
+
+
+def feature_key(backbone: Backbone, clips: ClipSequence, view: str, t: float, noise_seed: int, ensemble: int = 1,
+                limit: int | None = None, pool: str = "") -> tuple[FeatureKey, int]:
+    """The cache key (its block 0) of ``backbone``'s features of the first ``limit`` clips (or all), and that
+    number of clips."""
+    num = len(clips) if limit is None else min(limit, len(clips))
+    dataset, split = cache_names(clips)
+    dataset += "" if limit is None else f"-first{num}"
+    return FeatureKey(backbone.identity, dataset, split, view, 0, float(t), noise_seed, ensemble,
+                      str(Pool.parse(pool)) if pool else ""), num
+
+
 def ensure_features(backbone: Backbone, clips: ClipSequence, view: str, blocks: Sequence[int], t: float,
                     noise_seed: int, cache: FeatureCache, ensemble: int = 1, limit: int | None = None,
                     batch_size: int = EXTRACT_BATCH, dtype: torch.dtype = FEATURE_DTYPE, progress: bool = True,
                     workers: int = 0, shard_size: int = SHARD_CLIPS, ctx: DistContext | None = None,
                     pool: str = "") -> dict[int, FeatureSet]:
-    """``backbone``'s features of a clip sequence (its first ``limit`` clips, or all) at every block, extracted once.
+    """``backbone``'s features of a clip sequence (its first ``limit`` clips, or all) at every block, extracted once
+    from its inputs (:func:`ensure_inputs`).
 
-    A backbone with an ``encoder`` reads the encoder's output, itself cached once per sequence in float32 (for WALT:
-    the tokenizer latents, shared with twin training), so encoding is not repeated per noise level or block. Other
-    backbones read the pixels, decoded once into the cache. ``pool`` (``HxW`` or ``TxHxW``) averages the tokens to
-    that grid before they are cached (the encoder's output is cached unpooled). ``shard_size`` clips at most go into
-    each shard (of these features and of the encoder's); with a distributed ``ctx`` every rank extracts its share.
+    ``pool`` (``HxW`` or ``TxHxW``) averages the tokens to that grid before they are cached (the encoder's output is
+    cached unpooled). ``shard_size`` clips at most go into each shard (of these features and of the encoder's); with
+    a distributed ``ctx`` every rank extracts its share.
     """
-    num = len(clips) if limit is None else min(limit, len(clips))
-    dataset, split = cache_names(clips)
-    dataset += "" if limit is None else f"-first{num}"
-    key = FeatureKey(backbone.identity, dataset, split, view, 0, float(t), noise_seed, ensemble,
-                     str(Pool.parse(pool)) if pool else "")
+    key, num = feature_key(backbone, clips, view, t, noise_seed, ensemble, limit, pool)
     keys = [dataclasses.replace(key, block=b) for b in blocks]
     if _missing(keys, cache, ctx):
-        if backbone.encoder is not None:
-            enc = ensure_features(backbone.encoder, clips, view, [0], 0.0, 0, cache, dtype=torch.float32,
-                                  batch_size=batch_size, progress=progress, workers=workers, shard_size=shard_size,
-                                  ctx=ctx)[0]
-            extract_features(backbone.features_from_encoded, backbone.device, enc.take, num, key, blocks, cache,
-                             batch_size=batch_size, shard_size=shard_size, dtype=dtype, progress=progress, ctx=ctx)
-        else:
-            videos = ensure_videos(clips, cache, progress=progress, workers=workers, ctx=ctx)
-            extract_features(backbone.features, backbone.device, lambda ids: VIEWS[view](videos.take(ids)), num, key,
-                             blocks, cache, batch_size=batch_size, shard_size=shard_size, dtype=dtype,
-                             progress=progress, ctx=ctx)
+        forward, load_inputs = ensure_inputs(backbone, clips, view, cache, batch_size, progress, workers, shard_size,
+                                             ctx)
+        extract_features(forward, backbone.device, load_inputs, num, key, blocks, cache, batch_size=batch_size,
+                         shard_size=shard_size, dtype=dtype, progress=progress, ctx=ctx)
     return {k.block: cache.open(k) for k in keys}

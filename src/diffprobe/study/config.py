@@ -172,6 +172,9 @@ class StudyConfig(Config):
     budget_steps: tuple[int, ...] = ()  #: earlier checkpoints to probe (must be kept by twin.train.keep_steps)
     probe_clips: dict[str, int] = dataclasses.field(
         default_factory=lambda: {"train": 1024, "val": 256, "test": 512})  #: first N clips of each split for probes
+    #: compute every probe's features as it reads them instead of extracting them into the cache: no disk for
+    #: features, the backbones run on every epoch's batches (features/stream.py; ``--estimate`` prints both costs)
+    stream: bool = False
     probe_seeds: tuple[int, ...] = (0,)  #: every headline cell is probed once per seed; sweeps use the first
     noise_seeds: tuple[int, ...] = (0,)
     generation_samples: int = 256  #: samples per model for the Fréchet distance

@@ -34,6 +34,9 @@ from diffprobe.utils.cliopts import (
 @noise_seed_option
 @ensemble_option
 @pool_option
+@click.option("--stream", is_flag=True, help="Compute the features as the probes read them, never caching them: no "
+              "disk for features, the backbone runs on every epoch's batches (`diffprobe study --estimate` compares "
+              "the two).")
 @click.option("--preset", default="tiny", show_default=True, help="ProbeConfig preset (tiny, base).")
 @overrides_option
 @click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.sqlite"),
@@ -46,8 +49,8 @@ from diffprobe.utils.cliopts import (
 @workers_option
 @quiet_option
 def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | None, val_data: str | None,
-              test_data: str | None, block: int, t: float, noise_seed: int, ensemble: int, pool: str, preset: str,
-              assignments: tuple[str, ...], store: Path, study: str, name: str | None, device: str,
+              test_data: str | None, block: int, t: float, noise_seed: int, ensemble: int, pool: str, stream: bool,
+              preset: str, assignments: tuple[str, ...], store: Path, study: str, name: str | None, device: str,
               allow_size_change: bool, cache_dir: Path, workers: int, quiet: bool) -> None:
     """Train a task's probe on frozen features; the test metric of the validation-selected probe is stored.
 
@@ -83,7 +86,7 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
             click.echo(f"already in {store}: " + ", ".join(f"{r['metric']}={r['value']:.4f}" for r in rows))
             return
         res = run_probe(resolved.backbone, roles, task_name, block, t, noise_seed, cfg, FeatureCache(cache_dir),
-                        dev, ensemble, progress=not quiet, workers=workers, pool=pool)
+                        dev, ensemble, progress=not quiet, workers=workers, pool=pool, stream=stream)
         results.add(cell, res.test, res.per_clip, data_specs=specs)
     sources = ", ".join(f"{r} {rd.dataset.spec} [{rd.source}, {len(rd.clips)} clips]" for r, rd in roles.items())
     click.echo(f"{task_name} on {identity} block {block} t={t:g} (lr {res.chosen_lr:g}, "

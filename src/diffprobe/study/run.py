@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from diffprobe.backbones.registry import ResolvedBackbone, load_backbone
 from diffprobe.data.splits import ROLES, RoleData, resolve_roles
 from diffprobe.features.cache import FeatureCache
-from diffprobe.features.sources import ensure_features, ensure_videos
+from diffprobe.features.sources import ensure_features, ensure_inputs, ensure_videos
 from diffprobe.models.exports import load_tokenizer
 from diffprobe.spec import BackboneSpec
 from diffprobe.study.artifacts import check_artifacts, exported
@@ -136,15 +136,20 @@ def _prefetch(cfg: StudyConfig, rb: ResolvedBackbone, job: Job, todo: list[tuple
               roles: dict[str, dict[str, RoleData]], cache: FeatureCache, timed: Timings,
               ctx: DistContext | None = None) -> None:
     """Extract, in one pass per role, every block that the remaining cells on the same clips need at this job's
-    (backbone, t, noise seed, view): one denoiser forward serves the whole block sweep. Collective with a
-    distributed ``ctx``: every rank extracts its share of the shards."""
+    (backbone, t, noise seed, view): one denoiser forward serves the whole block sweep (with ``cfg.stream``: only
+    the backbone's inputs, the features come as the probes read them). Collective with a distributed ``ctx``: every
+    rank extracts its share of the shards."""
     view = TASKS[job.task].view
     same = [j for j, _ in todo if extraction_group(cfg, j) == extraction_group(cfg, job)]
     blocks = sorted({j.block for j in same})
     for role in ROLES:
         clips, limit = roles[job.task][role].clips, cfg.probe_clips[role]
-        timed("extract", lambda clips=clips, limit=limit: ensure_features(
-            rb.backbone, clips, view, blocks, job.t, job.noise_seed, cache, limit=limit, progress=False, ctx=ctx))
+        if cfg.stream:  # the features are computed as the probes read them: only their inputs are cached now
+            timed("extract", lambda clips=clips: ensure_inputs(rb.backbone, clips, view, cache, progress=False,
+                                                               ctx=ctx))
+        else:
+            timed("extract", lambda clips=clips, limit=limit: ensure_features(
+                rb.backbone, clips, view, blocks, job.t, job.noise_seed, cache, limit=limit, progress=False, ctx=ctx))
 
 
 def _prefetch_targets(cfg: StudyConfig, needs: Sequence[tuple[str, str]], roles: dict[str, dict[str, RoleData]],
@@ -220,7 +225,7 @@ def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, ctx: DistC
                          for j in (todo[i][0] for i in ids)]
                 res = timed("probes", lambda job=job, cells=cells: run_probes(
                     cells, roles[job.task], job.task, cfg.probe, cache, ctx.device, limits=cfg.probe_clips,
-                    progress=False))
+                    progress=False, stream=cfg.stream))
                 out = [(i, {m: float(v) for m, v in r.test.items()}, np.asarray(r.per_clip))  # CPU only
                        for i, r in zip(ids, res, strict=True)]
             for items in gather_objects(out, ctx) or []:  # rank 0: this round's results, in rank order

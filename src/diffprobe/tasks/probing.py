@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from diffprobe.errors import FileProblem
 from diffprobe.features.cache import FeatureSet
+from diffprobe.features.stream import StreamedFeatures
 from diffprobe.readouts import Member, ProbeBank
 from diffprobe.tasks.base import Task
 from diffprobe.tasks.probe_config import ProbeConfig, bank_size, eval_batch
@@ -46,9 +47,9 @@ class ProbeFeatures:
     """One cell of a bank: the cached features of its train / val / test roles and its probe seed (initialisation,
     batch order and query sampling)."""
 
-    train: FeatureSet
-    val: FeatureSet
-    test: FeatureSet
+    train: FeatureSet | StreamedFeatures
+    val: FeatureSet | StreamedFeatures
+    test: FeatureSet | StreamedFeatures
     seed: int
 
 

@@ -16,8 +16,9 @@ import torch
 from diffprobe.backbones.base import Backbone
 from diffprobe.data.dataset import ClipSequence
 from diffprobe.data.splits import ROLES, RoleData
-from diffprobe.features.cache import FeatureCache
+from diffprobe.features.cache import FeatureCache, FeatureSet
 from diffprobe.features.sources import ensure_features, iter_clips
+from diffprobe.features.stream import StreamedFeatures, stream_features
 from diffprobe.tasks import TASKS, Task, make_task
 from diffprobe.tasks.probing import ProbeConfig, ProbeFeatures, ProbeResult, train_probes
 from diffprobe.tasks.roles import task_context
@@ -91,25 +92,32 @@ class CellRequest:
 
 def run_probes(cells: Sequence[CellRequest], roles: Mapping[str, RoleData], task_name: str, cfg: ProbeConfig,
                cache: FeatureCache, device: torch.device, limits: dict[str, int] | None = None,
-               progress: bool = True, workers: int = 0) -> list[ProbeResult]:
+               progress: bool = True, workers: int = 0, stream: bool = False) -> list[ProbeResult]:
     """Train and score ``task_name``'s probes of every cell (in order); ``limits`` caps the clips used from each role
     (the first N). Cells whose features have the same shape train in one vectorised bank (:func:`train_probes`);
-    ``cfg.seed`` is not read (each cell has its own)."""
+    ``cfg.seed`` is not read (each cell has its own). The features come from the cache (extracted once, every block
+    of a noise level in one pass), or with ``stream`` are computed as the probes read them
+    (:mod:`~diffprobe.features.stream`: one forward serves every block of a noise level)."""
     task = make_task(task_name, task_context(roles))
     paths, targets = {}, {}
     for role in ROLES:
         limit = None if limits is None else limits[role]
         paths[role] = str(ensure_targets(task, roles[role].clips, cache, limit, progress, workers))
         targets[role] = _load_targets(paths[role], task.name)
-    inputs = []
-    for cell in cells:
-        feats = {}
-        for role in ROLES:
-            limit = None if limits is None else limits[role]
-            feats[role] = ensure_features(cell.backbone, roles[role].clips, task.view, [cell.block], cell.t,
-                                          cell.noise_seed, cache, cell.ensemble, limit, progress=progress,
-                                          workers=workers, pool=cell.pool)[cell.block]
-        inputs.append(ProbeFeatures(*(feats[role] for role in ROLES), cell.seed))
+    feats: dict[tuple[int, str], FeatureSet | StreamedFeatures] = {}  # (cell, role) -> its features
+    for role in ROLES:
+        limit = None if limits is None else limits[role]
+        groups: dict[tuple, list[int]] = {}  # cells whose features one forward (or extraction) computes
+        for i, cell in enumerate(cells):
+            groups.setdefault((cell.backbone.identity, cell.t, cell.noise_seed, cell.ensemble, cell.pool), []).append(i)
+        for which in groups.values():
+            c = cells[which[0]]
+            blocks = sorted({cells[i].block for i in which})
+            get = stream_features if stream else ensure_features
+            sets = get(c.backbone, roles[role].clips, task.view, blocks, c.t, c.noise_seed, cache, c.ensemble, limit,
+                       progress=progress, workers=workers, pool=c.pool)
+            feats.update({(i, role): sets[cells[i].block] for i in which})
+    inputs = [ProbeFeatures(*(feats[i, role] for role in ROLES), cell.seed) for i, cell in enumerate(cells)]
     shapes = list(dict.fromkeys(f.train.feature_shape for f in inputs))
     results: dict[int, ProbeResult] = {}
     for shape in shapes:  # one bank (or several, see ProbeConfig.bank_memory_gb) per feature shape
@@ -123,10 +131,10 @@ def run_probes(cells: Sequence[CellRequest], roles: Mapping[str, RoleData], task
 def run_probe(backbone: Backbone, roles: Mapping[str, RoleData], task_name: str, block: int, t: float,
               noise_seed: int, cfg: ProbeConfig, cache: FeatureCache, device: torch.device, ensemble: int = 1,
               limits: dict[str, int] | None = None, progress: bool = True, workers: int = 0,
-              pool: str = "") -> ProbeResult:
+              pool: str = "", stream: bool = False) -> ProbeResult:
     """Train and score one cell of :func:`run_probes`, at probe seed ``cfg.seed``."""
     cell = CellRequest(backbone, block, t, noise_seed, cfg.seed, ensemble, pool)
-    return run_probes([cell], roles, task_name, cfg, cache, device, limits, progress, workers)[0]
+    return run_probes([cell], roles, task_name, cfg, cache, device, limits, progress, workers, stream)[0]
 
 
 def prior_metrics(roles: Mapping[str, RoleData], task_name: str, cache: FeatureCache,
