@@ -9,10 +9,13 @@ import sqlite3
 
 import numpy as np
 import pytest
+import torch
 
+from diffprobe.features.cache import FeatureCache
 from diffprobe.metrics import paired_difference
 from diffprobe.study import run as study_run
 from diffprobe.study.config import StudyConfig
+from diffprobe.study.disk import planned_features
 from diffprobe.study.plan import plan_jobs
 from diffprobe.study.run import run_study
 from diffprobe.study.store import ResultsStore
@@ -232,3 +235,38 @@ def test_a_streamed_study_gets_the_cached_results_and_writes_no_features(study) 
     for s, c in zip(streamed, cached, strict=True):
         assert s[:5] == c[:5]
         assert s[5] == pytest.approx(c[5], rel=1e-3, abs=1e-4), s
+
+
+def test_the_planned_features_are_the_ones_the_study_cached(mini) -> None:
+    from diffprobe.backbones.registry import load_backbone
+    from diffprobe.tasks.roles import task_roles
+    from diffprobe.utils.io import read_json
+
+    cfg, run_dir = mini
+    jobs = plan_jobs(cfg, run_dir)
+    backbones = {spec: load_backbone(spec, torch.device("cpu")) for spec in dict.fromkeys(j.spec for j in jobs)}
+    roles = {task: task_roles(task, cfg.roles(task)) for task in {j.task for j in jobs}}
+    planned = planned_features(cfg, jobs, backbones, roles)
+    cache = FeatureCache(run_dir / "cache")
+    assert len(planned) > 20
+    for key, shape, clips in planned:  # shapes from fake tensors, as the real forward cached them
+        meta = read_json(cache.path(key) / "complete.json")
+        assert (tuple(meta["feature_shape"]), meta["num_clips"]) == (shape, clips), key
+
+
+def test_a_study_whose_features_do_not_fit_the_disk_is_refused_before_it_extracts(study, monkeypatch) -> None:
+    from diffprobe.errors import InputError
+    from diffprobe.features import extract
+
+    cfg, run_dir = study
+    with sqlite3.connect(run_dir / "results.sqlite") as db:
+        db.execute("DELETE FROM results WHERE task = 'action'")
+    for done in list(run_dir.rglob("complete.json")):
+        if done.parent.name != "block0_t0_seed0":
+            shutil.rmtree(done.parent)
+    before = _files(run_dir / "cache")
+    monkeypatch.setattr(extract, "free_bytes", lambda path: 10_000)
+    with pytest.raises(InputError, match=r"need [0-9.]+ GB and the disk has 0\.0 GB free"):
+        run_study(cfg, run_dir, progress=False)
+    assert _files(run_dir / "cache") == before
+    run_study(cfg.replace(stream=True), run_dir, progress=False)  # streamed, the features need no disk

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -104,7 +105,7 @@ def extract_features(
             shapes = {k: tuple(one[k.block].shape[1:]) for k in todo}
         sizes = {k: shard_clips(shapes[k], dtype, shard_size, shard_bytes) for k in todo}
         if not distributed or ctx.is_main:
-            check_disk(cache, [(k, shapes[k]) for k in todo], num_clips, dtype)
+            check_disk(cache, [(k, shapes[k], num_clips) for k in todo], dtype)
         _extract_shards(fit, read, num_clips, key, todo, sizes, cache, progress, ctx, distributed)
         if not distributed or ctx.is_main:
             if distributed:
@@ -193,22 +194,27 @@ def _extract_shards(fit: Fitting, read: Callable, num_clips: int, key: FeatureKe
         wait_for_all(ctx)  # every shard is on disk
 
 
-def check_disk(cache: FeatureCache, features: Sequence[tuple[FeatureKey, tuple[int, ...]]], num_clips: int,
+def check_disk(cache: FeatureCache, features: Sequence[tuple[FeatureKey, tuple[int, ...], int]],
                dtype: torch.dtype) -> None:
-    """Before an extraction writes: the features still to write (each key's shape, ``num_clips`` clips, less its
+    """Before features are written: the features still to write (each key's per-clip shape and clip count, less its
     shards already on disk) fit the free space of the cache's disk, else an :class:`~diffprobe.errors.InputError`
     naming the needed and free GB."""
     needed = 0
-    for key, shape in features:
+    for key, shape, num_clips in features:
         written = sum(f.stat().st_size for f in cache.path(key).glob("shard-*.safetensors"))
         needed += max(0, num_clips * math.prod(shape) * dtype.itemsize - written)
-    root = cache.root
-    while not root.exists():  # the cache may not exist yet: its nearest existing folder's disk
-        root = root.parent
-    free = shutil.disk_usage(root).free
+    free = free_bytes(cache.root)
     if needed > free:
         raise InputError(f"{cache.root}: these features need {needed / 1e9:.1f} GB and the disk has {free / 1e9:.1f} "
-                         f"GB free; free space, extract fewer blocks or clips, or put the cache elsewhere")
+                         f"GB free; free space, extract fewer blocks or clips, stream them, or put the cache "
+                         f"elsewhere")
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes of the disk ``path`` is (or would be made) on: its nearest existing folder's."""
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def _shard0_shape(cache: FeatureCache, key: FeatureKey) -> tuple[int, ...] | None:

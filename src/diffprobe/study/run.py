@@ -38,6 +38,7 @@ from diffprobe.models.exports import load_tokenizer
 from diffprobe.spec import BackboneSpec
 from diffprobe.study.artifacts import check_artifacts, exported
 from diffprobe.study.config import MAIN, TOKENIZER, TWINS, StudyConfig
+from diffprobe.study.disk import check_study_disk
 from diffprobe.study.plan import (
     Job,
     bank_groups,
@@ -204,6 +205,7 @@ def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, ctx: DistC
         todo_ids, priors = broadcast_object(left, ctx)
         todo = [(jobs[i], cells[i]) for i in todo_ids]
 
+        check_study_disk(cfg, [job for job, _ in todo], backbones, roles, cache)
         firsts: dict[tuple[Any, ...], Job] = {}  # the first cell of each extraction group, in todo order
         for job, _ in todo:
             firsts.setdefault(extraction_group(cfg, job), job)
