@@ -4,6 +4,7 @@ nothing."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from diffprobe.cli import main
 from diffprobe.models import WALT, WALTConfig
 from diffprobe.study.config import StudyConfig
-from diffprobe.study.estimate import StageCost, StudyCost, count_flops, estimate_study
+from diffprobe.study.estimate import StageCost, StudyCost, _streamed_clips, count_flops, estimate_study
 from diffprobe.study.plan import plan_jobs
 
 MINI = ["dataset=probeworld:tiny@train_size=48,val_size=16,test_size=16", "probe_seeds=[0]",
@@ -137,3 +138,56 @@ def test_the_feature_cache_is_counted_by_hand() -> None:
     assert estimate_study(cfg).feature_bytes == clips * (a + b) * 2
     tiny = estimate_study(StudyConfig.preset("tiny"))
     assert 0.9e9 < tiny.feature_bytes < 1.3e9  # the default study's cache held 1.11 GB of feature shards
+
+
+def test_an_external_backbone_is_counted_by_a_fake_forward(tmp_path) -> None:
+    """A tiny DiT in a study: its extraction is its forward's FLOPs counted on a real clip, its cache the bytes of
+    its blocks' real shapes; a backbone whose folder is missing is listed with the reason."""
+    from hf_models_dit import save_tiny_dit
+
+    from diffprobe.backbones.registry import block_shapes, load_backbone
+
+    folder = save_tiny_dit(tmp_path / "dit")
+    base = StudyConfig.preset("tiny").replace(
+        backbones={"a": "pixels@patch=8,tubelet=2"}, reference=("a", "a"), control="", tasks=("action",),
+        sweep_tasks=(), noise_sweep=(), block_sweep=(), budget_steps=(), sizes={})
+    cfg = base.replace(backbones={"a": "pixels@patch=8,tubelet=2", "dit": f"dit:{folder}"},
+                       headline={"dit": (2, 200.0)})
+    without, full = estimate_study(base), estimate_study(cfg)
+    assert full.uncounted == ()
+    dit = load_backbone(f"dit:{folder}", torch.device("cpu")).backbone
+    clips = sum(cfg.probe_clips.values())
+    with FlopCounterMode(display=False) as counter:  # one real clip's forward to block 2
+        dit.features(torch.full((1, 9, 32, 32, 3), 128, dtype=torch.uint8), torch.arange(1), [2], 200.0, 0)
+    extract = {s.name: s for s in full.stages}["extract"].flops - {s.name: s for s in without.stages}["extract"].flops
+    assert extract == pytest.approx(clips * counter.get_total_flops(), rel=1e-9) and extract > 0
+    shape = block_shapes(dit, 9, 32, 32)[2]
+    assert full.feature_bytes - without.feature_bytes == clips * math.prod(shape) * 2
+    missing = estimate_study(cfg.replace(backbones={"a": "pixels@patch=8,tubelet=2", "dit": f"dit:{tmp_path}/no"}))
+    assert len(missing.uncounted) == 1 and missing.uncounted[0].startswith(f"dit:{tmp_path}/no (")
+
+
+def test_streaming_counts_each_bank_s_reads_by_hand() -> None:
+    """Streamed, each seed's training stream reads the train role every epoch, validation and test once a pass."""
+    cfg = StudyConfig.preset("tiny").replace(
+        backbones={"a": "pixels@patch=8,tubelet=2"}, reference=("a", "a"), control="", tasks=("action", "image_cls"),
+        sweep_tasks=(), noise_sweep=(), block_sweep=(), budget_steps=(), sizes={}, probe_seeds=(0, 1))
+    jobs = plan_jobs(cfg, Path("runs/estimate"))
+    n, p = cfg.probe_clips, cfg.probe
+    epochs = -(-p.steps * p.batch_size // n["train"])
+    per_task = 2 * epochs * n["train"] + (p.steps // p.eval_every) * n["val"] + n["test"]
+    assert _streamed_clips(cfg, jobs) == {("a", cfg.backbone_spec("a"), 0.0, 0, "clip"): per_task,
+                                          ("a", cfg.backbone_spec("a"), 0.0, 0, "frame0"): per_task}
+
+
+def test_the_estimate_says_whether_the_cache_fits(monkeypatch) -> None:
+    from diffprobe.study import estimate
+
+    cost = StudyCost((StageCost("extract", 6e12, 10, ""),), (), feature_bytes=5e9, stream_flops=3e13,
+                     cached_forward_flops=6e12)
+    monkeypatch.setattr(estimate, "free_bytes", lambda path: 4e9)
+    text = estimate.format_estimate(cost, 1e12, 0.5, 0.0, 1, "given", Path("c"))
+    assert "5 GB of features" in text and "4 GB free at c: does NOT fit" in text
+    assert "take 0.03 PFLOP (1.0 min), against 0.006 PFLOP (0.2 min) extracted once" in text
+    monkeypatch.setattr(estimate, "free_bytes", lambda path: 6e9)
+    assert "6 GB free at c: fits" in estimate.format_estimate(cost, 1e12, 0.5, 0.0, 1, "given", Path("c"))

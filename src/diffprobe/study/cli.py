@@ -45,8 +45,9 @@ def study_cmd(preset: str, out_dir: Path | None, config_file: Path | None, assig
     from diffprobe.study.config import StudyConfig
 
     cfg = StudyConfig.preset(preset).override([*config_assignments(config_file), *assignments])
+    out_dir = out_dir or Path(f"runs/study-{preset}")
     if estimate:
-        _print_estimate(cfg, peak_tflops, mfu, step_ms, devices)
+        _print_estimate(cfg, peak_tflops, mfu, step_ms, devices, out_dir / "cache")
         return
     from diffprobe.data.registry import skips_reported
     from diffprobe.study.run import run_study
@@ -54,7 +55,6 @@ def study_cmd(preset: str, out_dir: Path | None, config_file: Path | None, assig
     from diffprobe.utils.distributed import cleanup_distributed, setup_distributed
     from diffprobe.utils.lock import folder_lock
 
-    out_dir = out_dir or Path(f"runs/study-{preset}")
     ctx = setup_distributed(cfg.device)
     try:
         with folder_lock(out_dir, what="study"):  # the study and its report: one writer
@@ -85,7 +85,8 @@ def config_assignments(path: Path | None) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in data.items()]
 
 
-def _print_estimate(cfg: StudyConfig, peak_tflops: float | None, mfu: float, step_ms: float, devices: int) -> None:
+def _print_estimate(cfg: StudyConfig, peak_tflops: float | None, mfu: float, step_ms: float, devices: int,
+                    cache: Path) -> None:
     from diffprobe.study.estimate import device_flops_per_s, estimate_study, format_estimate
     from diffprobe.utils.runtime import resolve_device
 
@@ -95,4 +96,4 @@ def _print_estimate(cfg: StudyConfig, peak_tflops: float | None, mfu: float, ste
         device = resolve_device(cfg.device)
         peak = device_flops_per_s(device)
         source = f"measured {'bf16' if device.type == 'cuda' else 'fp32'} matmul on {device}"
-    click.echo(format_estimate(estimate_study(cfg), peak, mfu, step_ms / 1e3, devices, source))
+    click.echo(format_estimate(estimate_study(cfg), peak, mfu, step_ms / 1e3, devices, source, cache, cfg.stream))

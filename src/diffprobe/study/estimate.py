@@ -13,7 +13,10 @@ not FLOPs and are not counted, so small models on a GPU, which are launch-bound,
   the vectorised ones: a task's cells train as banks (``study.plan.bank_groups``, split by feature shape and by
   ``probe.bank_memory_gb``), so a bank of any size counts ``steps`` optimiser steps plus its evaluation batches.
 
-Backbones that are not the study's own (external models) are left out and listed (``StudyCost.uncounted``).
+Every other backbone (external models, the pixels control) is loaded, and its extraction counted by one forward of
+a clip on fake tensors (``backbones.shapes``: no compute) under the FLOP counter; one that cannot be loaded is left
+out and listed (``StudyCost.uncounted``). The features' bytes in the cache are counted per feature set, and what
+streaming them would cost instead (``StudyConfig.stream``: the backbones run on every epoch's batches).
 """
 
 from __future__ import annotations
@@ -27,14 +30,19 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffprobe.backbones.registry import block_shapes, load_backbone
+from diffprobe.backbones.base import Backbone
+from diffprobe.backbones.flops import forward_flops
+from diffprobe.backbones.registry import load_backbone
+from diffprobe.backbones.shapes import forward_shapes
 from diffprobe.data.registry import open_dataset
-from diffprobe.features.extract import EXTRACT_BATCH, FEATURE_DTYPE
+from diffprobe.errors import DiffprobeError
+from diffprobe.features.extract import EXTRACT_BATCH, FEATURE_DTYPE, VIEWS, free_bytes
 from diffprobe.metrics.i3d import I3D
 from diffprobe.models import WALT, CausalAutoencoder
 from diffprobe.readouts.queries import BoxQueries, PointQueries
+from diffprobe.spec import BackboneSpec
 from diffprobe.study.config import TOKENIZER, TWINS, StudyConfig
-from diffprobe.study.plan import bank_groups, plan_jobs, twin_dirs
+from diffprobe.study.plan import Job, bank_groups, plan_jobs, twin_dirs
 from diffprobe.tasks import TASKS, Task, TaskContext, make_task
 from diffprobe.tasks.probe_config import ProbeConfig, bank_size, eval_batch
 from diffprobe.tasks.roles import task_context, task_roles
@@ -48,12 +56,9 @@ QUERY_INPUTS: dict[type[nn.Module], Callable[[int, TaskContext, ProbeConfig], tu
 }
 
 
-#: backbone kinds whose networks the estimate knows (the study's own runs and its controls)
-#: the kinds whose extraction the estimate counts -> (reads the tokenizer's latents, runs the denoiser); pixels are a
-#: reshape of the cached clips
-OWN_KINDS: dict[str, tuple[bool, bool]] = {"walt": (True, True), "walt-untrained": (True, True),
-                                           "latents": (True, False), "pixels": (False, False)}
-#: clips per extraction batch (only the step count depends on it)
+#: the study's own kinds, counted from their configs (their weights may not exist yet) -> whether they run the
+#: denoiser (``latents`` are the tokenizer's output itself); every other kind is loaded and counted by a fake forward
+OWN_KINDS: dict[str, bool] = {"walt": True, "walt-untrained": True, "latents": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +77,13 @@ class StageCost:
 @dataclasses.dataclass(frozen=True)
 class StudyCost:
     stages: tuple[StageCost, ...]
-    uncounted: tuple[str, ...]  #: backbones whose cost is not estimated (external models)
-    #: bytes the study's own backbones' features take in the cache (every extraction group, at FEATURE_DTYPE)
+    uncounted: tuple[str, ...]  #: backbones whose cost is not estimated (could not be loaded), with the reason
+    #: bytes the study's features take in the cache (every feature set once, at FEATURE_DTYPE)
     feature_bytes: float = 0.0
+    #: FLOPs of the backbones' forwards when the features are streamed instead (``StudyConfig.stream``), and the
+    #: extract stage's forwards when they are cached, for comparison (the inputs' encoding is cached either way)
+    stream_flops: float = 0.0
+    cached_forward_flops: float = 0.0
 
     @property
     def flops(self) -> float:
@@ -149,52 +158,105 @@ def estimate_study(cfg: StudyConfig, run_dir: str | Path = "runs/estimate") -> S
         stages.append(StageCost("feature net", per_step * fn.train.steps, fn.train.steps,
                                 f"{fn.train.steps} steps x batch {fn.train.batch_size}", ddp=True))
     jobs = plan_jobs(cfg, Path(run_dir))
-    walts = {j.backbone: cfg.model_of(j.size) for j in jobs}
-    uncounted = sorted({cfg.backbones[n] for n in cfg.backbones if cfg.backbone_spec(n).kind not in OWN_KINDS})
-    own = [j for j in jobs if j.spec.kind in OWN_KINDS]
+    walts = {j.backbone: cfg.model_of(j.size) for j in jobs if j.spec.kind in OWN_KINDS}
+    loaded, uncounted = _load_others(jobs)
+    jobs = [j for j in jobs if j.spec.kind in OWN_KINDS or j.spec in loaded]
     clips = sum(cfg.probe_clips.values())
-    groups: dict[tuple, int] = {}  # (backbone, kind, t, noise seed, view) -> deepest block
-    for j in own:
-        if OWN_KINDS[j.spec.kind][0]:
-            key = (j.backbone, j.spec.kind, j.t, j.noise_seed, TASKS[j.task].view)
-            groups[key] = max(groups.get(key, 0), j.block)
-    views = {key[-1] for key in groups}  # the tokenizer's latents are cached once per view of the clips
+    groups: dict[tuple, int] = {}  # extraction group (backbone, spec, t, noise seed, view) -> deepest block
+    for j in jobs:
+        key = (j.backbone, j.spec, j.t, j.noise_seed, TASKS[j.task].view)
+        groups[key] = max(groups.get(key, 0), j.block)
+    views = {key[-1] for key in groups if key[1].kind in OWN_KINDS}  # the latents are cached once per view
     extract = sum(clips * encode * (latent[1] if view == "clip" else 1) / latent[1] for view in views)
-    forward: dict[tuple[str, int], float] = {}  # (backbone, latent frames) -> FLOPs of one full denoiser forward
     image_dirs = {str(d) for (_, mode), d in twin_dirs(cfg, Path(run_dir)).items() if mode == "image"}
-    image = {j.backbone for j in own if j.spec.kind == "walt" and j.spec.path in image_dirs}  # the image twins
-    for (backbone, kind, _, _, view), block in groups.items():
-        # an image twin reads each frame alone: the clip's frames as samples of one latent frame each
-        frames_in, samples = (1, frames if view == "clip" else 1) if backbone in image else (
-            latent[1] if view == "clip" else 1, 1)
-        if OWN_KINDS[kind][1]:
-            if (backbone, frames_in) not in forward:
-                forward[backbone, frames_in] = count_flops(lambda m=walts[backbone]: WALT(m), lambda f=frames_in: (
-                    torch.zeros(1, latent[0], f, *latent[2:]), torch.zeros(1)), backward=False)
-            extract += clips * samples * forward[backbone, frames_in] * block / walts[backbone].depth
+    image = {j.backbone for j in jobs if j.spec.kind == "walt" and j.spec.path in image_dirs}  # the image twins
+    per_clip = _forward_flops(groups, walts, loaded, latent, (frames, height, width), image)
+    forwards = sum(per_clip.values()) * clips
     batches = len(groups) * math.ceil(clips / EXTRACT_BATCH)
-    stages.append(StageCost("extract", extract, batches, f"{len(groups)} extraction groups x {clips} clips"))
-    probe_flops, probe_steps, banks, feature_bytes = _probe_flops(cfg, own, walts, latent, clip, image)
+    stages.append(StageCost("extract", extract + forwards, batches, f"{len(groups)} extraction groups x {clips} clips"))
+    probe_flops, probe_steps, banks, feature_bytes = _probe_flops(cfg, jobs, walts, latent, clip, image, loaded)
     grid = len(cfg.probe.readout.learning_rates) * len(cfg.probe.readout.weight_decays)
     stages.append(StageCost("probes", probe_flops, probe_steps,
-                            f"{len(own)} cells x {grid} probes in {banks} banks x {cfg.probe.steps} steps x batch "
+                            f"{len(jobs)} cells x {grid} probes in {banks} banks x {cfg.probe.steps} steps x batch "
                             f"{cfg.probe.batch_size}"))
-    return StudyCost(tuple(stages), tuple(uncounted), feature_bytes)
+    stream = sum(per_clip[g] * n for g, n in _streamed_clips(cfg, jobs).items())
+    return StudyCost(tuple(stages), tuple(uncounted), feature_bytes, stream, forwards)
 
 
-def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, int, int, int],
-                 clip: tuple[int, int, int, int], image: set[str]) -> tuple[float, int, int, float]:
+def _load_others(jobs: list[Job]) -> tuple[dict[BackboneSpec, Backbone], list[str]]:
+    """The backbones of ``jobs`` that are not the study's own, loaded on the CPU, and ``"SPEC (why)"`` for each one
+    that cannot be."""
+    loaded, failed = {}, []
+    for spec in dict.fromkeys(j.spec for j in jobs if j.spec.kind not in OWN_KINDS):
+        try:
+            loaded[spec] = load_backbone(spec, torch.device("cpu")).backbone
+        except DiffprobeError as e:
+            failed.append(f"{spec} ({e})")
+    return loaded, failed
+
+
+def _frames(view: str, frames: int) -> int:
+    """Frames a backbone sees of a ``frames``-frame clip through ``view``."""
+    return VIEWS[view](torch.empty(1, frames, 1, 1, 3)).shape[1]
+
+
+def _forward_flops(groups: dict[tuple, int], walts: dict, loaded: dict[BackboneSpec, Backbone],
+                   latent: tuple[int, int, int, int], size: tuple[int, int, int], image: set[str]
+                   ) -> dict[tuple, float]:
+    """Each extraction group's FLOPs for one clip, its backbone run to the group's deepest block: a WALT counted
+    from its config (an image twin reads each frame alone), any other backbone by one forward on fake tensors."""
+    frames, height, width = size
+    walt_flops: dict[tuple[str, int], float] = {}  # (backbone, latent frames) -> one full denoiser forward
+    out = {}
+    for (backbone, spec, t, seed, view), block in groups.items():
+        if spec.kind not in OWN_KINDS:
+            out[backbone, spec, t, seed, view] = forward_flops(loaded[spec], _frames(view, frames), height, width,
+                                                               block, t, seed)
+            continue
+        if not OWN_KINDS[spec.kind]:  # the latents themselves: cached with the encoding
+            out[backbone, spec, t, seed, view] = 0.0
+            continue
+        frames_in, samples = (1, _frames(view, frames)) if backbone in image else (
+            latent[1] if view == "clip" else 1, 1)
+        if (backbone, frames_in) not in walt_flops:
+            walt_flops[backbone, frames_in] = count_flops(lambda m=walts[backbone]: WALT(m), lambda f=frames_in: (
+                torch.zeros(1, latent[0], f, *latent[2:]), torch.zeros(1)), backward=False)
+        out[backbone, spec, t, seed, view] = samples * walt_flops[backbone, frames_in] * block / walts[backbone].depth
+    return out
+
+
+def _streamed_clips(cfg: StudyConfig, jobs: list[Job]) -> dict[tuple, int]:
+    """Clips each extraction group's backbone runs on when the features are streamed: in each task's bank, every
+    probe seed's training stream reads the train role once an epoch, and every validation pass and the test pass
+    read theirs (the blocks of a group share each forward). At least this: a bank cut into parts by memory streams
+    once per part."""
+    p, n = cfg.probe, cfg.probe_clips
+    epochs = math.ceil(p.steps * p.batch_size / n["train"])
+    val_passes = max(1, p.steps // p.eval_every) if p.eval_every else 1
+    out: dict[tuple, int] = {}
+    for ids in bank_groups(cfg, jobs):
+        seeds: dict[tuple, set[int]] = {}
+        for j in (jobs[i] for i in ids):
+            seeds.setdefault((j.backbone, j.spec, j.t, j.noise_seed, TASKS[j.task].view), set()).add(j.probe_seed)
+        for g, s in seeds.items():
+            out[g] = out.get(g, 0) + len(s) * epochs * n["train"] + val_passes * n["val"] + n["test"]
+    return out
+
+
+def _probe_flops(cfg: StudyConfig, jobs: list[Job], walts: dict, latent: tuple[int, int, int, int],
+                 clip: tuple[int, int, int, int], image: set[str], loaded: dict[BackboneSpec, Backbone]
+                 ) -> tuple[float, int, int, float]:
     """FLOPs of training and evaluating every probe of every cell, the vectorised steps that run them (each bank's
     training steps and evaluation batches), the number of banks, and the bytes of the features they read from the
     cache (each (backbone, step, block, t, noise seed, view, clips) once); ``image``: the image twins' names (a
-    latent frame per clip frame)."""
+    latent frame per clip frame); ``loaded``: the other backbones, whose shapes come from a fake forward."""
     p = cfg.probe
     grid_size = len(p.readout.learning_rates) * len(p.readout.weight_decays)
     rounds = p.steps // p.eval_every if p.eval_every else 0
     tasks = {name: make_task(name, task_context(task_roles(name, cfg.roles(name)))) for name in {j.task for j in jobs}}
     per_step: dict[tuple, float] = {}  # (task, C, grid) -> FLOPs of one training step of one probe
     per_probe: dict[tuple, float] = {}  # the same -> FLOPs of one probe's training and evaluation
-    pixel_shapes: dict[tuple[str, str], tuple[int, ...]] = {}  # (pixels spec, view) -> (T_f, H_f, W_f, C)
+    other_shapes: dict[tuple, dict[int, tuple[int, ...]]] = {}  # (spec, view) -> {block: (T_f, H_f, W_f, C)}
     total, steps, banks = 0.0, 0, 0
     cached: dict[tuple, float] = {}  # one feature set's key -> its bytes in the cache
     clips_all = sum(cfg.probe_clips.values())
@@ -204,15 +266,13 @@ def _probe_flops(cfg: StudyConfig, jobs: list, walts: dict, latent: tuple[int, i
         for j in (jobs[i] for i in ids):
             task = tasks[j.task]
             frames_in = 1 if task.view != "clip" else clip[1] if j.backbone in image else latent[1]
-            reads_latents, runs_denoiser = OWN_KINDS[j.spec.kind]
-            if not reads_latents:  # the pixels: its grid from a grey clip (a reshape), once per spec and view
+            if j.spec.kind not in OWN_KINDS:  # its grid from a fake forward, once per spec and view
                 key = (j.spec, task.view)
-                if key not in pixel_shapes:
-                    pixel_shapes[key] = block_shapes(load_backbone(j.spec, torch.device("cpu")).backbone,
-                                                     clip[1] if task.view == "clip" else 1, *clip[2:])[0]
-                *grid, dim = pixel_shapes[key]
+                if key not in other_shapes:
+                    other_shapes[key] = forward_shapes(loaded[j.spec], _frames(task.view, clip[1]), *clip[2:]).shapes
+                *grid, dim = other_shapes[key][j.block]
                 grid = tuple(grid)
-            elif not runs_denoiser:  # the latents themselves
+            elif not OWN_KINDS[j.spec.kind]:  # the latents themselves
                 dim, grid = latent[0], (frames_in, *latent[2:])
             else:
                 m = walts[j.backbone]
@@ -260,9 +320,11 @@ def device_flops_per_s(device: torch.device) -> float:
 
 
 def format_estimate(cost: StudyCost, peak: float, mfu: float, step_seconds: float, devices: int,
-                    source: str) -> str:
+                    source: str, cache: Path | None = None, streamed: bool = False) -> str:
     """The estimate as a table: each stage's model FLOPs, steps and minutes at ``mfu`` of ``peak`` FLOP/s per device
-    on ``devices`` torchrun ranks (ideal scaling), plus ``step_seconds`` per step a rank runs."""
+    on ``devices`` torchrun ranks (ideal scaling), plus ``step_seconds`` per step a rank runs; then the feature
+    cache against the free space of ``cache``'s disk, and what streaming the features (``streamed``: the study's
+    choice) costs instead."""
     minutes = {k: v / 60 for k, v in cost.seconds(peak * mfu, step_seconds, devices).items()}
     lines = [f"estimate (not a measurement): model FLOPs at {mfu:.0%} of {peak / 1e12:.3g} TFLOP/s per device "
              f"({source}) x {devices} device(s), plus {1e3 * step_seconds:g} ms per step",
@@ -271,10 +333,18 @@ def format_estimate(cost: StudyCost, peak: float, mfu: float, step_seconds: floa
         lines.append(f"{s.name:<20}{s.flops / 1e15:>12.3f}{s.steps:>12,}{minutes[s.name]:>10.1f}  {s.detail}")
     lines.append(f"{'total':<20}{cost.flops / 1e15:>12.3f}{sum(s.steps for s in cost.stages):>12,}"
                  f"{minutes['total']:>10.1f}")
-    lines.append(f"feature cache: {cost.feature_bytes / 1e9:.3g} GB of the study's own backbones' features (every "
-                 f"extraction group at {str(FEATURE_DTYPE).removeprefix('torch.')}; the clips' and latents' caches "
-                 f"are extra)")
+    gb = cost.feature_bytes / 1e9
+    line = (f"feature cache: {gb:.3g} GB of features (every feature set at "
+            f"{str(FEATURE_DTYPE).removeprefix('torch.')}; the clips' and latents' caches are extra)")
+    if cache is not None:
+        free = free_bytes(cache) / 1e9
+        line += f"; {free:.3g} GB free at {cache}: " + ("fits" if gb <= free else "does NOT fit")
+    lines.append(line)
+    rate = peak * mfu * devices * 60  # FLOPs a minute
+    lines.append(f"streamed instead (stream=true{', as this study is' if streamed else ''}): no feature cache; the "
+                 f"backbones' forwards take {cost.stream_flops / 1e15:.3g} PFLOP ({cost.stream_flops / rate:.1f} min), "
+                 f"against {cost.cached_forward_flops / 1e15:.3g} PFLOP ({cost.cached_forward_flops / rate:.1f} min) "
+                 f"extracted once")
     if cost.uncounted:
-        lines.append(f"not counted (external backbones; `diffprobe backbone info SPEC --estimate --clips N` gives "
-                     f"their cache): {', '.join(cost.uncounted)}")
+        lines.append(f"not counted (could not be loaded): {', '.join(cost.uncounted)}")
     return "\n".join(lines)
