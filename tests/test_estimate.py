@@ -188,6 +188,6 @@ def test_the_estimate_says_whether_the_cache_fits(monkeypatch) -> None:
     monkeypatch.setattr(estimate, "free_bytes", lambda path: 4e9)
     text = estimate.format_estimate(cost, 1e12, 0.5, 0.0, 1, "given", Path("c"))
     assert "5 GB of features" in text and "4 GB free at c: does NOT fit" in text
-    assert "take 0.03 PFLOP (1.0 min), against 0.006 PFLOP (0.2 min) extracted once" in text
+    assert "take 0.030 PFLOP (1.0 min), against 0.006 PFLOP (0.2 min) extracted once" in text
     monkeypatch.setattr(estimate, "free_bytes", lambda path: 6e9)
     assert "6 GB free at c: fits" in estimate.format_estimate(cost, 1e12, 0.5, 0.0, 1, "given", Path("c"))

@@ -342,8 +342,8 @@ def format_estimate(cost: StudyCost, peak: float, mfu: float, step_seconds: floa
     lines.append(line)
     rate = peak * mfu * devices * 60  # FLOPs a minute
     lines.append(f"streamed instead (stream=true{', as this study is' if streamed else ''}): no feature cache; the "
-                 f"backbones' forwards take {cost.stream_flops / 1e15:.3g} PFLOP ({cost.stream_flops / rate:.1f} min), "
-                 f"against {cost.cached_forward_flops / 1e15:.3g} PFLOP ({cost.cached_forward_flops / rate:.1f} min) "
+                 f"backbones' forwards take {cost.stream_flops / 1e15:,.3f} PFLOP ({cost.stream_flops / rate:.1f} min), "
+                 f"against {cost.cached_forward_flops / 1e15:,.3f} PFLOP ({cost.cached_forward_flops / rate:.1f} min) "
                  f"extracted once")
     if cost.uncounted:
         lines.append(f"not counted (could not be loaded): {', '.join(cost.uncounted)}")
