@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 from hf_models_dit import random_clip, save_tiny_cogvideox, save_tiny_latte, save_tiny_wan  # noqa: E402
 
 from diffprobe.backbones.registry import load_backbone  # noqa: E402
-from diffprobe.backbones.transformers3d import stitch_index  # noqa: E402
+from diffprobe.backbones.video_windows import stitch_index  # noqa: E402
 from diffprobe.config import ConfigError  # noqa: E402
 from diffprobe.errors import InputError  # noqa: E402
 

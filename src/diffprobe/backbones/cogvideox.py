@@ -47,13 +47,8 @@ from torch import nn
 
 from diffprobe.backbones.external import LatentEncoder
 from diffprobe.backbones.loading import TransformerFolder
-from diffprobe.backbones.transformers3d import (
-    DDPMTransformerBackbone,
-    TiledVideoOptions,
-    causal_windows,
-    vae_tiling,
-    video_vae_encoder,
-)
+from diffprobe.backbones.transformers3d import DDPMTransformerBackbone
+from diffprobe.backbones.video_windows import TiledVideoOptions, causal_windows, vae_tiling, video_vae_encoder
 from diffprobe.config import ConfigError
 
 

@@ -44,15 +44,8 @@ from torch import nn
 
 from diffprobe.backbones.external import LatentEncoder
 from diffprobe.backbones.loading import TransformerFolder
-from diffprobe.backbones.transformers3d import (
-    TiledVideoOptions,
-    TransformerBackbone,
-    causal_windows,
-    check_t,
-    flow_noise,
-    vae_tiling,
-    video_vae_encoder,
-)
+from diffprobe.backbones.transformers3d import TransformerBackbone, check_t, flow_noise
+from diffprobe.backbones.video_windows import TiledVideoOptions, causal_windows, vae_tiling, video_vae_encoder
 from diffprobe.config import ConfigError
 
 MAX_SEQUENCE_LENGTH = 512  #: WanPipeline's default prompt length
