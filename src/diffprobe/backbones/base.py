@@ -94,6 +94,12 @@ class Backbone(ABC):
         if ensemble < 1:
             raise InputError(f"ensemble {ensemble}: must be >= 1 (noise draws averaged)")
 
+    def identity_at(self, frames: int, height: int, width: int) -> str:
+        """The identity of this backbone's features of clips of ``frames`` frames of ``height`` x ``width`` pixels:
+        ``identity``, plus what the input's size changes in the computation (a video VAE's tiling, applied above a
+        size). A feature cache key names clips of a known size by this."""
+        return self.identity
+
     def features_from_encoded(self, encoded: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int], t: float,
                               noise_seed: int, ensemble: int = 1) -> dict[int, torch.Tensor]:
         """As :meth:`features`, from the ``encoder``'s block-0 output instead of pixels."""

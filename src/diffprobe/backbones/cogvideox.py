@@ -28,7 +28,12 @@ model's timestep is the DDPM index ``i = min(round(t * N / 1000), N - 1)``, ``x_
 eps``. Conditioning: the empty prompt, T5 of the folder as ``CogVideoXPipeline.encode_prompt("")`` gives it
 (``max_text_seq_length`` tokens), ``null_embeds.safetensors`` tensor ``prompt_embeds`` (1, L, 4096).
 
-Options: ``dtype``, ``batch_size``, ``frames`` (frames per window, 0 = the whole clip), ``window`` (tile | cut).
+Options: ``dtype``, ``batch_size``, ``frames`` (frames per window, 0 = the whole clip; 49 for CogVideoX's own
+length, its ``sample_frames``), ``window`` (tile | cut), ``overlap`` (frames shared by consecutive tiled windows,
+``1 + 4j``; their features are stitched per latent frame, see :func:`~diffprobe.backbones.transformers3d.stitch_index`;
+a CogVideoX 1.5 folder, whose feature frames pair latent frames, takes no overlap), ``vae_tiling`` (auto | off) and
+``vae_tile`` (pixels; 0: the VAE's own tile, half its ``sample_height`` x ``sample_width``): frames taller or wider than
+one tile are encoded in tiles, and the identity names the tiling (``+vaetiles...``) for those sizes only.
 """
 
 from __future__ import annotations
@@ -42,21 +47,18 @@ from torch import nn
 
 from diffprobe.backbones.external import LatentEncoder
 from diffprobe.backbones.loading import TransformerFolder
-from diffprobe.backbones.transformers3d import (
-    DDPMTransformerBackbone,
-    VideoOptions,
-    causal_windows,
-    video_vae_encoder,
-)
+from diffprobe.backbones.transformers3d import DDPMTransformerBackbone
+from diffprobe.backbones.video_windows import TiledVideoOptions, causal_windows, vae_tiling, video_vae_encoder
+from diffprobe.config import ConfigError
 
 
 class CogVideoXBackbone(DDPMTransformerBackbone):
     def __init__(self, identity: str, encoder: LatentEncoder, folder: TransformerFolder, pipe: Any,
-                 null: torch.Tensor, window_latents: int | None) -> None:
+                 null: torch.Tensor, window_latents: int | None, window_stride: int | None = None) -> None:
         self.pipe = pipe
         cfg = folder.transformer.config
         self.patch, self.patch_t = int(cfg.patch_size), int(cfg.patch_size_t or 1)
-        super().__init__(identity, encoder, folder, null, window_latents)
+        super().__init__(identity, encoder, folder, null, window_latents, window_stride)
 
     def block_modules(self) -> list[nn.Module]:
         return list(self.transformer.transformer_blocks)
@@ -93,7 +95,7 @@ def load_cogvideox(path: Path, options: dict[str, str], spec: str, device: torch
     from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline, CogVideoXTransformer3DModel
     from transformers import T5EncoderModel
 
-    folder = TransformerFolder.load("cogvideox", path, options, spec, device, VideoOptions,
+    folder = TransformerFolder.load("cogvideox", path, options, spec, device, TiledVideoOptions,
                                     CogVideoXTransformer3DModel, AutoencoderKLCogVideoX)
     cfg, vae = folder.transformer.config, folder.vae
     folder.check_text_to_video(vae.config.latent_channels, f"{vae.config.latent_channels} latent channels",
@@ -103,10 +105,14 @@ def load_cogvideox(path: Path, options: dict[str, str], spec: str, device: torch
     null = folder.null_prompt(CogVideoXPipeline, T5EncoderModel, cfg.text_embed_dim,
                               None if cfg.use_rotary_positional_embeddings else cfg.max_text_seq_length,
                               max_sequence_length=cfg.max_text_seq_length)
-    windows, window_latents = causal_windows(folder, int(vae.config.temporal_compression_ratio))
+    plan = causal_windows(folder, int(vae.config.temporal_compression_ratio))
+    if plan.stride is not None and int(cfg.patch_size_t or 1) > 1:
+        raise ConfigError(f"TiledVideoOptions.overlap: {path / 'transformer' / 'config.json'} has patch_size_t="
+                          f"{cfg.patch_size_t} (its feature frames pair latent frames): overlapping windows cannot be "
+                          "stitched per latent frame; use overlap=0")
     details = {"conditioning": "empty prompt (T5)", "t_mapping": "ddpm index=min(round(t*N/1000),N-1) v-prediction",
                "latents": f"mean*{vae.config.scaling_factor}"}
     scale, multiple = float(vae.config.scaling_factor), pipe.vae_scale_factor_spatial * int(cfg.patch_size)
-    encode = video_vae_encoder(folder, windows, lambda z: z * scale, multiple)
-    return folder.resolve(CogVideoXBackbone, details, encode, "video", pipe=pipe, null=null,
-                          window_latents=window_latents)
+    encode = video_vae_encoder(folder, plan.windows, lambda z: z * scale, multiple)
+    return folder.resolve(CogVideoXBackbone, details, encode, "video", tiling=vae_tiling(folder), pipe=pipe,
+                          null=null, window_latents=plan.latents, window_stride=plan.stride)

@@ -32,7 +32,8 @@ from torch import nn
 
 from diffprobe.backbones.external import BackboneLoadError, LatentEncoder
 from diffprobe.backbones.loading import TransformerFolder
-from diffprobe.backbones.transformers3d import DDPMTransformerBackbone, VAEFramesOptions, check_size
+from diffprobe.backbones.transformers3d import DDPMTransformerBackbone, VAEFramesOptions
+from diffprobe.backbones.video_windows import check_size
 
 
 @dataclasses.dataclass(frozen=True)

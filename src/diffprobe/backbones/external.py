@@ -5,6 +5,10 @@
   new weights never reuse cached features; :func:`require_files` names a missing file.
 - :class:`BlockTaps`: forward hooks on a model's block modules that keep each asked-for block's output and stop the
   forward right after the deepest one (the rest of the network is never run).
+- :class:`HalvingChunks`: a function run on consecutive chunks of a tensor (frames or clips per VAE call); a chunk
+  that runs out of device memory is retried at half the size, said once on stderr, and later chunks go on at that size.
+- :class:`VAETiling`: the spatial tiling of a video VAE's encode (diffusers' ``enable_tiling``), on above one tile
+  (``vae_tiling=auto``, the default); where it is applied it is named in the identity (:meth:`VAETiling.tag`).
 - :class:`LatentDiffusionBackbone`: the template of a latent diffusion model: pixels -> scaled latents (block 0,
   cached once per split through the ``encoder`` path) -> noised to t by the model's own mapping -> one denoiser
   forward -> block tokens ``(B, T_f, H_f, W_f, C)``; ``ensemble`` averages noise draws.
@@ -21,6 +25,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import sys
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -49,8 +54,12 @@ class ExternalOptions(Config):
     """Options every model-folder kind takes after ``@`` in its spec."""
 
     #: options that only decide how much is computed at once, not what: left out of the identity, so changing them
-    #: reuses cached features (the results agree to float rounding)
-    OUTSIDE_IDENTITY: ClassVar[tuple[str, ...]] = ("batch_size", "vae_chunk", "vae_frames")
+    #: reuses cached features (the results agree to float rounding). ``vae_tiling`` / ``vae_tile`` change the latents
+    #: where tiling is applied: the applied tiling enters the identity by the input's size (:class:`VAETiling`)
+    OUTSIDE_IDENTITY: ClassVar[tuple[str, ...]] = ("batch_size", "vae_chunk", "vae_frames", "vae_tiling", "vae_tile")
+    #: options left out of the identity while they hold this value (options added later, whose default computes what
+    #: the code computed before them: caches made before they existed stay valid)
+    IDENTITY_DEFAULTS: ClassVar[dict[str, Any]] = {}
 
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     batch_size: int = 0  #: clips per forward inside a batch (0: the whole batch at once)
@@ -93,10 +102,12 @@ def weights_fingerprint(folder: Path) -> str:
 
 def identity_of(kind: str, folder: Path, options: Config, **details: Any) -> str:
     """``<kind>-<folder name>-<hash>``: the hash covers the weights' fingerprint, every option that changes the
-    features (dtype, frames, ...; not those in ``OUTSIDE_IDENTITY``) and the ``details`` a kind adds (its
-    conditioning and t mapping)."""
+    features (dtype, frames, ...; not those in ``OUTSIDE_IDENTITY``, nor those at their ``IDENTITY_DEFAULTS`` value)
+    and the ``details`` a kind adds (its conditioning and t mapping)."""
     outside = getattr(options, "OUTSIDE_IDENTITY", ())
-    kept = sorted((k, v) for k, v in options.to_dict().items() if k not in outside)
+    defaults = getattr(options, "IDENTITY_DEFAULTS", {})
+    kept = sorted((k, v) for k, v in options.to_dict().items()
+                  if k not in outside and not (k in defaults and v == defaults[k]))
     blob = repr((kind, weights_fingerprint(folder), kept, sorted(details.items())))
     stem = "".join(c if c.isalnum() or c in "._+-" else "-" for c in folder.resolve().name)
     return f"{kind}-{stem}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
@@ -171,26 +182,110 @@ def null_embeddings(folder: Path, names: Sequence[str], compute: Callable[[], di
     return {n: tensors[n] for n in names}
 
 
+class HalvingChunks:
+    """``fn`` on consecutive chunks of ``size`` along a dim of its input, the outputs concatenated along the same dim
+    (``size`` 0: the whole input at once). A chunk that runs out of device memory is retried at half its length,
+    said once on stderr, and every later chunk (of this call and the next ones) goes on at that size; at one element
+    the error is raised. ``what`` names the elements in the message (``"frames"``, ``"windows"``)."""
+
+    def __init__(self, size: int, what: str, name: str) -> None:
+        self.size, self.what, self.name = size, what, name
+
+    def __call__(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dim: int) -> torch.Tensor:
+        total, parts, start = x.shape[dim], [], 0
+        while start < total:
+            n = min(self.size or total, total - start)
+            try:
+                parts.append(fn(x.narrow(dim, start, n)))
+            except torch.OutOfMemoryError:
+                if n == 1:
+                    raise
+                self.size = (n + 1) // 2
+                print(f"{self.name}: out of device memory at {n} {self.what} a VAE call; going on at {self.size}",
+                      file=sys.stderr)
+                if x.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            start += n
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
+@dataclasses.dataclass(frozen=True)
+class VAETiling:
+    """The spatial tiling of a video VAE's encode, as diffusers' ``enable_tiling`` sets it on the VAE: tiles of
+    ``height`` x ``width`` pixels every ``stride_h`` / ``stride_w`` pixels, blended where they overlap. diffusers
+    tiles an input whose frames (after the VAE's own ``patch_size`` patchify: ``scale``) are taller or wider than
+    one tile, and encodes a smaller one whole; :meth:`applies` is that rule. Tiling changes the latents slightly, so
+    where it is applied :meth:`tag` is added to the identity; where it is not, the latents and the identity are
+    exactly those of an untiled encode."""
+
+    height: int
+    width: int
+    stride_h: int
+    stride_w: int
+    scale: int = 1
+
+    @classmethod
+    def enable(cls, vae: nn.Module, tile: int = 0) -> VAETiling:
+        """Tiling switched on in ``vae`` (an ``AutoencoderKLCogVideoX`` / ``AutoencoderKLWan``): the VAE's own tiles
+        (CogVideoX: half its ``sample_height`` x ``sample_width``, overlapping by 1/6 and 1/5; Wan: 256 x 256 every
+        192), or ``tile`` x ``tile`` pixels (a multiple of 32) overlapping by a quarter, which keeps every tile's
+        stride whole latent pixels."""
+        if hasattr(vae, "tile_sample_stride_height"):  # Wan: strides
+            stride = {"tile_sample_stride_height": tile * 3 // 4, "tile_sample_stride_width": tile * 3 // 4}
+            vae.enable_tiling(tile_sample_min_height=tile or None, tile_sample_min_width=tile or None,
+                              **(stride if tile else {}))
+            sh, sw = int(vae.tile_sample_stride_height), int(vae.tile_sample_stride_width)
+        else:  # CogVideoX: overlap factors
+            quarter = {"tile_overlap_factor_height": 0.25, "tile_overlap_factor_width": 0.25}
+            vae.enable_tiling(tile_sample_min_height=tile or None, tile_sample_min_width=tile or None,
+                              **(quarter if tile else {}))
+            sh = int(vae.tile_sample_min_height * (1 - vae.tile_overlap_factor_height))
+            sw = int(vae.tile_sample_min_width * (1 - vae.tile_overlap_factor_width))
+        return cls(int(vae.tile_sample_min_height), int(vae.tile_sample_min_width), sh, sw,
+                   int(vae.config.get("patch_size") or 1))
+
+    def applies(self, height: int, width: int) -> bool:
+        """Whether an encode of frames ``height`` x ``width`` pixels is tiled (diffusers' own test)."""
+        return height // self.scale > self.height or width // self.scale > self.width
+
+    def tag(self, height: int, width: int) -> str:
+        """What the identity of features of ``height`` x ``width`` frames gets: ``""`` where no tiling applies."""
+        if not self.applies(height, width):
+            return ""
+        return f"+vaetiles{self.height}x{self.width}s{self.stride_h}x{self.stride_w}"
+
+
 class LatentEncoder(Backbone):
     """Block 0 of a latent diffusion backbone: its scaled VAE latents ``(B, T', h, w, C)``, encoded by ``encode``
     (uint8 video (B, T, H, W, 3) -> latents), ``frames_per_chunk`` frames at a time where the VAE encodes frames
-    independently (0: the whole clip in one call, for video VAEs that chunk internally)."""
+    independently (0: all frames in one call; halved on out-of-memory, see :class:`HalvingChunks`), or ``None`` for a
+    video VAE that takes the whole clip (its ``encode`` sizes its own calls). ``tiling``: the VAE's tiling, named
+    in :meth:`identity_at` where it applies."""
 
     num_blocks = 0
 
     def __init__(self, identity: str, encode: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                 frames_per_chunk: int = 0) -> None:
+                 frames_per_chunk: int | None = None, tiling: VAETiling | None = None) -> None:
         self.identity, self._encode, self.device, self.chunk = identity, encode, device, frames_per_chunk
+        self.tiling = tiling
+        self.fit = HalvingChunks(frames_per_chunk or 0, "frames", identity)
+
+    def tile_tag(self, height: int, width: int) -> str:
+        """``""``, or the tiling this encoder applies to frames of ``height`` x ``width`` pixels."""
+        return "" if self.tiling is None else self.tiling.tag(height, width)
+
+    def identity_at(self, frames: int, height: int, width: int) -> str:
+        return self.identity + self.tile_tag(height, width)
 
     @torch.no_grad()
     def features(self, video: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int], t: float,
                  noise_seed: int, ensemble: int = 1) -> dict[int, torch.Tensor]:
         if list(blocks) != [0] or t != 0:
             raise InputError(f"{self.identity}: the latents are block 0 at t = 0, asked for {list(blocks)} at t={t}")
-        if not self.chunk:
+        if self.chunk is None:
             return {0: self._encode(video).float()}
-        parts = [self._encode(video[:, i:i + self.chunk]).float() for i in range(0, video.shape[1], self.chunk)]
-        return {0: torch.cat(parts, dim=1)}  # (B, T', h, w, C)
+        return {0: self.fit(lambda part: self._encode(part).float(), video, dim=1)}  # (B, T', h, w, C)
 
 
 class LatentDiffusionBackbone(Backbone):
@@ -204,13 +299,22 @@ class LatentDiffusionBackbone(Backbone):
     #: how the kind maps t (0..1000) to its own noise level, named in the identity (e.g. "ddpm", "edm", "flow")
     t_mapping: ClassVar[str]
 
-    def __init__(self, identity: str, encoder: LatentEncoder, device: torch.device, dtype: torch.dtype,
+    def __init__(self, identity: str, encoder: Backbone, device: torch.device, dtype: torch.dtype,
                  batch_size: int = 0) -> None:
         """Subclasses load their modules first, then call this (it hooks :meth:`block_modules`)."""
         self.identity, self.encoder, self.device = identity, encoder, device
         self.dtype, self.batch_size = dtype, batch_size
         self.taps = BlockTaps(self.block_modules())
         self.num_blocks = len(self.taps.modules)
+
+    def identity_at(self, frames: int, height: int, width: int) -> str:
+        encoder = self.encoder
+        return self.identity + (encoder.tile_tag(height, width) if isinstance(encoder, LatentEncoder) else "")
+
+    def stitch(self, x: torch.Tensor) -> torch.Tensor:
+        """A block's tokens ``(B, T_f, ...)`` as the clip's frames (a kind that sees overlapping windows stitches
+        them back, see :meth:`TransformerBackbone.stitch`); by default, as they are."""
+        return x
 
     @abstractmethod
     def block_modules(self) -> list[nn.Module]:
@@ -260,11 +364,11 @@ class LatentDiffusionBackbone(Backbone):
             with self.taps.capture(blocks) as out:
                 self.taps.run(lambda x_t=x_t, timestep=timestep: self.forward(x_t, timestep, z))
             for b, o in out.items():
-                tok = self.tokens(b, o, grid).float()
+                tok = self.stitch(self.tokens(b, o, grid).float())
                 acc[b] = acc[b] + tok if b in acc else tok
         result = {b: v / ensemble for b, v in acc.items()}
         if 0 in blocks:
-            result[0] = z
+            result[0] = self.stitch(z)
         return result
 
 

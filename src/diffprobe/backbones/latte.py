@@ -30,7 +30,9 @@ latents, with the eps half of the learned-sigma output, or both halves when the 
 latents' channels); any other scheduler with that ``variance_type`` (DDIM, where the pipeline fails the same way) is
 refused at load.
 
-Options: ``dtype``, ``batch_size``, ``frames`` (0 = video_length), ``window`` (tile | cut), ``vae_frames``.
+Options: ``dtype``, ``batch_size``, ``frames`` (0 = video_length), ``window`` (tile | cut), ``overlap`` (frames
+shared by consecutive tiled windows; their features are stitched per frame, see
+:func:`~diffprobe.backbones.transformers3d.stitch_index`), ``vae_frames`` (halved on out-of-memory).
 """
 
 from __future__ import annotations
@@ -43,15 +45,11 @@ from einops import rearrange
 from torch import nn
 
 from diffprobe.backbones.dit import vae_encoder
-from diffprobe.backbones.external import BackboneLoadError, LatentEncoder
+from diffprobe.backbones.external import BackboneLoadError, HalvingChunks, LatentEncoder
 from diffprobe.backbones.loading import TransformerFolder
-from diffprobe.backbones.transformers3d import (
-    DDPMTransformerBackbone,
-    VAEFramesOptions,
-    VideoOptions,
-    Windows,
-    run_scheduler,
-)
+from diffprobe.backbones.transformers3d import DDPMTransformerBackbone, VAEFramesOptions, run_scheduler
+from diffprobe.backbones.video_windows import VideoOptions, Windows
+from diffprobe.config import ConfigError
 
 #: the scheduler config values that make the pipeline pass the model's whole (eps, variance) output to the scheduler
 LEARNED = ("learned", "learned_range")
@@ -66,9 +64,9 @@ class LatteOptions(VAEFramesOptions, VideoOptions):
 
 class LatteBackbone(DDPMTransformerBackbone):
     def __init__(self, identity: str, encoder: LatentEncoder, folder: TransformerFolder, null: torch.Tensor,
-                 window_latents: int) -> None:
+                 window_latents: int, window_stride: int | None = None) -> None:
         self.patch = int(folder.transformer.config.patch_size)
-        super().__init__(identity, encoder, folder, null, window_latents)
+        super().__init__(identity, encoder, folder, null, window_latents, window_stride, causal=False)
 
     def block_modules(self) -> list[nn.Module]:
         pairs = zip(self.transformer.transformer_blocks, self.transformer.temporal_transformer_blocks, strict=True)
@@ -133,15 +131,18 @@ def load_latte(path: Path, options: dict[str, str], spec: str, device: torch.dev
     def rule(n: int) -> str | None:
         return None if n == length else f"windows must have the transformer's video_length = {length} frames"
 
-    windows = Windows(frames, opts.window, rule, "latte")
+    if opts.overlap >= frames:
+        raise ConfigError(f"LatteOptions.overlap: must be below the window's {frames} frames, got {opts.overlap}")
+    windows = Windows(frames, opts.window, rule, "latte", opts.overlap)
     details = {"conditioning": "empty prompt (T5, masked)", "t_mapping": "ddpm index=min(round(t*N/1000),N-1)",
                "latents": f"mean*{folder.vae.config.scaling_factor}"}
     per_frame = vae_encoder(folder)
+    fit = HalvingChunks(opts.vae_frames, "frames", "latte VAE")
 
     def encode(video: torch.Tensor) -> torch.Tensor:  # (B, T, H, W, 3) -> (B, K*N, h, w, C)
         clips, _ = windows.split(video)
-        z = torch.cat([per_frame(clips[:, i:i + opts.vae_frames]) for i in range(0, clips.shape[1], opts.vae_frames)],
-                      dim=1)
+        z = fit(per_frame, clips, dim=1)  # (B*K, N, h, w, C)
         return rearrange(z, "(b k) n h w c -> b (k n) h w c", b=len(video))
 
-    return folder.resolve(LatteBackbone, details, encode, "video", null=null, window_latents=frames)
+    return folder.resolve(LatteBackbone, details, encode, "video", null=null, window_latents=frames,
+                          window_stride=frames - opts.overlap if opts.overlap else None)

@@ -30,6 +30,7 @@ from diffprobe.backbones.external import (
     BackboneLoadError,
     ExternalOptions,
     LatentEncoder,
+    VAETiling,
     identity_of,
     null_embeddings,
     parse_options,
@@ -213,14 +214,14 @@ class TransformerFolder(Generic[O]):
         return null
 
     def resolve(self, backbone_cls: Callable[..., TransformerBackbone], details: dict[str, str],
-                encode: Callable[[torch.Tensor], torch.Tensor], mode: str, frames_per_chunk: int = 0,
-                **kwargs: Any) -> ResolvedBackbone:
-        """``backbone_cls(identity, encoder, self, **kwargs)`` with its latent encoder (``encode``, block 0), both
-        named by :func:`identity_of` over the folder, the options and ``details`` (conditioning, t mapping,
-        latents)."""
+                encode: Callable[[torch.Tensor], torch.Tensor], mode: str, frames_per_chunk: int | None = None,
+                tiling: VAETiling | None = None, **kwargs: Any) -> ResolvedBackbone:
+        """``backbone_cls(identity, encoder, self, **kwargs)`` with its latent encoder (``encode``, block 0;
+        ``frames_per_chunk`` and ``tiling`` as :class:`LatentEncoder` takes them), both named by :func:`identity_of`
+        over the folder, the options and ``details`` (conditioning, t mapping, latents)."""
         from diffprobe.backbones.registry import ResolvedBackbone
 
         encoder = LatentEncoder(identity_of(f"{self.kind}-latents", self.path, self.opts, **details), encode,
-                                self.device, frames_per_chunk=frames_per_chunk)
+                                self.device, frames_per_chunk=frames_per_chunk, tiling=tiling)
         backbone = backbone_cls(identity_of(self.kind, self.path, self.opts, **details), encoder, self, **kwargs)
         return ResolvedBackbone(backbone, mode=mode, step=0, trained_on=None)

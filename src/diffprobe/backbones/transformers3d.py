@@ -4,9 +4,8 @@ a folder: :mod:`diffprobe.backbones.loading`).
 - :class:`DDPMSchedule`: the DDPM t mapping on the folder's scheduler (``index = min(round(t * N / 1000), N - 1)``
   with N = its ``num_train_timesteps``, ``x_t = sqrt(ab) z + sqrt(1 - ab) eps`` with ab its ``alphas_cumprod``);
   :func:`flow_noise`: the flow-matching mapping (``sigma = t / 1000``, ``x_t = (1 - sigma) z + sigma eps``).
-- :class:`VideoOptions` / :class:`Windows`: the ``frames`` / ``window`` options of the video kinds (a clip cut to its
-  first window, or tiled into windows that are each encoded and denoised as their own sample);
-  :class:`VAEFramesOptions`: the ``vae_frames`` option of the kinds whose VAE encodes frame by frame.
+- :class:`VAEFramesOptions`: the ``vae_frames`` option of the kinds whose VAE encodes frame by frame (the video
+  kinds' windows: :mod:`diffprobe.backbones.video_windows`).
 - :class:`TransformerBackbone`: the :class:`LatentDiffusionBackbone` of a diffusers transformer: one call
   (:meth:`TransformerBackbone.call`) serves the block taps and the ``denoise`` loop of ``diffprobe backbone check``
   (:func:`run_scheduler`: the folder's own scheduler, started exactly at t); :class:`DDPMTransformerBackbone`: one
@@ -21,7 +20,7 @@ import math
 from abc import abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from diffprobe.backbones.external import (
     LatentEncoder,
     require_at_least,
 )
+from diffprobe.backbones.video_windows import stitch_index
 from diffprobe.errors import InputError
 
 if TYPE_CHECKING:
@@ -41,13 +41,6 @@ if TYPE_CHECKING:
 
 #: schedulers whose ``step`` goes from ``timestep`` to ``timestep - N // num_inference_steps`` (any start works)
 DDIM_FAMILY = ("DDIMScheduler", "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler")
-
-
-def check_size(height: int, width: int, multiple: int, kind: str) -> None:
-    """Frames must tile into whole patches of the latent grid: H and W multiples of (VAE factor x patch)."""
-    if height % multiple or width % multiple:
-        raise InputError(f"{kind}: frames of {height}x{width} pixels do not tile into the model's patches (height and "
-                         f"width must be multiples of {multiple}: the VAE's spatial factor x the patch size)")
 
 
 # ---- t mappings --------------------------------------------------------------------------------------------------
@@ -103,19 +96,7 @@ def flow_noise(z: torch.Tensor, t: float, eps: torch.Tensor, num_train_timesteps
     return (1 - sigma) * z + sigma * eps, timestep
 
 
-# ---- clip windows ------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class VideoOptions(ExternalOptions):
-    """Options of the video kinds (``cogvideox``, ``wan``, ``latte``)."""
-
-    frames: int = 0  #: frames per window the model sees (0: the whole clip; latte: its video_length)
-    window: Literal["tile", "cut"] = "tile"  #: tile: the clip in consecutive windows; cut: its first window only
-
-    def validate(self) -> None:
-        super().validate()
-        require_at_least(self, 0, "frames")
+# ---- options -----------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,65 +108,6 @@ class VAEFramesOptions(ExternalOptions):
     def validate(self) -> None:
         super().validate()
         require_at_least(self, 1, "vae_frames")
-
-
-@dataclasses.dataclass(frozen=True)
-class Windows:
-    """A clip of T frames -> K windows of ``frames`` frames, each its own sample (``frames`` 0: the whole clip).
-
-    ``rule(n)`` is the model's check of a window length (an error message, or None when it works)."""
-
-    frames: int
-    window: str
-    rule: Callable[[int], str | None]
-    kind: str
-
-    def split(self, video: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """``(B, T, ...) -> ((B * K, N, ...), K)``."""
-        total = video.shape[1]
-        n = self.frames or total
-        if total < n:
-            raise InputError(f"{self.kind}: the clip has {total} frames, fewer than frames={n}")
-        if self.window == "cut":
-            k = 1
-        elif total % n:
-            raise InputError(f"{self.kind}: a clip of {total} frames does not tile into windows of frames={n} "
-                             f"(use frames= a divisor of {total}, or window=cut)")
-        else:
-            k = total // n
-        problem = self.rule(n)
-        if problem:
-            raise InputError(f"{self.kind}: {problem} (got {n}; set the frames= option)")
-        return rearrange(video[:, :k * n], "b (k n) ... -> (b k) n ...", k=k), k
-
-
-def causal_windows(folder: TransformerFolder[VideoOptions], ratio: int) -> tuple[Windows, int | None]:
-    """The windows of a kind whose causal video VAE compresses time ``ratio`` times (a window must have
-    ``1 + ratio * k`` frames) and the latent frames of one window (None: the whole clip is one)."""
-    frames = folder.opts.frames
-    windows = Windows(frames, folder.opts.window,
-                      lambda n: None if (n - 1) % ratio == 0 else f"windows must have 1 + {ratio}k frames", folder.kind)
-    return windows, (frames - 1) // ratio + 1 if frames else None
-
-
-def video_vae_encoder(folder: TransformerFolder[VideoOptions], windows: Windows,
-                      normalise: Callable[[torch.Tensor], torch.Tensor], multiple: int
-                      ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 clips (B, T, H, W, 3) -> the windows' normalised latents end to end (B, K * T'w, h, w, C): each window
-    encoded by the folder's video VAE as its own sample ([-1, 1] pixels, (N, 3, T, H, W)), at its latent mean,
-    ``batch_size`` windows a call; ``multiple``: what H and W must divide by."""
-    vae, device, dtype = folder.vae, folder.device, folder.dtype
-
-    def encode(video: torch.Tensor) -> torch.Tensor:
-        check_size(video.shape[2], video.shape[3], multiple, folder.kind)
-        clips, _ = windows.split(video.to(device))  # (B*K, N, H, W, 3)
-        x = (rearrange(clips, "b t h w c -> b c t h w").float() / 127.5 - 1).to(dtype)  # [-1, 1]
-        step = folder.opts.batch_size or len(x)
-        z = torch.cat([vae.encode(x[i:i + step]).latent_dist.mean for i in range(0, len(x), step)])
-        z = rearrange(normalise(z), "(b k) c t h w -> b (k t) h w c", b=len(video))
-        return z  # (B, K*T'w, h, w, C)
-
-    return encode
 
 
 # ---- the scheduler loop ------------------------------------------------------------------------------------------
@@ -275,16 +197,28 @@ class TransformerBackbone(LatentDiffusionBackbone):
     conditioning and returns its output channels last; the block taps stop it early, ``denoise`` runs it to the end.
 
     ``window_latents``: latent frames per clip window (None: the whole clip is one sample); the latents of a tiled
-    clip are its windows' latents end to end, and every window is denoised as its own sample. ``null``: the null
-    text conditioning ``(1, L, D)`` (None: the kind conditions otherwise).
+    clip are its windows' latents end to end, and every window is denoised as its own sample. ``window_stride``:
+    latent frames between the starts of overlapping windows (None: end to end); then every block's tokens (block 0
+    too) are stitched back into the clip's frames by :func:`stitch_index` (a kind's feature frames must be its
+    latent frames). ``causal``: the windows' VAE is causal (see :func:`stitch_index`). ``null``: the null text
+    conditioning ``(1, L, D)`` (None: the kind conditions otherwise).
     """
 
     def __init__(self, identity: str, encoder: LatentEncoder, folder: TransformerFolder,
-                 null: torch.Tensor | None = None, window_latents: int | None = None) -> None:
+                 null: torch.Tensor | None = None, window_latents: int | None = None,
+                 window_stride: int | None = None, causal: bool = True) -> None:
         self.transformer, self.scheduler = folder.transformer, folder.scheduler
         self.null = None if null is None else null.to(folder.device, folder.dtype)  # (1, L, D)
-        self.window_latents = window_latents
+        self.window_latents, self.window_stride, self.causal = window_latents, window_stride, causal
         super().__init__(identity, encoder, folder.device, folder.dtype, folder.opts.batch_size)
+
+    def stitch(self, x: torch.Tensor) -> torch.Tensor:
+        """Overlapping windows' frames ``(B, K * Tw, ...)`` -> the clip's ``(B, (K - 1) * stride + Tw, ...)``."""
+        if self.window_stride is None or self.window_latents is None:
+            return x
+        k = x.shape[1] // self.window_latents
+        index = stitch_index(k, self.window_latents, self.window_stride, self.causal)
+        return x[:, index.to(x.device)]
 
     @abstractmethod
     def call(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
@@ -332,9 +266,10 @@ class DDPMTransformerBackbone(TransformerBackbone):
     t_mapping = "ddpm"
 
     def __init__(self, identity: str, encoder: LatentEncoder, folder: TransformerFolder,
-                 null: torch.Tensor | None = None, window_latents: int | None = None) -> None:
+                 null: torch.Tensor | None = None, window_latents: int | None = None,
+                 window_stride: int | None = None, causal: bool = True) -> None:
         self.ddpm = DDPMSchedule.of(folder.scheduler, folder.path)
-        super().__init__(identity, encoder, folder, null, window_latents)
+        super().__init__(identity, encoder, folder, null, window_latents, window_stride, causal)
 
     def noise(self, z: torch.Tensor, t: float, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.ddpm.noise(z, t, eps)

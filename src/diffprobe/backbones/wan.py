@@ -27,7 +27,11 @@ t mapping: flow matching, ``sigma = t / 1000``, ``x_t = (1 - sigma) z + sigma ep
 ``WanPipeline.encode_prompt("")`` gives it (512 tokens: the prompt's own, then zeros), ``null_embeds.safetensors``
 tensor ``prompt_embeds`` (1, 512, 4096).
 
-Options: ``dtype``, ``batch_size``, ``frames`` (frames per window, 0 = the whole clip), ``window`` (tile | cut).
+Options: ``dtype``, ``batch_size``, ``frames`` (frames per window, 0 = the whole clip; 81 for Wan's own length),
+``window`` (tile | cut), ``overlap`` (frames shared by consecutive tiled windows, ``1 + 4j``; their features are
+stitched per latent frame, see :func:`~diffprobe.backbones.transformers3d.stitch_index`), ``vae_tiling`` (auto | off)
+and ``vae_tile`` (pixels; 0: the VAE's own 256 x 256 tiles every 192): frames taller or wider than one tile are encoded
+in tiles, and the identity names the tiling (``+vaetiles...``) for those sizes only.
 """
 
 from __future__ import annotations
@@ -40,14 +44,9 @@ from torch import nn
 
 from diffprobe.backbones.external import LatentEncoder
 from diffprobe.backbones.loading import TransformerFolder
-from diffprobe.backbones.transformers3d import (
-    TransformerBackbone,
-    VideoOptions,
-    causal_windows,
-    check_t,
-    flow_noise,
-    video_vae_encoder,
-)
+from diffprobe.backbones.transformers3d import TransformerBackbone, check_t, flow_noise
+from diffprobe.backbones.video_windows import TiledVideoOptions, causal_windows, vae_tiling, video_vae_encoder
+from diffprobe.config import ConfigError
 
 MAX_SEQUENCE_LENGTH = 512  #: WanPipeline's default prompt length
 
@@ -68,10 +67,10 @@ class WanBackbone(TransformerBackbone):
     t_mapping = "flow"
 
     def __init__(self, identity: str, encoder: LatentEncoder, folder: TransformerFolder, null: torch.Tensor,
-                 window_latents: int | None) -> None:
+                 window_latents: int | None, window_stride: int | None = None) -> None:
         self.patch = tuple(int(p) for p in folder.transformer.config.patch_size)
         self.num_train_timesteps = int(folder.scheduler.config.num_train_timesteps)
-        super().__init__(identity, encoder, folder, null, window_latents)
+        super().__init__(identity, encoder, folder, null, window_latents, window_stride)
 
     def block_modules(self) -> list[nn.Module]:
         return list(self.transformer.blocks)
@@ -102,15 +101,20 @@ def load_wan(path: Path, options: dict[str, str], spec: str, device: torch.devic
     from transformers import UMT5EncoderModel
 
     two_experts = "a two-expert Wan 2.2 folder (the expert depends on t); this kind takes one transformer"
-    folder = TransformerFolder.load("wan", path, options, spec, device, VideoOptions, WanTransformer3DModel,
+    folder = TransformerFolder.load("wan", path, options, spec, device, TiledVideoOptions, WanTransformer3DModel,
                                     AutoencoderKLWan, refused={"transformer_2": two_experts})
     cfg, vae = folder.transformer.config, folder.vae
     folder.check_text_to_video(vae.config.z_dim, f"z_dim {vae.config.z_dim}")
     null = folder.null_prompt(WanPipeline, UMT5EncoderModel, cfg.text_dim, max_sequence_length=MAX_SEQUENCE_LENGTH)
-    windows, window_latents = causal_windows(folder, int(vae.config.scale_factor_temporal))
+    plan = causal_windows(folder, int(vae.config.scale_factor_temporal))
+    if plan.stride is not None and int(cfg.patch_size[0]) > 1:
+        raise ConfigError(f"TiledVideoOptions.overlap: {path / 'transformer' / 'config.json'} has a temporal patch of "
+                          f"{cfg.patch_size[0]} (its feature frames pair latent frames): overlapping windows cannot be "
+                          "stitched per latent frame; use overlap=0")
     details = {"conditioning": "empty prompt (UMT5, 512 tokens)",
                "t_mapping": "flow sigma=t/1000 x=(1-sigma)z+sigma*eps timestep=sigma*N",
                "latents": "(mean-latents_mean)/latents_std"}
     multiple = int(vae.config.scale_factor_spatial) * int(cfg.patch_size[1])
-    encode = video_vae_encoder(folder, windows, normaliser(vae), multiple)
-    return folder.resolve(WanBackbone, details, encode, "video", null=null, window_latents=window_latents)
+    encode = video_vae_encoder(folder, plan.windows, normaliser(vae), multiple)
+    return folder.resolve(WanBackbone, details, encode, "video", tiling=vae_tiling(folder), null=null,
+                          window_latents=plan.latents, window_stride=plan.stride)
