@@ -188,3 +188,38 @@ def test_halving_chunks_keep_the_order_along_any_dim() -> None:
     x = torch.arange(7.0).view(7, 1)
     torch.testing.assert_close(fit(fn, x, 0), x * 2)
     assert seen == [7, 4, 2, 2, 2, 1] and fit.size == 2
+
+
+def test_tiled_features_are_cached_and_stored_under_the_tiled_identity(folders: dict[str, Path], tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clips larger than a tile: the encoder's cache, the features' cache and the probe's stored cell carry the
+    tiling; the same folder with tiling off keeps the plain identity (nothing computed two ways shares a key)."""
+    from click.testing import CliRunner
+
+    from diffprobe.cli import main
+    from diffprobe.data.splits import ROLES
+    from diffprobe.features.cache import FeatureCache
+    from diffprobe.features.sources import ensure_features
+    from diffprobe.study.store import ResultsStore
+    from diffprobe.tasks.roles import task_roles
+
+    data = "probeworld:tiny@height=64,width=64,frames=5,train_size=4,val_size=2,test_size=2,num_tracks=4"
+    clips = task_roles("action", {r: data for r in ROLES})["test"].clips
+    on = load_backbone(f"wan:{folders['wan']}@vae_tile=32", CPU).backbone
+    off = load_backbone(f"wan:{folders['wan']}@vae_tiling=off", CPU).backbone
+    cache = FeatureCache(tmp_path / "cache")
+    tiled = ensure_features(on, clips, "clip", [1], 0.0, 0, cache, progress=False)[1]
+    plain = ensure_features(off, clips, "clip", [1], 0.0, 0, cache, progress=False)[1]
+    tag = "+vaetiles32x32s24x24"
+    assert tiled.path.relative_to(cache.root).parts[0] == on.identity + tag
+    assert plain.path.relative_to(cache.root).parts[0] == off.identity == on.identity
+    assert {p.name for p in cache.root.iterdir()} >= {on.encoder.identity + tag, on.encoder.identity}
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, [
+        "probe", "--task", "action", "--backbone", f"wan:{folders['wan']}@vae_tile=32", "--dataset", data,
+        "--block", "1", "--t", "0", "--cache", "cache", "--quiet", "--allow-size-change", "--set", "steps=2",
+        "--set", "batch_size=2", "--set", "eval_batch_size=2", "--set", "readout.width=16", "--set",
+        "readout.heads=2", "--set", "warmup_steps=1", "--set", "eval_every=0"])
+    assert result.exit_code == 0, result.output
+    with ResultsStore(tmp_path / "results.sqlite") as store:
+        assert {r["identity"] for r in store.query()} == {on.identity + tag}

@@ -107,6 +107,16 @@ def ensure_inputs(backbone: Backbone, clips: ClipSequence, view: str, cache: Fea
     return backbone.features, lambda ids: VIEWS[view](videos.take(ids))
 
 
+def identity_for(backbone: Backbone, clips: ClipSequence, view: str) -> str:
+    """``backbone``'s identity for its features of ``clips`` seen through ``view``: its
+    :meth:`~diffprobe.backbones.base.Backbone.identity_at` their size (read from the first clip) where the kind's
+    computation depends on the size (a video VAE's tiling), else its identity."""
+    if type(backbone).identity_at is Backbone.identity_at:
+        return backbone.identity
+    video = VIEWS[view](torch.from_numpy(np.asarray(clips[0]["video"])[None]))  # (1, T, H, W, 3)
+    return backbone.identity_at(*video.shape[1:4])
+
+
 def feature_key(backbone: Backbone, clips: ClipSequence, view: str, t: float, noise_seed: int, ensemble: int = 1,
                 limit: int | None = None, pool: str = "") -> tuple[FeatureKey, int]:
     """The cache key (its block 0) of ``backbone``'s features of the first ``limit`` clips (or all), and that
@@ -114,7 +124,7 @@ def feature_key(backbone: Backbone, clips: ClipSequence, view: str, t: float, no
     num = len(clips) if limit is None else min(limit, len(clips))
     dataset, split = cache_names(clips)
     dataset += "" if limit is None else f"-first{num}"
-    return FeatureKey(backbone.identity, dataset, split, view, 0, float(t), noise_seed, ensemble,
+    return FeatureKey(identity_for(backbone, clips, view), dataset, split, view, 0, float(t), noise_seed, ensemble,
                       str(Pool.parse(pool)) if pool else ""), num
 
 

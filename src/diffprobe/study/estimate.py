@@ -341,10 +341,10 @@ def format_estimate(cost: StudyCost, peak: float, mfu: float, step_seconds: floa
         line += f"; {free:.3g} GB free at {cache}: " + ("fits" if gb <= free else "does NOT fit")
     lines.append(line)
     rate = peak * mfu * devices * 60  # FLOPs a minute
+    stream, once = cost.stream_flops, cost.cached_forward_flops
     lines.append(f"streamed instead (stream=true{', as this study is' if streamed else ''}): no feature cache; the "
-                 f"backbones' forwards take {cost.stream_flops / 1e15:,.3f} PFLOP ({cost.stream_flops / rate:.1f} min), "
-                 f"against {cost.cached_forward_flops / 1e15:,.3f} PFLOP ({cost.cached_forward_flops / rate:.1f} min) "
-                 f"extracted once")
+                 f"backbones' forwards take {stream / 1e15:,.3f} PFLOP ({stream / rate:.1f} min), against "
+                 f"{once / 1e15:,.3f} PFLOP ({once / rate:.1f} min) extracted once")
     if cost.uncounted:
         lines.append(f"not counted (could not be loaded): {', '.join(cost.uncounted)}")
     return "\n".join(lines)

@@ -122,9 +122,10 @@ def bank_groups(cfg: StudyConfig, jobs: Sequence[Job], world_size: int = 1) -> l
     return groups
 
 
-def study_cell(cfg: StudyConfig, job: Job, rb: ResolvedBackbone, dataset: str) -> Cell:
-    """The results-store key of a study job: everything that changes its number."""
-    return Cell(cfg.name, job.backbone, rb.backbone.identity, rb.mode, rb.step, job.block, job.t, job.noise_seed, 1,
+def study_cell(cfg: StudyConfig, job: Job, rb: ResolvedBackbone, dataset: str, identity: str) -> Cell:
+    """The results-store key of a study job: everything that changes its number (``identity``: the backbone's for
+    the job's clips, :func:`~diffprobe.features.sources.identity_for`)."""
+    return Cell(cfg.name, job.backbone, identity, rb.mode, rb.step, job.block, job.t, job.noise_seed, 1,
                 job.task, dataset, clips_key(cfg.probe_clips), job.probe_seed, cfg.probe.replace(seed=0).hash())
 
 

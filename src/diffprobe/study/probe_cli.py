@@ -59,7 +59,9 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
     from diffprobe.backbones.registry import load_backbone
     from diffprobe.features.cache import FeatureCache
     from diffprobe.features.pooling import Pool
+    from diffprobe.features.sources import identity_for
     from diffprobe.study.store import Cell, ResultsStore, clips_key
+    from diffprobe.tasks import TASKS
     from diffprobe.tasks.probe_config import ProbeConfig
     from diffprobe.tasks.roles import data_identity, task_roles
     from diffprobe.tasks.runner import run_probe
@@ -75,7 +77,8 @@ def probe_cmd(task_name: str, spec: str, dataset: str | None, train_data: str | 
     roles = task_roles(task_name, specs)
     resolved.check_clips([rd.dataset for rd in roles.values()], spec, allow_size_change)
     # pooled features are another feature source: their cells are stored apart
-    identity = resolved.backbone.identity + (f"+pool{pool}" if pool else "")
+    identity = identity_for(resolved.backbone, roles["test"].clips, TASKS[task_name].view) + (
+        f"+pool{pool}" if pool else "")
     cell = Cell(study=study, backbone=name or spec, identity=identity, mode=resolved.mode,
                 checkpoint_step=resolved.step, block=block, t=t, noise_seed=noise_seed, ensemble=ensemble,
                 task=task_name, dataset=data_identity(roles), clips=clips_key(None), probe_seed=cfg.seed,

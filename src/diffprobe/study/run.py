@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from diffprobe.backbones.registry import ResolvedBackbone, load_backbone
 from diffprobe.data.splits import ROLES, RoleData, resolve_roles
 from diffprobe.features.cache import FeatureCache
-from diffprobe.features.sources import ensure_features, ensure_inputs, ensure_videos
+from diffprobe.features.sources import ensure_features, ensure_inputs, ensure_videos, identity_for
 from diffprobe.models.exports import load_tokenizer
 from diffprobe.spec import BackboneSpec
 from diffprobe.study.artifacts import check_artifacts, exported
@@ -193,7 +193,9 @@ def _run_probes(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, ctx: DistC
     jobs = plan_jobs(cfg, run_dir)
     backbones = {spec: load_backbone(spec, ctx.device) for spec in dict.fromkeys(j.spec for j in jobs)}
     roles = {task: task_roles(task, cfg.roles(task)) for task in {j.task for j in jobs} | set(cfg.tasks)}
-    cells = [study_cell(cfg, job, backbones[job.spec], data_identity(roles[job.task])) for job in jobs]
+    cells = [study_cell(cfg, job, backbones[job.spec], data_identity(roles[job.task]),
+                        identity_for(backbones[job.spec].backbone, roles[job.task]["test"].clips, TASKS[job.task].view))
+             for job in jobs]
     show = progress and ctx.is_main
     with ResultsStore(run_dir / "results.sqlite") if ctx.is_main else contextlib.nullcontext() as store:
         left = None
