@@ -165,3 +165,24 @@ def test_human_bytes() -> None:
     assert [human_bytes(n) for n in (0, 999, 1000, 61440, 1.5e9, 2e15)] == ["0 B", "999 B", "1 kB", "61.4 kB",
                                                                           "1.5 GB", "2000 TB"]
     assert math.isclose(1.5e9, float(human_bytes(1.5e9).split()[0]) * 1e9)
+
+
+def test_peak_memory_is_baseline_plus_weights_plus_activations(walt, tmp_path_factory) -> None:
+    from diffprobe.backbones.shapes import import_libraries, resident_bytes
+
+    est = estimate(walt, 9, 32, 32, batch=2, feature_dtype=FEATURE_DTYPE, baseline=123_000_000)
+    assert est.baseline == 123_000_000
+    assert est.peak_bytes == 123_000_000 + est.weight_bytes + est.activation_bytes
+    assert estimate(walt, 9, 32, 32, batch=2, feature_dtype=FEATURE_DTYPE).peak_bytes == (
+        est.weight_bytes + est.activation_bytes)  # no baseline given: none counted
+    import_libraries()
+    now = resident_bytes()
+    assert 50e6 < now < 20e9  # this process (torch imported) holds tens of MB at least, and less than the machine
+    spec = f"walt:{tiny_runs(tmp_path_factory.getbasetemp()).video}"
+    result = CliRunner().invoke(main, ["backbone", "info", spec, "--estimate"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.strip().startswith("peak memory"))
+    value, unit = line.split()[2:4]
+    peak = float(value) * {"MB": 1e6, "GB": 1e9}[unit]
+    # the printed peak is this process's baseline (read before the load) + weights + activations
+    assert 0.5 * now + est.weight_bytes < peak < 2 * now + est.weight_bytes + 4 * est.activation_bytes

@@ -25,8 +25,8 @@ def backbone_group() -> None:
               help="Clip length to report the grids for.")
 @click.option("--size", type=click.IntRange(min=1), default=32, show_default=True, help="Frame side in pixels.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--estimate", is_flag=True, help="Also print the weights' bytes, one forward's activation memory and "
-              "the feature cache's bytes per clip (and for --clips clips) at each block.")
+@click.option("--estimate", is_flag=True, help="Also print the weights' bytes, one forward's activation memory, the "
+              "process's peak memory and the feature cache's bytes per clip (and for --clips clips) at each block.")
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Clips in the forward whose activations --estimate counts (default: extraction's batch).")
 @click.option("--clips", type=click.IntRange(min=1), default=None,
@@ -45,6 +45,12 @@ def info_cmd(spec: str, frames: int, size: int, device: str, estimate: bool, bat
     if not estimate and (batch is not None or clips is not None or pool):
         raise InputError("--batch, --clips and --pool go with --estimate")
     pooled = Pool.parse(pool).shape if pool else None
+    baseline = 0
+    if estimate:
+        from diffprobe.backbones.shapes import import_libraries, resident_bytes
+
+        import_libraries()
+        baseline = resident_bytes()  # this process before the load: what an extraction's holds besides the model
     rb = load_backbone(spec, resolve_device(device))
     sees = "each frame alone" if rb.mode == "image" else "the whole clip"
     click.echo(f"{spec}\n  identity  {rb.backbone.identity}\n  mode      {rb.mode} (sees {sees})")
@@ -58,7 +64,7 @@ def info_cmd(spec: str, frames: int, size: int, device: str, estimate: bool, bat
     from diffprobe.backbones.shapes import estimate as estimate_of
 
     batch = batch or EXTRACT_BATCH  # the extraction's defaults
-    est = estimate_of(rb.backbone, frames, size, size, batch, FEATURE_DTYPE, clips, pooled)
+    est = estimate_of(rb.backbone, frames, size, size, batch, FEATURE_DTYPE, clips, pooled, baseline)
     dtype = str(FEATURE_DTYPE).removeprefix("torch.") + (f", pooled to {Pool.parse(pool)}" if pool else "")
     for line in estimate_lines(est, frames, size, dtype):
         click.echo(line)
@@ -90,6 +96,9 @@ def estimate_lines(est: Any, frames: int, size: int, feature_dtype: str) -> list
     lines = [f"  weights      {human_bytes(est.weight_bytes):>9}  {est.parameters:,} parameters in "
              f"{'/'.join(est.weight_dtypes) or 'none'}",
              f"  activations  {human_bytes(est.activation_bytes):>9}  {act}",
+             f"  peak memory  {human_bytes(est.peak_bytes):>9}  the process's peak resident memory (compare with top's "
+             f"RES or /usr/bin/time's max RSS): a {human_bytes(est.baseline)} baseline (this process before the load: "
+             "python, torch and the libraries) + weights + activations",
              f"  blocks 0..{len(fwd.shapes) - 1} for a {frames} x {size} x {size} clip ({_HOW[fwd.fake]}); features "
              f"per (block, t) in {feature_dtype}:",
              f"  {'block':>5}  {'tokens T x H x W':>17}  {'channels':>8}  {'per clip':>9}  {'cache ' + cache:>14}"]

@@ -10,11 +10,16 @@ backbone type.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+import sys
+import types
 import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
@@ -112,9 +117,51 @@ def forward_shapes(backbone: Backbone, frames: int, height: int, width: int, bat
                          {b: feats[b].dtype for b in blocks})
 
 
-def parameters(backbone: Backbone) -> list[torch.nn.Parameter]:
-    """The unique parameters of every module the backbone (and its encoder) holds as an attribute."""
-    seen: dict[int, torch.nn.Parameter] = {}
+def resident_bytes() -> int:
+    """This process's resident memory now (``VmRSS`` of /proc/self/status; elsewhere its peak so far, from
+    ``getrusage``)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, kB elsewhere
+
+
+#: the libraries a model-folder kind imports when it loads, imported before the baseline is read
+LIBRARIES = ("diffusers", "transformers", "diffprobe.features.extract")
+
+
+def import_libraries() -> None:
+    """Import what an extraction imports besides the model (:data:`LIBRARIES`, those installed), so that
+    :func:`resident_bytes` then reads the baseline an extraction's process has before it loads the weights."""
+    import importlib
+
+    for name in LIBRARIES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
+def _held(obj: object) -> list[object]:
+    """What ``obj`` holds that may hold modules: a backbone's attributes, a dataclass's fields (a loaded folder), a
+    function's closure (an encoder's ``encode`` holds its VAE only there)."""
+    if isinstance(obj, Backbone):
+        return list(vars(obj).values())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+    if isinstance(obj, types.FunctionType | types.MethodType):
+        function = obj.__func__ if isinstance(obj, types.MethodType) else obj
+        return [c.cell_contents for c in function.__closure__ or () if c.cell_contents is not None]
+    return []
+
+
+def modules(backbone: Backbone) -> list[torch.nn.Module]:
+    """The top-level modules the backbone holds: its attributes', its encoder's, and those reached through a loaded
+    folder or an encoding function's closure (the VAE of a transformer kind), each once."""
+    found: dict[int, torch.nn.Module] = {}
     todo: list[object] = [backbone]
     visited: set[int] = set()
     while todo:
@@ -123,9 +170,17 @@ def parameters(backbone: Backbone) -> list[torch.nn.Parameter]:
             continue
         visited.add(id(obj))
         if isinstance(obj, torch.nn.Module):
-            seen.update((id(p), p) for p in obj.parameters())
-        elif isinstance(obj, Backbone):
-            todo += [v for v in vars(obj).values() if isinstance(v, torch.nn.Module | Backbone)]
+            found[id(obj)] = obj
+        else:
+            todo += _held(obj)
+    return list(found.values())
+
+
+def parameters(backbone: Backbone) -> list[torch.nn.Parameter]:
+    """The unique parameters of every module the backbone (and its encoder) holds as an attribute."""
+    seen: dict[int, torch.nn.Parameter] = {}
+    for module in modules(backbone):
+        seen.update((id(p), p) for p in module.parameters())
     return list(seen.values())
 
 
@@ -140,6 +195,7 @@ class Estimate:
     weight_dtypes: tuple[str, ...]  #: the dtypes the weights are held in
     feature_bytes: dict[int, int]  #: block -> bytes of one clip's features at one (block, t) in the cache's dtype
     clips: int | None  #: clips of a planned extraction, when asked
+    baseline: int = 0  #: resident bytes of the process before the model loads (:func:`resident_bytes`)
 
     @property
     def activation_bytes(self) -> int:
@@ -149,20 +205,30 @@ class Estimate:
             return self.forward.peak_activation_bytes
         return self.batch * sum(math.prod(s) * self.forward.dtypes[b].itemsize for b, s in self.forward.shapes.items())
 
+    @property
+    def peak_bytes(self) -> int:
+        """The process's peak resident memory in one forward: its ``baseline`` (imports, before the load), every
+        weight at its loaded dtype (the VAE and any image encoder included, fp32 modules a library keeps in fp32
+        at their size) and the forward's activation peak. The libraries load safetensors weights without a second
+        copy, so the load itself peaks below this."""
+        return self.baseline + self.weight_bytes + self.activation_bytes
+
     def cache_bytes(self, block: int) -> int | None:
         """Bytes of ``clips`` clips' features at one (block, t); None when no clip count was given."""
         return None if self.clips is None else self.clips * self.feature_bytes[block]
 
 
 def estimate(backbone: Backbone, frames: int, height: int, width: int, batch: int, feature_dtype: torch.dtype,
-             clips: int | None = None, cached: Callable[[tuple[int, ...]], tuple[int, ...]] | None = None
-             ) -> Estimate:
+             clips: int | None = None, cached: Callable[[tuple[int, ...]], tuple[int, ...]] | None = None,
+             baseline: int = 0) -> Estimate:
     """Weights, one forward's activations for ``batch`` clips, and feature (cache) bytes per clip per (block, t) at
     ``feature_dtype``, for clips of ``frames x height x width``; nothing is computed where the kind runs fake.
-    ``cached`` maps a block's shape to the shape the cache holds (token pooling); None: the block's own."""
+    ``cached`` maps a block's shape to the shape the cache holds (token pooling); None: the block's own.
+    ``baseline``: the process's resident bytes before the load (:func:`resident_bytes` after
+    :func:`import_libraries`), counted in :attr:`Estimate.peak_bytes`."""
     forward = forward_shapes(backbone, frames, height, width, batch)
     params = parameters(backbone)
     dtypes = tuple(sorted({str(p.dtype).removeprefix("torch.") for p in params}))
     features = {b: math.prod(cached(s) if cached else s) * feature_dtype.itemsize for b, s in forward.shapes.items()}
-    return Estimate(forward, batch, sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params),
-                    dtypes, features, clips)
+    weights = sum(p.numel() * p.element_size() for p in params)
+    return Estimate(forward, batch, sum(p.numel() for p in params), weights, dtypes, features, clips, baseline)
