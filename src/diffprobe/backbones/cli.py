@@ -53,7 +53,8 @@ def info_cmd(spec: str, frames: int, size: int, device: str, estimate: bool, bat
         baseline = resident_bytes()  # this process before the load: what an extraction's holds besides the model
     rb = load_backbone(spec, resolve_device(device))
     sees = "each frame alone" if rb.mode == "image" else "the whole clip"
-    click.echo(f"{spec}\n  identity  {rb.backbone.identity}\n  mode      {rb.mode} (sees {sees})")
+    identity = rb.backbone.identity_at(frames, size, size)  # with what the clip size changes (a VAE's tiling)
+    click.echo(f"{spec}\n  identity  {identity}\n  mode      {rb.mode} (sees {sees})")
     if not estimate:
         fwd = forward_shapes(rb.backbone, frames, size, size)
         click.echo(f"  blocks    0..{rb.backbone.num_blocks} for a {frames} x {size} x {size} clip "

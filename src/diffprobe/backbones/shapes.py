@@ -5,7 +5,7 @@ they are: each parameter is viewed as a fake tensor when an op first reads it (n
 
 A kind whose forward reads a value out of a tensor (data-dependent control flow) or uses an op without a fake
 implementation cannot run fake; :func:`forward_shapes` then runs the real forward on a grey clip and says so once per
-backbone type.
+backbone type. :func:`forward_flops` counts the FLOPs of the same fake forward.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
 
 from diffprobe.backbones.base import Backbone
 from diffprobe.errors import DiffprobeError
@@ -115,6 +116,28 @@ def forward_shapes(backbone: Backbone, frames: int, height: int, width: int, bat
         feats = backbone.features(_grey(1, frames, height, width, backbone.device), torch.arange(1), blocks, 0.0, 0)
     return ForwardShapes({b: tuple(feats[b].shape[1:]) for b in blocks}, False, None,
                          {b: feats[b].dtype for b in blocks})
+
+
+def forward_flops(backbone: Backbone, frames: int, height: int, width: int, block: int, t: float = 0.0,
+                  noise_seed: int = 0) -> float:
+    """FLOPs of ``backbone``'s features of one ``frames x height x width`` clip up to ``block`` at noise level
+    ``t`` (the encoder's too, where the kind encodes inside its forward); on fake tensors where the kind runs fake,
+    else by a real forward of a grey clip."""
+    def run(device_clip: torch.Tensor) -> None:
+        backbone.features(device_clip, torch.arange(1), [block], t, noise_seed)
+
+    counter = FlopCounterMode(display=False)
+    try:
+        with _LiveBytes(), counter:  # the counter above the fake mode: it sees every op, then the fake mode runs it
+            run(_grey(1, frames, height, width, backbone.device))
+        return float(counter.get_total_flops())
+    except DiffprobeError:
+        raise
+    except Exception:  # noqa: BLE001 (an op that cannot run fake: count a real forward, as forward_shapes does)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            run(_grey(1, frames, height, width, backbone.device))
+        return float(counter.get_total_flops())
 
 
 def resident_bytes() -> int:

@@ -31,9 +31,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffprobe.backbones.base import Backbone
-from diffprobe.backbones.flops import forward_flops
 from diffprobe.backbones.registry import load_backbone
-from diffprobe.backbones.shapes import forward_shapes
+from diffprobe.backbones.shapes import forward_flops, forward_shapes
 from diffprobe.data.registry import open_dataset
 from diffprobe.errors import DiffprobeError
 from diffprobe.features.extract import EXTRACT_BATCH, FEATURE_DTYPE, VIEWS, free_bytes
