@@ -7,10 +7,14 @@
    the small input (batch 1) and reads its peak RSS (``VmHWM``); then, weights loaded, the ``backbone info
    --estimate`` figures at the small input and the per-block shapes at the kind's native clip (both on fake
    tensors, after the peak was read);
-3. the folder is deleted.
+3. with ``--modes cache,pool,stream``, a fresh subprocess each runs the deepest block's features of ``--clips`` clips a
+   split into the cache, pooled to 2 x 2 first, or streamed into a two-step action probe (``probe --stream``), a clip
+   a forward, and reads its peak RSS;
+4. the folder is deleted.
 
 Writes ``benchmarks/real_size.json`` and prints a markdown table; progress goes to stderr.
-``python benchmarks/real_size.py [--kinds sd,wan] [--root /tmp/real-size] [--frames 9 --size 128]``.
+``python benchmarks/real_size.py [--kinds sd,wan] [--root /tmp/real-size] [--frames 9 --size 128]
+[--modes cache,pool,stream --clips 2]``.
 """
 
 from __future__ import annotations
@@ -75,8 +79,45 @@ def child_build(kind: str, folder: Path) -> dict[str, Any]:
             "blocks": probe.num_blocks + 1, "noised": hasattr(probe, "noise")}
 
 
-def _dataset(frames: int, size: int) -> str:
-    return f"probeworld:tiny@height={size},width={size},frames={frames},train_size=1,val_size=1,test_size=1"
+def _dataset(frames: int, size: int, clips: int = 1) -> str:
+    return (f"probeworld:tiny@height={size},width={size},frames={frames},train_size={clips},val_size={clips},"
+            f"test_size={clips}")
+
+
+#: how features reach a probe -> the extra CLI arguments of its run (``--modes``): extracted into the cache, pooled
+#: to 2 x 2 tokens a frame first, or streamed (a probe of two steps that computes every feature as it reads it)
+MODES: dict[str, list[str]] = {"cache": [], "pool": ["--pool", "2x2"], "stream": ["--stream"]}
+
+
+def child_mode(kind: str, folder: Path, frames: int, size: int, cache: Path, blocks: int, noised: bool, mode: str,
+               clips: int) -> dict[str, Any]:
+    """Peak RSS of one way of feeding features at the small input, ``clips`` clips a split: ``extract`` of the
+    deepest block (``cache``, ``pool``) or ``probe --stream`` of the action task on it (``stream``)."""
+    import click
+
+    from diffprobe.backbones.shapes import import_libraries
+    from diffprobe.cli import main
+    from diffprobe.spec import BackboneSpec
+
+    import_libraries()
+    baseline = vm_hwm()
+    spec = str(BackboneSpec.parse(KINDS[kind].spec(kind, folder)).with_options(batch_size=1))  # a clip a forward
+    common = ["--backbone", spec, "--dataset", _dataset(frames, size, clips), "--t", str(T_LEVEL if noised else 0.0),
+              "--block", str(blocks - 1), "--cache", str(cache), "--allow-size-change", "--quiet", *MODES[mode]]
+    if mode == "stream":
+        argv = ["probe", "--task", "action", *common, "--store", str(cache / "results.sqlite"), "--set", "steps=2",
+                "--set", "batch_size=1", "--set", "eval_batch_size=1", "--set", "warmup_steps=1", "--set",
+                "eval_every=0"]
+    else:
+        argv = ["extract", *common, "--split", "test", "--batch-size", "1"]
+    start = time.perf_counter()
+    try:
+        main.main(argv, standalone_mode=False)
+    except click.exceptions.ClickException as e:
+        raise RuntimeError(e.format_message()) from e
+    written = sum(f.stat().st_size for f in cache.rglob("shard-*.safetensors") if "block0_t0" not in str(f.parent))
+    return {"mode": mode, "clips": clips, "seconds": time.perf_counter() - start, "baseline_rss_bytes": baseline,
+            "peak_rss_bytes": vm_hwm(), "feature_bytes_written": written}
 
 
 def child_measure(kind: str, folder: Path, frames: int, size: int, cache: Path, blocks: int, noised: bool
@@ -124,7 +165,8 @@ def child_measure(kind: str, folder: Path, frames: int, size: int, cache: Path, 
     }
 
 
-def measure(kind: str, root: Path, frames: int | None, size: int | None) -> dict[str, Any]:
+def measure(kind: str, root: Path, frames: int | None, size: int | None, modes: list[str] | None = None,
+            clips: int = 2) -> dict[str, Any]:
     k = KINDS[kind]
     f, s = frames or k.small[0], size or k.small[1]
     folder = root / kind
@@ -137,6 +179,13 @@ def measure(kind: str, root: Path, frames: int | None, size: int | None) -> dict
             f"{f} x {s} x {s} ...")
         measured = _child(["--child-measure", kind, str(folder), str(f), str(s), str(root / "cache"),
                            str(built["blocks"]), str(int(built["noised"]))])
+        for mode in modes or []:  # each in a fresh process and cache
+            log(f"[{kind}] {mode}: {clips} clips a split ...")
+            run = _child(["--child-mode", kind, str(folder), str(f), str(s), str(root / f"cache-{mode}"),
+                          str(built["blocks"]), str(int(built["noised"])), mode, str(clips)])
+            log(f"[{kind}] {mode}: peak RSS {_gb(run['peak_rss_bytes'])}, {run['seconds']:.0f} s, "
+                f"{run['feature_bytes_written'] / 1e6:.2f} MB of features written")
+            measured.setdefault("modes", {})[mode] = run
     finally:
         shutil.rmtree(root, ignore_errors=True)
     est = measured["estimate"]
@@ -178,9 +227,13 @@ def main() -> None:
                     help="scratch folder for one model at a time (deleted after each)")
     ap.add_argument("--frames", type=int, default=None, help="frames of the small input (default: the kind's)")
     ap.add_argument("--size", type=int, default=None, help="frame side of the small input (default: the kind's)")
+    ap.add_argument("--modes", default="", help=f"also run these ways of feeding features, each in a fresh process "
+                    f"(comma-separated from {sorted(MODES)})")
+    ap.add_argument("--clips", type=int, default=2, help="with --modes: clips in each split")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--child-build", nargs=2, metavar=("KIND", "FOLDER"), help=argparse.SUPPRESS)
     ap.add_argument("--child-measure", nargs=7, help=argparse.SUPPRESS)
+    ap.add_argument("--child-mode", nargs=9, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child_build:
         print(json.dumps(child_build(a.child_build[0], Path(a.child_build[1]))))
@@ -189,6 +242,14 @@ def main() -> None:
         kind, folder, f, s, cache, blocks, noised = a.child_measure
         print(json.dumps(child_measure(kind, Path(folder), int(f), int(s), Path(cache), int(blocks), noised == "1")))
         return
+    if a.child_mode:
+        kind, folder, f, s, cache, blocks, noised, mode, clips = a.child_mode
+        print(json.dumps(child_mode(kind, Path(folder), int(f), int(s), Path(cache), int(blocks), noised == "1", mode,
+                                    int(clips))))
+        return
+    modes = [m for m in a.modes.split(",") if m]
+    if set(modes) - set(MODES):
+        ap.error(f"unknown modes {sorted(set(modes) - set(MODES))}; known: {sorted(MODES)}")
     kinds = [k for k in a.kinds.split(",") if k]
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
@@ -199,14 +260,15 @@ def main() -> None:
     failed = {}
     for kind in kinds:
         try:
-            rows[kind] = measure(kind, a.root, a.frames, a.size)
+            rows[kind] = measure(kind, a.root, a.frames, a.size, modes, a.clips)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             failed[kind] = str(e)
             log(f"[{kind}] FAILED: {e}")
     ordered = [rows[k] for k in KINDS if k in rows]
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "python": platform.python_version()},
-              "command": f"python benchmarks/real_size.py --kinds {','.join(kinds)}",
+              "command": f"python benchmarks/real_size.py --kinds {','.join(kinds)}"
+                         + (f" --modes {','.join(modes)} --clips {a.clips}" if modes else ""),
               "wall_s": time.perf_counter() - start, "failed": failed, "kinds": ordered}
     from diffprobe.utils.io import atomic_write_text
 
