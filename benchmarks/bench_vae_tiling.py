@@ -1,9 +1,9 @@
 """Peak host memory of one CogVideoX VAE encode with and without tiling, at the published size (issue #26).
 
-The VAE is built with random weights from the values of THUDM/CogVideoX-2b ``vae/config.json`` (written out below;
-they are also diffusers' defaults for ``AutoencoderKLCogVideoX``). Each (frames, height, width, tiling) runs in its own
-process, so its peak RSS (``ru_maxrss``) is that encode's alone; the latents' relative difference (tiled vs not) is
-printed beside it. CPU, fp32, batch 1::
+The VAE is built with random weights from the values of THUDM/CogVideoX-2b ``vae/config.json`` (declared in
+``real_size_configs.py``; they are also diffusers' defaults for ``AutoencoderKLCogVideoX``). Each (frames, height,
+width, tiling) runs in its own process, so its peak RSS (``ru_maxrss``) is that encode's alone; the latents' relative
+difference (tiled vs not) is printed beside it. CPU, fp32, batch 1::
 
     PYTHONPATH=src python benchmarks/bench_vae_tiling.py 9x256x384 9x256x256:128
 """
@@ -15,15 +15,14 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-#: THUDM/CogVideoX-2b vae/config.json
-COGVIDEOX_2B_VAE = {
-    "in_channels": 3, "out_channels": 3, "down_block_types": ["CogVideoXDownBlock3D"] * 4,
-    "up_block_types": ["CogVideoXUpBlock3D"] * 4, "block_out_channels": [128, 256, 256, 512], "latent_channels": 16,
-    "layers_per_block": 3, "act_fn": "silu", "norm_eps": 1e-6, "norm_num_groups": 32, "temporal_compression_ratio": 4,
-    "sample_height": 480, "sample_width": 720, "scaling_factor": 1.15258426, "force_upcast": True,
-    "use_quant_conv": False, "use_post_quant_conv": False,
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from real_size_configs import KINDS  # noqa: E402
+
+#: THUDM/CogVideoX-2b vae/config.json, as the real-size benchmark builds it
+COGVIDEOX_2B_VAE = next(part.config for part in KINDS["cogvideox"].parts if part.sub == "vae")
 
 
 def one(frames: int, height: int, width: int, tile: int, tiled: bool, out: str) -> None:
