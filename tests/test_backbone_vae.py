@@ -128,7 +128,8 @@ def per_frame_stand_in(limit: int, calls: list[int]):
 
 def test_out_of_memory_halves_the_vae_frame_chunk_and_goes_on(capsys: pytest.CaptureFixture[str]) -> None:
     calls: list[int] = []
-    encoder = LatentEncoder("stand-in-latents", per_frame_stand_in(3, calls), CPU, frames_per_chunk=8)
+    encoder = LatentEncoder("stand-in-latents", per_frame_stand_in(3, calls), CPU, torch.nn.Identity(),
+                            frames_per_chunk=8)
     video = random_clip(2, 9, 8)
     z = encoder.features(video, torch.tensor([0, 1]), [0], 0.0, 0)[0]
     torch.testing.assert_close(z, video.float().mean(dim=(2, 3), keepdim=True))
@@ -142,7 +143,7 @@ def test_out_of_memory_halves_the_vae_frame_chunk_and_goes_on(capsys: pytest.Cap
 
 
 def test_out_of_memory_at_one_frame_is_raised() -> None:
-    encoder = LatentEncoder("stand-in-latents", per_frame_stand_in(0, []), CPU, frames_per_chunk=2)
+    encoder = LatentEncoder("stand-in-latents", per_frame_stand_in(0, []), CPU, torch.nn.Identity(), frames_per_chunk=2)
     with pytest.raises(torch.OutOfMemoryError):
         encoder.features(random_clip(1, 4, 8), IDS, [0], 0.0, 0)
 

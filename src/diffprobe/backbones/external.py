@@ -258,16 +258,17 @@ class VAETiling:
 
 class LatentEncoder(Backbone):
     """Block 0 of a latent diffusion backbone: its scaled VAE latents ``(B, T', h, w, C)``, encoded by ``encode``
-    (uint8 video (B, T, H, W, 3) -> latents), ``frames_per_chunk`` frames at a time where the VAE encodes frames
-    independently (0: all frames in one call; halved on out-of-memory, see :class:`HalvingChunks`), or ``None`` for a
-    video VAE that takes the whole clip (its ``encode`` sizes its own calls). ``tiling``: the VAE's tiling, named
-    in :meth:`identity_at` where it applies."""
+    (uint8 video (B, T, H, W, 3) -> latents, with ``vae``), ``frames_per_chunk`` frames at a time where the VAE
+    encodes frames independently (0: all frames in one call; halved on out-of-memory, see :class:`HalvingChunks`),
+    or ``None`` for a video VAE that takes the whole clip (its ``encode`` sizes its own calls). ``tiling``: the VAE's
+    tiling, named in :meth:`identity_at` where it applies."""
 
     num_blocks = 0
 
     def __init__(self, identity: str, encode: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                 frames_per_chunk: int | None = None, tiling: VAETiling | None = None) -> None:
+                 vae: nn.Module, frames_per_chunk: int | None = None, tiling: VAETiling | None = None) -> None:
         self.identity, self._encode, self.device, self.chunk = identity, encode, device, frames_per_chunk
+        self.vae = vae  #: the VAE ``encode`` runs (held here so what the encoder weighs is in plain sight)
         self.tiling = tiling
         self.fit = HalvingChunks(frames_per_chunk or 0, "frames", identity)
 

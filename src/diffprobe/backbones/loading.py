@@ -222,6 +222,6 @@ class TransformerFolder(Generic[O]):
         from diffprobe.backbones.registry import ResolvedBackbone
 
         encoder = LatentEncoder(identity_of(f"{self.kind}-latents", self.path, self.opts, **details), encode,
-                                self.device, frames_per_chunk=frames_per_chunk, tiling=tiling)
+                                self.device, self.vae, frames_per_chunk=frames_per_chunk, tiling=tiling)
         backbone = backbone_cls(identity_of(self.kind, self.path, self.opts, **details), encoder, self, **kwargs)
         return ResolvedBackbone(backbone, mode=mode, step=0, trained_on=None)

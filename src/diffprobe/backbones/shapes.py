@@ -11,10 +11,8 @@ backbone type. :func:`forward_flops` counts the FLOPs of the same fake forward.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import sys
-import types
 import warnings
 import weakref
 from collections.abc import Callable
@@ -169,21 +167,13 @@ def import_libraries() -> None:
 
 
 def _held(obj: object) -> list[object]:
-    """What ``obj`` holds that may hold modules: a backbone's attributes, a dataclass's fields (a loaded folder), a
-    function's closure (an encoder's ``encode`` holds its VAE only there)."""
-    if isinstance(obj, Backbone):
-        return list(vars(obj).values())
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return [getattr(obj, f.name) for f in dataclasses.fields(obj)]
-    if isinstance(obj, types.FunctionType | types.MethodType):
-        function = obj.__func__ if isinstance(obj, types.MethodType) else obj
-        return [c.cell_contents for c in function.__closure__ or () if c.cell_contents is not None]
-    return []
+    """What ``obj`` holds that may hold modules: a backbone's attributes (its encoder, whose ``vae`` is the VAE it
+    runs)."""
+    return list(vars(obj).values()) if isinstance(obj, Backbone) else []
 
 
 def modules(backbone: Backbone) -> list[torch.nn.Module]:
-    """The top-level modules the backbone holds: its attributes', its encoder's, and those reached through a loaded
-    folder or an encoding function's closure (the VAE of a transformer kind), each once."""
+    """The top-level modules the backbone holds: its attributes' and its encoder's (the VAE), each once."""
     found: dict[int, torch.nn.Module] = {}
     todo: list[object] = [backbone]
     visited: set[int] = set()

@@ -124,7 +124,7 @@ class SVDLatents(Backbone):
                  chunk: int) -> None:
         self.identity, self.vae, self.device = identity, vae, device
         self.window, self.noise_aug = window, noise_aug
-        self.frames = LatentEncoder(identity, frame_encoder(vae, "svd"), device, frames_per_chunk=chunk)
+        self.frames = LatentEncoder(identity, frame_encoder(vae, "svd"), device, vae, frames_per_chunk=chunk)
 
     @torch.no_grad()
     def features(self, video: torch.Tensor, clip_ids: torch.Tensor, blocks: Sequence[int], t: float,

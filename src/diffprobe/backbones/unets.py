@@ -280,4 +280,4 @@ class UNetBackbone(LatentDiffusionBackbone):
 
 def chunked_frame_encoder(identity: str, vae: nn.Module, device: torch.device, chunk: int, kind: str) -> LatentEncoder:
     """Block 0 of an SD-VAE kind: :func:`frame_encoder` ``chunk`` frames of every clip at a time."""
-    return LatentEncoder(identity, frame_encoder(vae, kind), device, frames_per_chunk=chunk)
+    return LatentEncoder(identity, frame_encoder(vae, kind), device, vae, frames_per_chunk=chunk)
