@@ -111,8 +111,10 @@ def test_video_twin_first_frame_tokens_see_later_motion(twins: dict[str, Path], 
     tokens = first_frame_tokens(backbone, variants, block=6, t=0.0, noise_seed=0)
     assert all(not np.array_equal(tokens[k], tokens[0]) for k in range(1, 4))
     assert motion_ratio(tokens, token_regions(regions, 4, 4)).ratio > 1.2
-    block0 = first_frame_tokens(backbone, variants, block=0, t=0.0, noise_seed=0)  # causal tokenizer: frame 0 alone
-    assert motion_ratio(block0, token_regions(regions, 4, 4)).ratio == 1.0
+    # block 0: the causal tokenizer encodes frame 0 alone; block 1: spatial windows, inside one latent frame
+    for block in (0, 1):
+        still = first_frame_tokens(backbone, variants, block=block, t=0.0, noise_seed=0)
+        assert motion_ratio(still, token_regions(regions, 4, 4)).ratio == 1.0
 
 
 def test_motion_command_end_to_end(twins: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
