@@ -108,6 +108,7 @@ def _base(root: Path, tmp: Path) -> dict[str, dict[str, object]]:
                     "splits": ["test"]},
         "probe": {"task_name": "action", "spec": video, "dataset": WORLD, "block": "1", "store": tmp / "r.sqlite",
                   "cache_dir": cache, "quiet": True, "assignments": [v for v in PROBE if v != "--set"]},
+        "motion": {"spec": video, "dataset": WORLD, "block": "1", "n_clips": "1", "out_dir": out},
         "study": {"out_dir": out, "estimate": True, "peak_tflops": "100", "quiet": True},
         "report": {"run_dir": runs.report, "block": "1", "t": "0"},
         "config show": {"kind": "probe"},

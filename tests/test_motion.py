@@ -145,3 +145,20 @@ def test_motion_command_user_errors(twins: dict[str, Path], tmp_path: Path) -> N
     res = CliRunner().invoke(motion_cmd, ["--backbone", f"walt:{twins['video']}", "--block", "9", "--out",
                                           str(tmp_path / "o")])
     assert isinstance(res.exception, InputError) and "out of range" in str(res.exception)
+
+
+def test_a_motion_folder_of_another_run_is_not_overwritten(twins: dict[str, Path], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through `diffprobe`: the same run again rewrites its folder; another block into it is refused in one line and
+    the folder's results are kept."""
+    from diffprobe.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["motion", "--backbone", f"walt:{twins['video']}", "--clips", "1", "--out", "m"]
+    assert CliRunner().invoke(main, [*args, "--block", "6"]).exit_code == 0
+    before = (tmp_path / "m" / "motion.json").read_bytes()
+    assert CliRunner().invoke(main, [*args, "--block", "6"]).exit_code == 0
+    other = CliRunner().invoke(main, [*args, "--block", "5"])
+    assert other.exit_code == 2 and other.output.startswith("Error: ") and "another config" in other.output
+    assert len(other.output.strip().splitlines()) == 1
+    assert (tmp_path / "m" / "motion.json").read_bytes() == before

@@ -91,10 +91,10 @@ def motion_figure(variants: np.ndarray, regions: np.ndarray, names: Sequence[str
               help="Which regions play: quadrants (a 2x2 grid, 4 variants) or thirds (3 vertical strips, 3 variants).")
 @click.option("--device", default="auto", show_default=True)
 @allow_size_change_option
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for motion.json and the figures.")
 def motion_cmd(spec: str, dataset: str | None, block: int, t: float, noise_seed: int, n_clips: int, regions: str,
-               device: str, allow_size_change: bool, out: Path) -> None:
+               device: str, allow_size_change: bool, out_dir: Path) -> None:
     """First-frame tokens of videos where only one region plays (the paper's Figure 4): a figure per clip and the
     motion ratio (token change where the region plays over where it is frozen; 1.0 for an image model)."""
     from diffprobe.backbones.registry import load_backbone
@@ -119,7 +119,14 @@ def motion_cmd(spec: str, dataset: str | None, block: int, t: float, noise_seed:
     if n_clips > len(clips):
         raise InputError(f"--clips {n_clips}: the test role of {data_spec!r} ({role.source}) has {len(clips)} clips")
     config = MotionConfig(spec, data_spec, block, t, noise_seed, n_clips, regions)
-    out.mkdir(parents=True, exist_ok=True)
+    if (out_dir / RESULTS_FILE).is_file():  # a folder of results is the user's: only the same run may write it again
+        from diffprobe.utils.io import read_json
+
+        held = read_json(out_dir / RESULTS_FILE).get("config")
+        if held != config.to_dict():
+            raise InputError(f"{out_dir / RESULTS_FILE}: holds a motion run of another config ({held}); give another "
+                             "--out or delete that folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n_clips):
         video = np.asarray(clips[i]["video"])  # (T, H, W, 3) uint8
@@ -127,7 +134,7 @@ def motion_cmd(spec: str, dataset: str | None, block: int, t: float, noise_seed:
         variants = motion_variants(video, masks)  # (K, T, H, W, 3)
         tokens = first_frame_tokens(resolved.backbone, variants, block, t, noise_seed, clip_id=i)  # (K, h, w, C)
         score = motion_ratio(tokens, token_regions(masks, tokens.shape[1], tokens.shape[2]))
-        figure = out / FIGURE_NAME.format(index=i)
+        figure = out_dir / FIGURE_NAME.format(index=i)
         title = f"{spec} · block {block} · t {t:g} · {clips.describe(i)}"
         atomic_write_bytes(figure, png_bytes(motion_figure(variants, masks, names, tokens, score, title)))
         rows.append({"index": i, "clip": clips.describe(i), "ratio": score.ratio, "inside": score.inside,
@@ -135,8 +142,8 @@ def motion_cmd(spec: str, dataset: str | None, block: int, t: float, noise_seed:
         click.echo(f"clip {i} ({clips.describe(i)}): motion ratio {score.ratio:.4f} (inside {score.inside:.4g}, "
                    f"outside {score.outside:.4g})")
     mean = float(np.mean([r["ratio"] for r in rows]))
-    atomic_write_json(out / RESULTS_FILE, {
+    atomic_write_json(out_dir / RESULTS_FILE, {
         "config": config.to_dict(), "backbone_identity": resolved.backbone.identity, "mode": resolved.mode,
         "dataset_identity": role.dataset.identity, "clips_source": role.source, "region_names": list(names),
         "clips": rows, "mean_ratio": mean})
-    click.echo(f"mean motion ratio over {n_clips} clip(s): {mean:.4f} -> {out / RESULTS_FILE}")
+    click.echo(f"mean motion ratio over {n_clips} clip(s): {mean:.4f} -> {out_dir / RESULTS_FILE}")
