@@ -11,20 +11,31 @@ from pathlib import Path
 
 import click
 
+from diffprobe.readouts.match import MatchGrid
 from diffprobe.utils.cliopts import cache_option, dataset_option, quiet_option, t_option, workers_option
 
 TASK = "point_tracking"  #: the task whose targets, query mode and metrics the matcher is scored by
 MATCH_TAG = "match-"  #: prefix of a matcher cell's config hash: never a trained probe's
 
 
-def match_config_hash(blocks: Sequence[int], noise_seeds: Sequence[int], grid: object) -> str:
+_GRID = MatchGrid()
+HELP = (
+    "Track points with no trained readout: each query's feature is matched against every frame's features (cosine "
+    "similarity, soft-argmax around the peak, occluded below a threshold; docs/readouts.md).\n\n"
+    f"Temperature {_GRID.temperatures}, window {_GRID.windows} tokens and occlusion threshold (never, or the "
+    f"{'/'.join(f'{q:.0%}' for q in _GRID.quantiles)} quantile of the validation peak similarities) are chosen on "
+    "the val split by average Jaccard; the test split's point-tracking metrics are printed and stored as a cell "
+    f"whose config hash starts with {MATCH_TAG!r}.")
+
+
+def match_config_hash(blocks: Sequence[int], noise_seeds: Sequence[int], grid: MatchGrid) -> str:
     """The ``config_hash`` of a matcher cell: the blocks concatenated, the seeds averaged and the grid searched."""
     blob = json.dumps({"blocks": list(blocks), "noise_seeds": list(noise_seeds), "grid": dataclasses.asdict(grid)},
                       sort_keys=True)
     return MATCH_TAG + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-@click.command("match")
+@click.command("match", help=HELP)
 @click.option("--backbone", "spec", required=True, help="KIND:PATH[@KEY=VALUE,...] (see `diffprobe extract --help`).")
 @dataset_option
 @click.option("--block", "blocks", type=click.IntRange(min=0), multiple=True, required=True,
@@ -45,18 +56,13 @@ def match_config_hash(blocks: Sequence[int], noise_seeds: Sequence[int], grid: o
 def match_cmd(spec: str, dataset: str | None, blocks: tuple[int, ...], t: float, noise_seeds: tuple[int, ...],
               upsample: int, store: Path, study: str, name: str | None, device: str, cache_dir: Path, workers: int,
               quiet: bool) -> None:
-    """Track points with no trained readout: each query's feature is matched against every frame's features
-    (cosine similarity, soft-argmax around the peak, occluded below a threshold).
-
-    Temperature (0.01, 0.03, 0.1), window (1, 2, 4 tokens) and occlusion threshold (never, or the 5/10/20/30/50%
-    quantile of the validation peak similarities) are chosen on the val split by average Jaccard; the test split's
-    point-tracking metrics are printed and stored as a cell whose config hash starts with "match-"."""
+    """Track points with no trained readout (see ``HELP``)."""
     import numpy as np
 
     from diffprobe.backbones.registry import load_backbone
     from diffprobe.features.cache import FeatureCache
     from diffprobe.features.sources import ensure_features, identity_for
-    from diffprobe.readouts.match import MatchGrid, choose, hyperfeatures, match_split, predictions
+    from diffprobe.readouts.match import choose, hyperfeatures, match_split, predictions
     from diffprobe.study.store import Cell, ResultsStore, clips_key
     from diffprobe.tasks import make_task
     from diffprobe.tasks.roles import data_identity, task_context, task_roles
