@@ -68,6 +68,18 @@ def test_matcher_flags_frames_where_the_point_is_replaced_by_noise() -> None:
     assert np.abs(tracks - want[:2])[seen].max() < 0.5
 
 
+def test_queries_matched_in_chunks_give_the_same_tracks(monkeypatch) -> None:
+    import diffprobe.readouts.match as match
+
+    feats = torch.randn(3, 4, 4, 8, generator=torch.Generator().manual_seed(0))
+    queries = np.c_[np.arange(10) % 3, np.random.default_rng(0).uniform(0, 16, (10, 2))].astype(np.float32)
+    whole = match.match_grid(feats, queries, (16, 16), 3, [0.05, 0.2], [1.5])
+    monkeypatch.setattr(match, "QUERY_CHUNK", 3)
+    chunked = match.match_grid(feats, queries, (16, 16), 3, [0.05, 0.2], [1.5])
+    for a, b in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_feature_frames_follow_temporal_compression() -> None:
     assert feature_frames(9, 9).tolist() == list(range(9))
     assert feature_frames(9, 3).tolist() == [0, 1, 1, 1, 1, 2, 2, 2, 2]  # causal: frame 0 alone, then 4s

@@ -32,6 +32,7 @@ from torch import Tensor
 from diffprobe.errors import InputError
 
 ArrayLike = Tensor | np.ndarray
+QUERY_CHUNK = 256  #: queries matched against a frame at once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,17 +126,19 @@ def match_grid(features: ArrayLike, queries: ArrayLike, size: tuple[int, int], f
     for tf in frame_of.unique().tolist():
         up = F.interpolate(fmap[tf:tf + 1], size=(gh, gw), mode="bilinear", align_corners=False)[0]  # (C, gh, gw)
         up = F.normalize(up, dim=0).reshape(up.shape[0], -1)  # (C, gh*gw)
-        sim = q_feat @ up  # (N, gh*gw) cosine similarity
-        peak, arg = sim.max(dim=1)  # (N,)
-        d2 = ((xs - xs[arg, None]) / cell_x) ** 2 + ((ys - ys[arg, None]) / cell_y) ** 2  # (N, gh*gw) in tokens^2
         frame_ts = (frame_of == tf).nonzero()[:, 0]  # the pixel frames reading this feature frame
-        peaks[:, frame_ts] = peak[:, None]
-        for j, radius in enumerate(windows):
-            outside = d2 > radius ** 2  # (N, gh*gw)
-            for i, temp in enumerate(temperatures):
-                weight = torch.softmax((sim / temp).masked_fill(outside, float("-inf")), dim=1)  # (N, gh*gw)
-                xy = torch.stack([weight @ xs, weight @ ys], dim=-1)  # (N, 2)
-                tracks[i, j][:, frame_ts] = xy[:, None]
+        for lo in range(0, n, QUERY_CHUNK):  # a chunk of queries at a time bounds memory at (chunk, gh*gw)
+            part = slice(lo, lo + QUERY_CHUNK)
+            sim = q_feat[part] @ up  # (n_c, gh*gw) cosine similarity
+            peak, arg = sim.max(dim=1)  # (n_c,)
+            d2 = ((xs - xs[arg, None]) / cell_x) ** 2 + ((ys - ys[arg, None]) / cell_y) ** 2  # (n_c, gh*gw) tokens^2
+            peaks[part, frame_ts] = peak[:, None]
+            for j, radius in enumerate(windows):
+                outside = d2 > radius ** 2  # (n_c, gh*gw)
+                for i, temp in enumerate(temperatures):
+                    weight = torch.softmax((sim / temp).masked_fill(outside, float("-inf")), dim=1)  # (n_c, gh*gw)
+                    xy = torch.stack([weight @ xs, weight @ ys], dim=-1)  # (n_c, 2)
+                    tracks[i, j, part][:, frame_ts] = xy[:, None]
     own = torch.arange(n)
     tracks[:, :, own, q_frame] = q[:, [2, 1]]
     peaks[own, q_frame] = 1.0
