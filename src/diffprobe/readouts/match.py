@@ -1,0 +1,214 @@
+"""Training-free point tracking by feature matching (the DIFT / DiffTrack protocol): no readout is trained.
+
+A query point's feature is sampled bilinearly at its ``(t, y, x)`` on the feature grid; every frame's feature map is
+upsampled (bilinear) to the clip's pixel grid (or ``upsample`` times finer on each side); the cosine similarity of
+the query's feature against each upsampled frame gives a map whose peak, refined by a soft-argmax (softmax at
+``temperature``) over the grid cells within ``window`` tokens of the peak, is the track; a frame whose peak
+similarity is below ``threshold`` is predicted occluded.
+
+Coordinates follow TAP-Vid (DESIGN.md): queries ``(t, y, x)``, tracks ``(x, y)`` in pixels, pixel centres at +0.5.
+Token ``j`` of a ``W_f``-token row covers pixels ``[j W / W_f, (j + 1) W / W_f)`` and its centre is at
+``(j + 0.5) W / W_f``, so pixel ``x`` is feature coordinate ``x W_f / W - 0.5`` (the half-cell offset); both the
+sampling (``grid_sample``) and the upsampling (``interpolate``) use ``align_corners=False``, which is that convention.
+A pixel frame ``t`` reads the feature frame :func:`feature_frames` maps it to (the identity without temporal
+compression).
+
+Options as inputs: :func:`hyperfeatures` averages a block's features over noise seeds (DIFT's ensemble) and
+concatenates several blocks on channels, each L2-normalised first. :func:`choose` picks temperature, window and
+threshold on the validation split by a score the caller gives (the task's primary metric, AJ); never on test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from diffprobe.errors import InputError
+
+ArrayLike = Tensor | np.ndarray
+QUERY_CHUNK = 256  #: queries matched against a frame at once
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchParams:
+    """One setting of the matcher."""
+
+    temperature: float  #: softmax temperature of the soft-argmax, in units of cosine similarity
+    window: float  #: radius of the soft-argmax around the peak, in feature tokens
+    threshold: float  #: occluded where the peak cosine similarity is below this
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchGrid:
+    """What :func:`choose` tries on validation. Thresholds are not absolute (cosine similarities of different
+    backbones live in different ranges): each is a quantile of the validation peak similarities over the frames
+    scored, plus -1 (never occluded)."""
+
+    temperatures: tuple[float, ...] = (0.01, 0.03, 0.1)
+    windows: tuple[float, ...] = (1.0, 2.0, 4.0)
+    quantiles: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
+    upsample: int = 1  #: similarity grid cells per pixel side (not searched: finer costs upsample**2)
+
+
+def feature_frames(frames: int, feature_frames_: int) -> np.ndarray:
+    """The feature frame each of ``frames`` pixel frames reads, ``(frames,)`` int: the identity when the counts
+    agree; a causal tokenizer's ``1 + k r`` frames -> ``1 + k`` (frame 0 alone, then groups of ``r``); ``k r`` frames
+    -> ``k`` (groups of ``r``); otherwise the nearest frame in time."""
+    t = np.arange(frames)
+    if feature_frames_ == frames:
+        return t
+    if feature_frames_ > 1 and (frames - 1) % (feature_frames_ - 1) == 0:
+        return -(-t // ((frames - 1) // (feature_frames_ - 1)))  # ceil: 0 | 1..r | r+1..2r | ...
+    if frames % feature_frames_ == 0:
+        return t // (frames // feature_frames_)
+    return np.minimum(np.round((t + 0.5) * feature_frames_ / frames - 0.5).astype(int), feature_frames_ - 1)
+
+
+def hyperfeatures(per_block: Sequence[Sequence[ArrayLike]]) -> Tensor:
+    """One feature map ``(T_f, H_f, W_f, sum C)`` from ``per_block[b][s]``, block ``b``'s features ``(T_f, H_b, W_b,
+    C_b)`` at noise seed ``s``: each block averaged over its seeds, L2-normalised per token, upsampled (bilinear) to the
+    largest block grid, and the blocks concatenated on channels."""
+    blocks = [torch.stack([torch.as_tensor(f, dtype=torch.float32) for f in seeds]).mean(0) for seeds in per_block]
+    frames = {b.shape[0] for b in blocks}
+    if len(frames) > 1:
+        raise InputError(f"match: the blocks' features have different frame counts {sorted(frames)}; "
+                         f"concatenate blocks of one temporal grid")
+    h, w = max(b.shape[1] for b in blocks), max(b.shape[2] for b in blocks)
+    out = []
+    for b in blocks:  # (T_f, H_b, W_b, C_b)
+        b = F.normalize(b, dim=-1)
+        if b.shape[1:3] != (h, w):
+            b = F.interpolate(b.permute(0, 3, 1, 2), size=(h, w), mode="bilinear", align_corners=False)
+            b = b.permute(0, 2, 3, 1)  # (T_f, h, w, C_b)
+        out.append(b)
+    return torch.cat(out, dim=-1)  # (T_f, h, w, sum C_b)
+
+
+def match_grid(features: ArrayLike, queries: ArrayLike, size: tuple[int, int], frames: int,
+               temperatures: Sequence[float], windows: Sequence[float], upsample: int = 1) -> tuple[Tensor, Tensor]:
+    """Tracks of every (temperature, window) pair and the peak similarities, from one similarity pass.
+
+    Args:
+        features: ``(T_f, H_f, W_f, C)`` one clip's features.
+        queries: ``(N, 3)`` as ``(t, y, x)`` pixels of the clip.
+        size: the clip's ``(H, W)``; frames: its ``T``.
+        upsample: the similarity grid's cells per pixel side (1: the pixel grid; 4: quarter-pixel cells).
+
+    Returns:
+        tracks ``(len(temperatures), len(windows), N, T, 2)`` as ``(x, y)`` pixels, and peak cosine similarity
+        ``(N, T)``. At its own frame a query's track is the query point and its peak 1.
+    """
+    feats = torch.as_tensor(features, dtype=torch.float32)
+    q = torch.as_tensor(queries, dtype=torch.float32).reshape(-1, 3)  # (N, 3)
+    h, w = size
+    t_f, h_f, w_f, _ = feats.shape
+    n = len(q)
+    fmap = feats.permute(0, 3, 1, 2)  # (T_f, C, H_f, W_f)
+    frame_of = torch.from_numpy(feature_frames(frames, t_f))  # (T,)
+    q_frame = q[:, 0].round().long().clamp(0, frames - 1)  # (N,)
+    where = torch.stack([2 * q[:, 2] / w - 1, 2 * q[:, 1] / h - 1], dim=-1)[:, None, None]  # (N, 1, 1, 2) as (x, y)
+    q_feat = F.grid_sample(fmap[frame_of[q_frame]], where, mode="bilinear", padding_mode="border",
+                           align_corners=False)[:, :, 0, 0]  # (N, C)
+    q_feat = F.normalize(q_feat, dim=1)
+    gh, gw = h * upsample, w * upsample  # the similarity grid
+    ys, xs = torch.meshgrid((torch.arange(gh, dtype=torch.float32) + 0.5) / upsample,
+                            (torch.arange(gw, dtype=torch.float32) + 0.5) / upsample, indexing="ij")
+    xs, ys = xs.reshape(-1), ys.reshape(-1)  # (gh*gw,) cell centres in pixels
+    cell_x, cell_y = w / w_f, h / h_f  # pixels per token
+    tracks = torch.zeros(len(temperatures), len(windows), n, frames, 2)
+    peaks = torch.zeros(n, frames)
+    for tf in frame_of.unique().tolist():
+        up = F.interpolate(fmap[tf:tf + 1], size=(gh, gw), mode="bilinear", align_corners=False)[0]  # (C, gh, gw)
+        up = F.normalize(up, dim=0).reshape(up.shape[0], -1)  # (C, gh*gw)
+        frame_ts = (frame_of == tf).nonzero()[:, 0]  # the pixel frames reading this feature frame
+        for lo in range(0, n, QUERY_CHUNK):  # a chunk of queries at a time bounds memory at (chunk, gh*gw)
+            part = slice(lo, lo + QUERY_CHUNK)
+            sim = q_feat[part] @ up  # (n_c, gh*gw) cosine similarity
+            peak, arg = sim.max(dim=1)  # (n_c,)
+            d2 = ((xs - xs[arg, None]) / cell_x) ** 2 + ((ys - ys[arg, None]) / cell_y) ** 2  # (n_c, gh*gw) tokens^2
+            peaks[part, frame_ts] = peak[:, None]
+            for j, radius in enumerate(windows):
+                outside = d2 > radius ** 2  # (n_c, gh*gw)
+                for i, temp in enumerate(temperatures):
+                    weight = torch.softmax((sim / temp).masked_fill(outside, float("-inf")), dim=1)  # (n_c, gh*gw)
+                    xy = torch.stack([weight @ xs, weight @ ys], dim=-1)  # (n_c, 2)
+                    tracks[i, j, part][:, frame_ts] = xy[:, None]
+    own = torch.arange(n)
+    tracks[:, :, own, q_frame] = q[:, [2, 1]]
+    peaks[own, q_frame] = 1.0
+    return tracks, peaks
+
+
+def match_points(features: ArrayLike, queries: ArrayLike, size: tuple[int, int], temperature: float,
+                 window: float, threshold: float, frames: int | None = None, upsample: int = 1
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Track ``queries`` ``(N, 3)`` ``(t, y, x)`` through a clip from its ``features`` ``(T_f, H_f, W_f, C)`` (see
+    the module docstring); ``frames`` is the clip's frame count (default ``T_f``), ``upsample`` as in
+    :func:`match_grid`.
+
+    Returns tracks ``(N, T, 2)`` as ``(x, y)`` pixels (the layout of the task's ``tracks`` targets) and occluded
+    ``(N, T)`` bool (peak similarity below ``threshold``)."""
+    frames = int(torch.as_tensor(features).shape[0]) if frames is None else frames
+    tracks, peaks = match_grid(features, queries, size, frames, [temperature], [window], upsample)
+    return tracks[0, 0].numpy(), (peaks < threshold).numpy()
+
+
+def match_split(clip_features: Iterable[ArrayLike], queries: np.ndarray, valid: np.ndarray, size: tuple[int, int],
+                frames: int, temperatures: Sequence[float], windows: Sequence[float], upsample: int = 1
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`match_grid` on every clip of a split (task targets layout: ``queries`` ``(B, Q, 3)``, ``valid``
+    ``(B, Q)``; ``clip_features`` yields each clip's ``(T_f, H_f, W_f, C)`` in order). Returns tracks ``(G_t, G_w, B,
+    Q, T, 2)`` and peaks ``(B, Q, T)``; slots that are not valid are left at 0 (they are never scored)."""
+    b, slots = valid.shape
+    tracks = np.zeros((len(temperatures), len(windows), b, slots, frames, 2), np.float32)
+    peaks = np.zeros((b, slots, frames), np.float32)
+    count = 0
+    for i, feats in enumerate(clip_features):
+        count += 1
+        keep = np.flatnonzero(valid[i])
+        if len(keep):
+            tr, pk = match_grid(feats, queries[i][keep], size, frames, temperatures, windows, upsample)
+            tracks[:, :, i, keep], peaks[i, keep] = tr.numpy(), pk.numpy()
+    if count != b:
+        raise ValueError(f"match_split: {count} clips of features for {b} clips of targets")
+    return tracks, peaks
+
+
+def predictions(tracks: np.ndarray, peaks: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """The task's prediction dict from one setting's tracks ``(B, Q, T, 2)`` and the peaks ``(B, Q, T)``."""
+    return {"tracks": tracks, "visible": peaks >= threshold}
+
+
+def thresholds(peaks: np.ndarray, valid: np.ndarray, queries: np.ndarray, grid: MatchGrid) -> list[float]:
+    """The threshold candidates of ``grid`` on a split: -1, and the quantiles of the peaks of its valid queries
+    in every frame but the query's own."""
+    frames = np.arange(peaks.shape[-1])
+    other = valid[..., None] & (frames != np.round(queries[..., :1]))  # (B, Q, T)
+    scored = peaks[other]
+    qs = np.quantile(scored, grid.quantiles).tolist() if scored.size else []
+    return [-1.0] + [float(v) for v in qs]
+
+
+def choose(grid: MatchGrid, val_features: Iterable[ArrayLike], val_queries: np.ndarray, val_valid: np.ndarray,
+           size: tuple[int, int], frames: int, score: Callable[[dict[str, np.ndarray]], float]
+           ) -> tuple[MatchParams, float]:
+    """The setting of ``grid`` whose validation predictions score highest by ``score`` (the task's primary metric
+    on the validation targets, higher is better; ties go to the earlier setting), and that score."""
+    tracks, peaks = match_split(val_features, val_queries, val_valid, size, frames, grid.temperatures, grid.windows,
+                                grid.upsample)
+    best: tuple[MatchParams, float] | None = None
+    ths = thresholds(peaks, val_valid, val_queries, grid)
+    for (i, temp), (j, win), th in itertools.product(enumerate(grid.temperatures), enumerate(grid.windows), ths):
+        value = score(predictions(tracks[i, j], peaks, th))
+        value = value if np.isfinite(value) else float("-inf")  # a split with nothing to score ranks last
+        if best is None or value > best[1]:
+            best = (MatchParams(temp, win, th), value)
+    if best is None:
+        raise InputError("match: the grid is empty; give at least one temperature and one window")
+    return best
