@@ -21,7 +21,7 @@ from fixtures_runs import PROBE, TWO_STEPS, WORLD, tiny_runs
 from diffprobe.cli import main
 
 #: parameters that take any text (a name to file results under), so no value is of the wrong type
-FREE_TEXT = {("probe", "study"), ("probe", "name")}
+FREE_TEXT = {("probe", "study"), ("probe", "name"), ("match", "study"), ("match", "name")}
 #: path parameters a command creates when missing (its outputs); every other path must exist
 CREATED = {"out_dir", "cache_dir", "store"}
 #: out-of-range values beyond the declared range, by parameter name: a block far past the model's (depth 6), a
@@ -108,6 +108,8 @@ def _base(root: Path, tmp: Path) -> dict[str, dict[str, object]]:
                     "splits": ["test"]},
         "probe": {"task_name": "action", "spec": video, "dataset": WORLD, "block": "1", "store": tmp / "r.sqlite",
                   "cache_dir": cache, "quiet": True, "assignments": [v for v in PROBE if v != "--set"]},
+        "match": {"spec": video, "dataset": WORLD, "blocks": ["1"], "store": tmp / "m.sqlite", "cache_dir": cache,
+                  "quiet": True},
         "motion": {"spec": video, "dataset": WORLD, "block": "1", "n_clips": "1", "out_dir": out},
         "study": {"out_dir": out, "estimate": True, "peak_tflops": "100", "quiet": True},
         "report": {"run_dir": runs.report, "block": "1", "t": "0"},

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "backbone": "diffprobe.backbones.cli:backbone_group",
     "extract": "diffprobe.features.cli:extract_cmd",
     "probe": "diffprobe.study.probe_cli:probe_cmd",
+    "match": "diffprobe.study.match_cli:match_cmd",
     "motion": "diffprobe.study.motion_cli:motion_cmd",
     "study": "diffprobe.study.cli:study_cmd",
     "report": "diffprobe.study.report:report",
