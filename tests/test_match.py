@@ -162,8 +162,8 @@ def test_matcher_beats_static_points_on_probe_world(small_world: dict) -> None:
 
 def test_match_cli_end_to_end_and_a_bad_block(tmp_path, monkeypatch) -> None:
     from diffprobe.cli import main
-    from diffprobe.study.match_cli import MATCH_TAG, match_cmd
-    from diffprobe.study.store import ResultsStore
+    from diffprobe.study.match_cli import match_cmd
+    from diffprobe.study.store import MATCH_TAG, ResultsStore
 
     monkeypatch.chdir(tmp_path)
     args = ["--backbone", "pixels@patch=4", "--dataset", TINY, "--block", "0", "--cache", "cache", "--quiet",

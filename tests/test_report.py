@@ -39,7 +39,7 @@ from diffprobe.study.report_tasks import (
     relative_change,
     relative_percent,
 )
-from diffprobe.study.store import Cell, ResultsStore, clips_key
+from diffprobe.study.store import MATCH_TAG, Cell, ResultsStore, clips_key
 from diffprobe.study.tables import headline_table
 from diffprobe.utils.io import atomic_write_json
 
@@ -354,6 +354,19 @@ def test_other_probe_configs_of_one_backbone_are_other_cells() -> None:
         "walt-video": (2, pytest.approx(0.7)), "walt-video[probe config old-conf]": (1, 0.2)}
     assert any("the latest is shown as walt-video" in n for n in data.notes)
 
+
+
+def test_a_matcher_cell_is_named_beside_the_trained_probe_even_when_it_is_newer() -> None:
+    def row(config_hash: str, value: float, time: str) -> dict:
+        cell = Cell("s", "walt-video", "id", "video", 1, 2, 0.0, 0, 1, "point_tracking", "d", "all", 0, config_hash)
+        return {**dataclasses.asdict(cell), "metric": "average_jaccard", "value": value, "time": time}
+
+    data = aggregate("s", [row("probe-conf", 0.11, "2025-01-01T00:00:00"),
+                           row(MATCH_TAG + "abc", 0.04, "2025-02-01T00:00:00")])
+    assert {k.backbone: s.mean for k, s in data.stats.items()} == {
+        "walt-video": pytest.approx(0.11), "walt-video[matcher]": pytest.approx(0.04)}
+    alone = aggregate("s", [row(MATCH_TAG + "abc", 0.04, "2025-02-01T00:00:00")])
+    assert [k.backbone for k in alone.stats] == ["walt-video[matcher]"]
 
 def test_the_caveat_heads_the_page_and_the_printed_table(tmp_path) -> None:
     from diffprobe.cli import main

@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 
 from diffprobe.readouts.match import MatchGrid
+from diffprobe.study.store import MATCH_TAG
 from diffprobe.utils.cliopts import cache_option, dataset_option, quiet_option, t_option, workers_option
 
 TASK = "point_tracking"  #: the task whose targets, query mode and metrics the matcher is scored by
-MATCH_TAG = "match-"  #: prefix of a matcher cell's config hash: never a trained probe's
 
 
 _GRID = MatchGrid()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import Any
 from diffprobe.data.splits import ROLES
 from diffprobe.errors import FileProblem, InputError, MissingFile
 from diffprobe.study.report_tasks import backbone_order, task_order
-from diffprobe.study.store import ResultsStore
+from diffprobe.study.store import MATCH_TAG, ResultsStore
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,14 @@ def load_study(store_path: Path, study: str | None = None,
 
 
 #: the coordinates of a cell that are neither seeds nor in :class:`Key`, and how a label names a value of each
-SETUP = {"identity": "id {}", "ensemble": "ensemble {}", "clips": "clips {}", "config_hash": "probe config {:.8}"}
+SETUP: dict[str, Callable[[Any], str]] = {
+    "identity": "id {}".format, "ensemble": "ensemble {}".format, "clips": "clips {}".format,
+    "config_hash": lambda h: "matcher" if h.startswith(MATCH_TAG) else f"probe config {h:.8}"}
+
+
+def _matcher(setup: tuple[Any, ...]) -> bool:
+    """Whether a setup (values of :data:`SETUP`, in order) is a training-free matcher's (``diffprobe match``)."""
+    return str(setup[list(SETUP).index("config_hash")]).startswith(MATCH_TAG)
 
 
 def _backbone_labels(rows: list[Mapping[str, Any]]) -> tuple[dict[tuple[Any, ...], str], list[str]]:
@@ -217,9 +224,12 @@ def _backbone_labels(rows: list[Mapping[str, Any]]) -> tuple[dict[tuple[Any, ...
     labels = {}
     for (name, mode, step), seen in sorted(setups.items()):
         base = [mode] if len(modes[name]) > 1 else []
-        latest = max(seen, key=lambda s: (seen[s], s))
+        # the plain name goes to the latest trained probe's setup; a matcher's cells are always named so
+        trained = [s for s in seen if not _matcher(s)] or list(seen)
+        latest = max(trained, key=lambda s: (seen[s], s))
         for setup in seen:
-            parts = base + [fmt.format(v) for fmt, v, w in zip(SETUP.values(), setup, latest, strict=True) if v != w]
+            parts = base + [name_of(v) for name_of, v, w in zip(SETUP.values(), setup, latest, strict=True) if v != w]
+            parts += ["matcher"] if _matcher(setup) and "matcher" not in parts else []
             labels[(name, mode, step, *setup)] = f"{name}[{', '.join(parts)}]" if parts else name
         if len(seen) > 1:
             plain = f"{name}[{mode}]" if base else name

@@ -32,6 +32,9 @@ import numpy as np
 from diffprobe.errors import FileProblem
 from diffprobe.utils.io import atomic_write_text
 
+#: prefix of the config hash of a training-free matcher's cell (`diffprobe match`): never a trained probe's
+MATCH_TAG = "match-"
+
 
 @dataclass(frozen=True)
 class Cell:
