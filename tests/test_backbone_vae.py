@@ -16,10 +16,11 @@ pytest.importorskip("transformers")
 
 from hf_models_dit import random_clip, save_tiny_cogvideox, save_tiny_wan  # noqa: E402
 
-from diffprobe.backbones.external import HalvingChunks, LatentEncoder, identity_of, weights_fingerprint  # noqa: E402
+from diffprobe.backbones.external import LatentEncoder, identity_of, weights_fingerprint  # noqa: E402
 from diffprobe.backbones.registry import load_backbone  # noqa: E402
 from diffprobe.backbones.video_windows import TiledVideoOptions  # noqa: E402
 from diffprobe.config import ConfigError  # noqa: E402
+from diffprobe.utils.chunks import HalvingChunks  # noqa: E402
 
 CPU = torch.device("cpu")
 IDS = torch.tensor([0])

@@ -5,8 +5,6 @@
   new weights never reuse cached features; :func:`require_files` names a missing file.
 - :class:`BlockTaps`: forward hooks on a model's block modules that keep each asked-for block's output and stop the
   forward right after the deepest one (the rest of the network is never run).
-- :class:`HalvingChunks`: a function run on consecutive chunks of a tensor (frames or clips per VAE call); a chunk
-  that runs out of device memory is retried at half the size, said once on stderr, and later chunks go on at that size.
 - :class:`VAETiling`: the spatial tiling of a video VAE's encode (diffusers' ``enable_tiling``), on above one tile
   (``vae_tiling=auto``, the default); where it is applied it is named in the identity (:meth:`VAETiling.tag`).
 - :class:`LatentDiffusionBackbone`: the template of a latent diffusion model: pixels -> scaled latents (block 0,
@@ -25,7 +23,6 @@ import contextlib
 import dataclasses
 import hashlib
 import os
-import sys
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -37,6 +34,7 @@ from torch import nn
 from diffprobe.backbones.base import Backbone, clip_noise
 from diffprobe.config import Config, ConfigError
 from diffprobe.errors import DiffprobeError, InputError
+from diffprobe.utils.chunks import HalvingChunks
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: files whose bytes decide a model's outputs (weights, configs, tokenizers, null embeddings)
@@ -180,34 +178,6 @@ def null_embeddings(folder: Path, names: Sequence[str], compute: Callable[[], di
     tensors = {n: t.detach().cpu().contiguous() for n, t in compute().items()}
     save_tensors(path, tensors)
     return {n: tensors[n] for n in names}
-
-
-class HalvingChunks:
-    """``fn`` on consecutive chunks of ``size`` along a dim of its input, the outputs concatenated along the same dim
-    (``size`` 0: the whole input at once). A chunk that runs out of device memory is retried at half its length,
-    said once on stderr, and every later chunk (of this call and the next ones) goes on at that size; at one element
-    the error is raised. ``what`` names the elements in the message (``"frames"``, ``"windows"``)."""
-
-    def __init__(self, size: int, what: str, name: str) -> None:
-        self.size, self.what, self.name = size, what, name
-
-    def __call__(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dim: int) -> torch.Tensor:
-        total, parts, start = x.shape[dim], [], 0
-        while start < total:
-            n = min(self.size or total, total - start)
-            try:
-                parts.append(fn(x.narrow(dim, start, n)))
-            except torch.OutOfMemoryError:
-                if n == 1:
-                    raise
-                self.size = (n + 1) // 2
-                print(f"{self.name}: out of device memory at {n} {self.what} a VAE call; going on at {self.size}",
-                      file=sys.stderr)
-                if x.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            start += n
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
 
 @dataclasses.dataclass(frozen=True)

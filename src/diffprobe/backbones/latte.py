@@ -45,11 +45,12 @@ from einops import rearrange
 from torch import nn
 
 from diffprobe.backbones.dit import vae_encoder
-from diffprobe.backbones.external import BackboneLoadError, HalvingChunks, LatentEncoder
+from diffprobe.backbones.external import BackboneLoadError, LatentEncoder
 from diffprobe.backbones.loading import TransformerFolder
 from diffprobe.backbones.transformers3d import DDPMTransformerBackbone, VAEFramesOptions, run_scheduler
 from diffprobe.backbones.video_windows import VideoOptions, Windows
 from diffprobe.config import ConfigError
+from diffprobe.utils.chunks import HalvingChunks
 
 #: the scheduler config values that make the pipeline pass the model's whole (eps, variance) output to the scheduler
 LEARNED = ("learned", "learned_range")

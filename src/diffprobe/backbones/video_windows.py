@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from einops import rearrange
 
-from diffprobe.backbones.external import ExternalOptions, HalvingChunks, VAETiling, require_at_least
+from diffprobe.backbones.external import ExternalOptions, VAETiling, require_at_least
 from diffprobe.config import ConfigError
 from diffprobe.errors import InputError
+from diffprobe.utils.chunks import HalvingChunks
 
 if TYPE_CHECKING:
     from diffprobe.backbones.loading import TransformerFolder

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from diffprobe.errors import FileProblem, InputError, MissingFile
 from diffprobe.features.cache import FeatureCache, FeatureKey
 from diffprobe.features.pooling import Pool
+from diffprobe.utils.chunks import HalvingChunks
 from diffprobe.utils.distributed import DistContext, broadcast_object, rank_share, wait_for_all
 from diffprobe.utils.lock import folder_lock
 
@@ -119,41 +119,31 @@ def extract_features(
 
 class Fitting:
     """``forward`` on as many clips at a time as fit: a batch whose forward runs out of device memory is split in
-    halves (recursively), and later batches go in pieces of the size that fit. Features leave the device in the
-    cache's dtype as they come."""
+    halves, and later batches go in pieces of the size that fit (:class:`~diffprobe.utils.chunks.HalvingChunks`).
+    Features leave the device in the cache's dtype as they come."""
 
     def __init__(self, forward: Forward, device: torch.device, key: FeatureKey, dtype: torch.dtype,
                  batch_size: int) -> None:
         self.forward, self.device, self.key, self.dtype = forward, device, key, dtype
-        self.size = batch_size  #: most clips per forward (halved on out-of-memory)
+        self.chunks = HalvingChunks(batch_size, "clips", f"extract {key.backbone}", "forward")
         self.pool = Pool.parse(key.pool) if key.pool else None
 
+    @property
+    def size(self) -> int:
+        """Most clips per forward (halved on out-of-memory)."""
+        return self.chunks.size
+
     def __call__(self, inputs: torch.Tensor, ids: Sequence[int], blocks: Sequence[int]) -> dict[int, torch.Tensor]:
-        parts, start = [], 0
-        while start < len(ids):  # the size may shrink inside a piece: each piece is cut at the size of its time
-            end = start + self.size
-            parts.append(self._fit(inputs[start:end], ids[start:end], blocks))
-            start = end
+        parts = self.chunks.run(len(ids), lambda s, n: self._one(inputs[s:s + n], ids[s:s + n], blocks))
         return {b: torch.cat([p[b] for p in parts]) if len(parts) > 1 else parts[0][b] for b in blocks}
 
-    def _fit(self, inputs: torch.Tensor, ids: Sequence[int], blocks: Sequence[int]) -> dict[int, torch.Tensor]:
-        try:
-            with torch.no_grad():
-                feats = self.forward(inputs.to(self.device), torch.tensor(list(ids)), list(blocks), self.key.t,
-                                     self.key.noise_seed, self.key.ensemble)
-            if self.pool is not None:  # on the device, before the features leave it
-                feats = {b: self.pool(feats[b]) for b in blocks}
-            return {b: feats[b].to("cpu", self.dtype) for b in blocks}  # (n, T_f, H_f, W_f, C)
-        except torch.OutOfMemoryError:
-            if len(ids) == 1:
-                raise
-            # a piece never holds more than the size of its time, so half of it is smaller: go on at that
-            self.size = (len(ids) + 1) // 2
-            tqdm.write(f"extract {self.key.backbone}: out of device memory at {len(ids)} clips a forward; going on at "
-                       f"{self.size}", file=sys.stderr)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            return self(inputs, ids, blocks)
+    def _one(self, inputs: torch.Tensor, ids: Sequence[int], blocks: Sequence[int]) -> dict[int, torch.Tensor]:
+        with torch.no_grad():
+            feats = self.forward(inputs.to(self.device), torch.tensor(list(ids)), list(blocks), self.key.t,
+                                 self.key.noise_seed, self.key.ensemble)
+        if self.pool is not None:  # on the device, before the features leave it
+            feats = {b: self.pool(feats[b]) for b in blocks}
+        return {b: feats[b].to("cpu", self.dtype) for b in blocks}  # (n, T_f, H_f, W_f, C)
 
 
 def _extract_shards(fit: Fitting, read: Callable, num_clips: int, key: FeatureKey, todo: list[FeatureKey],
