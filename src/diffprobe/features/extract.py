@@ -46,6 +46,11 @@ VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def view_frames(view: str, frames: int) -> int:
+    """Frames a backbone sees of a ``frames``-frame clip through ``view``."""
+    return VIEWS[view](torch.empty(1, frames, 1, 1, 3)).shape[1]
+
+
 def shard_clips(shape: Sequence[int], dtype: torch.dtype, shard_size: int = SHARD_CLIPS,
                 shard_bytes: int = SHARD_BYTES) -> int:
     """Clips in each shard of features of one clip's ``shape`` (T_f, H_f, W_f, C) in ``dtype``: the largest power of

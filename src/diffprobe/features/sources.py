@@ -21,7 +21,15 @@ from torch.utils.data import DataLoader
 from diffprobe.backbones.base import Backbone
 from diffprobe.data.dataset import ClipSequence
 from diffprobe.features.cache import FeatureCache, FeatureKey, FeatureSet
-from diffprobe.features.extract import EXTRACT_BATCH, FEATURE_DTYPE, SHARD_CLIPS, VIEWS, Forward, extract_features
+from diffprobe.features.extract import (
+    EXTRACT_BATCH,
+    FEATURE_DTYPE,
+    SHARD_CLIPS,
+    VIEWS,
+    Forward,
+    extract_features,
+    view_frames,
+)
 from diffprobe.features.pooling import Pool
 from diffprobe.utils.distributed import DistContext, broadcast_object
 
@@ -107,14 +115,21 @@ def ensure_inputs(backbone: Backbone, clips: ClipSequence, view: str, cache: Fea
     return backbone.features, lambda ids: VIEWS[view](videos.take(ids))
 
 
+#: (dataset identity, part) -> (T, H, W) of its clips, read once per process (every clip of a sequence has one size)
+_CLIP_SIZES: dict[tuple[str, str], tuple[int, int, int]] = {}
+
+
 def identity_for(backbone: Backbone, clips: ClipSequence, view: str) -> str:
     """``backbone``'s identity for its features of ``clips`` seen through ``view``: its
-    :meth:`~diffprobe.backbones.base.Backbone.identity_at` their size (read from the first clip) where the kind's
-    computation depends on the size (a video VAE's tiling), else its identity."""
+    :meth:`~diffprobe.backbones.base.Backbone.identity_at` their size (read from the first clip, once per sequence)
+    where the kind's computation depends on the size (a video VAE's tiling), else its identity."""
     if type(backbone).identity_at is Backbone.identity_at:
         return backbone.identity
-    video = VIEWS[view](torch.from_numpy(np.asarray(clips[0]["video"])[None]))  # (1, T, H, W, 3)
-    return backbone.identity_at(*video.shape[1:4])
+    name = (clips.dataset, clips.part)
+    if name not in _CLIP_SIZES:
+        _CLIP_SIZES[name] = tuple(np.asarray(clips[0]["video"]).shape[:3])
+    frames, height, width = _CLIP_SIZES[name]
+    return backbone.identity_at(view_frames(view, frames), height, width)
 
 
 def feature_key(backbone: Backbone, clips: ClipSequence, view: str, t: float, noise_seed: int, ensemble: int = 1,

@@ -7,13 +7,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-import torch
-
 from diffprobe.backbones.registry import ResolvedBackbone
 from diffprobe.backbones.shapes import forward_shapes
 from diffprobe.data.splits import ROLES, RoleData
 from diffprobe.features.cache import FeatureCache, FeatureKey
-from diffprobe.features.extract import FEATURE_DTYPE, VIEWS, check_disk
+from diffprobe.features.extract import FEATURE_DTYPE, check_disk, view_frames
 from diffprobe.features.sources import feature_key
 from diffprobe.spec import BackboneSpec
 from diffprobe.study.config import StudyConfig
@@ -31,7 +29,7 @@ def planned_features(cfg: StudyConfig, jobs: Sequence[Job], backbones: Mapping[B
         view, backbone = TASKS[job.task].view, backbones[job.spec].backbone
         for role in ROLES:
             data = roles[job.task][role]
-            frames = VIEWS[view](torch.empty(1, data.dataset.frames, 1, 1, 3)).shape[1]
+            frames = view_frames(view, data.dataset.frames)
             size = (job.spec, frames, data.dataset.height, data.dataset.width)
             if size not in shapes:
                 shapes[size] = forward_shapes(backbone, *size[1:]).shapes

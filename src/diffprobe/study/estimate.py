@@ -35,7 +35,7 @@ from diffprobe.backbones.registry import load_backbone
 from diffprobe.backbones.shapes import forward_flops, forward_shapes
 from diffprobe.data.registry import open_dataset
 from diffprobe.errors import DiffprobeError
-from diffprobe.features.extract import EXTRACT_BATCH, FEATURE_DTYPE, VIEWS, free_bytes
+from diffprobe.features.extract import EXTRACT_BATCH, FEATURE_DTYPE, free_bytes, view_frames
 from diffprobe.metrics.i3d import I3D
 from diffprobe.models import WALT, CausalAutoencoder
 from diffprobe.readouts.queries import BoxQueries, PointQueries
@@ -194,11 +194,6 @@ def _load_others(jobs: list[Job]) -> tuple[dict[BackboneSpec, Backbone], list[st
     return loaded, failed
 
 
-def _frames(view: str, frames: int) -> int:
-    """Frames a backbone sees of a ``frames``-frame clip through ``view``."""
-    return VIEWS[view](torch.empty(1, frames, 1, 1, 3)).shape[1]
-
-
 def _forward_flops(groups: dict[tuple, int], walts: dict, loaded: dict[BackboneSpec, Backbone],
                    latent: tuple[int, int, int, int], size: tuple[int, int, int], image: set[str]
                    ) -> dict[tuple, float]:
@@ -209,13 +204,13 @@ def _forward_flops(groups: dict[tuple, int], walts: dict, loaded: dict[BackboneS
     out = {}
     for (backbone, spec, t, seed, view), block in groups.items():
         if spec.kind not in OWN_KINDS:
-            out[backbone, spec, t, seed, view] = forward_flops(loaded[spec], _frames(view, frames), height, width,
+            out[backbone, spec, t, seed, view] = forward_flops(loaded[spec], view_frames(view, frames), height, width,
                                                                block, t, seed)
             continue
         if not OWN_KINDS[spec.kind]:  # the latents themselves: cached with the encoding
             out[backbone, spec, t, seed, view] = 0.0
             continue
-        frames_in, samples = (1, _frames(view, frames)) if backbone in image else (
+        frames_in, samples = (1, view_frames(view, frames)) if backbone in image else (
             latent[1] if view == "clip" else 1, 1)
         if (backbone, frames_in) not in walt_flops:
             walt_flops[backbone, frames_in] = count_flops(lambda m=walts[backbone]: WALT(m), lambda f=frames_in: (
@@ -268,7 +263,8 @@ def _probe_flops(cfg: StudyConfig, jobs: list[Job], walts: dict, latent: tuple[i
             if j.spec.kind not in OWN_KINDS:  # its grid from a fake forward, once per spec and view
                 key = (j.spec, task.view)
                 if key not in other_shapes:
-                    other_shapes[key] = forward_shapes(loaded[j.spec], _frames(task.view, clip[1]), *clip[2:]).shapes
+                    frames_seen = view_frames(task.view, clip[1])
+                    other_shapes[key] = forward_shapes(loaded[j.spec], frames_seen, *clip[2:]).shapes
                 *grid, dim = other_shapes[key][j.block]
                 grid = tuple(grid)
             elif not OWN_KINDS[j.spec.kind]:  # the latents themselves
