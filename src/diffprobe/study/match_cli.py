@@ -13,7 +13,16 @@ import click
 
 from diffprobe.readouts.match import MatchGrid
 from diffprobe.study.store import MATCH_TAG
-from diffprobe.utils.cliopts import cache_option, dataset_option, quiet_option, t_option, workers_option
+from diffprobe.utils.cliopts import (
+    cache_option,
+    dataset_option,
+    name_option,
+    quiet_option,
+    store_option,
+    study_option,
+    t_option,
+    workers_option,
+)
 
 TASK = "point_tracking"  #: the task whose targets, query mode and metrics the matcher is scored by
 
@@ -45,10 +54,9 @@ def match_config_hash(blocks: Sequence[int], noise_seeds: Sequence[int], grid: M
               show_default=True, help="Noise seed; repeated, the features of the seeds are averaged (DIFT's ensemble).")
 @click.option("--upsample", type=click.IntRange(min=1), default=1, show_default=True,
               help="Similarity grid cells per pixel side (1: the clip's pixel grid).")
-@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.sqlite"),
-              show_default=True, help="Results store (SQLite); a cell already there is not recomputed.")
-@click.option("--study", default="adhoc", show_default=True, help="Study name the row is filed under.")
-@click.option("--name", default=None, help="Display name of the backbone in the store (default: the spec).")
+@store_option
+@study_option
+@name_option
 @click.option("--device", default="auto", show_default=True)
 @cache_option
 @workers_option

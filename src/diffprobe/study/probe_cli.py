@@ -11,11 +11,14 @@ from diffprobe.utils.cliopts import (
     cache_option,
     dataset_option,
     ensemble_option,
+    name_option,
     noise_seed_option,
     overrides_option,
     pool_option,
     quiet_option,
     report_skipped,
+    store_option,
+    study_option,
     t_option,
     workers_option,
 )
@@ -39,10 +42,9 @@ from diffprobe.utils.cliopts import (
               "the two).")
 @click.option("--preset", default="tiny", show_default=True, help="ProbeConfig preset (tiny, base).")
 @overrides_option
-@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.sqlite"),
-              show_default=True, help="Results store (SQLite); a cell already there is not recomputed.")
-@click.option("--study", default="adhoc", show_default=True, help="Study name the row is filed under.")
-@click.option("--name", default=None, help="Display name of the backbone in the store (default: the spec).")
+@store_option
+@study_option
+@name_option
 @click.option("--device", default="auto", show_default=True)
 @allow_size_change_option
 @cache_option

@@ -36,6 +36,13 @@ workers_option = click.option(
 t_option = click.option("--t", "t", type=click.FloatRange(0, 1000), default=0.0, show_default=True,
                         help="Noise level, 0 (clean) .. 1000.")
 noise_seed_option = click.option("--noise-seed", type=click.IntRange(min=0), default=0, show_default=True)
+# shared by the commands that store a cell in a results store (probe, match)
+store_option = click.option(
+    "--store", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.sqlite"), show_default=True,
+    help="Results store (SQLite); a cell already there is not recomputed.")
+study_option = click.option("--study", default="adhoc", show_default=True, help="Study name the row is filed under.")
+name_option = click.option("--name", default=None,
+                           help="Display name of the backbone in the store (default: the spec).")
 ensemble_option = click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True,
                                help="Average features over this many noise draws.")
 pool_option = click.option("--pool", default="", metavar="HxW|TxHxW",
