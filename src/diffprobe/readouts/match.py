@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffprobe.config import Config, ConfigError
 from diffprobe.errors import InputError
 
 ArrayLike = Tensor | np.ndarray
@@ -45,15 +46,21 @@ class MatchParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class MatchGrid:
-    """What :func:`choose` tries on validation. Thresholds are not absolute (cosine similarities of different
-    backbones live in different ranges): each is a quantile of the validation peak similarities over the frames
-    scored, plus -1 (never occluded)."""
+class MatchGrid(Config):
+    """What :func:`choose` tries on validation (a config: a study saves it). Thresholds are not absolute (cosine
+    similarities of different backbones live in different ranges): each is a quantile of the validation peak
+    similarities over the frames scored, plus -1 (never occluded)."""
 
     temperatures: tuple[float, ...] = (0.01, 0.03, 0.1)
     windows: tuple[float, ...] = (1.0, 2.0, 4.0)
     quantiles: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
     upsample: int = 1  #: similarity grid cells per pixel side (not searched: finer costs upsample**2)
+
+    def validate(self) -> None:
+        if not self.temperatures or not self.windows or min(self.temperatures) <= 0 or min(self.windows) <= 0:
+            raise ConfigError("MatchGrid.temperatures/windows: need at least one positive value each")
+        if any(not 0 < q < 1 for q in self.quantiles) or self.upsample < 1:
+            raise ConfigError("MatchGrid.quantiles: each in (0, 1); MatchGrid.upsample: at least 1")
 
 
 def feature_frames(frames: int, feature_frames_: int) -> np.ndarray:

@@ -18,22 +18,32 @@ filesystems that several machines share.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import numpy as np
 
+from diffprobe.config import Config
 from diffprobe.errors import FileProblem
 from diffprobe.utils.io import atomic_write_text
 
 #: prefix of the config hash of a training-free matcher's cell (`diffprobe match`): never a trained probe's
 MATCH_TAG = "match-"
+
+
+def match_config_hash(blocks: Sequence[int], noise_seeds: Sequence[int], grid: Config) -> str:
+    """The ``config_hash`` of a matcher cell: :data:`MATCH_TAG` and a hash of the blocks concatenated, the noise
+    seeds averaged and the grid (``MatchGrid``) searched on validation."""
+    blob = json.dumps({"blocks": list(blocks), "noise_seeds": list(noise_seeds), "grid": grid.to_dict()},
+                      sort_keys=True)
+    return MATCH_TAG + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
