@@ -13,6 +13,7 @@ from diffprobe.data.registry import DEFAULT_DATASET
 from diffprobe.data.splits import ROLES
 from diffprobe.data.world.dataset import probeworld_spec
 from diffprobe.models import WALTConfig
+from diffprobe.readouts.match import MatchGrid
 from diffprobe.spec import BackboneSpec
 from diffprobe.study.report_tasks import IMAGE, LATENTS, PIXELS, UNBLOCKED, UNTRAINED, VIDEO
 from diffprobe.tasks import TASKS
@@ -37,6 +38,8 @@ _TINY: dict[str, Any] = {
     "generation_samples": 64,
     "probe_clips": {"train": 2048, "val": 256, "test": 512},
     "sampling_steps": 20,
+    "match": True,
+    "motion_clips": 8,
 }
 # The tiny study and the analyses past the paper's: five noise levels and every block in the sweeps, on action, depth
 # and point tracking, a second model size (micro) and two earlier checkpoints (training budget), each on the sweep
@@ -72,6 +75,7 @@ _QUICK: dict[str, Any] = {
     "budget_steps": [100],
     "generation_samples": 16,
     "probe_clips": {"train": 512, "val": 64, "test": 128},
+    "motion_clips": 2,
 }
 
 
@@ -99,6 +103,8 @@ _SMALL: dict[str, Any] = {
     "generation_samples": 1024,
     "sampling_steps": 50,
     "probe_clips": {"train": 8192, "val": 1024, "test": 1024},
+    "match": True,
+    "motion_clips": 16,
 }
 # WALT's 128 px latents (16 x 16 per frame) and walt-B twins, for 8 GPUs under torchrun (global batches).
 _BASE_WORLD = probeworld_spec(ProbeWorldConfig.preset("small").replace(height=128, width=128, train_size=16384),
@@ -180,6 +186,14 @@ class StudyConfig(Config):
     generation_samples: int = 256  #: samples per model for the Fréchet distance
     sampling_steps: int = 25  #: DDIM steps for those samples
     pca_clips: int = 3  #: test clips whose PCA maps go into the report
+    #: add the training-free matcher (docs/readouts.md) as point-tracking cells beside the trained probes: every
+    #: backbone's headline cell and the reference pair's noise and block sweeps, each noise seed a replicate, its
+    #: setting chosen on val from ``match_grid``
+    match: bool = False
+    match_grid: MatchGrid = dataclasses.field(default_factory=MatchGrid)
+    #: the motion experiment (the paper's Fig. 4, docs/motion.md) on this many test clips, for every backbone at its
+    #: headline (0: not run)
+    motion_clips: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -260,6 +274,9 @@ class StudyConfig(Config):
         bad = [b for b in (self.block, *self.block_sweep) if not 1 <= b <= depth]
         if bad and self.own_twins():
             raise ConfigError(f"StudyConfig.block/block_sweep: {bad} not in 1..{depth} (the twin's depth)")
+        if self.motion_clips < 0 or self.motion_clips > self.probe_clips["test"]:
+            raise ConfigError(f"StudyConfig.motion_clips: between 0 and probe_clips.test ({self.probe_clips['test']}), "
+                              f"got {self.motion_clips}")
         if any(not 0 <= t <= 1000 for t in (self.t, *self.noise_sweep)):
             raise ConfigError("StudyConfig.t/noise_sweep: noise levels are on 0..1000")
         kept = set(self.twin.train.keep_steps)

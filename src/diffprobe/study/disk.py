@@ -9,13 +9,13 @@ from collections.abc import Mapping, Sequence
 
 from diffprobe.backbones.registry import ResolvedBackbone
 from diffprobe.backbones.shapes import forward_shapes
-from diffprobe.data.splits import ROLES, RoleData
+from diffprobe.data.splits import RoleData
 from diffprobe.features.cache import FeatureCache, FeatureKey
 from diffprobe.features.extract import FEATURE_DTYPE, check_disk, view_frames
 from diffprobe.features.sources import feature_key
 from diffprobe.spec import BackboneSpec
 from diffprobe.study.config import StudyConfig
-from diffprobe.study.plan import Job
+from diffprobe.study.plan import READOUT_ROLES, Job
 from diffprobe.tasks import TASKS
 
 
@@ -27,7 +27,7 @@ def planned_features(cfg: StudyConfig, jobs: Sequence[Job], backbones: Mapping[B
     out: dict[FeatureKey, tuple[FeatureKey, tuple[int, ...], int]] = {}
     for job in jobs:
         view, backbone = TASKS[job.task].view, backbones[job.spec].backbone
-        for role in ROLES:
+        for role in READOUT_ROLES[job.readout]:
             data = roles[job.task][role]
             frames = view_frames(view, data.dataset.frames)
             size = (job.spec, frames, data.dataset.height, data.dataset.width)

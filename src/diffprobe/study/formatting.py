@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 
 def fmt_num(x: float) -> str:
@@ -22,3 +23,8 @@ def fmt_pct(x: float) -> str:
 def fmt_mean_std(mean: float, std: float, n: int) -> str:
     """Mean (4 significant digits) ± std (2 significant digits); the mean alone for a single replicate."""
     return fmt_num(mean) if n == 1 else f"{fmt_num(mean)} ± {std:.2g}"
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a file name: every character but letters, digits, ``_``, ``.`` and ``-`` replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)

@@ -71,9 +71,9 @@ def match_cmd(spec: str, dataset: str | None, blocks: tuple[int, ...], t: float,
     grid = MatchGrid(upsample=upsample)
     identity = identity_for(resolved.backbone, roles["test"].clips, TASKS[TASK].view)
     cell = Cell(study=study, backbone=name or spec, identity=identity, mode=resolved.mode,
-                checkpoint_step=resolved.step, block=blocks[0], t=t, noise_seed=seeds[0], ensemble=1, task=TASK,
-                dataset=data_identity(roles), clips=clips_key(None), probe_seed=0,
-                config_hash=match_config_hash(blocks, seeds, grid))
+                checkpoint_step=resolved.step, block=blocks[0], t=t, noise_seed=seeds[0], ensemble=len(seeds),
+                task=TASK, dataset=data_identity(roles), clips=clips_key(None), probe_seed=0,
+                config_hash=match_config_hash(blocks, grid))
     with ResultsStore(store) as results:
         if results.has(cell):
             rows = results.query(**cell.__dict__)

@@ -1,82 +1,14 @@
-"""`diffprobe motion`: the paper's Figure 4 for any backbone. For N clips of a dataset's test role, K variants that
-share frame 0 and differ in which region plays (the rest frozen at frame 0), their first-frame tokens at one block
-and noise level, a figure per clip and the motion ratio (protocol and definition: :mod:`diffprobe.features.motion`,
-docs/motion.md), written with the run's full config to ``OUT/motion.json``."""
+"""`diffprobe motion`: the paper's Figure 4 for any backbone (:mod:`diffprobe.study.motion`; protocol and
+definition: :mod:`diffprobe.features.motion`, docs/motion.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import numpy as np
-from matplotlib.figure import Figure
 
-from diffprobe.config import Config
-from diffprobe.errors import InputError
-from diffprobe.features.motion import DEFAULT_LAYOUT, REGION_LAYOUTS, MotionScore
+from diffprobe.features.motion import DEFAULT_LAYOUT, REGION_LAYOUTS
 from diffprobe.utils.cliopts import allow_size_change_option, dataset_option, noise_seed_option, t_option
-
-RESULTS_FILE = "motion.json"
-FIGURE_NAME = "fig_motion_clip-{index:03d}.png"
-
-
-@dataclass(frozen=True)
-class MotionConfig(Config):
-    """One `diffprobe motion` run (saved in ``motion.json``)."""
-
-    backbone: str = ""  #: the backbone spec
-    dataset: str = ""  #: the dataset spec the clips come from (the test role of it)
-    block: int = 0
-    t: float = 0.0
-    noise_seed: int = 0
-    clips: int = 4  #: the first this many clips of the test role
-    regions: str = DEFAULT_LAYOUT  #: the region layout (``quadrants``: K = 4, ``thirds``: K = 3)
-
-
-def _pc1(tokens: np.ndarray) -> np.ndarray:
-    """(K, H_f, W_f, C) -> (K, H_f, W_f) uint8: the first principal component, one PCA fitted over all K variants."""
-    from diffprobe.study.pca import pca_rgb
-
-    if tokens.shape[-1] < 3:
-        raise InputError(f"motion figure: the tokens have {tokens.shape[-1]} channel(s); the PCA needs at least 3")
-    return np.stack([a[0, :, :, 0] for a in pca_rgb([v[None] for v in tokens])])
-
-
-def motion_figure(variants: np.ndarray, regions: np.ndarray, names: Sequence[str], tokens: np.ndarray,
-                  score: MotionScore, title: str) -> Figure:
-    """One column per variant; rows: frame 0 with the playing region bright (the rest dimmed), the variant's last
-    frame, the first principal component of its first-frame tokens (PCA fitted jointly over the variants) and each
-    token's change (distance to its mean over the variants, one colour scale for all)."""
-    from diffprobe.study.pca import upsample_nearest
-
-    k, n_t, h, w, _ = variants.shape
-    pc1 = _pc1(tokens)  # (K, H_f, W_f)
-    top = float(score.change.max()) or 1.0
-    cell = 1.9
-    fig = Figure(figsize=(1.2 + cell * k, 0.6 + cell * 4 * h / w), dpi=100)
-    axes = fig.subplots(4, k, squeeze=False)
-    image = None
-    for j in range(k):
-        shown = variants[j, 0].astype(np.float32)  # (H, W, 3)
-        shown[~regions[j]] *= 0.35
-        axes[0, j].imshow(shown.astype(np.uint8))
-        axes[0, j].contour(regions[j].astype(float), levels=[0.5], colors="#FFD700", linewidths=1.2)
-        axes[0, j].set_title(f"plays: {names[j]}", fontsize=9)
-        axes[1, j].imshow(variants[j, -1])
-        axes[2, j].imshow(upsample_nearest(pc1[j], h, w), cmap="inferno", vmin=0, vmax=255)
-        image = axes[3, j].imshow(upsample_nearest(score.change[j], h, w), cmap="viridis", vmin=0.0, vmax=top)
-    for r, label in enumerate(("frame 0\n(region played)", f"frame {n_t - 1}", "first-frame\ntokens PC 1",
-                               "token change\n‖x − mean‖")):
-        axes[r, 0].set_ylabel(label, fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.colorbar(image, ax=list(axes[3]), fraction=0.03, pad=0.02)
-    fig.suptitle(f"{title}\nmotion ratio {score.ratio:.3f} (inside {score.inside:.3g} / outside "
-                 f"{score.outside:.3g})", fontsize=10)
-    return fig
 
 
 @click.command("motion")
@@ -99,15 +31,7 @@ def motion_cmd(spec: str, dataset: str | None, block: int, t: float, noise_seed:
     motion ratio (token change where the region plays over where it is frozen; 1.0 for an image model)."""
     from diffprobe.backbones.registry import load_backbone
     from diffprobe.data.splits import resolve_roles
-    from diffprobe.features.motion import (
-        default_regions,
-        first_frame_tokens,
-        motion_ratio,
-        motion_variants,
-        token_regions,
-    )
-    from diffprobe.study.figures import png_bytes
-    from diffprobe.utils.io import atomic_write_bytes, atomic_write_json
+    from diffprobe.study.motion import RESULTS_FILE, MotionConfig, run_motion
     from diffprobe.utils.runtime import resolve_device
 
     resolved = load_backbone(spec, resolve_device(device))
@@ -115,35 +39,6 @@ def motion_cmd(spec: str, dataset: str | None, block: int, t: float, noise_seed:
     data_spec = resolved.dataset_or_default(dataset)
     role = resolve_roles({"test": data_spec})["test"]
     resolved.check_clips([role.dataset], spec, allow_size_change)
-    clips = role.clips
-    if n_clips > len(clips):
-        raise InputError(f"--clips {n_clips}: the test role of {data_spec!r} ({role.source}) has {len(clips)} clips")
     config = MotionConfig(spec, data_spec, block, t, noise_seed, n_clips, regions)
-    if (out_dir / RESULTS_FILE).is_file():  # a folder of results is the user's: only the same run may write it again
-        from diffprobe.utils.io import read_json
-
-        held = read_json(out_dir / RESULTS_FILE).get("config")
-        if held != config.to_dict():
-            raise InputError(f"{out_dir / RESULTS_FILE}: holds a motion run of another config ({held}); give another "
-                             "--out or delete that folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n_clips):
-        video = np.asarray(clips[i]["video"])  # (T, H, W, 3) uint8
-        masks, names = default_regions(video.shape[1], video.shape[2], regions)  # (K, H, W)
-        variants = motion_variants(video, masks)  # (K, T, H, W, 3)
-        tokens = first_frame_tokens(resolved.backbone, variants, block, t, noise_seed, clip_id=i)  # (K, h, w, C)
-        score = motion_ratio(tokens, token_regions(masks, tokens.shape[1], tokens.shape[2]))
-        figure = out_dir / FIGURE_NAME.format(index=i)
-        title = f"{spec} · block {block} · t {t:g} · {clips.describe(i)}"
-        atomic_write_bytes(figure, png_bytes(motion_figure(variants, masks, names, tokens, score, title)))
-        rows.append({"index": i, "clip": clips.describe(i), "ratio": score.ratio, "inside": score.inside,
-                     "outside": score.outside, "tokens": list(tokens.shape), "figure": figure.name})
-        click.echo(f"clip {i} ({clips.describe(i)}): motion ratio {score.ratio:.4f} (inside {score.inside:.4g}, "
-                   f"outside {score.outside:.4g})")
-    mean = float(np.mean([r["ratio"] for r in rows]))
-    atomic_write_json(out_dir / RESULTS_FILE, {
-        "config": config.to_dict(), "backbone_identity": resolved.backbone.identity, "mode": resolved.mode,
-        "dataset_identity": role.dataset.identity, "clips_source": role.source, "region_names": list(names),
-        "clips": rows, "mean_ratio": mean})
+    mean = run_motion(resolved, role, config, out_dir, click.echo)
     click.echo(f"mean motion ratio over {n_clips} clip(s): {mean:.4f} -> {out_dir / RESULTS_FILE}")

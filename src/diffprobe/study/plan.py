@@ -1,6 +1,6 @@
-"""The study's plan: every probe cell its config asks for (a :class:`Job`), where its own runs live, and which stored
-rows belong to it. Pure bookkeeping: nothing here trains or extracts, so the report and the estimate read the plan
-without the trainers.
+"""The study's plan: every probe and matcher cell its config asks for (a :class:`Job`), where its own runs live,
+and which stored rows belong to it. Pure bookkeeping: nothing here trains or extracts, so the report and the
+estimate read the plan without the trainers.
 """
 
 from __future__ import annotations
@@ -11,14 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from diffprobe.backbones.registry import ResolvedBackbone
+from diffprobe.data.splits import ROLES
 from diffprobe.spec import BackboneSpec
 from diffprobe.study.config import MAIN, TOKENIZER, TWIN_IMAGE, TWIN_VIDEO, StudyConfig
+from diffprobe.study.formatting import safe_name
+from diffprobe.study.motion import MotionConfig
 from diffprobe.study.report_tasks import PRIOR, UNBLOCKED
-from diffprobe.study.store import Cell, clips_key
+from diffprobe.study.store import Cell, clips_key, match_config_hash
 from diffprobe.tasks import TASKS
-from diffprobe.tasks.roles import data_identity, task_roles
+from diffprobe.tasks.roles import MATCH_ROLES, MATCH_TASK, data_identity, task_roles
 
 MODES = ("video", "image")
+PROBE, MATCH = "probe", "match"  #: a cell's readout: a trained probe, or the training-free matcher
+#: the roles each readout reads (the matcher trains nothing)
+READOUT_ROLES: dict[str, tuple[str, ...]] = {PROBE: ROLES, MATCH: MATCH_ROLES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +40,7 @@ class Job:
     probe_seed: int
     step: int  #: checkpoint step of the weights (the study's twins: twin.train.steps; controls, external: 0)
     size: str = MAIN  #: the model size whose run directories the spec reads (the study's twins; MAIN otherwise)
+    readout: str = PROBE  #: PROBE or MATCH (then the task is point tracking and probe_seed 0)
 
 
 def twin_dir(run_dir: Path, size: str, mode: str) -> Path:
@@ -96,10 +103,33 @@ def plan_jobs(cfg: StudyConfig, run_dir: Path) -> list[Job]:
     return list(dict.fromkeys(jobs))  # the sweeps cross at the headline cell: keep each cell once
 
 
+def plan_matches(cfg: StudyConfig, run_dir: Path) -> list[Job]:
+    """Every matcher cell of the study (none without ``cfg.match``): each backbone's headline cell and the reference
+    pair's noise and block sweeps, once per noise seed, in a stable order."""
+    if not cfg.match:
+        return []
+    jobs: list[Job] = []
+
+    def add(name: str, block: int, t: float) -> None:
+        spec = cfg.backbone_spec(name)
+        jobs.extend(Job(name, expand_spec(spec, run_dir), block, t, MATCH_TASK, ns, 0, final_step(cfg, spec),
+                        readout=MATCH) for ns in cfg.noise_seeds)
+
+    for name in cfg.backbones:
+        add(name, *cfg.headline_of(name))
+    for name in cfg.reference:
+        block, t = cfg.headline_of(name)
+        for nt in cfg.noise_sweep:
+            add(name, block, nt)
+        for nb in cfg.block_sweep:
+            add(name, nb, t)
+    return list(dict.fromkeys(jobs))
+
+
 def planned_cells(cfg: StudyConfig, run_dir: Path) -> set[tuple[str, int, int, float, str]]:
-    """(backbone, checkpoint step, block, t, task) of every cell of the study's plan, each task's prior included:
-    what a report of this plan shows (a store may hold more, from a larger plan run before)."""
-    cells = {(j.backbone, j.step, j.block, j.t, j.task) for j in plan_jobs(cfg, run_dir)}
+    """(backbone, checkpoint step, block, t, task) of every cell of the study's plan (probes and matcher), each
+    task's prior included: what a report of this plan shows (a store may hold more, from a larger plan run before)."""
+    cells = {(j.backbone, j.step, j.block, j.t, j.task) for j in plan_jobs(cfg, run_dir) + plan_matches(cfg, run_dir)}
     return cells | {(PRIOR, 0, *UNBLOCKED, task) for task in cfg.tasks}
 
 
@@ -127,6 +157,25 @@ def study_cell(cfg: StudyConfig, job: Job, rb: ResolvedBackbone, dataset: str, i
     the job's clips, :func:`~diffprobe.features.sources.identity_for`)."""
     return Cell(cfg.name, job.backbone, identity, rb.mode, rb.step, job.block, job.t, job.noise_seed, 1,
                 job.task, dataset, clips_key(cfg.probe_clips), job.probe_seed, cfg.probe.replace(seed=0).hash())
+
+
+def motion_config(cfg: StudyConfig, name: str) -> MotionConfig:
+    """The motion experiment of backbone ``name`` in the study: at its headline, the first noise seed, the first
+    ``cfg.motion_clips`` test clips of the study's dataset."""
+    block, t = cfg.headline_of(name)
+    return MotionConfig(cfg.backbones[name], cfg.dataset, block, t, cfg.noise_seeds[0], cfg.motion_clips)
+
+
+def motion_dir(run_dir: Path, name: str, config: MotionConfig) -> Path:
+    """Where the study keeps one backbone's motion run: a folder per backbone and config, so a changed plan adds a
+    folder and never overwrites one."""
+    return run_dir / "motion" / f"{safe_name(name)}-{config.hash(8)}"
+
+
+def match_cell(cfg: StudyConfig, job: Job, rb: ResolvedBackbone, dataset: str, identity: str) -> Cell:
+    """The results-store key of a matcher job (as :func:`study_cell`; its config hash is the matcher's)."""
+    return Cell(cfg.name, job.backbone, identity, rb.mode, rb.step, job.block, job.t, job.noise_seed, 1, job.task,
+                dataset, clips_key(cfg.probe_clips), 0, match_config_hash([job.block], cfg.match_grid))
 
 
 def prior_cell(cfg: StudyConfig, task: str, dataset: str) -> Cell:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from diffprobe.study.figure_data import (
     sweep_curves,
     table_rows,
 )
-from diffprobe.study.formatting import fmt_mean_std, fmt_num, fmt_pct
+from diffprobe.study.formatting import fmt_mean_std, fmt_num, fmt_pct, safe_name
 from diffprobe.study.headline import Heads, headline_rule, resolve_headlines
 from diffprobe.study.plan import planned_cells
 from diffprobe.study.report_data import StudyData, load_study
@@ -171,10 +170,6 @@ def _scaling(run_dir: Path, data: StudyData, heads: Heads, figs: dict[str, bytes
     return "".join(out) + "".join(note(n) for n in notes)
 
 
-def _safe_name(stem: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem)
-
-
 def _pca(run_dir: Path, figs: dict[str, bytes]) -> str:
     out = ['<h2 id="pca">4. PCA of features (paper Figs. 3-4)</h2>']
     files = sorted((run_dir / "pca").glob("*.npz"))
@@ -182,7 +177,7 @@ def _pca(run_dir: Path, figs: dict[str, bytes]) -> str:
         return "".join(out) + note(f"No {run_dir / 'pca'}/*.npz files: no PCA pictures.")
     for path in files:
         frames, tokens = pca.load_pca_npz(path)
-        name = f"fig_pca_{_safe_name(path.stem)}.png"
+        name = f"fig_pca_{safe_name(path.stem)}.png"
         figs[name] = figures.png_bytes(pca.pca_figure(frames, tokens, title=path.stem), dpi=100)
         out.append(f"<h3>{esc(path.stem)}</h3>")
         out.append(img(figs[name], f"PCA of features, clip {path.stem}",

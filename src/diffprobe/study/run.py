@@ -8,12 +8,14 @@ Run directory::
     RUN/results.sqlite  results.csv  every probe result (a cell already stored is never recomputed)
     RUN/generation.json              Fréchet distances of samples of every twin / checkpoint
     RUN/pca/clip-*.npz               frames + tokens of a few test clips for the PCA figures
+    RUN/motion/<backbone>-<hash>/    the motion experiment (motion.json + figures) of each backbone, when planned
     RUN/timings.json                 wall time of each stage of the last run
     RUN/report/report.html           written by `diffprobe report RUN`
 
 Under torchrun every rank runs :func:`run_study`: the training stages train with DDP, the probe stage shares its
-extractions and cells across the ranks (see :func:`_run_probes`), generation and PCA run on rank 0 alone, and every
-rank ends at a barrier. Rank 0 alone writes the run directory's files (the cache's shards aside).
+extractions and cells across the ranks (see :func:`_run_probes`), the matcher's cells, generation, PCA and the motion
+experiment run on rank 0 alone (:mod:`~diffprobe.study.analyses`), and every rank ends at a barrier. Rank 0 alone
+writes the run directory's files (the cache's shards aside).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from diffprobe.features.cache import FeatureCache
 from diffprobe.features.sources import ensure_features, ensure_inputs, ensure_videos, identity_for
 from diffprobe.models.exports import load_tokenizer
 from diffprobe.spec import BackboneSpec
+from diffprobe.study.analyses import run_matches, run_motions
 from diffprobe.study.artifacts import check_artifacts, exported
 from diffprobe.study.config import MAIN, TOKENIZER, TWINS, StudyConfig
 from diffprobe.study.disk import check_study_disk
@@ -349,8 +352,10 @@ def _run_study(cfg: StudyConfig, run_dir: Path, progress: bool) -> Path:
     stages = [(name, lambda name=name, fn=fn: timed(name, fn)) for name, fn in training]
     stages.append(("probes", lambda: _run_probes(cfg, run_dir, cache, ctx, timed, progress)))
     if ctx.is_main:  # the other ranks wait for these at the end
-        stages += [("generation", lambda: _generation(cfg, run_dir, cache, ctx.device, timed, progress)),
-                   ("pca", lambda: timed("pca", lambda: _pca(cfg, run_dir, cache, ctx.device, progress)))]
+        stages += [("match", lambda: run_matches(cfg, run_dir, cache, ctx.device, timed, progress)),
+                   ("generation", lambda: _generation(cfg, run_dir, cache, ctx.device, timed, progress)),
+                   ("pca", lambda: timed("pca", lambda: _pca(cfg, run_dir, cache, ctx.device, progress))),
+                   ("motion", lambda: run_motions(cfg, run_dir, ctx.device, timed, progress))]
     for number, (name, run) in enumerate(stages, 1):
         _announce(number, len(stages), name, start, progress)
         run()

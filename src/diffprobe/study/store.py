@@ -38,11 +38,12 @@ from diffprobe.utils.io import atomic_write_text
 MATCH_TAG = "match-"
 
 
-def match_config_hash(blocks: Sequence[int], noise_seeds: Sequence[int], grid: Config) -> str:
-    """The ``config_hash`` of a matcher cell: :data:`MATCH_TAG` and a hash of the blocks concatenated, the noise
-    seeds averaged and the grid (``MatchGrid``) searched on validation."""
-    blob = json.dumps({"blocks": list(blocks), "noise_seeds": list(noise_seeds), "grid": grid.to_dict()},
-                      sort_keys=True)
+def match_config_hash(blocks: Sequence[int], grid: Config) -> str:
+    """The ``config_hash`` of a matcher cell: :data:`MATCH_TAG` and a hash of the grid (``MatchGrid``) searched on
+    validation and of the blocks concatenated to the cell's own (``blocks[1:]``; the cell's ``block`` column is
+    ``blocks[0]``), so the cells of one matcher setting at other blocks, noise levels and seeds share it (the noise
+    seeds averaged are the cell's ``ensemble``)."""
+    blob = json.dumps({"extra_blocks": list(blocks[1:]), "grid": grid.to_dict()}, sort_keys=True)
     return MATCH_TAG + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -17,12 +17,12 @@ from diffprobe.features.sources import ensure_features
 from diffprobe.features.stream import StreamedFeatures, stream_features
 from diffprobe.readouts.match import MatchGrid, MatchParams, choose, hyperfeatures, match_split, predictions
 from diffprobe.tasks import make_task
-from diffprobe.tasks.roles import task_context
+from diffprobe.tasks.roles import MATCH_ROLES, task_context
+from diffprobe.tasks.roles import MATCH_TASK as TASK
 from diffprobe.tasks.runner import ensure_targets
 from diffprobe.tasks.targets import load_targets
 
-TASK = "point_tracking"  #: the task whose targets, query mode and metrics the matcher is scored by
-MATCH_ROLES = ("val", "test")  #: the roles the matcher reads (it trains nothing)
+__all__ = ["MATCH_ROLES", "TASK", "MatchOutcome", "clip_features", "run_match"]
 
 
 @dataclass(frozen=True)

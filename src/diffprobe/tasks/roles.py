@@ -10,6 +10,9 @@ from diffprobe.data.dataset import DatasetError
 from diffprobe.data.splits import ROLES, RoleData, resolve_roles
 from diffprobe.tasks import Task, TaskContext, task_class
 
+MATCH_TASK = "point_tracking"  #: the task whose targets, query mode and metrics the training-free matcher is scored by
+MATCH_ROLES = ("val", "test")  #: the roles the matcher reads (it trains nothing)
+
 
 def task_context(roles: Mapping[str, RoleData]) -> TaskContext:
     """The task context of a task's roles; roles whose clips differ in shape, label spaces or query mode are an
