@@ -44,7 +44,13 @@ def test_meta_count_equals_a_counted_cpu_pass_of_walt() -> None:
 def test_stages_scale_with_steps_and_batch() -> None:
     cfg = StudyConfig.preset("tiny").override(MINI)
     base = {s.name: s for s in estimate_study(cfg).stages}
-    assert list(base) == ["tokenizer", "twin main-video", "twin main-image", "feature net", "extract", "probes"]
+    assert list(base) == ["tokenizer", "twin main-video", "twin main-image", "feature net", "extract", "probes",
+                          "match"]
+    assert "match" not in {s.name for s in estimate_study(cfg.replace(match=False)).stages}
+    assert "0 extraction groups of their own" in base["match"].detail  # the probes' sweeps extract its features
+    lone = {s.name: s for s in estimate_study(cfg.replace(sweep_tasks=())).stages}  # the probes sweep nothing:
+    assert "2 extraction groups of their own" in lone["match"].detail  # the twins at t 0, which no probe reads
+    assert lone["match"].flops > base["match"].flops
     more = {s.name: s for s in estimate_study(cfg.override(
         ["tokenizer.train.steps=600", "twin.train.batch_size=32", "probe.steps=800"])).stages}
     assert more["tokenizer"].flops == 2 * base["tokenizer"].flops and more["tokenizer"].steps == 600

@@ -16,9 +16,9 @@ from diffprobe.metrics import paired_difference
 from diffprobe.study import run as study_run
 from diffprobe.study.config import StudyConfig
 from diffprobe.study.disk import planned_features
-from diffprobe.study.plan import plan_jobs
+from diffprobe.study.plan import motion_config, motion_dir, plan_jobs, plan_matches
 from diffprobe.study.run import run_study
-from diffprobe.study.store import ResultsStore
+from diffprobe.study.store import MATCH_TAG, ResultsStore
 from diffprobe.study.tables import headline_table
 from diffprobe.tasks import TASKS
 
@@ -30,7 +30,7 @@ MINI = [
     'sizes={"micro": {"hidden_size": 64, "depth": 2, "num_heads": 2}}',  # the model-size analysis (tiny-more's)
     "feature_net.train.steps=2", "probe.steps=3", "probe.eval_batch_size=16",
     'probe_clips={"train": 32, "val": 16, "test": 16}',
-    "generation_samples=8", "sampling_steps=2", "pca_clips=1", "probe_seeds=[0,1]",
+    "generation_samples=8", "sampling_steps=2", "pca_clips=1", "probe_seeds=[0,1]", "motion_clips=2",
     "sweep_tasks=[\"action\"]",
 ]
 
@@ -68,7 +68,8 @@ def test_study_fills_the_store_and_artifacts(mini) -> None:
     cfg, run_dir = mini
     with ResultsStore(run_dir / "results.sqlite") as store:
         rows = store.query(study=cfg.name)
-    cells = {(r["backbone"], r["checkpoint_step"], r["block"], r["t"], r["task"], r["probe_seed"]) for r in rows}
+    cells = {(r["backbone"], r["checkpoint_step"], r["block"], r["t"], r["task"], r["probe_seed"]) for r in rows
+             if not r["config_hash"].startswith(MATCH_TAG)}
     assert len(cells) == len(plan_jobs(cfg, run_dir)) + len(TASKS)  # every probe cell and each task's prior
     for backbone in ("walt-video", "walt-image", "walt-untrained", "latents", "pixels", "prior"):
         assert {c[4] for c in cells if c[0] == backbone} == set(TASKS)
@@ -110,6 +111,26 @@ def test_study_fills_the_store_and_artifacts(mini) -> None:
     assert all(np.isfinite(r["value"]) and r["value"] >= 0 for r in rows if r["metric"].endswith("_se"))
     assert {r["metric"] for r in rows if r["backbone"] == "prior" and r["task"] == "action"} >= {"top1", "top1_se"}
     assert json.loads((run_dir / "study_config.json").read_text()) == cfg.to_dict()
+
+
+def test_the_matcher_and_the_motion_experiment_run_in_the_study(mini) -> None:
+    cfg, run_dir = mini
+    matches = plan_matches(cfg, run_dir)  # each backbone's headline, the reference pair's sweeps
+    assert {(j.backbone, j.block, j.t) for j in matches} == {
+        ("walt-video", 2, 200.0), ("walt-image", 2, 200.0), ("walt-untrained", 2, 200.0), ("latents", 0, 0.0),
+        ("pixels", 0, 0.0), *((b, 2, 0.0) for b in cfg.reference), *((b, 1, 200.0) for b in cfg.reference)}
+    with ResultsStore(run_dir / "results.sqlite") as store:
+        rows = [r for r in store.query(study=cfg.name, task="point_tracking") if r["config_hash"].startswith(MATCH_TAG)]
+    assert {(r["backbone"], r["block"], r["t"]) for r in rows} == {(j.backbone, j.block, j.t) for j in matches}
+    assert len({r["config_hash"] for r in rows}) == 1  # one matcher setting across blocks, noise levels and seeds
+    aj = [r["value"] for r in rows if r["metric"] == "average_jaccard"]
+    assert len(aj) == len(matches) and all(0 <= v <= 1 for v in aj)
+    ratios = {}
+    for name in cfg.backbones:
+        result = json.loads((motion_dir(run_dir, name, motion_config(cfg, name)) / "motion.json").read_text())
+        assert len(result["clips"]) == cfg.motion_clips and result["config"]["block"] == cfg.headline_of(name)[0]
+        ratios[name] = result["mean_ratio"]
+    assert ratios["walt-image"] == 1.0 and ratios["walt-video"] != 1.0  # an image model reads frame 0 alone
 
 
 def test_the_table_reads_only_the_newest_weights_of_each_backbone(mini, tmp_path) -> None:
@@ -174,6 +195,12 @@ def test_report_renders(study) -> None:
     cfg, run_dir = study
     html = write_report(run_dir, study=cfg.name).read_text()
     assert "walt-video" in html and "point_tracking" in html and "data:image/png;base64" in html
+    matching = html[html.index('<h2 id="match">'):html.index('<h2 id="motion">')]
+    assert "matcher average_jaccard" in matching and "trained probe average_jaccard" in matching
+    assert 'alt="matcher vs noise level and block"' in matching  # the reference pair's sweeps
+    motion = html[html.index('<h2 id="motion">'):html.index('<h2 id="table">')]
+    assert all(name in motion for name in cfg.backbones) and 'alt="motion figure of walt-video"' in motion
+    assert (run_dir / "report" / "fig_motion_walt-video.png").is_file()
 
 
 def test_a_moved_study_finds_its_tokenizer_from_any_directory(mini, tmp_path, monkeypatch) -> None:
@@ -197,8 +224,8 @@ def test_each_stage_prints_a_line_and_quick_says_it_measures_nothing(study, caps
     cfg, run_dir = study
     run_study(cfg, run_dir, progress=True)  # finished: only the probe, generation and PCA stages are visited
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("study [")]
-    assert [ln.split()[1] for ln in lines] == ["[1/3]", "[2/3]", "[3/3]", "[3/3]"]
-    assert [ln.split()[-1] for ln in lines] == ["probes", "generation", "pca", "done"]
+    assert [ln.split()[1] for ln in lines] == ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "[5/5]"]
+    assert [ln.split()[-1] for ln in lines] == ["probes", "match", "generation", "pca", "motion", "done"]
     quick = StudyConfig.preset("quick")
     assert quick.caveat and "measure" in quick.caveat and not StudyConfig.preset("tiny").caveat
     tiny = StudyConfig.preset("tiny")  # a fraction of the tiny study's probe steps

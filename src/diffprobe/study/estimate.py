@@ -41,10 +41,10 @@ from diffprobe.models import WALT, CausalAutoencoder
 from diffprobe.readouts.queries import BoxQueries, PointQueries
 from diffprobe.spec import BackboneSpec
 from diffprobe.study.config import TOKENIZER, TWINS, StudyConfig
-from diffprobe.study.plan import Job, bank_groups, plan_jobs, twin_dirs
+from diffprobe.study.plan import Job, bank_groups, plan_jobs, plan_matches, twin_dirs
 from diffprobe.tasks import TASKS, Task, TaskContext, make_task
 from diffprobe.tasks.probe_config import ProbeConfig, bank_size, eval_batch
-from diffprobe.tasks.roles import task_context, task_roles
+from diffprobe.tasks.roles import MATCH_ROLES, MATCH_TASK, task_context, task_roles
 from diffprobe.train.runs import twin_batch_size
 from diffprobe.utils.runtime import matmul_peak
 
@@ -178,6 +178,9 @@ def estimate_study(cfg: StudyConfig, run_dir: str | Path = "runs/estimate") -> S
     stages.append(StageCost("probes", probe_flops, probe_steps,
                             f"{len(jobs)} cells x {grid} probes in {banks} banks x {cfg.probe.steps} steps x batch "
                             f"{cfg.probe.batch_size}"))
+    matches = [j for j in plan_matches(cfg, Path(run_dir)) if j.spec.kind in OWN_KINDS or j.spec in loaded]
+    if matches:
+        stages.append(_match_stage(cfg, matches, groups, walts, loaded, latent, clip, image))
     stream = sum(per_clip[g] * n for g, n in _streamed_clips(cfg, jobs).items())
     return StudyCost(tuple(stages), tuple(uncounted), feature_bytes, stream, forwards)
 
@@ -259,19 +262,7 @@ def _probe_flops(cfg: StudyConfig, jobs: list[Job], walts: dict, latent: tuple[i
         shapes: dict[tuple, int] = {}  # (task, C, grid) -> cells: run_probes trains one bank per feature shape
         for j in (jobs[i] for i in ids):
             task = tasks[j.task]
-            frames_in = 1 if task.view != "clip" else clip[1] if j.backbone in image else latent[1]
-            if j.spec.kind not in OWN_KINDS:  # its grid from a fake forward, once per spec and view
-                key = (j.spec, task.view)
-                if key not in other_shapes:
-                    frames_seen = view_frames(task.view, clip[1])
-                    other_shapes[key] = forward_shapes(loaded[j.spec], frames_seen, *clip[2:]).shapes
-                *grid, dim = other_shapes[key][j.block]
-                grid = tuple(grid)
-            elif not OWN_KINDS[j.spec.kind]:  # the latents themselves
-                dim, grid = latent[0], (frames_in, *latent[2:])
-            else:
-                m = walts[j.backbone]
-                dim, grid = m.hidden_size, (frames_in, latent[2] // m.patch_size, latent[3] // m.patch_size)
+            dim, grid = _feature_dims(j, task.view, walts, latent, clip, image, loaded, other_shapes)
             shapes[j.task, dim, grid] = shapes.get((j.task, dim, grid), 0) + 1
             roles = tuple(sorted(cfg.roles(j.task).items()))
             cached[j.spec, j.block, j.t, j.noise_seed, task.view, roles] = clips_all * math.prod(grid) * dim * item
@@ -291,6 +282,55 @@ def _probe_flops(cfg: StudyConfig, jobs: list[Job], walts: dict, latent: tuple[i
             for lo in range(0, cells, size):  # the chosen probe of every cell, on test
                 steps += math.ceil(cfg.probe_clips["test"] / eval_batch(p, (*grid, dim), min(size, cells - lo)))
     return total, steps, banks, sum(cached.values())
+
+
+_SOFTARGMAX_FLOPS = 8  #: per (query, similarity cell, setting): mask, scale, exp, sum and two weighted sums
+
+
+def _match_stage(cfg: StudyConfig, matches: list[Job], probe_groups: dict[tuple, int], walts: dict,
+                 loaded: dict[BackboneSpec, Backbone], latent: tuple[int, int, int, int],
+                 clip: tuple[int, int, int, int], image: set[str]) -> StageCost:
+    """The matcher's cells: the forwards of the features no probe reads (a group the probes extract only to a
+    shallower block, or not at all), then per val and test clip the cosine similarity of every query against every
+    feature frame on the similarity grid, and the soft-argmax of every setting of the grid on val (one on test)."""
+    view = TASKS[MATCH_TASK].view
+    val, test = (cfg.probe_clips[r] for r in MATCH_ROLES)
+    extra: dict[tuple, int] = {}
+    for j in matches:
+        key = (j.backbone, j.spec, j.t, j.noise_seed, view)
+        if probe_groups.get(key, 0) < j.block:
+            extra[key] = max(extra.get(key, 0), j.block)
+    forwards = sum(_forward_flops(extra, walts, loaded, latent, clip[1:], image).values()) * (val + test)
+    ctx = task_context(task_roles(MATCH_TASK, cfg.roles(MATCH_TASK)))
+    g = cfg.match_grid
+    settings = len(g.temperatures) * len(g.windows)
+    pairs = ctx.max_tracks * ctx.height * ctx.width * g.upsample ** 2  # (query, similarity cell) pairs of one frame
+    shapes: dict[tuple, dict] = {}
+    similarity = 0.0
+    for j in matches:
+        dim, (frames_f, _, _) = _feature_dims(j, view, walts, latent, clip, image, loaded, shapes)
+        similarity += pairs * frames_f * (2 * dim * (val + test) + _SOFTARGMAX_FLOPS * (settings * val + test))
+    return StageCost("match", forwards + similarity, len(matches),
+                     f"{len(matches)} cells x {val}+{test} clips x {ctx.max_tracks} queries; {len(extra)} extraction "
+                     f"groups of their own")
+
+
+def _feature_dims(j: Job, view: str, walts: dict, latent: tuple[int, int, int, int], clip: tuple[int, int, int, int],
+                  image: set[str], loaded: dict[BackboneSpec, Backbone], other_shapes: dict[tuple, dict]
+                  ) -> tuple[int, tuple[int, int, int]]:
+    """``(C, (T_f, H_f, W_f))`` of a job's features in ``view``: a WALT's from its config (an image twin: a latent
+    frame per clip frame), the latents', or another backbone's from a fake forward (memoised in ``other_shapes``)."""
+    frames_in = 1 if view != "clip" else clip[1] if j.backbone in image else latent[1]
+    if j.spec.kind not in OWN_KINDS:
+        key = (j.spec, view)
+        if key not in other_shapes:
+            other_shapes[key] = forward_shapes(loaded[j.spec], view_frames(view, clip[1]), *clip[2:]).shapes
+        *grid, dim = other_shapes[key][j.block]
+        return dim, tuple(grid)
+    if not OWN_KINDS[j.spec.kind]:  # the latents themselves
+        return latent[0], (frames_in, *latent[2:])
+    m = walts[j.backbone]
+    return m.hidden_size, (frames_in, latent[2] // m.patch_size, latent[3] // m.patch_size)
 
 
 def _probe_pass(task: Task, p: ProbeConfig, dim: int, grid: tuple[int, int, int], batch: int,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +50,9 @@ class Bar:
 
 
 def main_backbones(data: StudyData) -> list[str]:
-    """Backbones of the main comparison: all but the model-size variants (names with ``@``)."""
-    return [b for b in data.backbones if "@" not in b]
+    """Backbones of the main comparison of trained probes: all but the model-size variants (names with ``@``) and
+    the training-free matcher's cells (the report's matching section shows those)."""
+    return [b for b in data.backbones if "@" not in b and not data.is_matcher(b)]
 
 
 def relative_bars(data: StudyData, heads: Mapping[str, tuple[int, float]],
@@ -158,16 +159,17 @@ class Curve:
         return [relative_change(s.mean, h, hib) for s in self.stats]
 
 
-def sweep_curves(data: StudyData, heads: Mapping[str, tuple[int, float]]) -> tuple[list[Curve], list[str]]:
-    """Figure 5: for every known task (and dataset) and main backbone, the primary metric vs t (at the headline
-    block) and vs block (at the headline t), at the final checkpoint. A curve that lacks its headline point is left
-    out (it has nothing to be relative to) and named in the returned notes."""
+def sweep_curves(data: StudyData, heads: Mapping[str, tuple[int, float]], backbones: Sequence[str] | None = None,
+                 tasks: Sequence[str] | None = None) -> tuple[list[Curve], list[str]]:
+    """Figure 5: for every known task (and dataset) and main backbone (or each of ``tasks`` and ``backbones``), the
+    primary metric vs t (at the headline block) and vs block (at the headline t), at the final checkpoint. A curve
+    that lacks its headline point is left out (it has nothing to be relative to) and named in the returned notes."""
     curves, notes = [], []
     for task, ds in data.measures():
-        if task not in TASK_METRICS:
+        if task not in TASK_METRICS or (tasks is not None and task not in tasks):
             continue
         metric = primary_metric(task)
-        for b in main_backbones(data):
+        for b in main_backbones(data) if backbones is None else backbones:
             blk, t = heads[b]
             step = data.final_step(b)
             keys = [k for k in data.stats if k.backbone == b and k.step == step and k.task == task

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from itertools import cycle
 
 from matplotlib.artist import Artist
@@ -111,10 +111,10 @@ def _wrap(text: str, width: int = 22) -> str:
     return "\n".join([*lines, cur.rstrip()])
 
 
-def sweeps_figure(curves: Sequence[Curve]) -> Figure:
+def sweeps_figure(curves: Sequence[Curve], dashed: Collection[str] = ()) -> Figure:
     """Figure 5 (absolute): per task (and dataset), primary metric vs t (left) and vs block (right); one curve per
     backbone, ±std bands over replicates, the headline point circled; a backbone with a single value is a dashed
-    line."""
+    line, and so are the curves of the backbones in ``dashed`` (a reference drawn beside the others)."""
     names = measure_labels((c.task, c.dataset) for c in curves)
     order = {t: i for i, t in enumerate(task_order({c.task for c in curves}))}
     tasks = sorted(names, key=lambda m: (order[m[0]], m[1]))
@@ -132,7 +132,8 @@ def sweeps_figure(curves: Sequence[Curve]) -> Figure:
                 if len(c.xs) == 1 and swept:
                     ax.axhline(means[0], color=col[c.backbone], ls="--", lw=1.2, label=f"{c.backbone} (one value)")
                     continue
-                ax.plot(c.xs, means, "-o", ms=3, color=col[c.backbone], label=c.backbone)
+                ax.plot(c.xs, means, "--o" if c.backbone in dashed else "-o", ms=3, color=col[c.backbone],
+                        label=c.backbone)
                 if any(s.n > 1 for s in c.stats):
                     ax.fill_between(c.xs, [s.mean - s.std for s in c.stats], [s.mean + s.std for s in c.stats],
                                     color=col[c.backbone], alpha=0.18, lw=0)

@@ -5,6 +5,7 @@ config to ``OUT/motion.json``. `diffprobe motion` and the study's motion stage b
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,8 @@ def motion_figure(variants: np.ndarray, regions: np.ndarray, names: Sequence[str
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(image, ax=list(axes[3]), fraction=0.03, pad=0.02)
-    fig.suptitle(f"{title}\nmotion ratio {score.ratio:.3f} (inside {score.inside:.3g} / outside "
+    wrapped = textwrap.fill(title, width=int(11 * k), break_long_words=True)  # long paths stay within the panels
+    fig.suptitle(f"{wrapped}\nmotion ratio {score.ratio:.3f} (inside {score.inside:.3g} / outside "
                  f"{score.outside:.3g})", fontsize=10)
     return fig
 

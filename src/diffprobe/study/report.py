@@ -29,6 +29,7 @@ from diffprobe.study.figure_data import (
 from diffprobe.study.formatting import fmt_mean_std, fmt_num, fmt_pct, safe_name
 from diffprobe.study.headline import Heads, headline_rule, resolve_headlines
 from diffprobe.study.plan import planned_cells
+from diffprobe.study.report_analyses import match_section, motion_section
 from diffprobe.study.report_data import StudyData, load_study
 from diffprobe.study.report_html import caveat_box, esc, img, note, page, table
 from diffprobe.study.report_tasks import IMAGE, TASK_METRICS, VIDEO, control_legend
@@ -69,7 +70,8 @@ def _header(run_dir: Path, data: StudyData, heads: Heads, caveat: str, rule: str
             f"<tr><td>config hashes</td><td>{esc(', '.join(data.config_hashes))}</td></tr></table>")
     out = [f"<h1>diffprobe study: {esc(data.study)}</h1>", *([caveat_box(caveat)] if caveat else []), meta,
            '<nav><a href="#summary">summary</a><a href="#fig1">video vs image</a><a href="#fig5">noise &amp; block'
-           '</a><a href="#scaling">size &amp; budget</a><a href="#pca">PCA</a><a href="#table">full table</a></nav>',
+           '</a><a href="#scaling">size &amp; budget</a><a href="#pca">PCA</a><a href="#match">matching</a>'
+           '<a href="#motion">motion</a><a href="#table">full table</a></nav>',
            table(["backbone", "mode", "checkpoint steps", "headline block", "headline t", "tasks"], rows,
                  [False, False, False, True, True, True]), _datasets(data)]
     cfg_path = run_dir / "study_config.json"
@@ -171,7 +173,7 @@ def _scaling(run_dir: Path, data: StudyData, heads: Heads, figs: dict[str, bytes
 
 
 def _pca(run_dir: Path, figs: dict[str, bytes]) -> str:
-    out = ['<h2 id="pca">4. PCA of features (paper Figs. 3-4)</h2>']
+    out = ['<h2 id="pca">4. PCA of features (paper Fig. 3)</h2>']
     files = sorted((run_dir / "pca").glob("*.npz"))
     if not files:
         return "".join(out) + note(f"No {run_dir / 'pca'}/*.npz files: no PCA pictures.")
@@ -189,7 +191,7 @@ def _pca(run_dir: Path, figs: dict[str, bytes]) -> str:
 
 
 def _full_table(data: StudyData, heads: Heads) -> str:
-    out = ['<h2 id="table">5. Full table</h2>',
+    out = ['<h2 id="table">7. Full table</h2>',
            "<p class=\"meta\">Mean ± sample std over replicates (noise seed &times; probe seed), n replicates. "
            "<b>Bold</b>: best mean of its task, dataset and metric in the study. Highlighted: the backbone's "
            "headline (block, t) at its final checkpoint.</p>"]
@@ -259,6 +261,8 @@ def render_html(inp: ReportInput) -> Path:
         _fig5(data, heads, figs),
         _scaling(run_dir, data, heads, figs, pair[1]),
         _pca(run_dir, figs),
+        match_section(data, heads, figs),
+        motion_section(run_dir, inp.cfg, figs),
         _full_table(data, heads),
     ])
     out_dir = run_dir / "report"

@@ -137,6 +137,12 @@ class StudyData:
         """The backbone's last checkpoint step (its fully trained model)."""
         return self.steps(backbone)[-1]
 
+    def is_matcher(self, backbone: str) -> bool:
+        """Whether a backbone label stands for training-free matcher cells (``diffprobe match``, the study's
+        ``match``), not trained probes."""
+        return any(str(setup["config_hash"]).startswith(MATCH_TAG) for (label, _), setup in self.setups.items()
+                   if label == backbone)
+
     def get(self, backbone: str, step: int, block: int, t: float, task: str, dataset: str, metric: str
             ) -> Stat | None:
         """The cell's statistic, or None when it was not measured (nor anything of ``backbone``)."""
@@ -201,6 +207,11 @@ def load_study(store_path: Path, study: str | None = None,
 SETUP: dict[str, Callable[[Any], str]] = {
     "identity": "id {}".format, "ensemble": "ensemble {}".format, "clips": "clips {}".format,
     "config_hash": lambda h: "matcher" if h.startswith(MATCH_TAG) else f"probe config {h:.8}"}
+
+
+def matcher_label(name: str) -> str:
+    """The label of backbone ``name``'s newest training-free matcher cells (in a store of one mode per name)."""
+    return f"{name}[matcher]"
 
 
 def _matcher(setup: tuple[Any, ...]) -> bool:

@@ -12,8 +12,9 @@ import numpy as np
 from diffprobe.metrics import paired_difference
 from diffprobe.study.config import StudyConfig
 from diffprobe.study.headline import resolve_headlines
-from diffprobe.study.plan import current_cells, final_step, is_current
-from diffprobe.study.report_data import Stat, StudyData, aggregate
+from diffprobe.study.motion import RESULTS_FILE
+from diffprobe.study.plan import current_cells, final_step, is_current, motion_config, motion_dir
+from diffprobe.study.report_data import Stat, StudyData, aggregate, matcher_label
 from diffprobe.study.report_tasks import (
     HIGHER_IS_BETTER,
     PRIOR,
@@ -24,8 +25,10 @@ from diffprobe.study.report_tasks import (
     primary_metric,
     relative_percent,
 )
-from diffprobe.study.store import ResultsStore
+from diffprobe.study.store import ResultsStore, clips_key, match_config_hash
 from diffprobe.tasks import TASKS
+from diffprobe.tasks.roles import MATCH_TASK, data_identity, task_roles
+from diffprobe.utils.io import read_json
 
 NAN = float("nan")
 
@@ -126,8 +129,43 @@ def headline_table(cfg: StudyConfig, store_path: Path) -> str:
                 lines.append(f"{'':<16}{'  seed sd':<28}" + "".join(
                     f"{cells.seed_sd(n, task, metric):>16.4f}" for n in names))
     legend = control_legend(names)
-    return "\n".join(lines + ["", *paired_table(cfg, cells.per_clip)]
+    return "\n".join(lines + ["", *paired_table(cfg, cells.per_clip)] + analyses_lines(cfg, store_path, cells)
                      + (["", "controls:", *(f"  {line}" for line in legend)] if legend else []))
+
+
+def analyses_lines(cfg: StudyConfig, store_path: Path, cells: _Headline) -> list[str]:
+    """Lines of the analyses past the trained probes, at each backbone's headline: the training-free matcher's
+    point-tracking primary metric (mean over noise seeds) beside the trained probe's, and the motion ratio of the
+    first-frame tokens (the mean over the study's motion clips)."""
+    lines = []
+    metric = primary_metric(MATCH_TASK)
+    if cfg.match:
+        where = {"study": cfg.name, "task": MATCH_TASK, "metric": metric, "clips": clips_key(cfg.probe_clips),
+                 "dataset": data_identity(task_roles(MATCH_TASK, cfg.roles(MATCH_TASK))),
+                 "config_hash": match_config_hash([0], cfg.match_grid)}
+        with ResultsStore(store_path) as store:
+            data = aggregate(cfg.name, store.query(**where))  # the newest weights of a name under its plain label
+        lines += ["", f"training-free matcher, {MATCH_TASK} {metric} (no readout trained; setting chosen on val; "
+                      "docs/readouts.md):", f"{'':<16}{'':<28}" + "".join(f"{n:>16}" for n in cfg.backbones)]
+        matched = []
+        for name, spec in cfg.backbones.items():
+            stat = data.get(matcher_label(name), final_step(cfg, spec), *cfg.headline_of(name), MATCH_TASK,
+                            data.dataset_label(where["dataset"]) or "", metric)
+            matched.append(NAN if stat is None else stat.mean)
+        lines.append(f"{'':<16}{'matcher':<28}" + "".join(f"{v:>16.4f}" for v in matched))
+        if MATCH_TASK in cfg.tasks:
+            lines.append(f"{'':<16}{'trained probe':<28}" + "".join(
+                f"{cells.mean(n, MATCH_TASK, metric):>16.4f}" for n in cfg.backbones))
+    if cfg.motion_clips:
+        ratios = []
+        for name in cfg.backbones:
+            path = motion_dir(store_path.parent, name, motion_config(cfg, name)) / RESULTS_FILE
+            ratios.append(read_json(path)["mean_ratio"] if path.is_file() else NAN)
+        lines += ["", f"motion ratio of first-frame tokens over {cfg.motion_clips} test clips (paper Fig. 4; 1: frame "
+                      "0 read alone; docs/motion.md):",
+                  f"{'':<16}{'':<28}" + "".join(f"{n:>16}" for n in cfg.backbones),
+                  f"{'':<16}{'mean ratio':<28}" + "".join(f"{v:>16.4f}" for v in ratios)]
+    return lines
 
 
 def paired_table(cfg: StudyConfig, per_clip: Callable[[str, str], dict[tuple[int, int], np.ndarray]]) -> list[str]:
