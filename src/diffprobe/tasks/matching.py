@@ -54,7 +54,7 @@ def clip_features(sets: Sequence[Sequence[FeatureSet | StreamedFeatures]]) -> It
         yield hyperfeatures(per_block)
 
 
-def per_clip(chunks: Iterator[torch.Tensor], count: int) -> Iterator[list[torch.Tensor]]:
+def by_clip(chunks: Iterator[torch.Tensor], count: int) -> Iterator[list[torch.Tensor]]:
     """Chunk features in clip order (``count`` chunks a clip, :class:`~diffprobe.data.chunks.ChunkedClips`' order)
     grouped back into one list per clip."""
     group: list[torch.Tensor] = []
@@ -64,7 +64,7 @@ def per_clip(chunks: Iterator[torch.Tensor], count: int) -> Iterator[list[torch.
             yield group
             group = []
     if group:
-        raise ValueError(f"per_clip: {len(group)} chunks left over, not a whole clip of {count}")
+        raise ValueError(f"by_clip: {len(group)} chunks left over, not a whole clip of {count}")
 
 
 def run_match(backbone: Backbone, roles: Mapping[str, RoleData], blocks: Sequence[int], t: float,
@@ -90,7 +90,7 @@ def run_match(backbone: Backbone, roles: Mapping[str, RoleData], blocks: Sequenc
                        limit=None if limit is None else limit * count, progress=progress, workers=workers)
                    for seed in noise_seeds]
         feats = clip_features([[s[b] for s in by_seed] for b in blocks])
-        return targets, per_clip(feats, count) if grid.chunk else feats
+        return targets, by_clip(feats, count) if grid.chunk else feats
 
     val, val_feats = split("val")
     params, val_score = choose(grid, val_feats, val["query"], val["valid"], size, frames,
