@@ -153,23 +153,46 @@ def test_each_setting_chains_its_own_tracks() -> None:
 
 def test_match_cli_chunks_end_to_end(tmp_path, monkeypatch) -> None:
     from diffprobe.cli import main
-    from diffprobe.study.store import MATCH_TAG, ResultsStore
+    from diffprobe.readouts.match import MatchGrid
+    from diffprobe.study.store import ResultsStore, match_config_hash
 
     monkeypatch.chdir(tmp_path)
-    args = ["match", "--backbone", "pixels@patch=4", "--dataset", TINY, "--block", "0", "--cache", "cache", "--quiet",
+    world = "probeworld:tiny@train_size=2,val_size=2,test_size=2,num_tracks=4"  # every chained chunk: 9 settings
+    args = ["match", "--backbone", "pixels@patch=4", "--dataset", world, "--block", "0", "--cache", "cache", "--quiet",
             "--device", "cpu"]
     chunked = CliRunner().invoke(main, [*args, "--chunk", "3"])
     assert chunked.exit_code == 0, chunked.output
     assert "block 0 t=0 noise seed 0 in chunks of 3 frames" in chunked.output
     assert any((tmp_path / "cache").rglob("test-chunks3"))  # the chunks' own cache entries
-    whole = CliRunner().invoke(main, [*args, "--chunk", "0"])
-    assert whole.exit_code == 0 and "in chunks" not in whole.output, whole.output
     with ResultsStore(tmp_path / "results.sqlite") as store:
         rows = store.query(task="point_tracking", metric="average_jaccard")
-    hashes = {r["config_hash"] for r in rows}
-    assert len(rows) == 2 and len(hashes) == 2 and all(h.startswith(MATCH_TAG) for h in hashes)
+    assert [r["config_hash"] for r in rows] == [match_config_hash([0], [0], MatchGrid(chunk=3))]
+    assert rows[0]["config_hash"] != match_config_hash([0], [0], MatchGrid())  # --chunk 0's cell
     assert CliRunner().invoke(main, [*args, "--chunk", "3"]).output.startswith("already in results.sqlite")
     for bad in ("1", "999"):  # the tiny clips have 9 frames
         out = CliRunner().invoke(main, [*args, "--chunk", bad])
         assert out.exit_code == 2 and out.output.startswith(f"Error: chunk={bad}: a chunk needs 2 to 9 frames")
         assert out.output.count("\n") == 1, out.output
+
+
+def test_run_match_groups_chunks_per_clip_within_the_role_limits(tmp_path) -> None:
+    from diffprobe.backbones.registry import load_backbone
+    from diffprobe.features.cache import FeatureCache
+    from diffprobe.readouts.match import MatchGrid
+    from diffprobe.tasks.matching import TASK, run_match
+    from diffprobe.tasks.roles import task_roles
+
+    backbone = load_backbone("pixels@patch=4", torch.device("cpu")).backbone
+    roles, cache, limits = task_roles(TASK, TINY), FeatureCache(tmp_path), {"val": 1, "test": 2}
+    grid = MatchGrid(temperatures=(0.03,), windows=(1.0, 2.0), quantiles=(0.2,))
+
+    def run(chunk: int):
+        return run_match(backbone, roles, [0], 0.0, [0], MatchGrid.from_dict({**grid.to_dict(), "chunk": chunk}),
+                         cache, limits=limits, progress=False)
+
+    whole, one_chunk, chunked = run(0), run(9), run(3)  # tiny clips have 9 frames; chunks of 3: 4 a clip
+    assert one_chunk.metrics == whole.metrics and one_chunk.params == whole.params
+    assert len(chunked.per_clip) == 2 and chunked.metrics != whole.metrics
+    feats = {f"{p.parent.name.rsplit('-', 1)[1]}/{p.name}" for p in (tmp_path / "pixels-p4-u1").glob("*/*")}
+    assert feats == {"first1/val", "first2/test", "first1/val-chunks9", "first2/test-chunks9",
+                     "first4/val-chunks3", "first8/test-chunks3"}  # limit x 4 chunks of clips
