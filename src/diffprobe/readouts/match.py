@@ -16,6 +16,8 @@ compression).
 Options as inputs: :func:`hyperfeatures` averages a block's features over noise seeds (DIFT's ensemble) and
 concatenates several blocks on channels, each L2-normalised first. :func:`choose` picks temperature, window and
 threshold on the validation split by a score the caller gives (the task's primary metric, AJ); never on test.
+:func:`match_chunks` tracks a clip longer than a backbone's native frame count from its chunks' features, each chunk
+its own forward (:mod:`diffprobe.data.chunks`), chaining the tracks across them.
 """
 
 from __future__ import annotations
