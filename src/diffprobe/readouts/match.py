@@ -16,6 +16,8 @@ compression).
 Options as inputs: :func:`hyperfeatures` averages a block's features over noise seeds (DIFT's ensemble) and
 concatenates several blocks on channels, each L2-normalised first. :func:`choose` picks temperature, window and
 threshold on the validation split by a score the caller gives (the task's primary metric, AJ); never on test.
+:func:`match_chunks` tracks a clip longer than a backbone's native frame count from its chunks' features, each chunk
+its own forward (:mod:`diffprobe.data.chunks`), chaining the tracks across them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffprobe.config import Config, ConfigError
+from diffprobe.data.chunks import chunk_starts
 from diffprobe.errors import InputError
 
 ArrayLike = Tensor | np.ndarray
@@ -55,12 +58,17 @@ class MatchGrid(Config):
     windows: tuple[float, ...] = (1.0, 2.0, 4.0)
     quantiles: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
     upsample: int = 1  #: similarity grid cells per pixel side (not searched: finer costs upsample**2)
+    #: pixel frames per chunk, each chunk its own forward and the tracks chained (:func:`match_chunks`); 0: the whole
+    #: clip. Not searched: a field here so that it enters the cell's config hash
+    chunk: int = 0
 
     def validate(self) -> None:
         if not self.temperatures or not self.windows or min(self.temperatures) <= 0 or min(self.windows) <= 0:
             raise ConfigError("MatchGrid.temperatures/windows: need at least one positive value each")
         if any(not 0 < q < 1 for q in self.quantiles) or self.upsample < 1:
             raise ConfigError("MatchGrid.quantiles: each in (0, 1); MatchGrid.upsample: at least 1")
+        if self.chunk < 0:
+            raise ConfigError(f"MatchGrid.chunk: 0 (the whole clip) or a frame count, got {self.chunk}")
 
 
 def feature_frames(frames: int, feature_frames_: int) -> np.ndarray:
@@ -166,12 +174,76 @@ def match_points(features: ArrayLike, queries: ArrayLike, size: tuple[int, int],
     return tracks[0, 0].numpy(), (peaks < threshold).numpy()
 
 
-def match_split(clip_features: Iterable[ArrayLike], queries: np.ndarray, valid: np.ndarray, size: tuple[int, int],
-                frames: int, temperatures: Sequence[float], windows: Sequence[float], upsample: int = 1
-                ) -> tuple[np.ndarray, np.ndarray]:
+def match_chunks(chunk_features: Sequence[ArrayLike], length: int, queries: ArrayLike, size: tuple[int, int],
+                 frames: int, temperatures: Sequence[float], windows: Sequence[float], upsample: int = 1
+                 ) -> tuple[Tensor, Tensor]:
+    """:func:`match_grid` on a clip cut into chunks (:class:`~diffprobe.data.chunks.ChunkedClips`), tracks chained.
+
+    Args:
+        chunk_features: for each chunk ``k``, its features ``(T_c, H_f, W_f, C)`` from its own forward over pixel
+            frames ``[s_k, s_k + length)`` (starts from :func:`~diffprobe.data.chunks.chunk_starts`).
+        length: pixel frames per chunk. The other arguments as :func:`match_grid` (``frames``: the whole clip's).
+
+    A query at pixel frame ``t_q`` is matched in its home chunk, the first that holds ``t_q``, with its own feature
+    sampled there (one :func:`match_grid` pass for every setting). Forward, chunk ``k + 1`` is matched with a new
+    query: its own feature at frame ``s_{k+1}`` (a frame chunk ``k`` also holds), sampled where chunk ``k``'s track
+    puts the point; backward, chunk ``k - 1`` with a query at its last frame ``s_{k-1} + length - 1`` (which chunk
+    ``k`` holds), where chunk ``k``'s track puts it. A frame two chunks hold keeps the track of the chunk the chain
+    reached first, the one nearer the home chunk: after the home chunk the earlier chunk's, before it the later
+    chunk's. The chain depends on the setting, so each (temperature, window) pair chains its own tracks; the peaks
+    (each chunk's similarity to its own, carried query feature) are those of the first pair's chain (in the home
+    chunk every pair shares them). With one chunk over the whole clip this is exactly :func:`match_grid`.
+
+    Returns:
+        as :func:`match_grid`: tracks ``(len(temperatures), len(windows), N, T, 2)`` and peaks ``(N, T)``.
+    """
+    starts = chunk_starts(frames, length)
+    if len(chunk_features) != len(starts):
+        raise ValueError(f"match_chunks: {len(chunk_features)} chunks of features for {len(starts)} chunks of "
+                         f"{length} frames in {frames}")
+    q = torch.as_tensor(queries, dtype=torch.float32).reshape(-1, 3)  # (N, 3)
+    n = len(q)
+    t_q = q[:, 0].round().long().clamp(0, frames - 1)  # (N,)
+    home = torch.searchsorted(torch.tensor(starts) + length, t_q, right=True)  # (N,) first chunk ending after t_q
+    tracks = torch.zeros(len(temperatures), len(windows), n, frames, 2)
+    peaks = torch.zeros(n, frames)
+    for k, s in enumerate(starts):  # every query in its home chunk: all settings from one pass
+        idx = (home == k).nonzero()[:, 0]
+        if len(idx):
+            local = torch.cat([(t_q[idx] - s).float()[:, None], q[idx, 1:]], dim=1)  # (n_k, 3)
+            tr, pk = match_grid(chunk_features[k], local, size, length, temperatures, windows, upsample)
+            tracks[:, :, idx, s:s + length], peaks[idx, s:s + length] = tr, pk
+
+    def chain(k: int, idx: Tensor, shared: int, lo: int, hi: int) -> None:
+        """Chunk ``k`` for queries ``idx`` handed on at pixel frame ``shared``, filling pixel frames ``[lo, hi)``."""
+        s = starts[k]
+        for (i, temp), (j, win) in itertools.product(enumerate(temperatures), enumerate(windows)):
+            at = tracks[i, j, idx, shared]  # (n_k, 2) as (x, y)
+            local = torch.stack([torch.full_like(at[:, 0], shared - s), at[:, 1], at[:, 0]], dim=1)  # (n_k, 3)
+            tr, pk = match_grid(chunk_features[k], local, size, length, [temp], [win], upsample)
+            tracks[i, j, idx, lo:hi] = tr[0, 0][:, lo - s:hi - s]
+            if i == j == 0:
+                peaks[idx, lo:hi] = pk[:, lo - s:hi - s]
+
+    for k in range(1, len(starts)):  # forward, from the frame chunk k shares with chunk k - 1
+        idx = (home < k).nonzero()[:, 0]
+        if len(idx):
+            chain(k, idx, starts[k], starts[k - 1] + length, starts[k] + length)
+    for k in range(len(starts) - 2, -1, -1):  # backward, from chunk k's last frame
+        idx = (home > k).nonzero()[:, 0]
+        if len(idx):
+            chain(k, idx, starts[k] + length - 1, starts[k], starts[k + 1])
+    return tracks, peaks
+
+
+def match_split(clip_features: Iterable[ArrayLike | Sequence[ArrayLike]], queries: np.ndarray, valid: np.ndarray,
+                size: tuple[int, int], frames: int, temperatures: Sequence[float], windows: Sequence[float],
+                upsample: int = 1, chunk: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """:func:`match_grid` on every clip of a split (task targets layout: ``queries`` ``(B, Q, 3)``, ``valid``
-    ``(B, Q)``; ``clip_features`` yields each clip's ``(T_f, H_f, W_f, C)`` in order). Returns tracks ``(G_t, G_w, B,
-    Q, T, 2)`` and peaks ``(B, Q, T)``; slots that are not valid are left at 0 (they are never scored)."""
+    ``(B, Q)``; ``clip_features`` yields each clip's ``(T_f, H_f, W_f, C)`` in order), or with ``chunk`` (pixel
+    frames per chunk) :func:`match_chunks` (``clip_features`` then yields each clip's list of chunk features).
+    Returns tracks ``(G_t, G_w, B, Q, T, 2)`` and peaks ``(B, Q, T)``; slots that are not valid are left at 0 (they
+    are never scored)."""
     b, slots = valid.shape
     tracks = np.zeros((len(temperatures), len(windows), b, slots, frames, 2), np.float32)
     peaks = np.zeros((b, slots, frames), np.float32)
@@ -180,7 +252,10 @@ def match_split(clip_features: Iterable[ArrayLike], queries: np.ndarray, valid: 
         count += 1
         keep = np.flatnonzero(valid[i])
         if len(keep):
-            tr, pk = match_grid(feats, queries[i][keep], size, frames, temperatures, windows, upsample)
+            if chunk:
+                tr, pk = match_chunks(feats, chunk, queries[i][keep], size, frames, temperatures, windows, upsample)
+            else:
+                tr, pk = match_grid(feats, queries[i][keep], size, frames, temperatures, windows, upsample)
             tracks[:, :, i, keep], peaks[i, keep] = tr.numpy(), pk.numpy()
     if count != b:
         raise ValueError(f"match_split: {count} clips of features for {b} clips of targets")
@@ -202,13 +277,14 @@ def thresholds(peaks: np.ndarray, valid: np.ndarray, queries: np.ndarray, grid: 
     return [-1.0] + [float(v) for v in qs]
 
 
-def choose(grid: MatchGrid, val_features: Iterable[ArrayLike], val_queries: np.ndarray, val_valid: np.ndarray,
-           size: tuple[int, int], frames: int, score: Callable[[dict[str, np.ndarray]], float]
+def choose(grid: MatchGrid, val_features: Iterable[ArrayLike | Sequence[ArrayLike]], val_queries: np.ndarray,
+           val_valid: np.ndarray, size: tuple[int, int], frames: int, score: Callable[[dict[str, np.ndarray]], float]
            ) -> tuple[MatchParams, float]:
     """The setting of ``grid`` whose validation predictions score highest by ``score`` (the task's primary metric
-    on the validation targets, higher is better; ties go to the earlier setting), and that score."""
+    on the validation targets, higher is better; ties go to the earlier setting), and that score. With
+    ``grid.chunk``, ``val_features`` yields each clip's chunk features (:func:`match_split`)."""
     tracks, peaks = match_split(val_features, val_queries, val_valid, size, frames, grid.temperatures, grid.windows,
-                                grid.upsample)
+                                grid.upsample, grid.chunk)
     best: tuple[MatchParams, float] | None = None
     ths = thresholds(peaks, val_valid, val_queries, grid)
     for (i, temp), (j, win), th in itertools.product(enumerate(grid.temperatures), enumerate(grid.windows), ths):

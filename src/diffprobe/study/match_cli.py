@@ -41,6 +41,10 @@ HELP = (
               show_default=True, help="Noise seed; repeated, the features of the seeds are averaged (DIFT's ensemble).")
 @click.option("--upsample", type=click.IntRange(min=1), default=1, show_default=True,
               help="Similarity grid cells per pixel side (1: the clip's pixel grid).")
+@click.option("--chunk", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Pixel frames per chunk: pass the backbone's native frame count (49 for CogVideoX) to track a "
+                   "longer clip in chunks, each its own forward, consecutive chunks sharing one frame and the tracks "
+                   "chained across them; 0: the whole clip in one forward.")
 @store_option
 @study_option
 @name_option
@@ -49,16 +53,17 @@ HELP = (
 @workers_option
 @quiet_option
 def match_cmd(spec: str, dataset: str | None, blocks: tuple[int, ...], t: float, noise_seeds: tuple[int, ...],
-              upsample: int, store: Path, study: str, name: str | None, device: str, cache_dir: Path, workers: int,
-              quiet: bool) -> None:
+              upsample: int, chunk: int, store: Path, study: str, name: str | None, device: str, cache_dir: Path,
+              workers: int, quiet: bool) -> None:
     """Track points with no trained readout (see ``HELP``)."""
     from diffprobe.backbones.registry import load_backbone
+    from diffprobe.data.chunks import ChunkedClips
     from diffprobe.features.cache import FeatureCache
     from diffprobe.features.sources import identity_for
     from diffprobe.study.store import Cell, ResultsStore, clips_key, match_config_hash
     from diffprobe.tasks import TASKS
     from diffprobe.tasks.matching import MATCH_ROLES, run_match
-    from diffprobe.tasks.roles import data_identity, task_roles
+    from diffprobe.tasks.roles import data_identity, task_context, task_roles
     from diffprobe.utils.runtime import resolve_device
 
     dev = resolve_device(device)
@@ -68,8 +73,10 @@ def match_cmd(spec: str, dataset: str | None, blocks: tuple[int, ...], t: float,
         resolved.backbone.check_request(list(blocks), t, seed, 1)
     roles = task_roles(TASK, resolved.dataset_or_default(dataset))
     resolved.check_clips([rd.dataset for rd in roles.values()], spec, False)
-    grid = MatchGrid(upsample=upsample)
-    identity = identity_for(resolved.backbone, roles["test"].clips, TASKS[TASK].view)
+    grid = MatchGrid(upsample=upsample, chunk=chunk)
+    frames = task_context(roles).frames
+    test_clips = ChunkedClips(roles["test"].clips, chunk, frames) if chunk else roles["test"].clips  # checks chunk
+    identity = identity_for(resolved.backbone, test_clips, TASKS[TASK].view)
     cell = Cell(study=study, backbone=name or spec, identity=identity, mode=resolved.mode,
                 checkpoint_step=resolved.step, block=blocks[0], t=t, noise_seed=seeds[0], ensemble=len(seeds),
                 task=TASK, dataset=data_identity(roles), clips=clips_key(None), probe_seed=0,
@@ -84,8 +91,8 @@ def match_cmd(spec: str, dataset: str | None, blocks: tuple[int, ...], t: float,
         results.add(cell, out.metrics, out.per_clip, data_specs={r: rd.dataset.spec for r, rd in roles.items()})
     sources = ", ".join(f"{r} {roles[r].dataset.spec} [{roles[r].source}, {len(roles[r].clips)} clips]"
                         for r in MATCH_ROLES)
-    p = out.params
+    p, chunks = out.params, f" in chunks of {chunk} frames" if chunk else ""
     click.echo(f"{TASK} (match) on {identity} block {'+'.join(map(str, blocks))} t={t:g} noise seed "
-               f"{'+'.join(map(str, seeds))} (temperature {p.temperature:g}, window {p.window:g}, threshold "
+               f"{'+'.join(map(str, seeds))}{chunks} (temperature {p.temperature:g}, window {p.window:g}, threshold "
                f"{p.threshold:.4f}; val {TASKS[TASK].primary_metric} {out.val_score:.4f}; {sources}): "
                + ", ".join(f"{k}={v:.4f}" for k, v in out.metrics.items()))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from diffprobe.backbones.base import Backbone
+from diffprobe.data.chunks import ChunkedClips
 from diffprobe.data.splits import RoleData
 from diffprobe.features.cache import FeatureCache, FeatureSet
 from diffprobe.features.sources import ensure_features
@@ -53,30 +54,49 @@ def clip_features(sets: Sequence[Sequence[FeatureSet | StreamedFeatures]]) -> It
         yield hyperfeatures(per_block)
 
 
+def by_clip(chunks: Iterator[torch.Tensor], count: int) -> Iterator[list[torch.Tensor]]:
+    """Chunk features in clip order (``count`` chunks a clip, :class:`~diffprobe.data.chunks.ChunkedClips`' order)
+    grouped back into one list per clip."""
+    group: list[torch.Tensor] = []
+    for feats in chunks:
+        group.append(feats)
+        if len(group) == count:
+            yield group
+            group = []
+    if group:
+        raise ValueError(f"by_clip: {len(group)} chunks left over, not a whole clip of {count}")
+
+
 def run_match(backbone: Backbone, roles: Mapping[str, RoleData], blocks: Sequence[int], t: float,
               noise_seeds: Sequence[int], grid: MatchGrid, cache: FeatureCache,
               limits: Mapping[str, int] | None = None, progress: bool = True, workers: int = 0,
               stream: bool = False) -> MatchOutcome:
     """Choose the matcher's setting on ``roles["val"]`` and score it on ``roles["test"]`` (the first ``limits[role]``
     clips of each, or all). The features of every (block, seed) come from the cache (extracted if missing) or, with
-    ``stream``, are computed as they are read; the targets are the task's (cached)."""
+    ``stream``, are computed as they are read; the targets are the task's (cached). With ``grid.chunk``, each clip
+    is cut into chunks of that many frames (:class:`~diffprobe.data.chunks.ChunkedClips`), each chunk its own
+    forward, and the tracks are chained across them (:func:`~diffprobe.readouts.match.match_chunks`)."""
     task = make_task(TASK, task_context(roles))
     size, frames = (task.ctx.height, task.ctx.width), task.ctx.frames
 
-    def split(role: str) -> tuple[dict[str, np.ndarray], Iterator[torch.Tensor]]:
+    def split(role: str) -> tuple[dict[str, np.ndarray], Iterator[torch.Tensor] | Iterator[list[torch.Tensor]]]:
         clips, limit = roles[role].clips, None if limits is None else limits[role]
         targets = load_targets(ensure_targets(task, clips, cache, limit, progress=progress, workers=workers),
                                task.name)
+        source = ChunkedClips(clips, grid.chunk, frames) if grid.chunk else clips
+        count = source.count if grid.chunk else 1  # feature clips a clip
         get = stream_features if stream else ensure_features
-        by_seed = [get(backbone, clips, task.view, list(blocks), t, seed, cache, limit=limit, progress=progress,
-                       workers=workers) for seed in noise_seeds]
-        return targets, clip_features([[s[b] for s in by_seed] for b in blocks])
+        by_seed = [get(backbone, source, task.view, list(blocks), t, seed, cache,
+                       limit=None if limit is None else limit * count, progress=progress, workers=workers)
+                   for seed in noise_seeds]
+        feats = clip_features([[s[b] for s in by_seed] for b in blocks])
+        return targets, by_clip(feats, count) if grid.chunk else feats
 
     val, val_feats = split("val")
     params, val_score = choose(grid, val_feats, val["query"], val["valid"], size, frames,
                                lambda p: task.metrics(p, val)[task.primary_metric])
     test, test_feats = split("test")
     tracks, peaks = match_split(test_feats, test["query"], test["valid"], size, frames, [params.temperature],
-                                [params.window], grid.upsample)
+                                [params.window], grid.upsample, grid.chunk)
     metrics, per_clip = task.evaluate(predictions(tracks[0, 0], peaks, params.threshold), test)
     return MatchOutcome(params, float(val_score), {k: float(v) for k, v in metrics.items()}, np.asarray(per_clip))
