@@ -25,6 +25,7 @@ from diffprobe.study.config import StudyConfig
 from diffprobe.study.disk import check_study_disk
 from diffprobe.study.motion import held_config, run_motion
 from diffprobe.study.plan import (
+    MATCH,
     READOUT_ROLES,
     expand_spec,
     match_cell,
@@ -34,8 +35,8 @@ from diffprobe.study.plan import (
 )
 from diffprobe.study.store import ResultsStore
 from diffprobe.tasks import TASKS
-from diffprobe.tasks.matching import TASK, run_match
-from diffprobe.tasks.roles import data_identity, task_roles
+from diffprobe.tasks.matching import TASK, feature_clips, run_match
+from diffprobe.tasks.roles import data_identity, task_context, task_roles
 
 #: how the study times a stage: ``timed(name, fn)`` runs ``fn`` and adds its wall time to ``name``
 Timed = Callable[[str, Callable[[], Any]], Any]
@@ -50,9 +51,10 @@ def run_matches(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: to
         return
     backbones = {spec: load_backbone(spec, device) for spec in dict.fromkeys(j.spec for j in jobs)}
     roles = task_roles(TASK, cfg.roles(TASK))
-    view = TASKS[TASK].view
+    view, frames = TASKS[TASK].view, task_context(roles).frames
+    sources = {role: feature_clips(roles[role].clips, cfg.match_grid, frames) for role in READOUT_ROLES[MATCH]}
     cells = [match_cell(cfg, j, backbones[j.spec], data_identity(roles),
-                        identity_for(backbones[j.spec].backbone, roles["test"].clips, view)) for j in jobs]
+                        identity_for(backbones[j.spec].backbone, sources["test"][0], view)) for j in jobs]
     with ResultsStore(run_dir / "results.sqlite") as store:
         todo = [(j, c) for j, c in zip(jobs, cells, strict=True) if not store.has(c)]
         check_study_disk(cfg, [j for j, _ in todo], backbones, {TASK: roles}, cache)
@@ -61,10 +63,12 @@ def run_matches(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: to
             for job, _ in todo:
                 groups.setdefault((job.spec, job.t, job.noise_seed), set()).add(job.block)
             for (spec, t, seed), blocks in groups.items():
-                for role in READOUT_ROLES["match"]:
-                    timed("match", lambda spec=spec, t=t, seed=seed, blocks=blocks, role=role: ensure_features(
-                        backbones[spec].backbone, roles[role].clips, view, sorted(blocks), t, seed, cache,
-                        limit=cfg.probe_clips[role], progress=False))
+                for role, (clips, count) in sources.items():
+                    def extract(spec=spec, t=t, seed=seed, blocks=blocks, clips=clips, n=count * cfg.probe_clips[role]):
+                        return ensure_features(backbones[spec].backbone, clips, view, sorted(blocks), t, seed, cache,
+                                               limit=n, progress=False)
+
+                    timed("match", extract)
         for job, cell in tqdm(todo, desc="match", unit="cell", disable=not progress, dynamic_ncols=True):
             out = timed("match", lambda job=job: run_match(
                 backbones[job.spec].backbone, roles, [job.block], job.t, [job.noise_seed], cfg.match_grid, cache,

@@ -57,12 +57,11 @@ def match_cmd(spec: str, dataset: str | None, blocks: tuple[int, ...], t: float,
               workers: int, quiet: bool) -> None:
     """Track points with no trained readout (see ``HELP``)."""
     from diffprobe.backbones.registry import load_backbone
-    from diffprobe.data.chunks import ChunkedClips
     from diffprobe.features.cache import FeatureCache
     from diffprobe.features.sources import identity_for
     from diffprobe.study.store import Cell, ResultsStore, clips_key, match_config_hash
     from diffprobe.tasks import TASKS
-    from diffprobe.tasks.matching import MATCH_ROLES, run_match
+    from diffprobe.tasks.matching import MATCH_ROLES, feature_clips, run_match
     from diffprobe.tasks.roles import data_identity, task_context, task_roles
     from diffprobe.utils.runtime import resolve_device
 
@@ -75,7 +74,7 @@ def match_cmd(spec: str, dataset: str | None, blocks: tuple[int, ...], t: float,
     resolved.check_clips([rd.dataset for rd in roles.values()], spec, False)
     grid = MatchGrid(upsample=upsample, chunk=chunk)
     frames = task_context(roles).frames
-    test_clips = ChunkedClips(roles["test"].clips, chunk, frames) if chunk else roles["test"].clips  # checks chunk
+    test_clips, _ = feature_clips(roles["test"].clips, grid, frames)  # checks the chunk length
     identity = identity_for(resolved.backbone, test_clips, TASKS[TASK].view)
     cell = Cell(study=study, backbone=name or spec, identity=identity, mode=resolved.mode,
                 checkpoint_step=resolved.step, block=blocks[0], t=t, noise_seed=seeds[0], ensemble=len(seeds),

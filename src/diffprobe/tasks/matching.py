@@ -12,6 +12,7 @@ import torch
 
 from diffprobe.backbones.base import Backbone
 from diffprobe.data.chunks import ChunkedClips
+from diffprobe.data.dataset import ClipSequence
 from diffprobe.data.splits import RoleData
 from diffprobe.features.cache import FeatureCache, FeatureSet
 from diffprobe.features.sources import ensure_features
@@ -23,7 +24,7 @@ from diffprobe.tasks.roles import MATCH_TASK as TASK
 from diffprobe.tasks.runner import ensure_targets
 from diffprobe.tasks.targets import load_targets
 
-__all__ = ["MATCH_ROLES", "TASK", "MatchOutcome", "clip_features", "run_match"]
+__all__ = ["MATCH_ROLES", "TASK", "MatchOutcome", "by_clip", "clip_features", "feature_clips", "run_match"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,16 @@ def by_clip(chunks: Iterator[torch.Tensor], count: int) -> Iterator[list[torch.T
         raise ValueError(f"by_clip: {len(group)} chunks left over, not a whole clip of {count}")
 
 
+def feature_clips(clips: ClipSequence, grid: MatchGrid, frames: int) -> tuple[ClipSequence, int]:
+    """The clips whose features the matcher reads and how many of them one clip makes: the clips themselves (1), or
+    with ``grid.chunk`` their chunks (:class:`~diffprobe.data.chunks.ChunkedClips`, the length checked against the
+    clips' ``frames``)."""
+    if not grid.chunk:
+        return clips, 1
+    chunks = ChunkedClips(clips, grid.chunk, frames)
+    return chunks, chunks.count
+
+
 def run_match(backbone: Backbone, roles: Mapping[str, RoleData], blocks: Sequence[int], t: float,
               noise_seeds: Sequence[int], grid: MatchGrid, cache: FeatureCache,
               limits: Mapping[str, int] | None = None, progress: bool = True, workers: int = 0,
@@ -83,8 +94,7 @@ def run_match(backbone: Backbone, roles: Mapping[str, RoleData], blocks: Sequenc
         clips, limit = roles[role].clips, None if limits is None else limits[role]
         targets = load_targets(ensure_targets(task, clips, cache, limit, progress=progress, workers=workers),
                                task.name)
-        source = ChunkedClips(clips, grid.chunk, frames) if grid.chunk else clips
-        count = source.count if grid.chunk else 1  # feature clips a clip
+        source, count = feature_clips(clips, grid, frames)
         get = stream_features if stream else ensure_features
         by_seed = [get(backbone, source, task.view, list(blocks), t, seed, cache,
                        limit=None if limit is None else limit * count, progress=progress, workers=workers)
