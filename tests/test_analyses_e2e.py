@@ -22,7 +22,7 @@ from hf_models_unet import save_tiny_sd  # noqa: E402
 
 from diffprobe.cli import main  # noqa: E402
 from diffprobe.features.cache import FeatureCache  # noqa: E402
-from diffprobe.study.motion_cli import FIGURE_NAME, RESULTS_FILE  # noqa: E402
+from diffprobe.study.motion import FIGURE_NAME, RESULTS_FILE  # noqa: E402
 from diffprobe.study.store import MATCH_TAG, ResultsStore  # noqa: E402
 from diffprobe.tasks.matching import TASK  # noqa: E402
 from diffprobe.tasks.roles import task_roles  # noqa: E402

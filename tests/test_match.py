@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 
-from diffprobe.readouts.match import MatchGrid, choose, feature_frames, hyperfeatures, match_points, match_split
+from diffprobe.readouts.match import (
+    MatchGrid,
+    choose,
+    feature_frames,
+    hyperfeatures,
+    match_grid,
+    match_points,
+    match_split,
+)
 
 SIZE = (32, 32)
 SHIFT = (0.3, -0.7)  #: (x, y) pixels per frame
@@ -74,7 +85,7 @@ def test_queries_matched_in_chunks_give_the_same_tracks(monkeypatch) -> None:
     feats = torch.randn(3, 4, 4, 8, generator=torch.Generator().manual_seed(0))
     queries = np.c_[np.arange(10) % 3, np.random.default_rng(0).uniform(0, 16, (10, 2))].astype(np.float32)
     whole = match.match_grid(feats, queries, (16, 16), 3, [0.05, 0.2], [1.5])
-    monkeypatch.setattr(match, "QUERY_CHUNK", 3)
+    monkeypatch.setattr(match, "SIM_ELEMENTS", 3 * 3 * 16 * 16)  # 3 queries at once
     chunked = match.match_grid(feats, queries, (16, 16), 3, [0.05, 0.2], [1.5])
     for a, b in zip(whole, chunked, strict=True):
         torch.testing.assert_close(a, b)
@@ -183,3 +194,49 @@ def test_match_cli_end_to_end_and_a_bad_block(tmp_path, monkeypatch) -> None:
     bad = CliRunner().invoke(main, ["match", *args[:4], "--block", "3", *args[6:]])
     assert bad.exit_code == 2
     assert bad.output.startswith("Error: ") and bad.output.count("\n") == 1, bad.output
+
+
+def _dense_soft_argmax(feats: np.ndarray, queries: np.ndarray, size: tuple[int, int], frames: int, temp: float,
+                       radius: float, upsample: int) -> np.ndarray:
+    """The matcher by hand: the whole grid's softmax (cells farther than ``radius`` tokens from the peak at -inf),
+    one (query, frame) at a time, in numpy; features upsampled with torch's bilinear, as the definition says."""
+    h, w = size
+    t_f, h_f, w_f, c = feats.shape
+    fmap = torch.from_numpy(feats).permute(0, 3, 1, 2)
+    up = F.interpolate(fmap, size=(h * upsample, w * upsample), mode="bilinear", align_corners=False).numpy()
+    up /= np.linalg.norm(up, axis=1, keepdims=True)  # (T_f, C, gh, gw)
+    ys, xs = np.meshgrid((np.arange(h * upsample) + 0.5) / upsample, (np.arange(w * upsample) + 0.5) / upsample,
+                         indexing="ij")
+    frame_of = feature_frames(frames, t_f)
+    out = np.zeros((len(queries), frames, 2))
+    for n, (t, y, x) in enumerate(queries):
+        grid = torch.tensor([[[[2 * x / w - 1, 2 * y / h - 1]]]], dtype=torch.float32)
+        q = F.grid_sample(fmap[frame_of[int(round(t))]][None], grid, padding_mode="border",
+                          align_corners=False)[0, :, 0, 0].numpy()
+        q /= np.linalg.norm(q)
+        for f in range(frames):
+            sim = np.einsum("c,chw->hw", q, up[frame_of[f]])
+            py, px = np.unravel_index(sim.argmax(), sim.shape)
+            d2 = ((xs - xs[py, px]) / (w / w_f)) ** 2 + ((ys - ys[py, px]) / (h / h_f)) ** 2
+            logits = np.where(d2 <= radius ** 2, sim / temp, -np.inf)
+            weight = np.exp(logits - logits.max())
+            weight /= weight.sum()
+            out[n, f] = (weight * xs).sum(), (weight * ys).sum()
+        out[n, int(round(t))] = x, y
+    return out
+
+
+@pytest.mark.parametrize(("grid", "upsample"), [((8, 24), 1), ((16, 24), 2)])
+def test_the_windowed_soft_argmax_equals_the_dense_one_by_hand(grid: tuple[int, int], upsample: int) -> None:
+    """The matcher reads only the box around each peak where the window is smaller than the grid: the tracks equal
+    the whole grid's masked softmax, for windows inside the grid, crossing its border and larger than it (the dense
+    path), with tokens of 2 x 1 px and of 1 px at two cells a pixel. (Tokens of a cell or two, so that the bilinear
+    upsampling is nowhere flat over several cells: a flat border would tie peaks, which either may break.)"""
+    g = np.random.default_rng(3)
+    feats = g.normal(size=(3, *grid, 8)).astype(np.float32)  # (T_f, H_f, W_f, C): a causal 1 + 2k grid of 5 frames
+    queries = np.c_[g.integers(0, 5, 12), g.uniform(0, 16, 12), g.uniform(0, 24, 12)].astype(np.float32)
+    temps, windows = [0.05, 0.5], [0.7, 1.5, 3.0, 40.0]
+    tracks, _ = match_grid(feats, queries, (16, 24), 5, temps, windows, upsample=upsample)
+    for (i, temp), (j, radius) in itertools.product(enumerate(temps), enumerate(windows)):
+        want = _dense_soft_argmax(feats, queries, (16, 24), 5, temp, radius, upsample)
+        np.testing.assert_allclose(tracks[i, j].numpy(), want, atol=1e-4)

@@ -166,8 +166,8 @@ def test_match_cli_chunks_end_to_end(tmp_path, monkeypatch) -> None:
     assert any((tmp_path / "cache").rglob("test-chunks3"))  # the chunks' own cache entries
     with ResultsStore(tmp_path / "results.sqlite") as store:
         rows = store.query(task="point_tracking", metric="average_jaccard")
-    assert [r["config_hash"] for r in rows] == [match_config_hash([0], [0], MatchGrid(chunk=3))]
-    assert rows[0]["config_hash"] != match_config_hash([0], [0], MatchGrid())  # --chunk 0's cell
+    assert [r["config_hash"] for r in rows] == [match_config_hash([0], MatchGrid(chunk=3))]
+    assert rows[0]["config_hash"] != match_config_hash([0], MatchGrid())  # --chunk 0's cell
     assert CliRunner().invoke(main, [*args, "--chunk", "3"]).output.startswith("already in results.sqlite")
     for bad in ("1", "999"):  # the tiny clips have 9 frames
         out = CliRunner().invoke(main, [*args, "--chunk", bad])

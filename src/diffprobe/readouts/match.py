@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -36,7 +37,11 @@ from diffprobe.data.chunks import chunk_starts
 from diffprobe.errors import InputError
 
 ArrayLike = Tensor | np.ndarray
-QUERY_CHUNK = 256  #: queries matched against a frame at once
+SIM_ELEMENTS = 1 << 24  #: similarities held at once (queries x feature frames x grid cells), 64 MB of float32
+#: read only the box around each peak where it is smaller than the grid (False: always the whole grid, masked; the
+#: same tracks, the peer of benchmarks/bench_match.py)
+READ_BOX = True
+BOX_FRACTION = 4  #: the box is read where its cells are under a 1/BOX_FRACTION of the grid's (gathering costs more)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,33 +136,62 @@ def match_grid(features: ArrayLike, queries: ArrayLike, size: tuple[int, int], f
     q_feat = F.grid_sample(fmap[frame_of[q_frame]], where, mode="bilinear", padding_mode="border",
                            align_corners=False)[:, :, 0, 0]  # (N, C)
     q_feat = F.normalize(q_feat, dim=1)
-    gh, gw = h * upsample, w * upsample  # the similarity grid
-    ys, xs = torch.meshgrid((torch.arange(gh, dtype=torch.float32) + 0.5) / upsample,
-                            (torch.arange(gw, dtype=torch.float32) + 0.5) / upsample, indexing="ij")
-    xs, ys = xs.reshape(-1), ys.reshape(-1)  # (gh*gw,) cell centres in pixels
-    cell_x, cell_y = w / w_f, h / h_f  # pixels per token
+    grid = _Grid(h * upsample, w * upsample, upsample, w / w_f, h / h_f)
+    used, t_index = frame_of.unique(return_inverse=True)  # the feature frames read; (T,) each pixel frame's among them
+    up = F.interpolate(fmap[used], size=(grid.h, grid.w), mode="bilinear", align_corners=False)  # (U, C, gh, gw)
+    up = F.normalize(up, dim=1).flatten(2)  # (U, C, G) unit features of every similarity cell
     tracks = torch.zeros(len(temperatures), len(windows), n, frames, 2)
     peaks = torch.zeros(n, frames)
-    for tf in frame_of.unique().tolist():
-        up = F.interpolate(fmap[tf:tf + 1], size=(gh, gw), mode="bilinear", align_corners=False)[0]  # (C, gh, gw)
-        up = F.normalize(up, dim=0).reshape(up.shape[0], -1)  # (C, gh*gw)
-        frame_ts = (frame_of == tf).nonzero()[:, 0]  # the pixel frames reading this feature frame
-        for lo in range(0, n, QUERY_CHUNK):  # a chunk of queries at a time bounds memory at (chunk, gh*gw)
-            part = slice(lo, lo + QUERY_CHUNK)
-            sim = q_feat[part] @ up  # (n_c, gh*gw) cosine similarity
-            peak, arg = sim.max(dim=1)  # (n_c,)
-            d2 = ((xs - xs[arg, None]) / cell_x) ** 2 + ((ys - ys[arg, None]) / cell_y) ** 2  # (n_c, gh*gw) tokens^2
-            peaks[part, frame_ts] = peak[:, None]
-            for j, radius in enumerate(windows):
-                outside = d2 > radius ** 2  # (n_c, gh*gw)
-                for i, temp in enumerate(temperatures):
-                    weight = torch.softmax((sim / temp).masked_fill(outside, float("-inf")), dim=1)  # (n_c, gh*gw)
-                    xy = torch.stack([weight @ xs, weight @ ys], dim=-1)  # (n_c, 2)
-                    tracks[i, j, part][:, frame_ts] = xy[:, None]
+    step = max(1, SIM_ELEMENTS // (len(used) * grid.h * grid.w))  # queries at once: bounds memory at (U, step, G)
+    for lo in range(0, n, step):
+        part = slice(lo, lo + step)
+        sim = torch.einsum("nc,ucg->ung", q_feat[part], up)  # (U, n_c, G) cosine similarity
+        peak, arg = sim.max(dim=-1)  # (U, n_c)
+        peaks[part] = peak[t_index].T
+        for j, radius in enumerate(windows):
+            local, cx, cy = grid.window(sim, arg, radius)  # (U, n_c, P) similarities of the window's cells, centres
+            for i, temp in enumerate(temperatures):
+                weight = torch.softmax(local / temp, dim=-1)  # (U, n_c, P)
+                xy = torch.stack([(weight * cx).sum(-1), (weight * cy).sum(-1)], dim=-1)  # (U, n_c, 2)
+                tracks[i, j, part] = xy[t_index].transpose(0, 1)  # (n_c, T, 2)
     own = torch.arange(n)
     tracks[:, :, own, q_frame] = q[:, [2, 1]]
     peaks[own, q_frame] = 1.0
     return tracks, peaks
+
+
+@dataclasses.dataclass(frozen=True)
+class _Grid:
+    """The similarity grid of :func:`match_grid`: ``h`` x ``w`` cells, ``upsample`` per pixel side, ``token_x`` /
+    ``token_y`` pixels per feature token."""
+
+    h: int
+    w: int
+    upsample: int
+    token_x: float
+    token_y: float
+
+    def window(self, sim: Tensor, arg: Tensor, radius: float) -> tuple[Tensor, Tensor, Tensor]:
+        """The cells within ``radius`` tokens of each peak (cell centres, in token units on each axis): their
+        similarities ``(U, n_c, P)`` (``-inf`` where a cell is off the grid or outside the radius) and centres x, y in
+        pixels (broadcastable to it). ``sim`` ``(U, n_c, G)``, ``arg`` ``(U, n_c)`` the peaks' cells. Only the
+        window's cells around the peak are read where they are a small part of the grid (a window of a few tokens on
+        a real-size grid), else the whole grid, masked."""
+        up = self.upsample
+        ry, rx = math.floor(radius * self.token_y * up), math.floor(radius * self.token_x * up)  # box half-sides
+        dy, dx = torch.meshgrid(torch.arange(-ry, ry + 1), torch.arange(-rx, rx + 1), indexing="ij")
+        near = (dx / (self.token_x * up)) ** 2 + (dy / (self.token_y * up)) ** 2 <= radius ** 2  # inside the radius
+        if READ_BOX and BOX_FRACTION * near.sum() < self.h * self.w:  # read only the window's cells around each peak
+            dy, dx = dy[near], dx[near]  # (P,) offsets in cells
+            py, px = (arg // self.w)[..., None] + dy, (arg % self.w)[..., None] + dx  # (U, n_c, P) cells
+            on = (py >= 0) & (py < self.h) & (px >= 0) & (px < self.w)
+            cells = py.clamp(0, self.h - 1) * self.w + px.clamp(0, self.w - 1)
+            local = sim.gather(-1, cells).masked_fill(~on, float("-inf"))
+            return local, (px + 0.5) / up, (py + 0.5) / up
+        ys, xs = torch.meshgrid((torch.arange(self.h) + 0.5) / up, (torch.arange(self.w) + 0.5) / up, indexing="ij")
+        xs, ys = xs.reshape(-1), ys.reshape(-1)  # (G,) cell centres in pixels
+        d2 = ((xs - xs[arg, None]) / self.token_x) ** 2 + ((ys - ys[arg, None]) / self.token_y) ** 2  # (U, n_c, G)
+        return sim.masked_fill(d2 > radius ** 2, float("-inf")), xs, ys
 
 
 def match_points(features: ArrayLike, queries: ArrayLike, size: tuple[int, int], temperature: float,
