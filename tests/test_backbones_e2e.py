@@ -1,6 +1,8 @@
 """Every external backbone kind end to end on Probe World through the CLI, with its tiny random model saved the way
-its library saves it: `diffprobe probe --backbone KIND:DIR` extracts, trains the probe and stores its result; and a
-study whose reference pair is an image model (sd) and a video model (svd) runs and reports."""
+its library saves it: `diffprobe probe --backbone KIND:DIR` extracts, trains the probe and stores its result,
+`diffprobe match` tracks points with no readout and `diffprobe motion` measures its first-frame tokens; and a study
+whose reference pair is an image model (sd) and a video model (svd) runs and reports, its matcher and motion
+analyses included."""
 
 from __future__ import annotations
 
@@ -54,6 +56,19 @@ def test_each_kind_extracts_and_probes_on_probe_world(kind, tmp_path) -> None:
     assert np.isfinite(values["top1"]) and {r["mode"] for r in rows} == {mode}
     assert {r["identity"] for r in rows} != {f"{kind}:{folder}"} and rows[0]["identity"].startswith(kind)
 
+    common = ["--backbone", f"{kind}:{folder}", "--block", "1", "--t", str(t), "--dataset", WORLD]
+    matched = CliRunner().invoke(main, ["match", *common, "--store", str(store), "--cache", str(tmp_path / "cache"),
+                                        "--quiet"], catch_exceptions=False)
+    assert matched.exit_code == 0, matched.output
+    with ResultsStore(store) as results:
+        [aj] = [r["value"] for r in results.query(task="point_tracking", metric="average_jaccard")]
+    assert 0 <= aj <= 1
+    moved = CliRunner().invoke(main, ["motion", *common, "--clips", "1", "--out", str(tmp_path / "motion")],
+                               catch_exceptions=False)
+    assert moved.exit_code == 0, moved.output
+    ratio = json.loads((tmp_path / "motion" / "motion.json").read_text())["mean_ratio"]
+    assert ratio == 1.0 if mode == "image" else np.isfinite(ratio)  # an image model reads frame 0 alone
+
 
 def test_a_study_with_sd_and_svd_as_the_reference_pair(tmp_path) -> None:
     from diffprobe.study.config import StudyConfig
@@ -67,7 +82,7 @@ def test_a_study_with_sd_and_svd_as_the_reference_pair(tmp_path) -> None:
         f"dataset={WORLD}", f"backbones={json.dumps(backbones)}", 'reference=["svd", "sd"]', "control=",
         'tasks=["action","depth"]', 'sweep_tasks=["action"]', "budget_steps=[]", "sizes={}", "block=1", "t=200",
         "noise_sweep=[0,200]", "block_sweep=[1,2]", "probe.steps=2", "probe.eval_batch_size=4",
-        'probe_clips={"train": 8, "val": 4, "test": 4}', "pca_clips=1"])
+        'probe_clips={"train": 8, "val": 4, "test": 4}', "pca_clips=1", "motion_clips=1"])
     run_study(cfg, tmp_path / "study", progress=False)
     assert not (tmp_path / "study" / "tokenizer").exists() and not (tmp_path / "study" / "twins").exists()
     table = headline_table(cfg, tmp_path / "study" / "results.sqlite")
@@ -79,3 +94,8 @@ def test_a_study_with_sd_and_svd_as_the_reference_pair(tmp_path) -> None:
     html = write_report(tmp_path / "study", study=cfg.name).read_text()
     assert (tmp_path / "study" / "report" / "fig_video_vs_image.png").is_file()  # svd relative to sd, per task
     assert "No task has both" not in html and "svd" in html
+    matching = html[html.index('<h2 id="match">'):html.index('<h2 id="motion">')]
+    assert "svd" in matching and "sd" in matching and "matcher average_jaccard" in matching
+    motion = html[html.index('<h2 id="motion">'):html.index('<h2 id="table">')]
+    assert 'alt="motion figure of svd"' in motion and 'alt="motion figure of sd"' in motion
+    assert "motion ratio" in table and "training-free matcher" in table

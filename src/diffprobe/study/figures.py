@@ -37,9 +37,10 @@ _TASK_COLOURS = ("#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B
 
 
 def colours(backbones: Sequence[str]) -> dict[str, str]:
-    """A fixed colour per twin/control and a stable palette for the rest (in the order given)."""
+    """A fixed colour per twin/control (a qualified label ``name[...]`` takes its name's) and a stable palette for
+    the rest (in the order given)."""
     others = cycle(_OTHER_COLOURS)
-    return {b: _FIXED_COLOURS[b] if b in _FIXED_COLOURS else next(others) for b in backbones}
+    return {b: _FIXED_COLOURS.get(b.split("[", 1)[0]) or next(others) for b in backbones}
 
 
 def png_bytes(fig: Figure, dpi: int = 110) -> bytes:

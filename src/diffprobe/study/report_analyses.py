@@ -15,7 +15,7 @@ from diffprobe.study.motion import RESULTS_FILE
 from diffprobe.study.plan import motion_config, motion_dir
 from diffprobe.study.report_data import StudyData
 from diffprobe.study.report_html import esc, img, note, table
-from diffprobe.study.report_tasks import PRIOR, TASK_METRICS, UNBLOCKED
+from diffprobe.study.report_tasks import PRIOR, TASK_METRICS, UNBLOCKED, backbone_order
 from diffprobe.tasks.roles import MATCH_TASK
 from diffprobe.utils.io import read_json
 
@@ -36,7 +36,9 @@ def match_section(data: StudyData, heads: Heads, figs: dict[str, bytes]) -> str:
     """Section: the matcher's point-tracking metrics at each backbone's headline beside the trained probe's and the
     prior's, and the matcher's noise-level and block sweeps beside the probe's."""
     out = ['<h2 id="match">5. Training-free matching (point tracking)</h2>']
-    matchers = [b for b in data.backbones if data.is_matcher(b)]
+    base = {b: b.split("[", 1)[0] for b in data.backbones if data.is_matcher(b)}  # matcher label -> backbone name
+    order = backbone_order(set(base.values()))
+    matchers = sorted(base, key=lambda b: (order.index(base[b]), b))  # the twins and controls first, as elsewhere
     if not matchers:
         return "".join(out) + note("No matcher cells: the study's match is off and no `diffprobe match` result was "
                                    "stored under this study.")
