@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from diffprobe.features.cache import FeatureSet
 from diffprobe.study.config import StudyConfig
-from diffprobe.study.plan import plan_jobs
+from diffprobe.study.plan import plan_jobs, plan_matches
 from diffprobe.study.run import run_study
 from diffprobe.utils.distributed import DistContext, rank_share
 
@@ -136,8 +136,10 @@ def test_two_rank_study_stores_what_one_process_stores(single, tmp_path) -> None
     rows, scores = _results(two)
     assert (rows, scores) == _results(run)  # the same cells, each once, with the same values and per-clip scores
     cells = {r[:14] for r in rows}
-    assert len(cells) == len(plan_jobs(cfg, run)) + len(cfg.tasks) == 10  # 8 probe cells and 2 priors
+    assert len(cells) == len(plan_jobs(cfg, run)) + len(cfg.tasks) + len(plan_matches(cfg, run)) == 12  # 8 probe
+    # cells, 2 priors and each backbone's matcher cell
     assert (two / "pca" / "clip-000.npz").is_file() and (two / "results.csv").is_file()  # rank 0's stages ran
+    assert len(list((two / "motion").glob("*/motion.json"))) == len(cfg.backbones)
 
 
 def _stamps(run: Path) -> dict[tuple, str]:
