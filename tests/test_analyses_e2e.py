@@ -156,9 +156,9 @@ def check_motion_folder(out: Path, config: dict) -> float:
             assert im.format == "PNG"
             w, h = im.size
             # motion_figure: (1.2 + 1.9 K) x (0.6 + 4 x 1.9) inches (K = 4 variants, square clips) at png_bytes'
-            # 110 dpi, less the tight crop; the title, one line of the spec's and the clip's paths, can widen it
+            # 110 dpi, cropped tight; the title (the spec's and the clip's paths) wraps within the panels' width
             width, height = (1.2 + 1.9 * 4) * 110, (0.6 + 1.9 * 4) * 110
-            assert w > 0.6 * width and 0.6 * height < h <= height, im.size
+            assert 0.6 * width < w <= 1.05 * width and 0.6 * height < h <= 1.1 * height, im.size
             assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 50  # drawn, not blank
     return results["mean_ratio"]
 

@@ -64,7 +64,7 @@ def motion_figure(variants: np.ndarray, regions: np.ndarray, names: Sequence[str
     pc1 = _pc1(tokens)  # (K, H_f, W_f)
     top = float(score.change.max()) or 1.0
     cell = 1.9
-    fig = Figure(figsize=(1.2 + cell * k, 0.6 + cell * 4 * h / w), dpi=100)
+    fig = Figure(figsize=(1.2 + cell * k, 0.6 + cell * 4 * h / w), dpi=100, layout="constrained")
     axes = fig.subplots(4, k, squeeze=False)
     image = None
     for j in range(k):
