@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator
 
 from diffprobe.study.figure_data import Bar, Curve, ScalePoint
 from diffprobe.study.formatting import fmt_num
-from diffprobe.study.report_data import measure_labels
+from diffprobe.study.report_data import label_name, measure_labels
 from diffprobe.study.report_tasks import (
     CONTROLS,
     IMAGE,
@@ -40,7 +40,7 @@ def colours(backbones: Sequence[str]) -> dict[str, str]:
     """A fixed colour per twin/control (a qualified label ``name[...]`` takes its name's) and a stable palette for
     the rest (in the order given)."""
     others = cycle(_OTHER_COLOURS)
-    return {b: _FIXED_COLOURS.get(b.split("[", 1)[0]) or next(others) for b in backbones}
+    return {b: _FIXED_COLOURS.get(label_name(b)) or next(others) for b in backbones}
 
 
 def png_bytes(fig: Figure, dpi: int = 110) -> bytes:

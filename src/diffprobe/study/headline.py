@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from diffprobe.errors import InputError
 from diffprobe.study.formatting import fmt_num
-from diffprobe.study.report_data import StudyData
+from diffprobe.study.report_data import StudyData, label_name
 from diffprobe.study.report_tasks import PRIOR, UNBLOCKED
 
 if TYPE_CHECKING:  # the config is only read here; importing it costs the run-config classes
@@ -45,7 +45,7 @@ def guess_headline(data: StudyData, backbone: str) -> tuple[int, float]:
 def config_name(cfg: StudyConfig, label: str) -> str | None:
     """The config's backbone a display label stands for: the label itself, without its ``[...]`` qualifier, or the
     reference twin of a model-size variant ``name@size``; None for a backbone the config does not name."""
-    base = label.split("[", 1)[0] if label.endswith("]") and label not in cfg.backbones else label
+    base = label_name(label) if label.endswith("]") and label not in cfg.backbones else label
     if base in cfg.backbones:
         return base
     name, _, size = base.rpartition("@")
@@ -57,7 +57,7 @@ def _own_headlines(cfg: StudyConfig | None, data: StudyData) -> tuple[Heads, lis
     heads, notes = {}, []
     for b in data.backbones:
         name = None if cfg is None else config_name(cfg, b)
-        if b.split("[", 1)[0] == PRIOR:
+        if label_name(b) == PRIOR:
             heads[b] = UNBLOCKED
         elif name is not None:
             heads[b] = cfg.headline_of(name)

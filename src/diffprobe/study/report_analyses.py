@@ -13,7 +13,7 @@ from diffprobe.study.formatting import fmt_mean_std, fmt_num, safe_name
 from diffprobe.study.headline import Heads
 from diffprobe.study.motion import RESULTS_FILE
 from diffprobe.study.plan import motion_config, motion_dir
-from diffprobe.study.report_data import StudyData
+from diffprobe.study.report_data import StudyData, label_name
 from diffprobe.study.report_html import esc, img, note, table
 from diffprobe.study.report_tasks import PRIOR, TASK_METRICS, UNBLOCKED, backbone_order
 from diffprobe.tasks.roles import MATCH_TASK
@@ -28,7 +28,7 @@ MATCH_CAPTION = (
 
 def _probe_of(data: StudyData, matcher: str) -> str | None:
     """The trained probe's label beside a matcher label (``name[matcher]`` -> ``name``), if measured."""
-    base = matcher.split("[", 1)[0]
+    base = label_name(matcher)
     return base if base in data.backbones and not data.is_matcher(base) else None
 
 
@@ -36,7 +36,7 @@ def match_section(data: StudyData, heads: Heads, figs: dict[str, bytes]) -> str:
     """Section: the matcher's point-tracking metrics at each backbone's headline beside the trained probe's and the
     prior's, and the matcher's noise-level and block sweeps beside the probe's."""
     out = ['<h2 id="match">5. Training-free matching (point tracking)</h2>']
-    base = {b: b.split("[", 1)[0] for b in data.backbones if data.is_matcher(b)}  # matcher label -> backbone name
+    base = {b: label_name(b) for b in data.backbones if data.is_matcher(b)}  # matcher label -> backbone name
     order = backbone_order(set(base.values()))
     matchers = sorted(base, key=lambda b: (order.index(base[b]), b))  # the twins and controls first, as elsewhere
     if not matchers:
@@ -56,7 +56,7 @@ def match_section(data: StudyData, heads: Heads, figs: dict[str, bytes]) -> str:
             probe = _probe_of(data, m)
             trained = None if probe is None else data.get(probe, data.final_step(probe), block, t, MATCH_TASK, ds,
                                                           primary)
-            rows.append([esc(data.measure(MATCH_TASK, ds)), esc(m.split("[", 1)[0]), esc(block), esc(fmt_num(t))]
+            rows.append([esc(data.measure(MATCH_TASK, ds)), esc(label_name(m)), esc(block), esc(fmt_num(t))]
                         + [esc(fmt_mean_std(s.mean, s.std, s.n)) if s else "" for s in got]
                         + [esc(fmt_mean_std(trained.mean, trained.std, trained.n)) if trained else "",
                            esc(fmt_num(prior.mean)) if prior else ""])
@@ -66,7 +66,7 @@ def match_section(data: StudyData, heads: Heads, figs: dict[str, bytes]) -> str:
     if any(len(c.xs) > 1 for c in curves):
         probes = [p for p in (_probe_of(data, m) for m in matchers) if p is not None]
         trained, _ = sweep_curves(data, heads, probes, [MATCH_TASK])
-        swept = {(c.backbone.split("[", 1)[0], c.axis) for c in curves if len(c.xs) > 1}
+        swept = {(label_name(c.backbone), c.axis) for c in curves if len(c.xs) > 1}
         figs["fig_match_sweeps.png"] = figures.png_bytes(figures.sweeps_figure(
             curves + [c for c in trained if (c.backbone, c.axis) in swept and len(c.xs) > 1],
             dashed={c.backbone for c in trained}))

@@ -209,6 +209,11 @@ SETUP: dict[str, Callable[[Any], str]] = {
     "config_hash": lambda h: "matcher" if h.startswith(MATCH_TAG) else f"probe config {h:.8}"}
 
 
+def label_name(label: str) -> str:
+    """The backbone name a display label stands for: the label without its ``[...]`` qualifier."""
+    return label.split("[", 1)[0]
+
+
 def matcher_label(name: str) -> str:
     """The label of backbone ``name``'s newest training-free matcher cells (in a store of one mode per name)."""
     return f"{name}[matcher]"
