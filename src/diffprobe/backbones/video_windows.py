@@ -34,8 +34,6 @@ def check_size(height: int, width: int, multiple: int, kind: str) -> None:
                          f"width must be multiples of {multiple}: the VAE's spatial factor x the patch size)")
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class VideoOptions(ExternalOptions):
     """Options of the video kinds (``cogvideox``, ``wan``, ``latte``)."""

@@ -28,10 +28,10 @@ from diffprobe.study.plan import (
     MATCH,
     READOUT_ROLES,
     expand_spec,
-    match_cell,
     motion_config,
     motion_dir,
     plan_matches,
+    study_cell,
 )
 from diffprobe.study.store import ResultsStore
 from diffprobe.tasks import TASKS
@@ -53,7 +53,7 @@ def run_matches(cfg: StudyConfig, run_dir: Path, cache: FeatureCache, device: to
     roles = task_roles(TASK, cfg.roles(TASK))
     view, frames = TASKS[TASK].view, task_context(roles).frames
     sources = {role: feature_clips(roles[role].clips, cfg.match_grid, frames) for role in READOUT_ROLES[MATCH]}
-    cells = [match_cell(cfg, j, backbones[j.spec], data_identity(roles),
+    cells = [study_cell(cfg, j, backbones[j.spec], data_identity(roles),
                         identity_for(backbones[j.spec].backbone, sources["test"][0], view)) for j in jobs]
     with ResultsStore(run_dir / "results.sqlite") as store:
         todo = [(j, c) for j, c in zip(jobs, cells, strict=True) if not store.has(c)]

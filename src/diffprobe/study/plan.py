@@ -154,9 +154,12 @@ def bank_groups(cfg: StudyConfig, jobs: Sequence[Job], world_size: int = 1) -> l
 
 def study_cell(cfg: StudyConfig, job: Job, rb: ResolvedBackbone, dataset: str, identity: str) -> Cell:
     """The results-store key of a study job: everything that changes its number (``identity``: the backbone's for
-    the job's clips, :func:`~diffprobe.features.sources.identity_for`)."""
+    the job's clips, :func:`~diffprobe.features.sources.identity_for`); a matcher job's config hash is the
+    matcher's."""
+    config_hash = (match_config_hash([job.block], cfg.match_grid) if job.readout == MATCH
+                   else cfg.probe.replace(seed=0).hash())
     return Cell(cfg.name, job.backbone, identity, rb.mode, rb.step, job.block, job.t, job.noise_seed, 1,
-                job.task, dataset, clips_key(cfg.probe_clips), job.probe_seed, cfg.probe.replace(seed=0).hash())
+                job.task, dataset, clips_key(cfg.probe_clips), job.probe_seed, config_hash)
 
 
 def motion_config(cfg: StudyConfig, name: str) -> MotionConfig:
@@ -170,12 +173,6 @@ def motion_dir(run_dir: Path, name: str, config: MotionConfig) -> Path:
     """Where the study keeps one backbone's motion run: a folder per backbone and config, so a changed plan adds a
     folder and never overwrites one."""
     return run_dir / "motion" / f"{safe_name(name)}-{config.hash(8)}"
-
-
-def match_cell(cfg: StudyConfig, job: Job, rb: ResolvedBackbone, dataset: str, identity: str) -> Cell:
-    """The results-store key of a matcher job (as :func:`study_cell`; its config hash is the matcher's)."""
-    return Cell(cfg.name, job.backbone, identity, rb.mode, rb.step, job.block, job.t, job.noise_seed, 1, job.task,
-                dataset, clips_key(cfg.probe_clips), 0, match_config_hash([job.block], cfg.match_grid))
 
 
 def prior_cell(cfg: StudyConfig, task: str, dataset: str) -> Cell:

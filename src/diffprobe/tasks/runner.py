@@ -104,12 +104,12 @@ def run_probes(cells: Sequence[CellRequest], roles: Mapping[str, RoleData], task
         limit = None if limits is None else limits[role]
         paths[role] = str(ensure_targets(task, roles[role].clips, cache, limit, progress, workers))
         targets[role] = _load_targets(paths[role], task.name)
+    groups: dict[tuple, list[int]] = {}  # cells whose features one forward (or extraction) computes
+    for i, cell in enumerate(cells):
+        groups.setdefault((cell.backbone.identity, cell.t, cell.noise_seed, cell.ensemble, cell.pool), []).append(i)
     feats: dict[tuple[int, str], FeatureSet | StreamedFeatures] = {}  # (cell, role) -> its features
     for role in ROLES:
         limit = None if limits is None else limits[role]
-        groups: dict[tuple, list[int]] = {}  # cells whose features one forward (or extraction) computes
-        for i, cell in enumerate(cells):
-            groups.setdefault((cell.backbone.identity, cell.t, cell.noise_seed, cell.ensemble, cell.pool), []).append(i)
         for which in groups.values():
             c = cells[which[0]]
             blocks = sorted({cells[i].block for i in which})
